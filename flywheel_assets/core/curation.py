@@ -1,0 +1,139 @@
+"""Curation: a workload's landed traces -> one deduplicated, classified, redacted dataset.
+
+Dedup key: the tuple of user-message contents (as the reference) plus the sorted names of
+the tools offered. The reference keys on user contents only; we add the tool names
+because the right answer to the same question changes when the tools on offer change,
+so those are different examples. The system prompt is left out on purpose: prompt
+revisions mostly rephrase instructions, and keeping one copy per question under every
+revision would over-weight repeated questions and leak near-copies of eval records into
+training. The earliest record of each key is kept (ties broken by record id).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Literal
+
+import polars as pl
+
+DEDUP_KEY = ("user_key", "tool_names")
+DEDUP_KEY_DESCRIPTION = "user-message contents (in order) + sorted tool names; earliest kept"
+TOOL_CALLING_SHARE = 0.5
+
+FeedbackFilter = Literal["none", "exclude_negative", "positive_only"]
+
+# Rust-regex patterns (no look-around); order matters: card numbers before phone numbers.
+PII_PATTERNS: dict[str, str] = {
+    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+    "card_number": r"\b(?:\d[ -]?){12,15}\d\b",
+    "ssn": r"\b\d{3}-\d{2}-\d{4}\b",
+    "phone": r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)[ .-]?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b",
+    "ip_address": r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b",
+}
+PII_COLUMNS = ("messages", "answer")
+
+OUTPUT_COLUMNS = (
+    "record_id",
+    "timestamp",
+    "day",
+    "workload_id",
+    "client_id",
+    "model",
+    "workload_type",
+    "messages",
+    "tools",
+    "answer",
+    "has_tool_calls",
+    "feedback_thumbs",
+    "feedback_rating",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "source",
+)
+
+
+@dataclass
+class CurationStats:
+    records_in: int = 0
+    removed_by_feedback: int = 0
+    removed_without_tool_call: int = 0
+    duplicates: int = 0
+    records_out: int = 0
+    workload_type: str = "chat"
+    redactions: dict[str, int] = field(default_factory=dict)
+
+
+def lookback_days(days: list[str], lookback: int) -> list[str]:
+    """The days inside a window of `lookback` days ending at the newest day present."""
+    if not days:
+        return []
+    newest = dt.date.fromisoformat(max(days))
+    first = (newest - dt.timedelta(days=lookback - 1)).isoformat()
+    return sorted(d for d in days if d >= first)
+
+
+def filter_feedback(df: pl.LazyFrame, mode: FeedbackFilter) -> pl.LazyFrame:
+    negative = (pl.col("feedback_thumbs") == "down") | (pl.col("feedback_rating") <= 2)
+    positive = (pl.col("feedback_thumbs") == "up") | (pl.col("feedback_rating") >= 4)
+    if mode == "exclude_negative":
+        return df.filter(~negative.fill_null(False))
+    if mode == "positive_only":
+        return df.filter(positive.fill_null(False))
+    return df
+
+
+def classify_workload(df: pl.DataFrame) -> str:
+    """tool_calling when at least half of the requests offer tools, else chat."""
+    if df.height == 0:
+        return "chat"
+    share = df.select(pl.col("tools").is_not_null().mean()).item()
+    return "tool_calling" if share >= TOOL_CALLING_SHARE else "chat"
+
+
+def redact_pii(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    counts = {
+        name: int(
+            df.select(
+                pl.sum_horizontal(pl.col(c).str.count_matches(p).fill_null(0) for c in PII_COLUMNS).sum()
+            ).item()
+        )
+        for name, p in PII_PATTERNS.items()
+    }
+    redacted = df.with_columns(
+        _replace_all_patterns(pl.col(c)) for c in PII_COLUMNS
+    )
+    return redacted, counts
+
+
+def _replace_all_patterns(expr: pl.Expr) -> pl.Expr:
+    for name, pattern in PII_PATTERNS.items():
+        expr = expr.str.replace_all(pattern, f"[{name.upper()}]")
+    return expr
+
+
+def curate(
+    traces: pl.LazyFrame,
+    *,
+    feedback_filter: FeedbackFilter = "none",
+    redact: bool = True,
+) -> tuple[pl.DataFrame, CurationStats]:
+    """Filter, classify, deduplicate and redact one workload's traces."""
+    stats = CurationStats()
+    ordered = traces.sort("timestamp", "record_id")
+    stats.records_in = ordered.select(pl.len()).collect().item()
+    kept = filter_feedback(ordered, feedback_filter).collect()
+    stats.removed_by_feedback = stats.records_in - kept.height
+    stats.workload_type = classify_workload(kept)
+    if stats.workload_type == "tool_calling":
+        with_calls = kept.filter(pl.col("has_tool_calls"))
+        stats.removed_without_tool_call = kept.height - with_calls.height
+        kept = with_calls
+    unique = kept.unique(subset=list(DEDUP_KEY), keep="first", maintain_order=True)
+    stats.duplicates = kept.height - unique.height
+    unique = unique.with_columns(workload_type=pl.lit(stats.workload_type))
+    if redact:
+        unique, stats.redactions = redact_pii(unique)
+    stats.records_out = unique.height
+    return unique.select(OUTPUT_COLUMNS), stats

@@ -1,0 +1,297 @@
+"""Landing: validate raw trace files once and file them by day x workload.
+
+A raw file (JSONL, gzip JSONL or Parquet, possibly many GB) is read in batches, every
+record is validated, and the results are written under
+`<landing>/<source id>/day=<day>/workload=<key>/{valid,quarantine}-<batch>.parquet`,
+then the folder is renamed into place with a manifest. Each `raw_traces` partition then
+reads only its own slice instead of re-reading every source file, and a file is landed
+again only when its fingerprint (size + mtime) changes, replacing its old landing.
+
+Records that cannot be attributed to a day and a workload (bad JSON with no readable
+`workload_id`/`timestamp`) are quarantined under `day=unattributed/workload=unattributed`
+so that they are counted and kept, never dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from flywheel_assets.core.schema import DEFAULT_MAX_RECORD_BYTES, Rejection, validate_trace
+from partitions.keys import workload_key
+
+UNATTRIBUTED = "unattributed"
+MANIFEST = "manifest.json"
+
+TRACE_SCHEMA = {
+    "record_id": pl.String,
+    "timestamp": pl.Int64,
+    "day": pl.String,
+    "workload_id": pl.String,
+    "workload_key": pl.String,
+    "client_id": pl.String,
+    "model": pl.String,
+    "user_key": pl.String,
+    "messages": pl.String,
+    "tools": pl.String,
+    "tool_names": pl.String,
+    "answer": pl.String,
+    "has_tool_calls": pl.Boolean,
+    "feedback_thumbs": pl.String,
+    "feedback_rating": pl.Float64,
+    "latency_ms": pl.Float64,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "workload_description": pl.String,
+    "source": pl.String,
+}
+
+QUARANTINE_SCHEMA = {
+    "source": pl.String,
+    "day": pl.String,
+    "workload_key": pl.String,
+    "workload_id": pl.String,
+    "reason": pl.String,
+    "detail": pl.String,
+    "raw": pl.String,
+}
+
+_WORKLOAD_IN_RAW = re.compile(r'"workload_id"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
+_TIMESTAMP_IN_RAW = re.compile(r'"timestamp"\s*:\s*(\d{1,12})\b')
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """Timestamps outside [start, end) cannot be given a day partition."""
+
+    start: dt.date
+    end: dt.date
+
+    def check(self, day: str) -> str | None:
+        d = dt.date.fromisoformat(day)
+        if d < self.start:
+            return "before_start_date"
+        if d >= self.end:
+            return "future_timestamp"
+        return None
+
+
+def day_of(timestamp: int) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).date().isoformat()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _tool_name(tool: dict[str, Any]) -> str:
+    function = tool.get("function")
+    return str(function.get("name", "")) if isinstance(function, dict) else str(tool.get("name", ""))
+
+
+def _valid_row(record, raw_id: str, source: str, day: str) -> dict[str, Any]:
+    request = record.request
+    answer = record.answer
+    usage = record.response.usage or {}
+    feedback = record.feedback
+    return {
+        "record_id": raw_id,
+        "timestamp": record.timestamp,
+        "day": day,
+        "workload_id": record.workload_id,
+        "workload_key": workload_key(record.workload_id),
+        "client_id": record.client_id,
+        "model": request.model,
+        "user_key": _json(record.user_contents()),
+        "messages": _json([m.model_dump(exclude_none=True) for m in request.messages]),
+        "tools": _json(request.tools) if request.tools else None,
+        "tool_names": _json(sorted(_tool_name(t) for t in request.tools or [])),
+        "answer": _json(answer.model_dump(exclude_none=True)),
+        "has_tool_calls": bool(answer.tool_calls),
+        "feedback_thumbs": feedback.thumbs if feedback else None,
+        "feedback_rating": feedback.rating if feedback else None,
+        "latency_ms": record.latency_ms,
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "workload_description": record.workload_description,
+        "source": source,
+    }
+
+
+def _quarantine_row(raw: str, source: str, rejection: Rejection, bounds_day: str | None):
+    workload = _WORKLOAD_IN_RAW.search(raw)
+    timestamp = _TIMESTAMP_IN_RAW.search(raw)
+    workload_id = json.loads(f'"{workload.group(1)}"') if workload else None
+    day = bounds_day or (day_of(int(timestamp.group(1))) if timestamp else None)
+    attributed = workload_id is not None and day is not None
+    return {
+        "source": source,
+        "day": day if attributed else UNATTRIBUTED,
+        "workload_key": workload_key(workload_id) if attributed else UNATTRIBUTED,
+        "workload_id": workload_id,
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+        "raw": raw,
+    }
+
+
+def validate_batch(
+    records: Iterable[tuple[str, str | dict[str, Any]]],
+    bounds: TimeBounds,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Validate `(source, raw)` pairs into (valid traces, quarantined records)."""
+    valid: list[dict[str, Any]] = []
+    quarantined: list[dict[str, Any]] = []
+    for source, raw in records:
+        raw_text = raw if isinstance(raw, str) else _json(raw)
+        result = validate_trace(raw, max_record_bytes)
+        if isinstance(result, Rejection):
+            quarantined.append(_quarantine_row(raw_text, source, result, None))
+            continue
+        day = day_of(result.timestamp)
+        out_of_range = bounds.check(day)
+        if out_of_range:
+            rejection = Rejection(reason=out_of_range, detail=f"day {day} is outside {bounds}")
+            quarantined.append(_quarantine_row(raw_text, source, rejection, day))
+            continue
+        raw_id = hashlib.sha256(raw_text.encode()).hexdigest()[:20]
+        valid.append(_valid_row(result, raw_id, source, day))
+    return (
+        pl.DataFrame(valid, schema=TRACE_SCHEMA),
+        pl.DataFrame(quarantined, schema=QUARANTINE_SCHEMA),
+    )
+
+
+def _write_by_partition(df: pl.DataFrame, root: Path, prefix: str, batch: int) -> None:
+    for (day, key), part in df.group_by(["day", "workload_key"]):
+        folder = root / f"day={day}" / f"workload={key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        part.write_parquet(folder / f"{prefix}-{batch:05d}.parquet")
+
+
+@dataclass(frozen=True)
+class LandingResult:
+    source_id: str
+    fingerprint: str
+    landed: bool  # False when the file was already landed with this fingerprint
+    partitions: dict[str, dict[str, int]]  # "day|workload_key" -> {"valid": n, "quarantined": n}
+    workload_ids: dict[str, str]  # workload_key -> original workload id
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def land_file(
+    batches: Iterator[list[tuple[str, str | dict[str, Any]]]],
+    *,
+    source_id: str,
+    fingerprint: str,
+    landing_dir: Path,
+    bounds: TimeBounds,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> LandingResult:
+    """Validate and land one source file; a no-op when it is already landed unchanged.
+
+    Writes go to a temporary folder renamed into place, so a crash leaves either the old
+    landing or the new one, never half of one.
+    """
+    target = landing_dir / source_id
+    manifest = read_manifest(target)
+    if manifest and manifest["fingerprint"] == fingerprint:
+        return _result_from(manifest, landed=False)
+    landing_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{source_id}-", dir=landing_dir))
+    try:
+        counts: dict[str, dict[str, int]] = {}
+        workload_ids: dict[str, str] = {}
+        for batch_no, batch in enumerate(batches):
+            valid, quarantined = validate_batch(batch, bounds, max_record_bytes)
+            _write_by_partition(valid, staging, "valid", batch_no)
+            _write_by_partition(quarantined, staging, "quarantine", batch_no)
+            _count(counts, valid, "valid")
+            _count(counts, quarantined, "quarantined")
+            workload_ids.update(
+                dict(valid.select("workload_key", "workload_id").unique().iter_rows())
+            )
+        manifest = {
+            "source_id": source_id,
+            "fingerprint": fingerprint,
+            "partitions": counts,
+            "workload_ids": workload_ids,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
+        _swap_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _result_from(manifest, landed=True)
+
+
+def _count(counts: dict[str, dict[str, int]], df: pl.DataFrame, kind: str) -> None:
+    for day, key, n in df.group_by(["day", "workload_key"]).len().iter_rows():
+        slot = counts.setdefault(f"{day}|{key}", {"valid": 0, "quarantined": 0})
+        slot[kind] += n
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if target.exists():
+        retired = target.with_name(f".{target.name}-retired-{os.getpid()}")
+        os.replace(target, retired)
+        shutil.rmtree(retired, ignore_errors=True)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        # another process landed the same file first; its result is equivalent
+        if read_manifest(target) is None:
+            raise
+
+
+def _result_from(manifest: dict[str, Any], landed: bool) -> LandingResult:
+    return LandingResult(
+        source_id=manifest["source_id"],
+        fingerprint=manifest["fingerprint"],
+        landed=landed,
+        partitions=manifest["partitions"],
+        workload_ids=manifest["workload_ids"],
+    )
+
+
+def _partition_glob(landing_dir: Path, day: str, key: str, prefix: str) -> list[Path]:
+    return sorted(landing_dir.glob(f"*/day={day}/workload={key}/{prefix}-*.parquet"))
+
+
+def read_partition(landing_dir: Path, day: str, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """All landed valid and quarantined records of one day x workload, in a stable order."""
+    valid = _read_parts(_partition_glob(landing_dir, day, key, "valid"), TRACE_SCHEMA)
+    quarantined = _read_parts(_partition_glob(landing_dir, day, key, "quarantine"), QUARANTINE_SCHEMA)
+    return (
+        valid.sort("timestamp", "source", "record_id"),
+        quarantined.sort("source"),
+    )
+
+
+def read_unattributed(landing_dir: Path) -> pl.DataFrame:
+    return _read_parts(
+        _partition_glob(landing_dir, UNATTRIBUTED, UNATTRIBUTED, "quarantine"), QUARANTINE_SCHEMA
+    )
+
+
+def _read_parts(paths: list[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    if not paths:
+        return pl.DataFrame(schema=schema)
+    return pl.concat([pl.read_parquet(p) for p in paths], how="vertical")

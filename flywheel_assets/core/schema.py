@@ -1,0 +1,158 @@
+"""The production trace record and its validation.
+
+One record per production LLM call (DESIGN.md, "Trace schema"). `validate_trace` turns a
+raw JSON line (or a decoded dict, for Parquet sources) into either a `TraceRecord` or a
+`Rejection` with one of `QUARANTINE_REASONS`, so a bad record is quarantined with a
+reason instead of crashing the run or disappearing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+
+QUARANTINE_REASONS = (
+    "bad_json",
+    "oversized",
+    "missing_field",
+    "wrong_type",
+    "not_chat_request",
+    "empty_response",
+    "before_start_date",
+    "future_timestamp",
+)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Any = None
+
+
+class ChatRequest(BaseModel):
+    """An OpenAI chat-completions request; only what the flywheel relies on is typed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+
+
+class ResponseMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _has_an_answer(self) -> "ResponseMessage":
+        if not (self.content and self.content.strip()) and not self.tool_calls:
+            raise ValueError("the assistant message has neither content nor tool_calls")
+        return self
+
+
+class Choice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    message: ResponseMessage
+
+
+class ChatResponse(BaseModel):
+    """An OpenAI chat-completions response; `choices[0].message` is the reference answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    choices: list[Choice] = Field(min_length=1)
+    usage: dict[str, Any] | None = None
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    thumbs: Literal["up", "down"] | None = None
+    rating: float | None = None
+
+
+class TraceRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    timestamp: StrictInt = Field(ge=0, description="epoch seconds when the request was issued")
+    workload_id: StrictStr = Field(min_length=1)
+    client_id: StrictStr
+    request: ChatRequest
+    response: ChatResponse
+    feedback: Feedback | None = None
+    latency_ms: float | None = None
+    workload_description: str | None = None
+
+    @property
+    def answer(self) -> ResponseMessage:
+        return self.response.choices[0].message
+
+    def user_contents(self) -> list[str]:
+        """The dedup key's parts: every user message's content, in order."""
+        return [_content_text(m.content) for m in self.request.messages if m.role == "user"]
+
+
+class Rejection(BaseModel):
+    reason: Literal[QUARANTINE_REASONS]  # type: ignore[valid-type]
+    detail: str
+
+
+def _content_text(content: Any) -> str:
+    """Message content as text: a string, or the text parts of a multi-part content list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def validate_trace(
+    raw: str | bytes | dict[str, Any], max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> TraceRecord | Rejection:
+    if isinstance(raw, (str, bytes)):
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+        if size > max_record_bytes:
+            return Rejection(
+                reason="oversized", detail=f"{size} bytes > limit of {max_record_bytes}"
+            )
+        try:
+            return TraceRecord.model_validate_json(raw)
+        except ValidationError as err:
+            return _rejection_from(err)
+    try:
+        return TraceRecord.model_validate(raw)
+    except ValidationError as err:
+        return _rejection_from(err)
+
+
+def _rejection_from(err: ValidationError) -> Rejection:
+    first = err.errors(include_url=False)[0]
+    loc = tuple(first["loc"])
+    where = ".".join(str(p) for p in loc) or "record"
+    detail = f"{where}: {first['msg']}"
+    kind = first["type"]
+    if kind.startswith("json_"):
+        return Rejection(reason="bad_json", detail=first["msg"])
+    if kind == "missing" and len(loc) == 1:
+        return Rejection(reason="missing_field", detail=detail)
+    if loc[:1] == ("request",):
+        return Rejection(reason="not_chat_request", detail=detail)
+    if loc[:1] == ("response",):
+        return Rejection(reason="empty_response", detail=detail)
+    return Rejection(reason="wrong_type", detail=detail)

@@ -1,0 +1,80 @@
+"""Stage `curate`: all days of a workload -> one deduplicated, redacted `workload_dataset`."""
+
+from typing import Literal
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from flywheel_assets.core.ingest import TRACE_SCHEMA
+from flywheel_assets.core.curation import DEDUP_KEY_DESCRIPTION, curate, lookback_days
+from flywheel_assets.metadata import column_hash, counts_table, table
+from partitions.defs import BY_WORKLOAD, workload_partitions
+from sensors.automation import refresh_when_data_changed
+
+
+class CurationConfig(dg.Config):
+    lookback_days: int = Field(
+        default=30, ge=1, description="Days of traffic used, ending at the newest day with data."
+    )
+    redact_pii: bool = Field(default=True, description="Redact emails, phones, cards, SSNs, IPs.")
+    feedback_filter: Literal["none", "exclude_negative", "positive_only"] = "none"
+    min_records: int = Field(
+        default=50, ge=1, description="Below this, the blocking check stops training."
+    )
+
+
+@dg.asset(
+    partitions_def=workload_partitions,
+    ins={
+        "raw_traces": dg.AssetIn(
+            partition_mapping=BY_WORKLOAD, metadata={"allow_missing_partitions": True}
+        )
+    },
+    check_specs=[dg.AssetCheckSpec("has_min_records", asset="workload_dataset", blocking=True)],
+    group_name="curate",
+    kinds={"polars", "parquet"},
+    code_version="1",
+    automation_condition=refresh_when_data_changed,
+    description="One workload's traffic: deduplicated, classified, PII-redacted.",
+)
+def workload_dataset(
+    context: dg.AssetExecutionContext,
+    config: CurationConfig,
+    raw_traces: dict[str, pl.LazyFrame],
+):
+    by_day = {key.keys_by_dimension["day"]: traces for key, traces in raw_traces.items()}
+    days = lookback_days(list(by_day), config.lookback_days)
+    context.log.info(f"curating {len(days)} of {len(by_day)} days: {days[:1]}..{days[-1:]}")
+    traces = pl.concat([by_day[d] for d in days]) if days else pl.LazyFrame(schema=TRACE_SCHEMA)
+    dataset, stats = curate(traces, feedback_filter=config.feedback_filter, redact=config.redact_pii)
+    yield dg.Output(
+        dataset,
+        data_version=dg.DataVersion(column_hash(dataset)),
+        metadata={
+            "dagster/row_count": stats.records_out,
+            "records_in": stats.records_in,
+            "duplicates": stats.duplicates,
+            "removed_by_feedback": stats.removed_by_feedback,
+            "removed_without_tool_call": stats.removed_without_tool_call,
+            "records_out": stats.records_out,
+            "workload_type": stats.workload_type,
+            "dedup_key": DEDUP_KEY_DESCRIPTION,
+            "days": dg.MetadataValue.json(days),
+            "redactions": counts_table(stats.redactions, key="pii_kind"),
+            "preview": table(dataset.select("record_id", "day", "workload_type", "messages")),
+        },
+    )
+    missing = config.min_records - stats.records_out
+    yield dg.AssetCheckResult(
+        check_name="has_min_records",
+        passed=missing <= 0,
+        description=(
+            f"{stats.records_out} records after curation (minimum {config.min_records})"
+            if missing <= 0
+            else f"workload has {stats.records_out} records after curation, needs "
+            f"{config.min_records}: collect {missing} more, widen lookback_days, or lower "
+            "min_records"
+        ),
+        metadata={"records": stats.records_out, "min_records": config.min_records},
+    )

@@ -1,0 +1,102 @@
+"""Stage `split`: a workload dataset -> `eval_dataset` and `train_dataset` (train + validation).
+
+Both assets run the same seeded split (cheap and deterministic) and keep their part, so
+each is its own asset in the UI with its own data version: retraining follows the train
+split's content, evaluation follows the eval split's.
+"""
+
+import dagster as dg
+import polars as pl
+from pydantic import Field, ValidationError
+
+from flywheel_assets.core.splitting import SplitConfig, content_hash, split_dataset, to_examples, to_jsonl
+from flywheel_assets.metadata import table
+from partitions.defs import workload_partitions
+from resources.datasets import DatasetStore
+from sensors.automation import retrain_when_dataset_changed
+
+
+class SplitAssetConfig(dg.Config):
+    eval_size: int = Field(default=20, ge=1, description="Records held out for evaluation.")
+    validation_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    max_records: int | None = Field(default=1000, description="Sample at most this many records.")
+    seed: int = Field(default=42, description="Same dataset + same seed = identical splits.")
+
+
+def _split_part(
+    context: dg.AssetExecutionContext,
+    config: SplitAssetConfig,
+    workload_dataset: pl.LazyFrame,
+    dataset_store: DatasetStore,
+    parts: tuple[str, ...],
+):
+    rows = split_dataset(workload_dataset.collect(), SplitConfig(**config.model_dump()))
+    files = {}
+    for part in parts:
+        part_rows = rows.filter(pl.col("split") == part)
+        files[part] = dataset_store.write_file(
+            f"splits/{context.partition_key}/{part}.jsonl", to_jsonl(part_rows)
+        )
+    mine = rows.filter(pl.col("split").is_in(parts))
+    sizes = {part: mine.filter(pl.col("split") == part).height for part in parts}
+    context.log.info(f"{context.partition_key}: {sizes} (seed {config.seed})")
+    yield dg.Output(
+        mine,
+        data_version=dg.DataVersion(content_hash(mine)),
+        metadata={
+            "dagster/row_count": mine.height,
+            **{f"{part}_records": n for part, n in sizes.items()},
+            "seed": config.seed,
+            "content_hash": content_hash(mine),
+            "files": dg.MetadataValue.json(files),
+            "preview": table(mine.select("record_id", "split", "messages", "expected")),
+        },
+    )
+    yield _chat_format_check(context.assets_def.key, mine)
+
+
+def _chat_format_check(asset_key: dg.AssetKey, rows: pl.DataFrame) -> dg.AssetCheckResult:
+    errors = 0
+    try:
+        examples = to_examples(rows)
+    except (ValidationError, ValueError) as err:
+        examples, errors = [], 1
+        detail = str(err)[:500]
+    passed = errors == 0 and len(examples) > 0
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="valid_chat_examples",
+        passed=passed,
+        description=(
+            f"{len(examples)} records parse as chat examples"
+            if passed
+            else f"split is empty or malformed ({detail if errors else 'no records'}): "
+            "check the upstream workload_dataset"
+        ),
+    )
+
+
+@dg.asset(
+    partitions_def=workload_partitions,
+    check_specs=[dg.AssetCheckSpec("valid_chat_examples", asset="eval_dataset", blocking=True)],
+    group_name="split",
+    kinds={"polars", "parquet"},
+    code_version="1",
+    automation_condition=retrain_when_dataset_changed,
+    description="Held-out eval split in chat format (prompt + expected answer).",
+)
+def eval_dataset(context, config: SplitAssetConfig, workload_dataset: pl.LazyFrame, dataset_store: DatasetStore):
+    yield from _split_part(context, config, workload_dataset, dataset_store, ("eval",))
+
+
+@dg.asset(
+    partitions_def=workload_partitions,
+    check_specs=[dg.AssetCheckSpec("valid_chat_examples", asset="train_dataset", blocking=True)],
+    group_name="split",
+    kinds={"polars", "parquet"},
+    code_version="1",
+    automation_condition=retrain_when_dataset_changed,
+    description="Train and validation splits; the train split is also the ICL example pool.",
+)
+def train_dataset(context, config: SplitAssetConfig, workload_dataset: pl.LazyFrame, dataset_store: DatasetStore):
+    yield from _split_part(context, config, workload_dataset, dataset_store, ("train", "validation"))

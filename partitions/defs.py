@@ -1,0 +1,28 @@
+"""The slices of the flywheel's data: day, workload and candidate.
+
+Multi-partition dimensions are ordered by name (dagster-facts.md #1), so keys read
+`<day>|<workload>` and `<candidate>|<workload>`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+# Workload ids come from traffic; keys are made safe by partitions.keys.workload_key.
+workload_partitions = dg.DynamicPartitionsDefinition(name="workload")
+
+# end_offset=1: today's partition exists, so fresh traffic can be ingested the same day.
+day_partitions = dg.DailyPartitionsDefinition(
+    start_date=os.environ.get("FLYWHEEL_START_DATE", "2025-01-01"), end_offset=1
+)
+
+trace_partitions = dg.MultiPartitionsDefinition({"day": day_partitions, "workload": workload_partitions})
+
+# A workload-level asset reads every day (or candidate) of its workload.
+BY_WORKLOAD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="workload")
+
+
+def trace_partition_key(day: str, workload_key: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"day": day, "workload": workload_key})

@@ -1,0 +1,28 @@
+"""Safe partition keys for user-supplied workload ids (no Dagster import: curation uses it).
+
+Workload ids come from traffic, so they can hold anything: `../x`, `a|b` (Dagster's
+multi-partition separator), spaces, unicode, 300 characters. A key must be usable both as
+a Dagster partition key and as one path component, and two ids must never share a key.
+An id that is already safe is its own key (readable in the UI); any other id becomes a
+readable slug plus a short hash of the original, which is kept in metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+SAFE_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_SLUG_CHARS = re.compile(r"[^a-z0-9_-]+")
+_SLUG_LEN = 40
+
+
+def workload_key(workload_id: str) -> str:
+    """The partition key (and file name) for a workload id; stable and collision-resistant."""
+    if SAFE_KEY.match(workload_id):
+        return workload_id
+    ascii_id = unicodedata.normalize("NFKD", workload_id).encode("ascii", "ignore").decode()
+    slug = _SLUG_CHARS.sub("-", ascii_id.lower()).strip("-_")[:_SLUG_LEN] or "workload"
+    digest = hashlib.sha256(workload_id.encode()).hexdigest()[:10]
+    return f"{slug}-{digest}"

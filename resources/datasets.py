@@ -1,0 +1,92 @@
+"""Dataset stores: where curated data and split files live.
+
+`DatasetStore` is the interface the assets use; `LocalDatasetStore` is the embedded
+default (a folder, atomic writes). The NeMo Data Store client implements the same
+interface. `ParquetIOManager` stores asset values (polars DataFrames) as Parquet files
+under the same root and hands them to downstream assets as lazy polars scans.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import abstractmethod
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+from upath import UPath
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DatasetStore(dg.ConfigurableResource):
+    """Holds split files (chat-format JSONL) for training and evaluation backends."""
+
+    @abstractmethod
+    def write_file(self, relpath: str, data: bytes) -> str:
+        """Store `data` at `relpath`; return a URI a backend can read it from."""
+
+    @abstractmethod
+    def read_file(self, relpath: str) -> bytes: ...
+
+
+class LocalDatasetStore(DatasetStore):
+    root: str = Field(description="Folder holding datasets, split files and the landing area.")
+
+    def path(self, relpath: str) -> Path:
+        root = Path(self.root).resolve()
+        target = (root / relpath).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"{relpath!r} escapes the dataset store root {root}")
+        return target
+
+    def write_file(self, relpath: str, data: bytes) -> str:
+        target = self.path(relpath)
+        atomic_write_bytes(target, data)
+        return target.as_uri()
+
+    def read_file(self, relpath: str) -> bytes:
+        return self.path(relpath).read_bytes()
+
+
+class _PolarsParquetUPathIOManager(dg.UPathIOManager):
+    extension = ".parquet"
+
+    def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+        os.close(fd)
+        try:
+            obj.write_parquet(tmp)
+            os.replace(tmp, str(path))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.LazyFrame:
+        # scans are lazy: check now, so `allow_missing_partitions` can skip absent days
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: materialize the upstream partition")
+        return pl.scan_parquet(str(path))
+
+
+class ParquetIOManager(dg.ConfigurableIOManagerFactory):
+    """Asset values as Parquet files, written atomically, loaded as `pl.LazyFrame`s."""
+
+    base_dir: str = Field(description="Folder for asset values (one file per partition).")
+
+    def create_io_manager(self, context) -> dg.UPathIOManager:
+        return _PolarsParquetUPathIOManager(base_path=UPath(self.base_dir))
