@@ -1,0 +1,51 @@
+"""`flywheel` command: run the whole flywheel on the embedded default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "deploy" / "dagster.local.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="generate sample traces, then run the whole flywheel")
+    demo.add_argument("--records", type=int, default=3000)
+    demo.add_argument("--seed", type=int, default=0)
+    sub.add_parser("run", help="run the whole flywheel on the traces in the drop folder")
+    args = parser.parse_args(argv)
+
+    # settings are read when the definitions are imported, so import after env is final
+    from flywheel_assets.settings import flywheel_home, traces_dir
+
+    os.environ.setdefault("DAGSTER_HOME", str(flywheel_home() / "dagster_home"))
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        shutil.copy(LOCAL_INSTANCE_YAML, dagster_home / "dagster.yaml")
+    if args.command == "demo":
+        from flywheel_assets.core.sample_data import write_sample_traces
+
+        files = write_sample_traces(traces_dir(), n=args.records, seed=args.seed)
+        print(f"wrote {args.records} sample traces to {traces_dir()} ({len(files)} files)")
+
+    from flywheel_assets.definitions import defs
+    from flywheel_assets.runner import run_flywheel
+
+    with dg.DagsterInstance.get() as instance:
+        result = run_flywheel(defs, instance)
+    print(f"\nDAGSTER_HOME={os.environ['DAGSTER_HOME']}: `dagster dev` shows these runs and their metadata")
+    if result.failed:
+        print(f"{len(result.failed)} runs failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
