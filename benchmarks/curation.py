@@ -1,0 +1,118 @@
+"""Curation benchmark: raw JSONL traces -> deduplicated workload datasets.
+
+Generates N traces (default 1,000,000) into one JSONL file, then measures, each phase in
+its own process so peak RSS is its own:
+  baseline  a bare polars scan of the same file + unique on the user messages
+  curation  the flywheel's path: validate + land by day x workload, then per workload
+            read every day, filter, deduplicate, classify and redact PII
+and prints traces/s, peak RSS and the ratio curation / baseline.
+
+    python benchmarks/curation.py [--records N] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_baseline(path: Path) -> dict:
+    lines = pl.scan_csv(
+        path, has_header=False, separator="\x1f", quote_char=None, schema={"line": pl.String}
+    )
+    unique = (
+        lines.with_columns(key=pl.col("line").str.json_path_match("$.request.messages"))
+        .unique("key")
+        .select(pl.len())
+        .collect()
+        .item()
+    )
+    return {"unique": unique}
+
+
+def run_curation(path: Path, work: Path) -> dict:
+    from flywheel_assets.core.curation import curate
+    from flywheel_assets.core.ingest import read_partition
+    from resources.traces import FileTraceSource
+
+    source = FileTraceSource(
+        traces_dir=str(path.parent), landing_dir=str(work / "landing"), start_date="2020-01-01"
+    )
+    (landed,) = source.land([path])
+    by_workload: dict[str, list[str]] = {}
+    for partition in landed.partitions:
+        day, key = partition.split("|")
+        if key != "unattributed":
+            by_workload.setdefault(key, []).append(day)
+    out = 0
+    for key, days in by_workload.items():
+        frames = [read_partition(source.landing_path, day, key)[0].lazy() for day in sorted(days)]
+        dataset, _ = curate(pl.concat(frames))
+        out += dataset.height
+    return {"unique": out, "workloads": len(by_workload)}
+
+
+def phase(name: str, path: Path, work: Path) -> None:
+    start = time.perf_counter()
+    result = run_baseline(path) if name == "baseline" else run_curation(path, work)
+    result.update(seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib())
+    print(json.dumps(result))
+
+
+def measure(name: str, path: Path, work: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", name, "--file", str(path), "--work", str(work)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--keep", type=Path, help="keep the generated file and landing here")
+    parser.add_argument("--phase", choices=["baseline", "curation"], help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        phase(args.phase, args.file, args.work)
+        return
+
+    from flywheel_assets.core.sample_data import generate_records
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "traces" / "traces.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    with path.open("w") as out:
+        for line in generate_records(args.records, seed=0):
+            out.write(line + "\n")
+    size_mib = path.stat().st_size / 2**20
+    print(f"generated {args.records:,} traces ({size_mib:,.0f} MiB) in {time.perf_counter() - start:.1f}s")
+    baseline = measure("baseline", path, work)
+    curation = measure("curation", path, work)
+    for name, r in (("baseline (polars scan + unique)", baseline), ("curation (flywheel)", curation)):
+        print(
+            f"{name:34s} {r['seconds']:7.1f}s  {args.records / r['seconds']:>10,.0f} traces/s  "
+            f"peak RSS {r['peak_rss_mib']:,.0f} MiB  unique {r['unique']:,}"
+        )
+    print(f"ratio curation / baseline: {curation['seconds'] / baseline['seconds']:.2f}  (target <= 2)")
+    print(f"curation peak RSS: {curation['peak_rss_mib'] / 1024:.2f} GiB  (target <= 2 GiB)")
+
+
+if __name__ == "__main__":
+    main()
