@@ -257,3 +257,17 @@ def test_api_key_never_in_errors_or_repr():
     assert "HTTP 500" in echoed.error and "***" in echoed.error
     for text in (rejected.error, echoed.error, str(raised.value), repr(client)):
         assert SECRET not in text
+
+
+def test_one_ssl_context_shared_by_all_workers(server, monkeypatch):
+    """Regression: 32 workers each building a CA bundle context cost ~0.5 s per cold call."""
+    import httpx
+
+    from resources import openai_compatible
+
+    built = []
+    real = httpx.create_ssl_context
+    monkeypatch.setattr(openai_compatible._SharedSSLContext, "_context", None)
+    monkeypatch.setattr(httpx, "create_ssl_context", lambda *a, **k: built.append(1) or real(*a, **k))
+    backend(server, max_concurrency=32).complete([user(f"q{i}") for i in range(64)])
+    assert len(built) == 1
