@@ -9,8 +9,10 @@ keep-alive, so a client holding 32 connections gets 32 requests served at once.
   ``"echo: <last user message>"``. Pass ``responder`` to script any other answer.
 - ``GET /v1/models``: the configured model.
 - Faults are scripted per request in arrival order (`FakeOpenAIServer.add_faults`):
-  `Fault.status(429, retry_after=0)`, `Fault.status(503)`, `Fault.hang(seconds)`,
-  `Fault.body({...})` (a 200 with any JSON, e.g. missing fields).
+  `Fault.status(429, retry_after=0)`, `Fault.status(503, message=...)`,
+  `Fault.hang(seconds)` (waits, then answers normally, unless the client gave up),
+  `Fault.body({...})` (a 200 with any JSON, e.g. missing fields). Requests beyond the
+  script are answered normally.
 - ``latency_s`` is slept before every answer; ``in_flight``/``max_in_flight`` count the
   requests being handled at once; ``requests`` keeps each request's path, JSON body and
   Authorization header for assertions.

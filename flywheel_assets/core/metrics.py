@@ -382,8 +382,11 @@ class EvalResult(BaseModel):
     """Scores of one candidate on one evaluation set.
 
     ``scores`` holds ``function_name_accuracy`` and ``function_name_and_args_accuracy``
-    for tool calling, ``similarity`` for chat (method in ``similarity_method``). ``rows``
-    has one dict per record with the same keys in every row (see `to_polars`).
+    for tool calling, ``similarity`` for chat (method in ``similarity_method``).
+    ``latency_s`` summarises the successful requests only; ``error_count`` counts failed
+    candidate requests (each scored 0); ``judge_unparsed_count`` counts records the judge
+    gave no score for (unreadable reply or judge error), left out of the similarity mean.
+    ``rows`` has one dict per record with the same keys in every row (see `to_polars`).
     """
 
     workload_type: WorkloadType
