@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "deploy" / "dagster.local.yaml"
 
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with dg.DagsterInstance.get() as instance:
         result = run_flywheel(defs, instance)
+    with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=200, float_precision=3):
+        for workload, board in result.leaderboards.items():
+            print(f"\nleaderboard [{workload}] ({flywheel_home() / 'assets' / 'leaderboard' / workload}.parquet)")
+            print(board)
     print(f"\nDAGSTER_HOME={os.environ['DAGSTER_HOME']}: `dagster dev` shows these runs and their metadata")
     if result.failed:
         print(f"{len(result.failed)} runs failed")

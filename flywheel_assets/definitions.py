@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from flywheel_assets.curate import workload_dataset
+from flywheel_assets.evaluate import base_eval, customized_eval, icl_eval
 from flywheel_assets.ingest import raw_traces
 from flywheel_assets.settings import flywheel_home, traces_dir
+from flywheel_assets.report import leaderboard
 from flywheel_assets.split import eval_dataset, train_dataset
-from resources.datasets import LocalDatasetStore, ParquetIOManager
+from flywheel_assets.train import lora_adapter
+from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManager
+from resources.inference import InferenceResource
 from resources.traces import FileTraceSource
 from sensors.drop_folder import drop_folder_sensor
 
@@ -17,14 +23,32 @@ def build_resources() -> dict:
     home = flywheel_home()
     return {
         "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
+        "json_io_manager": JsonIOManager(base_dir=str(home / "assets")),
         "dataset_store": LocalDatasetStore(root=str(home / "datasets")),
         "trace_source": FileTraceSource(
             traces_dir=str(traces_dir()), landing_dir=str(home / "landing")
         ),
+        "inference": InferenceResource(
+            model_cache_dir=str(home / "models"),
+            adapters_dir=str(home / "adapters"),
+            judge_base_url=os.environ.get("FLYWHEEL_JUDGE_BASE_URL"),
+            judge_model=os.environ.get("FLYWHEEL_JUDGE_MODEL"),
+            judge_api_key=dg.EnvVar("FLYWHEEL_JUDGE_API_KEY") if os.environ.get("FLYWHEEL_JUDGE_API_KEY") else None,
+        ),
     }
 
 
-ASSETS = [raw_traces, workload_dataset, eval_dataset, train_dataset]
+ASSETS = [
+    raw_traces,
+    workload_dataset,
+    eval_dataset,
+    train_dataset,
+    lora_adapter,
+    base_eval,
+    icl_eval,
+    customized_eval,
+    leaderboard,
+]
 
 defs = dg.Definitions(
     assets=ASSETS,

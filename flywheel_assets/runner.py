@@ -12,17 +12,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
+import polars as pl
 
-from partitions.defs import trace_partition_key, workload_partitions
+from partitions.defs import (
+    candidate_partitions,
+    candidate_workload_key,
+    trace_partition_key,
+    workload_partitions,
+)
 
 INGEST = ["raw_traces", "quarantined_traces"]
 CURATE_AND_SPLIT = ["workload_dataset", "eval_dataset", "train_dataset"]
+TRAIN_AND_EVALUATE = ["lora_adapter", "base_eval", "icl_eval", "customized_eval"]
+REPORT = ["leaderboard"]
 
 
 @dataclass
 class FlywheelRun:
     workloads: list[str] = field(default_factory=list)
     runs: list[dg.ExecuteInProcessResult] = field(default_factory=list)
+    leaderboards: dict[str, pl.DataFrame] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[dg.ExecuteInProcessResult]:
@@ -67,6 +76,12 @@ def run_flywheel(
     log(f"{len(landed)} trace files, {len(partitions)} day x workload partitions, workloads {workloads}")
     for partition in partitions:
         materialize(INGEST, trace_partition_key(*partition.split("|")))
-    for workload in workloads:
-        materialize(CURATE_AND_SPLIT, workload)
+    ready = [w for w in workloads if materialize(CURATE_AND_SPLIT, w).success]
+    candidates = candidate_partitions.get_partition_keys()
+    for workload in ready:
+        for candidate in candidates:
+            materialize(TRAIN_AND_EVALUATE, candidate_workload_key(candidate, workload))
+        board = materialize(REPORT, workload)
+        if board.success:
+            result.leaderboards[workload] = board.output_for_node("leaderboard")
     return result

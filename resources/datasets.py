@@ -8,6 +8,7 @@ under the same root and hands them to downstream assets as lazy polars scans.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from abc import abstractmethod
@@ -81,6 +82,25 @@ class _PolarsParquetUPathIOManager(dg.UPathIOManager):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: materialize the upstream partition")
         return pl.scan_parquet(str(path))
+
+
+class _JsonUPathIOManager(dg.UPathIOManager):
+    extension = ".json"
+
+    def dump_to_path(self, context: dg.OutputContext, obj: dict, path: UPath) -> None:
+        atomic_write_bytes(Path(str(path)), json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> dict:
+        return json.loads(Path(str(path)).read_text())
+
+
+class JsonIOManager(dg.ConfigurableIOManagerFactory):
+    """Small asset values (dicts, e.g. an adapter's manifest) as JSON files, written atomically."""
+
+    base_dir: str = Field(description="Folder for asset values (one file per partition).")
+
+    def create_io_manager(self, context) -> dg.UPathIOManager:
+        return _JsonUPathIOManager(base_path=UPath(self.base_dir))
 
 
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):
