@@ -16,13 +16,20 @@ import unicodedata
 SAFE_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _SLUG_CHARS = re.compile(r"[^a-z0-9_-]+")
 _SLUG_LEN = 40
+_DIGEST_LEN = 10
+# what a hashed key ends with; an id ending like this is hashed too, so it cannot take
+# the key of another (hashed) id
+_HASHED_SUFFIX = re.compile(rf"-[0-9a-f]{{{_DIGEST_LEN}}}$")
 
 
 def workload_key(workload_id: str) -> str:
     """The partition key (and file name) for a workload id; stable and collision-resistant."""
-    if SAFE_KEY.match(workload_id):
+    # fullmatch: SAFE_KEY's `$` also matches before a trailing newline
+    if SAFE_KEY.fullmatch(workload_id) and not _HASHED_SUFFIX.search(workload_id):
         return workload_id
     ascii_id = unicodedata.normalize("NFKD", workload_id).encode("ascii", "ignore").decode()
     slug = _SLUG_CHARS.sub("-", ascii_id.lower()).strip("-_")[:_SLUG_LEN] or "workload"
-    digest = hashlib.sha256(workload_id.encode()).hexdigest()[:10]
+    # surrogatepass: an id decoded from JSON can hold a lone surrogate (`"\\ud800"`)
+    raw = workload_id.encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(raw).hexdigest()[:_DIGEST_LEN]
     return f"{slug}-{digest}"

@@ -12,6 +12,8 @@ training. The earliest record of each key is kept (ties broken by record id).
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,7 +25,8 @@ TOOL_CALLING_SHARE = 0.5
 
 FeedbackFilter = Literal["none", "exclude_negative", "positive_only"]
 
-# Rust-regex patterns (no look-around); order matters: card numbers before phone numbers.
+# Regex patterns, run on decoded strings (see redact_pii).
+# Order matters: card numbers before phone numbers.
 PII_PATTERNS: dict[str, str] = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
     "card_number": r"\b(?:\d[ -]?){12,15}\d\b",
@@ -32,6 +35,10 @@ PII_PATTERNS: dict[str, str] = {
     "ip_address": r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b",
 }
 PII_COLUMNS = ("messages", "answer")
+_PII_REGEXES = {name: re.compile(p) for name, p in PII_PATTERNS.items()}
+# The patterns without word boundaries: run on the JSON text by polars, they find every row
+# that may hold PII (a superset), so only those rows are decoded and redacted in Python.
+_PII_CANDIDATE = "|".join(f"(?:{p})" for p in PII_PATTERNS.values()).replace(r"\b", "")
 
 OUTPUT_COLUMNS = (
     "record_id",
@@ -93,24 +100,59 @@ def classify_workload(df: pl.DataFrame) -> str:
 
 
 def redact_pii(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-    counts = {
-        name: int(
-            df.select(
-                pl.sum_horizontal(pl.col(c).str.count_matches(p).fill_null(0) for c in PII_COLUMNS).sum()
-            ).item()
-        )
-        for name, p in PII_PATTERNS.items()
-    }
-    redacted = df.with_columns(
-        _replace_all_patterns(pl.col(c)) for c in PII_COLUMNS
+    """Replace PII in the JSON columns with `[KIND]`; counts are the replacements made.
+
+    The patterns run on the decoded strings, not on the JSON text: in the JSON text an
+    escape such as `\\n` glues a letter to the PII (`\\n4111 1111...` has no word boundary,
+    so it leaked) and a replacement can break an escape (`\\njane@x.com` -> `\\[EMAIL]`).
+    """
+    counts = dict.fromkeys(PII_PATTERNS, 0)
+    maybe = pl.any_horizontal(
+        pl.col(c).str.contains(_PII_CANDIDATE).fill_null(False) for c in PII_COLUMNS
     )
-    return redacted, counts
+    rows = df.select(maybe).to_series().arg_true()
+    if rows.len() == 0:
+        return df, counts
+    candidates = df[rows]
+    columns = [
+        df[c].clone().scatter(rows, [_redact_json(v, counts) for v in candidates[c].to_list()])
+        for c in PII_COLUMNS
+    ]
+    return df.with_columns(columns), counts
 
 
-def _replace_all_patterns(expr: pl.Expr) -> pl.Expr:
-    for name, pattern in PII_PATTERNS.items():
-        expr = expr.str.replace_all(pattern, f"[{name.upper()}]")
-    return expr
+def _redact_json(text: str | None, counts: dict[str, int]) -> str | None:
+    if text is None:
+        return None
+    found = dict.fromkeys(PII_PATTERNS, 0)
+    try:
+        value = _redact_value(json.loads(text), found)
+        redacted = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except json.JSONDecodeError:
+        redacted = _redact_text(text, found)  # not JSON: redact the text as it is
+    if not any(found.values()):
+        return text  # untouched rows stay byte-identical
+    for name, n in found.items():
+        counts[name] += n
+    return redacted
+
+
+def _redact_value(value, found: dict[str, int]):
+    if isinstance(value, str):
+        return _redact_text(value, found)
+    if isinstance(value, list):
+        return [_redact_value(v, found) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_value(v, found) for k, v in value.items()}
+    return value
+
+
+def _redact_text(text: str, found: dict[str, int]) -> str:
+    # in order: card numbers before phone numbers
+    for name, regex in _PII_REGEXES.items():
+        text, n = regex.subn(f"[{name.upper()}]", text)
+        found[name] += n
+    return text
 
 
 def curate(

@@ -91,8 +91,17 @@ def day_of(timestamp: int) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).date().isoformat()
 
 
+def _day_or_none(timestamp: int) -> str | None:
+    """The day of a timestamp, or None past year 9999 (e.g. milliseconds sent as seconds)."""
+    try:
+        return day_of(timestamp)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # default=str: Parquet rows can hold datetimes, which validation then rejects by type
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def _tool_name(tool: dict[str, Any]) -> str:
@@ -129,11 +138,22 @@ def _valid_row(record, raw_id: str, source: str, day: str) -> dict[str, Any]:
     }
 
 
+def _workload_in_raw(raw: str) -> str | None:
+    match = _WORKLOAD_IN_RAW.search(raw)
+    if not match:
+        return None
+    try:
+        workload_id = json.loads(f'"{match.group(1)}"')
+        workload_id.encode()  # a lone surrogate (escaped \ud800) cannot be stored
+    except (json.JSONDecodeError, UnicodeEncodeError):
+        return None  # an escape we cannot decode: the record stays unattributed
+    return workload_id
+
+
 def _quarantine_row(raw: str, source: str, rejection: Rejection, bounds_day: str | None):
-    workload = _WORKLOAD_IN_RAW.search(raw)
     timestamp = _TIMESTAMP_IN_RAW.search(raw)
-    workload_id = json.loads(f'"{workload.group(1)}"') if workload else None
-    day = bounds_day or (day_of(int(timestamp.group(1))) if timestamp else None)
+    workload_id = _workload_in_raw(raw)
+    day = bounds_day or (_day_or_none(int(timestamp.group(1))) if timestamp else None)
     attributed = workload_id is not None and day is not None
     return {
         "source": source,
@@ -160,10 +180,15 @@ def validate_batch(
         if isinstance(result, Rejection):
             quarantined.append(_quarantine_row(raw_text, source, result, None))
             continue
-        day = day_of(result.timestamp)
-        out_of_range = bounds.check(day)
+        day = _day_or_none(result.timestamp)
+        out_of_range = bounds.check(day) if day else "future_timestamp"
         if out_of_range:
-            rejection = Rejection(reason=out_of_range, detail=f"day {day} is outside {bounds}")
+            detail = (
+                f"day {day} is outside {bounds}"
+                if day
+                else f"timestamp {result.timestamp} is past year 9999 (milliseconds, not seconds?)"
+            )
+            rejection = Rejection(reason=out_of_range, detail=detail)
             quarantined.append(_quarantine_row(raw_text, source, rejection, day))
             continue
         raw_id = hashlib.sha256(raw_text.encode()).hexdigest()[:20]
@@ -272,7 +297,8 @@ def _result_from(manifest: dict[str, Any], landed: bool) -> LandingResult:
 
 
 def _partition_glob(landing_dir: Path, day: str, key: str, prefix: str) -> list[Path]:
-    return sorted(landing_dir.glob(f"*/day={day}/workload={key}/{prefix}-*.parquet"))
+    # `[!.]*`: skip hidden staging / retired folders of a landing in progress or crashed
+    return sorted(landing_dir.glob(f"[!.]*/day={day}/workload={key}/{prefix}-*.parquet"))
 
 
 def read_partition(landing_dir: Path, day: str, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:

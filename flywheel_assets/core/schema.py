@@ -8,6 +8,7 @@ reason instead of crashing the run or disappearing.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import (
@@ -135,6 +136,11 @@ def validate_trace(
             return TraceRecord.model_validate_json(raw)
         except ValidationError as err:
             return _rejection_from(err)
+    # a decoded record (Parquet row) is held to the same limit as a line: its JSON size
+    text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"), default=str)
+    size = len(text.encode(errors="surrogatepass"))
+    if size > max_record_bytes:
+        return Rejection(reason="oversized", detail=f"{size} bytes > limit of {max_record_bytes}")
     try:
         return TraceRecord.model_validate(raw)
     except ValidationError as err:
