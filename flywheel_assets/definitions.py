@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 
@@ -19,14 +20,16 @@ from resources.traces import FileTraceSource
 from sensors.drop_folder import drop_folder_sensor
 
 
-def build_resources() -> dict:
-    home = flywheel_home()
+def build_resources(home: Path | None = None, traces: Path | None = None) -> dict:
+    """Every resource of the embedded default, rooted at `home` (default: FLYWHEEL_HOME)."""
+    home = home or flywheel_home()
+    traces = traces or traces_dir()
     return {
         "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
         "json_io_manager": JsonIOManager(base_dir=str(home / "assets")),
         "dataset_store": LocalDatasetStore(root=str(home / "datasets")),
         "trace_source": FileTraceSource(
-            traces_dir=str(traces_dir()), landing_dir=str(home / "landing")
+            traces_dir=str(traces), landing_dir=str(home / "landing")
         ),
         "inference": InferenceResource(
             model_cache_dir=str(home / "models"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -43,6 +44,7 @@ def run_flywheel(
     instance: dg.DagsterInstance,
     *,
     log: Callable[[str], None] = print,
+    through: Literal["split", "leaderboard"] = "leaderboard",
 ) -> FlywheelRun:
     resources = defs.resources
     trace_source = resources["trace_source"]
@@ -77,6 +79,8 @@ def run_flywheel(
     for partition in partitions:
         materialize(INGEST, trace_partition_key(*partition.split("|")))
     ready = [w for w in workloads if materialize(CURATE_AND_SPLIT, w).success]
+    if through == "split":
+        return result
     candidates = candidate_partitions.get_partition_keys()
     for workload in ready:
         for candidate in candidates:

@@ -8,23 +8,15 @@ import pytest
 
 from flywheel_assets.core.sample_data import write_sample_traces
 from flywheel_assets.curate import workload_dataset
-from flywheel_assets.definitions import ASSETS, defs
+from flywheel_assets.definitions import ASSETS, build_resources, defs
 from flywheel_assets.ingest import raw_traces
 from flywheel_assets.runner import run_flywheel
 from flywheel_assets.split import eval_dataset, train_dataset
 from partitions.defs import trace_partition_key
-from resources.datasets import LocalDatasetStore, ParquetIOManager
-from resources.traces import FileTraceSource
 
 
 def make_resources(tmp_path):
-    return {
-        "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-        "dataset_store": LocalDatasetStore(root=str(tmp_path / "datasets")),
-        "trace_source": FileTraceSource(
-            traces_dir=str(tmp_path / "traces"), landing_dir=str(tmp_path / "landing")
-        ),
-    }
+    return build_resources(tmp_path, tmp_path / "traces")
 
 
 def make_defs(tmp_path) -> dg.Definitions:
@@ -47,7 +39,7 @@ def flywheel(tmp_path_factory):
     files = write_sample_traces(tmp_path / "traces", n=1500, seed=3, days=3)
     lines_written = sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
     with dg.instance_for_test() as instance:
-        result = run_flywheel(make_defs(tmp_path), instance, log=lambda _: None)
+        result = run_flywheel(make_defs(tmp_path), instance, log=lambda _: None, through="split")
         yield tmp_path, instance, result, lines_written
 
 
