@@ -16,7 +16,8 @@ from flywheel_assets.core.chat import ChatExample, ChatPrompt
 from flywheel_assets.core.icl import build_icl_prompt, select_icl_examples
 from flywheel_assets.core.metrics import score_records
 from flywheel_assets.metadata import table
-from flywheel_assets.train import GPU_POOL, candidate_of, split_examples
+from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
+from flywheel_assets.train import candidate_of, split_examples
 from partitions.defs import BY_WORKLOAD, candidate_workload_partitions
 from resources.inference import InferenceResource
 from sensors.automation import retrain_when_dataset_changed
@@ -24,6 +25,7 @@ from sensors.automation import retrain_when_dataset_changed
 EVAL_ASSET = dict(
     partitions_def=candidate_workload_partitions,
     pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     group_name="evaluate",
     kinds={"pytorch", "polars"},
     code_version="1",

@@ -10,13 +10,11 @@ from pydantic import Field
 
 from flywheel_assets.core.candidates import load_models
 from flywheel_assets.core.splitting import to_examples
+from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
 from flywheel_assets.core.training import LoraHyperparameters, read_training_result, train_lora
 from partitions.defs import BY_WORKLOAD, candidate_workload_partitions
 from resources.inference import InferenceResource
 from sensors.automation import retrain_when_dataset_changed
-
-GPU_POOL = "gpu"
-
 
 class LoraConfig(dg.Config):
     """Overrides of the candidate's hyper-parameters (reference defaults underneath)."""
@@ -42,6 +40,7 @@ def split_examples(train_dataset: pl.LazyFrame, split: str):
     partitions_def=candidate_workload_partitions,
     ins={"train_dataset": dg.AssetIn(partition_mapping=BY_WORKLOAD)},
     pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     io_manager_key="json_io_manager",
     group_name="train",
     kinds={"pytorch"},
