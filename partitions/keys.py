@@ -9,6 +9,7 @@ readable slug plus a short hash of the original, which is kept in metadata.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -22,6 +23,7 @@ _DIGEST_LEN = 10
 _HASHED_SUFFIX = re.compile(rf"-[0-9a-f]{{{_DIGEST_LEN}}}$")
 
 
+@functools.lru_cache(maxsize=65536)  # called once per record while landing
 def workload_key(workload_id: str) -> str:
     """The partition key (and file name) for a workload id; stable and collision-resistant."""
     # fullmatch: SAFE_KEY's `$` also matches before a trailing newline
