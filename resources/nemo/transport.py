@@ -1,0 +1,445 @@
+"""HTTP plumbing shared by every NeMo microservices client: one retry helper, one poll
+loop, typed response parsing and the error types.
+
+Retries (`retry_call`, used by `ServiceClient.request` for every call of every client):
+HTTP 429 (waiting what ``Retry-After`` asks, capped), 5xx, connection errors and timeouts
+are retried with exponential backoff and jitter: retry n waits
+``min(max_backoff_s, backoff_s * 2**n) * uniform(0.5, 1.0)``. Other 4xx are not retried
+(asking again gives the same answer) and become `NemoHTTPError` at once.
+
+Creating calls (POST) are retried too, so each one is made safe to repeat by its client:
+either the service treats a repeat as "already exists" (namespaces, repos, configs,
+deployments: accepted through ``accept=``), or a repeat is harmless (a commit of the same
+files), or the caller passes ``recover=``: after a failure that leaves it unknown whether
+the server acted on the request (the connection dropped after sending, a read timeout, a
+5xx), ``recover()`` looks the object up (e.g. a customization job by its deterministic
+name) and, when it exists, that is the answer instead of a second POST. A failure where
+the request never reached the server (connect error) or was refused before processing
+(429) is simply retried.
+
+Polling (`poll`): every wait has a deadline (`NemoTimeoutError` names the service, what
+was awaited and the last state seen) and reports each change of state or progress to an
+``on_progress`` callback as a `Progress` (its ``str()`` is one log line).
+
+Errors name the service, the method and path, and the server's own words; never the API
+key (it is redacted from any text a server echoes back).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+class NemoError(Exception):
+    """Any failure talking to a NeMo microservice; the message names the service."""
+
+    def __init__(self, message: str, *, service: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class NemoHTTPError(NemoError):
+    """A call that failed for good: a non-retryable status, or retries spent."""
+
+    def __init__(self, message: str, *, service: str, status_code: int | None = None, detail: str = "") -> None:
+        super().__init__(message, service=service)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class NemoSchemaError(NemoError):
+    """A response that does not have the shape the client needs (e.g. a missing field)."""
+
+
+class NemoJobFailed(NemoError):
+    """A remote job (customization, evaluation, deployment) ended failed or cancelled;
+    ``detail`` is the service's own explanation (e.g. Customizer ``status_logs[].detail``)."""
+
+    def __init__(self, message: str, *, service: str, job_id: str, status: str, detail: str) -> None:
+        super().__init__(message, service=service)
+        self.job_id = job_id
+        self.status = status
+        self.detail = detail
+
+
+class NemoTimeoutError(NemoError, TimeoutError):
+    """A poll loop reached its deadline."""
+
+
+class Retryable(Exception):
+    """One attempt failed in a way worth another attempt.
+
+    ``ambiguous``: the server may have acted on the request (it was sent, but no valid
+    answer came back), so a creating call should look for its result before repeating.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, ambiguous: bool = True,
+                 status_code: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.ambiguous = ambiguous
+        self.status_code = status_code
+        self.detail = detail
+
+
+# ------------------------------------------------------------------------------ retries
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.backoff_s < 0:
+            raise ValueError("max_retries and backoff_s must not be negative")
+
+    def delay_s(self, retry_number: int, retry_after_s: float | None = None) -> float:
+        """Seconds to wait before retry ``retry_number`` (0-based)."""
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), self.max_retry_after_s)
+        # jitter: calls that failed together (a restarting gateway) do not retry together
+        return min(self.max_backoff_s, self.backoff_s * 2**retry_number) * random.uniform(0.5, 1.0)
+
+
+def retry_call(
+    attempt: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    service: str,
+    what: str,
+    recover: Callable[[], T | None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``attempt()`` until it returns, retrying `Retryable` failures under ``policy``.
+
+    After an ambiguous failure, ``recover()`` (when given) is asked first whether the
+    request took effect; a non-None answer is returned instead of attempting again.
+    Retries spent: `NemoHTTPError` naming ``service``, ``what`` and the last failure.
+    """
+    for number in range(policy.max_retries + 1):
+        try:
+            return attempt()
+        except Retryable as failure:
+            if number == policy.max_retries:
+                attempts = f"{number + 1} attempt{'s' if number else ''}"
+                raise NemoHTTPError(
+                    f"{service}: {what} failed after {attempts}: {failure}",
+                    service=service, status_code=failure.status_code, detail=failure.detail,
+                ) from None
+            sleep(policy.delay_s(number, failure.retry_after_s))
+            if failure.ambiguous and recover is not None:
+                found = recover()
+                if found is not None:
+                    return found
+    raise AssertionError("unreachable")  # the loop always returns or raises
+
+
+# ------------------------------------------------------------------------------ parsing
+
+
+class Wire(BaseModel):
+    """Base of every request/response model: unknown fields are tolerated (and kept, so
+    a caller can still read what a newer service version adds)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+def parse(model: type[M], payload: Any, *, service: str, what: str) -> M:
+    """``payload`` as ``model``; a mismatch becomes `NemoSchemaError` naming the service,
+    the call and each offending field (``required field 'status' is missing``)."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        problems = []
+        for issue in error.errors()[:6]:
+            field = ".".join(str(part) for part in issue["loc"]) or "<body>"
+            if issue["type"] == "missing":
+                problems.append(f"required field '{field}' is missing")
+            else:
+                problems.append(f"field '{field}': {issue['msg']}")
+        raise NemoSchemaError(
+            f"{service}: unexpected response to {what}: {'; '.join(problems)}", service=service
+        ) from None
+
+
+def error_detail(response: httpx.Response, limit: int = 300) -> str:
+    """The server's explanation: FastAPI's ``detail`` (text or validation list),
+    ``message``/``error``, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:limit].strip()
+    text: Any = body
+    if isinstance(body, dict):
+        for key in ("detail", "message", "error", "errors"):
+            if body.get(key):
+                text = body[key]
+                break
+    if isinstance(text, list):
+        text = "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg', item)}" if isinstance(item, dict) else str(item)
+            for item in text
+        )
+    elif isinstance(text, dict):
+        text = text.get("message") or json.dumps(text)
+    return str(text)[:limit].strip()
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds: a number of seconds or an HTTP date."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What a ``recover`` lookup found after an ambiguous failure of a creating call."""
+
+    value: Any
+
+
+class ServiceClient:
+    """One NeMo service at ``base_url``: an `httpx.Client` plus the shared retry policy.
+
+    Subclasses set ``service`` (the name errors carry). The API key is sent as a bearer
+    token on the service's own paths only, never to absolute URLs a server hands out
+    (e.g. presigned upload links). Use as a context manager or call `close()`.
+    """
+
+    service = "NeMo"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not base_url:
+            raise ValueError(f"{self.service}: base URL is not set")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key or None  # private: kept out of repr, logs and errors
+        self.retry = retry or RetryPolicy()
+        self.timeout_s = timeout_s
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        data: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        accept: Callable[[httpx.Response], bool] | None = None,
+        recover: Callable[[], Any | None] | None = None,
+    ) -> httpx.Response | Recovered:
+        """One logical call with retries. ``path`` is relative to the base URL (or an
+        absolute URL, sent without the API key). A response for which ``accept`` returns
+        True is returned whatever its status (e.g. 409 "already exists"); otherwise a
+        2xx is returned, a retryable status is retried and any other status raises.
+        ``recover`` (creating calls): see `retry_call`; what it finds comes back wrapped
+        in `Recovered`."""
+        absolute = path.startswith(("http://", "https://"))
+        url = path if absolute else f"{self.base_url}{path}"
+        what = f"{method} {url.split('?')[0]}"
+        send_headers = dict(headers or {})
+        if self._api_key and not absolute:
+            send_headers.setdefault("Authorization", f"Bearer {self._api_key}")
+
+        def attempt() -> httpx.Response:
+            try:
+                response = self._http.request(
+                    method, url, json=json, content=content, data=data, params=params, headers=send_headers
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                # never reached the server: safe to send again
+                raise Retryable(f"cannot connect: {type(error).__name__}: {error}", ambiguous=False) from None
+            except httpx.TimeoutException:
+                raise Retryable(f"no answer within {self.timeout_s:g}s") from None
+            except httpx.TransportError as error:
+                raise Retryable(f"connection error: {type(error).__name__}: {error}") from None
+            if accept is not None and accept(response):
+                return response
+            if response.status_code in RETRYABLE_STATUS:
+                detail = self._redact(error_detail(response))
+                raise Retryable(
+                    f"HTTP {response.status_code}" + (f": {detail}" if detail else ""),
+                    retry_after_s=retry_after_s(response),
+                    ambiguous=response.status_code != 429,
+                    status_code=response.status_code,
+                    detail=detail,
+                )
+            if response.status_code >= 400:
+                detail = self._redact(error_detail(response))
+                raise NemoHTTPError(
+                    f"{self.service}: {what} answered HTTP {response.status_code}" + (f": {detail}" if detail else ""),
+                    service=self.service, status_code=response.status_code, detail=detail,
+                )
+            return response
+
+        def recovered() -> Recovered | None:
+            found = recover() if recover is not None else None
+            return Recovered(found) if found is not None else None
+
+        return retry_call(attempt, self.retry, service=self.service, what=what,
+                          recover=recovered if recover is not None else None)
+
+    def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        return self.json_of(response, f"{method} {path}")
+
+    def json_of(self, response: httpx.Response, what: str) -> Any:
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise NemoSchemaError(
+                f"{self.service}: response to {what} is not JSON: {self._redact(response.text[:200])!r}",
+                service=self.service,
+            ) from None
+
+    def parse(self, model: type[M], payload: Any, what: str) -> M:
+        return parse(model, payload, service=self.service, what=what)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def status_is(*codes: int) -> Callable[[httpx.Response], bool]:
+    """An ``accept`` predicate: the response has one of ``codes``."""
+    wanted = frozenset(codes)
+    return lambda response: response.status_code in wanted
+
+
+def says_exists(response: httpx.Response) -> bool:
+    """An ``accept`` predicate for creating calls: 409, or any error whose text says the
+    object already exists (some services answer a repeat create with 422 or even 500)."""
+    if response.status_code == 409:
+        return True
+    if response.status_code < 400:
+        return False
+    return "already exist" in response.text.lower()
+
+
+# ------------------------------------------------------------------------------ polling
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One observed state of a remote job or deployment, for ``on_progress`` callbacks."""
+
+    service: str
+    subject: str  # "job cust-123", "deployment dfwbp/meta-llama-3.2-1b-instruct"
+    status: str
+    percent: float | None = None
+    message: str | None = None
+    elapsed_s: float = 0.0
+
+    def __str__(self) -> str:
+        text = f"{self.service} {self.subject}: {self.status}"
+        if self.percent is not None:
+            text += f" {self.percent:.0f}%"
+        if self.message:
+            text += f" ({self.message})"
+        return text + f" after {self.elapsed_s:.0f}s"
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def poll(
+    fetch: Callable[[], T],
+    *,
+    service: str,
+    subject: str,
+    observe: Callable[[T], tuple[str, float | None, str | None]],
+    done: Callable[[T], bool],
+    timeout_s: float,
+    interval_s: float,
+    on_progress: ProgressCallback | None = None,
+    timeout_hint: str = "",
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``fetch()`` every ``interval_s`` until ``done(state)``; return that state.
+
+    ``observe(state)`` gives (status, percent, message); each change is reported to
+    ``on_progress``. ``done`` may raise (e.g. `NemoJobFailed` for a failed job). Past
+    ``timeout_s``: `NemoTimeoutError` with the last status seen.
+    """
+    started = clock()
+    deadline = started + timeout_s
+    last: tuple[str, float | None, str | None] | None = None
+    while True:
+        state = fetch()
+        seen = observe(state)
+        if seen != last and on_progress is not None:
+            on_progress(Progress(service, subject, seen[0], seen[1], seen[2], clock() - started))
+        last = seen
+        if done(state):
+            return state
+        now = clock()
+        if now >= deadline:
+            raise NemoTimeoutError(
+                f"{service}: {subject} not done after {timeout_s:g}s (last status {seen[0]!r})"
+                + (f"; {timeout_hint}" if timeout_hint else ""),
+                service=service,
+            )
+        sleep(max(0.0, min(interval_s, deadline - now)))
+
+
+def first_text(values: Iterable[Any]) -> str | None:
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
