@@ -30,6 +30,8 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
@@ -221,6 +223,20 @@ def retry_after_s(response: httpx.Response) -> float | None:
 
 # ------------------------------------------------------------------------------- client
 
+_ssl_lock = threading.Lock()
+_ssl: ssl.SSLContext | None = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once: loading the CA bundle costs ~30 ms,
+    too much to pay for every short-lived client."""
+    global _ssl
+    with _ssl_lock:
+        if _ssl is None:
+            _ssl = httpx.create_ssl_context()
+        return _ssl
+
+
 
 @dataclass(frozen=True)
 class Recovered:
@@ -254,7 +270,7 @@ class ServiceClient:
         self._api_key = api_key or None  # private: kept out of repr, logs and errors
         self.retry = retry or RetryPolicy()
         self.timeout_s = timeout_s
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport)
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport, verify=_ssl_context())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
