@@ -430,3 +430,14 @@ def test_nemo_dataset_store_implements_the_dataset_store_interface(emu):
     for bad in ("../x/y.jsonl", "repo", "repo/../y", "bad repo/x.jsonl"):
         with pytest.raises(ValueError):
             store.write_file(bad, b"")
+
+
+def test_customizer_wait_survives_an_outage_longer_than_one_calls_retries(emu):
+    make_dataset(emu)
+    events = []
+    with client(CustomizerClient, emu) as customizer:
+        job_id = start_job(emu, customizer)
+        emu.add_fault(Fault.status(503, message="gateway restarting"), path="/status$", times=FAST.max_retries + 3)
+        status = customizer.wait(job_id, timeout_s=5, interval_s=0, on_progress=events.append)
+    assert status.state == "completed"
+    assert events[0].status == "unreachable" and "gateway restarting" in events[0].message

@@ -202,3 +202,27 @@ def test_connection_errors_are_retried_then_reported():
 
     with pytest.raises(NemoHTTPError, match=r"Evaluator: GET http://svc/v1/x failed after 4 attempts: cannot connect"):
         mock_client(handler).request("GET", "/v1/x")
+
+
+def test_poll_rides_out_a_transient_outage_but_not_a_4xx():
+    clock, events = FakeClock(), []
+    answers = iter([NemoHTTPError("S: down", service="S", status_code=503),
+                    NemoHTTPError("S: no route", service="S"), "completed"])
+
+    def fetch():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert poll(fetch, service="S", subject="job j", observe=lambda s: (s, None, None),
+                done=lambda s: s == "completed", timeout_s=60, interval_s=5, on_progress=events.append,
+                sleep=clock.sleep, clock=clock) == "completed"
+    assert [e.status for e in events] == ["unreachable", "unreachable", "completed"]
+
+    def forbidden():
+        raise NemoHTTPError("S: 403", service="S", status_code=403)
+
+    with pytest.raises(NemoHTTPError, match="403"):
+        poll(forbidden, service="S", subject="x", observe=lambda s: (s, None, None), done=lambda s: True,
+             timeout_s=60, interval_s=5, sleep=clock.sleep, clock=clock)

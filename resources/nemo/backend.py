@@ -181,7 +181,7 @@ class NemoBackend(NemoServices):
         self,
         candidate_base_model: str,
         dataset_name: str,
-        hp: "LoraHyperparameters",
+        hp: LoraHyperparameters,
         *,
         target: str | None = None,
         output_model_name: str | None = None,

@@ -131,14 +131,15 @@ class DataStoreClient(ServiceClient):
         paths = [check_repo_path(path) for path in files]
         if not paths:
             return []
-        what = f"POST /v1/hf/api/datasets/{repo}/preupload/{REVISION}"
+        preupload_path = f"/v1/hf/api/datasets/{repo}/preupload/{REVISION}"
         payload = {
             "files": [
                 {"path": path, "sample": base64.b64encode(files[path][:512]).decode(), "size": len(files[path])}
                 for path in paths
             ]
         }
-        preupload = self.parse(PreuploadResponse, self.request_json("POST", what.split(" ", 1)[1], json=payload), what)
+        preupload = self.parse(PreuploadResponse, self.request_json("POST", preupload_path, json=payload),
+                               f"POST {preupload_path}")
         modes = {entry.path: entry for entry in preupload.files}
         lines: list[dict] = [{"key": "header", "value": {"summary": message, "description": ""}}]
         lfs: dict[str, bytes] = {}

@@ -19,7 +19,9 @@ the request never reached the server (connect error) or was refused before proce
 
 Polling (`poll`): every wait has a deadline (`NemoTimeoutError` names the service, what
 was awaited and the last state seen) and reports each change of state or progress to an
-``on_progress`` callback as a `Progress` (its ``str()`` is one log line).
+``on_progress`` callback as a `Progress` (its ``str()`` is one log line). A service that
+stays unreachable beyond one call's retries (a gateway restart during an hours-long job)
+is reported as ``unreachable`` and polled again until the deadline.
 
 Errors name the service, the method and path, and the server's own words; never the API
 key (it is redacted from any text a server echoes back).
@@ -430,19 +432,29 @@ def poll(
     """``fetch()`` every ``interval_s`` until ``done(state)``; return that state.
 
     ``observe(state)`` gives (status, percent, message); each change is reported to
-    ``on_progress``. ``done`` may raise (e.g. `NemoJobFailed` for a failed job). Past
-    ``timeout_s``: `NemoTimeoutError` with the last status seen.
+    ``on_progress``. ``done`` may raise (e.g. `NemoJobFailed` for a failed job). A fetch
+    that fails for a transient reason after its own retries (connection, 429, 5xx) is
+    reported as status ``unreachable`` and polled again; past ``timeout_s`` (or a 4xx
+    at once) it raises. Past ``timeout_s``: `NemoTimeoutError` with the last status seen.
     """
     started = clock()
     deadline = started + timeout_s
     last: tuple[str, float | None, str | None] | None = None
     while True:
-        state = fetch()
-        seen = observe(state)
+        try:
+            state = fetch()
+        except NemoHTTPError as error:
+            # the service stayed unreachable through one call's retries (a gateway
+            # restart): keep polling until the deadline rather than abandon a long job
+            if not _transient(error) or clock() >= deadline:
+                raise
+            seen = ("unreachable", None, str(error)[:200])
+        else:
+            seen = observe(state)
         if seen != last and on_progress is not None:
             on_progress(Progress(service, subject, seen[0], seen[1], seen[2], clock() - started))
         last = seen
-        if done(state):
+        if seen[0] != "unreachable" and done(state):
             return state
         now = clock()
         if now >= deadline:
@@ -452,6 +464,11 @@ def poll(
                 service=service,
             )
         sleep(max(0.0, min(interval_s, deadline - now)))
+
+
+def _transient(error: NemoHTTPError) -> bool:
+    """Retries spent on a connection error or a retryable status (not a 4xx)."""
+    return error.status_code is None or error.status_code in RETRYABLE_STATUS
 
 
 def first_text(values: Iterable[Any]) -> str | None:
