@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 import tempfile
 from abc import abstractmethod
 from pathlib import Path
@@ -63,8 +64,21 @@ class LocalDatasetStore(DatasetStore):
         return self.path(relpath).read_bytes()
 
 
+def _wants_dict(context: dg.InputContext) -> bool:
+    return typing.get_origin(context.dagster_type.typing_type) is dict
+
+
 class _PolarsParquetUPathIOManager(dg.UPathIOManager):
     extension = ".parquet"
+
+    def _load_partitions(self, context: dg.InputContext):
+        # UPathIOManager hands over a bare value when the mapping yields one partition (one
+        # day, one candidate); an input annotated as a dict always gets a dict
+        loaded = super()._load_partitions(context)
+        if _wants_dict(context) and not isinstance(loaded, dict):
+            (key,) = context.asset_partition_keys
+            return {key: loaded}
+        return loaded
 
     def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

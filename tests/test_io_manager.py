@@ -1,0 +1,36 @@
+"""The Parquet I/O manager: atomic files, lazy scans, and dict inputs even for one partition."""
+
+import dagster as dg
+import polars as pl
+
+from resources.datasets import ParquetIOManager
+
+days = dg.StaticPartitionsDefinition(["d1", "d2"])
+workloads = dg.StaticPartitionsDefinition(["w1"])
+by_day = dg.MultiPartitionsDefinition({"day": days, "workload": workloads})
+BY_WORKLOAD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="workload")
+
+
+@dg.asset(partitions_def=by_day)
+def daily(context) -> pl.DataFrame:
+    return pl.DataFrame({"day": [context.partition_key.keys_by_dimension["day"]]})
+
+
+@dg.asset(
+    partitions_def=workloads,
+    ins={"daily": dg.AssetIn(partition_mapping=BY_WORKLOAD, metadata={"allow_missing_partitions": True})},
+)
+def summary(daily: dict[str, pl.LazyFrame]) -> pl.DataFrame:
+    return pl.DataFrame({"days": [sorted(k.keys_by_dimension["day"] for k in daily)]})
+
+
+def test_a_single_upstream_partition_still_arrives_as_a_dict(tmp_path):
+    resources = {"io_manager": ParquetIOManager(base_dir=str(tmp_path))}
+    with dg.instance_for_test() as instance:
+        dg.materialize([daily, summary], selection=["daily"], partition_key=dg.MultiPartitionKey({"day": "d1", "workload": "w1"}), instance=instance, resources=resources)
+        result = dg.materialize([daily, summary], selection=["summary"], partition_key="w1", instance=instance, resources=resources)
+        assert result.output_for_node("summary")["days"][0].to_list() == ["d1"]
+        dg.materialize([daily, summary], selection=["daily"], partition_key=dg.MultiPartitionKey({"day": "d2", "workload": "w1"}), instance=instance, resources=resources)
+        result = dg.materialize([daily, summary], selection=["summary"], partition_key="w1", instance=instance, resources=resources)
+        assert result.output_for_node("summary")["days"][0].to_list() == ["d1", "d2"]
+    assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
