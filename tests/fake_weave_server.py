@@ -1,0 +1,534 @@
+"""A fake W&B Weave trace server on loopback, for tests and benchmarks.
+
+The `weave` package ships no local trace server, so this one speaks just enough of the
+trace server's HTTP API for `WeaveTraceSource` (which uses weave's own
+`RemoteHTTPTraceServer` binding):
+
+- ``POST /calls/stream_query``: JSON Lines, one call per line, as the real route. It
+  honours ``project_id``; ``filter.op_names`` (op refs ``weave:///e/p/op/name:digest``,
+  ``...:*`` for every version, or a bare op name) and ``filter.call_ids``; a mongo-like
+  ``query`` (``$and``/``$or``/``$not``/``$eq``/``$gt``/``$gte``/``$lt``/``$lte``/``$in``
+  over ``$getField`` paths and ``$literal`` values, timestamps as epoch seconds);
+  ``sort_by`` ``started_at`` then ``id`` (ascending); ``limit``/``offset``; ``columns``.
+- ``GET /health`` and ``GET /server_info``.
+
+Calls are kept per project in one array of ``started_at`` microseconds, sorted by
+(started_at, id), so a ``started_at`` bound is a bisection and a query costs
+O(log history + calls returned), not O(history). A benchmark can add millions of
+synthetic calls (`add_synthetic`): they are generated on demand from their index, so
+history costs 16 bytes a call.
+
+Faults are scripted per request in arrival order (`add_faults`): `Fault.status(500)` (an
+error answer), `Fault.cut(n)` (a 200 whose stream stops after n lines, as a dropped
+connection) and `Fault.ok()` (a normal answer, to aim a fault at a later request). `requests` keeps every request's path, body and Authorization header;
+`calls_served` counts the calls sent.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import json
+import threading
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ALWAYS_INCLUDED = ("id", "project_id", "trace_id", "op_name", "started_at")
+
+
+def to_micros(value: Any) -> int:
+    """A started_at (datetime, ISO string or epoch seconds) as epoch microseconds."""
+    if isinstance(value, (int, float)):
+        return round(value * 1_000_000)
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def iso(micros: int) -> str:
+    seconds, us = divmod(micros, 1_000_000)
+    stamp = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).replace(microsecond=us)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def op_ref(entity: str, project: str, name: str, digest: str = "v0digest") -> str:
+    return f"weave:///{entity}/{project}/op/{name}:{digest}"
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # "ok" | "status" | "cut"
+    status_code: int = 500
+    lines: int = 0
+
+    @classmethod
+    def ok(cls) -> "Fault":
+        """Answer this request normally (to place a fault on a later request)."""
+        return cls(kind="ok")
+
+    @classmethod
+    def status(cls, code: int = 500) -> "Fault":
+        return cls(kind="status", status_code=code)
+
+    @classmethod
+    def cut(cls, lines: int) -> "Fault":
+        return cls(kind="cut", lines=lines)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    body: Any
+    authorization: str | None
+
+
+class _Store:
+    """The calls of one project, sorted by (started_at, id)."""
+
+    def __init__(self) -> None:
+        self.starts = array("q")  # started_at, epoch microseconds
+        self.refs = array("q")  # >= 0: synthetic call number; < 0: -1 - index into explicit
+        self.explicit: list[dict[str, Any]] = []
+        self.by_id: dict[str, int] = {}  # explicit call id -> its index in `explicit`
+        self.synthetic: Callable[[int], dict[str, Any]] | None = None
+        self.synthetic_ids: Callable[[str], int | None] | None = None
+        self.synthetic_count = 0
+
+    def call_at(self, position: int) -> dict[str, Any]:
+        ref = self.refs[position]
+        if ref < 0:
+            return self.explicit[-1 - ref]
+        assert self.synthetic is not None
+        return self.synthetic(ref)
+
+    def id_at(self, position: int) -> str:
+        return self.call_at(position)["id"]
+
+    def add(self, call: dict[str, Any]) -> None:
+        micros = call["_micros"]
+        lo = bisect.bisect_left(self.starts, micros)
+        hi = bisect.bisect_right(self.starts, micros)
+        while lo < hi and self.id_at(lo) < call["id"]:
+            lo += 1
+        self.by_id[call["id"]] = len(self.explicit)
+        self.starts.insert(lo, micros)
+        self.refs.insert(lo, -1 - len(self.explicit))
+        self.explicit.append(call)
+
+    def find(self, call_id: str) -> int | None:
+        """The position of a call, by id."""
+        if call_id in self.by_id:
+            micros = self.explicit[self.by_id[call_id]]["_micros"]
+        elif self.synthetic_ids and (number := self.synthetic_ids(call_id)) is not None:
+            micros = self.synthetic(number)["_micros"]  # type: ignore[misc]
+        else:
+            return None
+        lo = bisect.bisect_left(self.starts, micros)
+        hi = bisect.bisect_right(self.starts, micros)
+        return next((p for p in range(lo, hi) if self.id_at(p) == call_id), None)
+
+
+class FakeWeaveServer:
+    def __init__(self, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.api_key = api_key
+        self._stores: dict[str, _Store] = {}
+        self._lock = threading.Lock()
+        self._faults: deque[Fault] = deque()
+        self.requests: list[RecordedRequest] = []
+        self.calls_served = 0
+        self._httpd = _Server((host, port), _Handler)
+        self._httpd.fake = self  # type: ignore[attr-defined]
+        self._thread: threading.Thread | None = None
+
+    # lifecycle -------------------------------------------------------------------------
+    def start(self) -> "FakeWeaveServer":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "FakeWeaveServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # data ------------------------------------------------------------------------------
+    def _store(self, project_id: str) -> _Store:
+        return self._stores.setdefault(project_id, _Store())
+
+    def add_calls(self, calls: Iterable[dict[str, Any]]) -> None:
+        """Add calls (`id`, `project_id`, `op_name`, `started_at`, ... as the wire format)."""
+        with self._lock:
+            for call in calls:
+                call = dict(call)
+                micros = to_micros(call["started_at"])
+                call["_micros"] = micros
+                call["started_at"] = iso(micros)
+                if call.get("ended_at") is not None:
+                    call["ended_at"] = iso(to_micros(call["ended_at"]))
+                call.setdefault("trace_id", call["id"])
+                call.setdefault("attributes", {})
+                call.setdefault("inputs", {})
+                store = self._store(call["project_id"])
+                old = store.find(call["id"])
+                if old is not None:  # a call updated in place (e.g. its end arrived)
+                    del store.starts[old]
+                    del store.refs[old]
+                store.add(call)
+
+    def finish_call(self, project_id: str, call_id: str, **fields: Any) -> None:
+        """Set fields of an existing call (its `ended_at`, `output`, ...)."""
+        with self._lock:
+            store = self._store(project_id)
+            call = store.explicit[store.by_id[call_id]]
+            for key, value in fields.items():
+                call[key] = iso(to_micros(value)) if key == "ended_at" and value is not None else value
+
+    def add_synthetic(
+        self,
+        project_id: str,
+        count: int,
+        first_micros: int,
+        step_micros: int,
+        make: Callable[[int, int], dict[str, Any]],
+        id_prefix: str = "syn-",
+    ) -> None:
+        """`count` calls started every `step_micros`, built on demand by `make(n, micros)`.
+
+        Synthetic calls must start after every call already in the project (a benchmark
+        loads history first); their ids are `<id_prefix><n:012d>`.
+        """
+        with self._lock:
+            store = self._store(project_id)
+            assert store.synthetic is None, "one synthetic series per project"
+            assert not store.starts or first_micros >= store.starts[-1]
+
+            def synthetic(n: int) -> dict[str, Any]:
+                micros = first_micros + n * step_micros
+                call = make(n, micros)
+                call.update(id=f"{id_prefix}{n:012d}", project_id=project_id, _micros=micros, started_at=iso(micros))
+                call.setdefault("trace_id", call["id"])
+                return call
+
+            def number(call_id: str) -> int | None:
+                if call_id.startswith(id_prefix) and call_id[len(id_prefix):].isdigit():
+                    n = int(call_id[len(id_prefix):])
+                    return n if n < count else None
+                return None
+
+            store.synthetic, store.synthetic_ids, store.synthetic_count = synthetic, number, count
+            store.starts.extend(range(first_micros, first_micros + count * step_micros, step_micros))
+            store.refs.extend(range(count))
+
+    def add_faults(self, *faults: Fault) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def take_fault(self) -> Fault | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    # query -----------------------------------------------------------------------------
+    def stream_query(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        store = self._stores.get(body["project_id"])
+        if store is None:
+            return
+        flt = body.get("filter") or {}
+        expr = (body.get("query") or {}).get("$expr")
+        _check_sort(body.get("sort_by"))
+        lo_us, hi_us = _started_at_bounds(expr)
+        offset, limit = body.get("offset") or 0, body.get("limit")
+        columns = body.get("columns")
+        op_match = _op_matcher(flt.get("op_names"))
+        with self._lock:
+            if flt.get("call_ids"):
+                found = (store.find(i) for i in flt["call_ids"])
+                positions: Iterable[int] = sorted(p for p in found if p is not None)
+            else:
+                lo = 0 if lo_us is None else bisect.bisect_left(store.starts, lo_us)
+                hi = len(store.starts) if hi_us is None else bisect.bisect_right(store.starts, hi_us)
+                positions = range(lo, hi)
+            out = []
+            for position in positions:
+                call = store.call_at(position)
+                if not op_match(call["op_name"]) or (expr is not None and not _evaluate(expr, call)):
+                    continue
+                if offset:
+                    offset -= 1
+                    continue
+                out.append(_project(call, columns))
+                if limit is not None and len(out) >= limit:
+                    break
+        self.calls_served += len(out)
+        yield from out
+
+
+def _check_sort(sort_by: Any) -> None:
+    fields = [(s["field"], s.get("direction", "asc")) for s in sort_by or []]
+    allowed = [("started_at", "asc"), ("id", "asc")]
+    if fields and fields != allowed[: len(fields)]:
+        raise ValueError(f"the fake sorts by started_at then id, ascending only; got {fields}")
+
+
+def _op_matcher(op_names: list[str] | None) -> Callable[[str], bool]:
+    """Op refs match exactly; `...:*` matches every version; a bare name matches its ops."""
+    if not op_names:
+        return lambda _: True
+    exact = {n for n in op_names if not n.endswith(":*")}
+    prefixes = tuple(n[:-1] for n in op_names if n.endswith(":*"))
+
+    def match(op_name: str) -> bool:
+        if op_name in exact or (prefixes and op_name.startswith(prefixes)):
+            return True
+        bare = op_name.rsplit("/op/", 1)[-1].split(":", 1)[0]
+        return bare in exact
+
+    return match
+
+
+def _project(call: dict[str, Any], columns: list[str] | None) -> dict[str, Any]:
+    if columns is None:
+        return {k: v for k, v in call.items() if not k.startswith("_")}
+    keep = set(columns) | set(ALWAYS_INCLUDED)
+    return {k: v for k, v in call.items() if k in keep}
+
+
+def _getfield(call: dict[str, Any], path: str) -> Any:
+    if path in ("started_at", "ended_at"):
+        value = call.get(path)
+        return None if value is None else to_micros(value) / 1_000_000
+    value: Any = call
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _operand(op: Any, call: dict[str, Any]) -> Any:
+    if isinstance(op, dict) and "$getField" in op:
+        return _getfield(call, op["$getField"])
+    if isinstance(op, dict) and "$literal" in op:
+        return op["$literal"]
+    if isinstance(op, dict) and "$convert" in op:
+        return _operand(op["$convert"]["input"], call)
+    return _evaluate(op, call)
+
+
+def _compare(op: str, a: Any, b: Any) -> bool:
+    try:
+        return {"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[op] if a is not None else False
+    except TypeError:
+        return False
+
+
+def _evaluate(expr: dict[str, Any], call: dict[str, Any]) -> Any:
+    (op, args), = expr.items()
+    if op == "$and":
+        return all(_evaluate(e, call) for e in args)
+    if op == "$or":
+        return any(_evaluate(e, call) for e in args)
+    if op == "$not":
+        return not _evaluate(args[0], call)
+    if op == "$eq":
+        return _operand(args[0], call) == _operand(args[1], call)
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        return _compare(op, _operand(args[0], call), _operand(args[1], call))
+    if op == "$in":
+        return _operand(args[0], call) in [_operand(a, call) for a in args[1]]
+    raise ValueError(f"operator {op} is not supported by the fake")
+
+
+def _started_at_bounds(expr: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    """[lo, hi] microsecond bounds implied by top-level started_at comparisons (inclusive)."""
+    lo = hi = None
+    if not expr:
+        return lo, hi
+    terms = expr["$and"] if "$and" in expr else [expr]
+    for term in terms:
+        (op, args), = term.items()
+        if op not in ("$gt", "$gte", "$lt", "$lte") or len(args) != 2:
+            continue
+        field_, literal = args
+        if field_ != {"$getField": "started_at"} or not isinstance(literal, dict) or "$literal" not in literal:
+            continue
+        micros = round(literal["$literal"] * 1_000_000)
+        if op in ("$gt", "$gte"):
+            lo = micros if lo is None else max(lo, micros)
+        else:
+            hi = micros if hi is None else min(hi, micros)
+    return lo, hi
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def fake(self) -> FakeWeaveServer:
+        return self.server.fake  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        self.fake.requests.append(RecordedRequest("GET", self.path, None, self.headers.get("Authorization")))
+        if self.path in ("/health", "/server_info"):
+            self._send(200, b'{"min_required_weave_python_version": "0.0.0"}', "application/json")
+        else:
+            self._send(404, b'{"detail": "not found"}', "application/json")
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = raw.decode(errors="replace")
+        auth = self.headers.get("Authorization")
+        self.fake.requests.append(RecordedRequest("POST", self.path, body, auth))
+        if self.fake.api_key is not None and auth != _basic(self.fake.api_key):
+            return self._send(401, b'{"detail": "unauthorized"}', "application/json")
+        if self.path != "/calls/stream_query":
+            return self._send(404, b'{"detail": "not found"}', "application/json")
+        fault = self.fake.take_fault()
+        if fault and fault.kind == "status":
+            return self._send(fault.status_code, b'{"detail": "injected fault"}', "application/json")
+        try:
+            lines = [json.dumps(c).encode() + b"\n" for c in self.fake.stream_query(body)]
+        except (ValueError, KeyError, TypeError) as err:
+            return self._send(400, json.dumps({"detail": str(err)}).encode(), "application/json")
+        payload = b"".join(lines)
+        if fault and fault.kind == "cut":
+            sent = b"".join(lines[: fault.lines])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/jsonl")
+            self.send_header("Content-Length", str(len(payload) + 1))
+            self.end_headers()
+            self.wfile.write(sent)
+            self.wfile.flush()
+            self.close_connection = True
+            return None
+        self._send(200, payload, "application/jsonl")
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        if status >= 500:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def _basic(api_key: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
+
+
+@contextmanager
+def fake_weave_server(**kwargs: Any) -> Iterator[FakeWeaveServer]:
+    server = FakeWeaveServer(**kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class CallFactory:
+    """Builds wire-format Weave calls for tests: chat calls and trace-document calls."""
+
+    entity: str = "acme"
+    project: str = "prod"
+    counter: int = 0
+    chat_op: str = "openai.chat.completions.create"
+    doc_op: str = "log_trace"
+    digest: str = "v0digest"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def project_id(self) -> str:
+        return f"{self.entity}/{self.project}"
+
+    def chat(
+        self,
+        started_at: Any,
+        workload_id: str | None = "tool_router",
+        question: str | None = None,
+        answer: str | None = None,
+        ended: bool = True,
+        call_id: str | None = None,
+        client_id: str | None = "shop-web",
+        tools: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        self.counter += 1
+        n = self.counter
+        micros = to_micros(started_at)
+        question = question or f"question {n}"
+        attributes: dict[str, Any] = {"weave": {"client_version": "0.54.0"}}
+        if workload_id is not None:
+            attributes["workload_id"] = workload_id
+        if client_id is not None:
+            attributes["client_id"] = client_id
+        inputs: dict[str, Any] = {"model": "prod-model", "messages": [{"role": "user", "content": question}]}
+        if tools:
+            inputs["tools"] = tools
+        call: dict[str, Any] = {
+            "id": call_id or f"call-{n:06d}",
+            "project_id": self.project_id,
+            "op_name": op_ref(self.entity, self.project, self.chat_op, self.digest),
+            "started_at": iso(micros),
+            "attributes": attributes,
+            "inputs": inputs,
+        }
+        if ended:
+            call["ended_at"] = iso(micros + 250_000)
+            call["output"] = {
+                "id": f"chatcmpl-{n}",
+                "object": "chat.completion",
+                "model": "prod-model",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer or f"answer {n}"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }
+            call["summary"] = {"weave": {"status": "success", "latency_ms": 250}}
+        return call
+
+    def document(self, started_at: Any, document: dict[str, Any], call_id: str | None = None) -> dict[str, Any]:
+        self.counter += 1
+        micros = to_micros(started_at)
+        return {
+            "id": call_id or f"doc-{self.counter:06d}",
+            "project_id": self.project_id,
+            "op_name": op_ref(self.entity, self.project, self.doc_op, self.digest),
+            "started_at": iso(micros),
+            "ended_at": iso(micros + 1000),
+            "attributes": {},
+            "inputs": {"record": "..."},
+            "output": document,
+        }
