@@ -24,13 +24,33 @@ def summary(daily: dict[str, pl.LazyFrame]) -> pl.DataFrame:
     return pl.DataFrame({"days": [sorted(k.keys_by_dimension["day"] for k in daily)]})
 
 
+one_day = dg.StaticPartitionsDefinition(["d1"])
+
+
+@dg.asset(partitions_def=dg.MultiPartitionsDefinition({"day": one_day, "workload": workloads}))
+def daily_once(context) -> pl.DataFrame:
+    return pl.DataFrame({"day": [context.partition_key.keys_by_dimension["day"]]})
+
+
+@dg.asset(partitions_def=workloads, ins={"daily_once": dg.AssetIn(partition_mapping=BY_WORKLOAD)})
+def summary_once(daily_once: dict[str, pl.LazyFrame]) -> pl.DataFrame:
+    return pl.DataFrame({"days": [sorted(k.keys_by_dimension["day"] for k in daily_once)]})
+
+
 def test_a_single_upstream_partition_still_arrives_as_a_dict(tmp_path):
+    # e.g. a leaderboard when exactly one candidate is configured
+    resources = {"io_manager": ParquetIOManager(base_dir=str(tmp_path))}
+    assets = [daily_once, summary_once]
+    with dg.instance_for_test() as instance:
+        dg.materialize(assets, selection=["daily_once"], partition_key=dg.MultiPartitionKey({"day": "d1", "workload": "w1"}), instance=instance, resources=resources)
+        result = dg.materialize(assets, selection=["summary_once"], partition_key="w1", instance=instance, resources=resources)
+        assert result.output_for_node("summary_once")["days"][0].to_list() == ["d1"]
+
+
+def test_missing_partitions_are_left_out_of_the_dict(tmp_path):
     resources = {"io_manager": ParquetIOManager(base_dir=str(tmp_path))}
     with dg.instance_for_test() as instance:
-        dg.materialize([daily, summary], selection=["daily"], partition_key=dg.MultiPartitionKey({"day": "d1", "workload": "w1"}), instance=instance, resources=resources)
-        result = dg.materialize([daily, summary], selection=["summary"], partition_key="w1", instance=instance, resources=resources)
-        assert result.output_for_node("summary")["days"][0].to_list() == ["d1"]
         dg.materialize([daily, summary], selection=["daily"], partition_key=dg.MultiPartitionKey({"day": "d2", "workload": "w1"}), instance=instance, resources=resources)
         result = dg.materialize([daily, summary], selection=["summary"], partition_key="w1", instance=instance, resources=resources)
-        assert result.output_for_node("summary")["days"][0].to_list() == ["d1", "d2"]
+        assert result.output_for_node("summary")["days"][0].to_list() == ["d2"]
     assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
