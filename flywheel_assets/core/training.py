@@ -301,11 +301,10 @@ def train_lora(
             for index, batch in enumerate(batches):
                 if should_stop is not None and should_stop():
                     raise TrainingStopped(f"stopped at step {step} of epoch {epoch + 1}")
-                batch = _to(batch, device)
-                loss = model(**batch).loss
+                train_tokens += int(batch["attention_mask"].sum())  # counted on the host: no device sync
+                loss = model(**_to(batch, device)).loss
                 (loss / accumulation).backward()
                 step_loss += loss.detach().float() / accumulation
-                train_tokens += int(batch["attention_mask"].sum())
                 last = index == len(batches) - 1
                 if (index + 1) % accumulation == 0 or last:
                     optimizer.step()
@@ -318,8 +317,8 @@ def train_lora(
                         if device.type == "cuda":
                             torch.cuda.synchronize()
                         train_time += time.perf_counter() - started
-                        started = time.perf_counter()
                         report()
+                        started = time.perf_counter()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_time += time.perf_counter() - started
