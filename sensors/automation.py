@@ -1,11 +1,29 @@
-"""Automation policies, one named condition per policy (dagster-facts.md #4, #7, #8).
+"""Automation policies, one named condition per policy (dagster-facts.md #4, #7, #8), the
+jobs that sensors, schedules and backfills launch, and opt-in weekly schedules.
 
 Plain `eager()` re-requests downstream whenever an upstream materializes, even with an
 identical data version; these conditions react only to a changed data version, so an
 unchanged dataset never triggers retraining.
+
+Who evaluates the conditions: Dagster's automation condition sensors. The GPU assets are
+targeted by `gpu_automation_sensor` (definitions.py, so their runs carry the GPU run tag);
+every other asset with a condition (workload_dataset, eval/train_dataset, leaderboard) by
+the `default_automation_condition_sensor` that Dagster adds to the code location. Both
+start STOPPED: turn them on in the UI (Automation tab), with the ingest sensor.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+
 import dagster as dg
+
+from partitions.defs import (
+    candidate_partitions,
+    candidate_workload_key,
+    trace_partitions,
+    workload_partitions,
+)
 
 AC = dg.AutomationCondition
 
@@ -19,3 +37,114 @@ refresh_when_data_changed = _on_changed_data.without(~AC.any_deps_missing())
 
 # Training and evaluation: only when a split really changed and its blocking checks passed.
 retrain_when_dataset_changed = _on_changed_data & AC.all_deps_blocking_checks_passed()
+
+
+# ------------------------------------------------------------------------------------ jobs
+# Selections by key (not by definition) so the assets' modules can import this one.
+ingest_job = dg.define_asset_job(
+    "ingest",
+    selection=dg.AssetSelection.assets("raw_traces", "quarantined_traces"),
+    partitions_def=trace_partitions,
+    description="Validated raw_traces (+ quarantined_traces) of day x workload partitions; "
+    "what the ingest sensors request and what `dagster job backfill -j ingest` backfills.",
+)
+
+curate_and_split_job = dg.define_asset_job(
+    "curate_and_split",
+    selection=dg.AssetSelection.assets("workload_dataset", "eval_dataset", "train_dataset"),
+    partitions_def=workload_partitions,
+    description="A workload's dataset and its eval/train splits.",
+)
+
+report_job = dg.define_asset_job(
+    "report",
+    selection=dg.AssetSelection.assets("leaderboard"),
+    partitions_def=workload_partitions,
+    description="A workload's leaderboard.",
+)
+
+
+# ------------------------------------------------------------------------------- schedules
+def _workloads(context: dg.ScheduleEvaluationContext) -> list[str]:
+    return sorted(context.instance.get_dynamic_partitions(workload_partitions.name))
+
+
+def _requests(context: dg.ScheduleEvaluationContext, keys: list, stage: str) -> Iterator[dg.RunRequest]:
+    tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H%M")
+    for key in keys:
+        yield dg.RunRequest(
+            partition_key=key,
+            run_key=f"{stage}:{tick}:{key}",
+            tags={"flywheel/trigger": f"weekly_{stage}"},
+        )
+
+
+def weekly_schedules(
+    train_job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition,
+    leaderboard_job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition = report_job,
+    *,
+    curate_cron: str = "0 2 * * 1",
+    train_cron: str = "0 4 * * 1",
+    report_cron: str = "0 10 * * 1",
+    timezone: str = "UTC",
+    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+) -> list[dg.ScheduleDefinition]:
+    """A cadence for teams that prefer one to the automation sensors (all off by default).
+
+    Mondays (UTC) at 02:00 every workload's dataset and splits, at 04:00 every candidate x
+    workload adapter and evaluations (`train_job`: definitions.py's GPU-tagged job), at 10:00
+    every leaderboard. Each
+    tick reads the workload partitions that exist then. A stage does not wait for the one
+    before: leave time between them, or keep the automation sensors on, which request each
+    stage when its inputs really changed (an unchanged split never retrains).
+    """
+
+    @dg.schedule(
+        name="weekly_curate_and_split",
+        cron_schedule=curate_cron,
+        execution_timezone=timezone,
+        job=curate_and_split_job,
+        default_status=default_status,
+        description="Every workload's dataset + splits, weekly (off by default).",
+    )
+    def weekly_curate_and_split(context: dg.ScheduleEvaluationContext):
+        workloads = _workloads(context)
+        if not workloads:
+            return dg.SkipReason("no workload partitions yet")
+        return list(_requests(context, workloads, "curate_and_split"))
+
+    @dg.schedule(
+        name="weekly_train_and_evaluate",
+        cron_schedule=train_cron,
+        execution_timezone=timezone,
+        job=train_job,
+        default_status=default_status,
+        description="Every candidate x workload adapter and evaluations, weekly (off by default).",
+    )
+    def weekly_train_and_evaluate(context: dg.ScheduleEvaluationContext):
+        workloads = _workloads(context)
+        if not workloads:
+            return dg.SkipReason("no workload partitions yet")
+        keys = [
+            candidate_workload_key(candidate, workload)
+            for workload in workloads
+            for candidate in candidate_partitions.get_partition_keys()
+        ]
+        return list(_requests(context, keys, "train_and_evaluate"))
+
+    @dg.schedule(
+        name="weekly_leaderboard",
+        cron_schedule=report_cron,
+        execution_timezone=timezone,
+        job=leaderboard_job,
+        default_status=default_status,
+        description="Every workload's leaderboard, weekly (off by default).",
+    )
+    def weekly_leaderboard(context: dg.ScheduleEvaluationContext):
+        workloads = _workloads(context)
+        if not workloads:
+            return dg.SkipReason("no workload partitions yet")
+        return list(_requests(context, workloads, "leaderboard"))
+
+    return [weekly_curate_and_split, weekly_train_and_evaluate, weekly_leaderboard]
+

@@ -1,40 +1,176 @@
 """Drop-folder sensor: new or changed trace files -> new workloads + `raw_traces` runs.
 
-Landing is idempotent (a file is landed once per fingerprint), so a repeated tick finds
-nothing new and requests nothing; a tick's cost is a `stat` per file plus the new data.
+Landing is idempotent (a file is landed once per fingerprint), so a repeated tick lands
+nothing and requests nothing. The cursor is a watermark of the files' `ctime`: a tick
+stats the folder (one `stat` per file, the floor without filesystem notifications) but
+lands only the files whose ctime is past the watermark (minus a grace for writers racing
+the scan), so its landing work - reading manifests, validating records - follows the new
+files, not the history. `ctime` is set by the kernel on create, write, rename and chmod, so
+a file copied with its old mtime kept (`cp -p`, `rsync -t`) is still new. Every
+`FULL_SCAN_EVERY` ticks (and on the first one) every file is checked, as a safety net.
+
+A file whose ctime is past the committed watermark has its partitions requested even when
+it was already landed (by a raw_traces run, or by a tick that crashed before its cursor
+was saved), so a failed tick never leaves landed data without its ingest run.
+Files under `<traces_dir>/weave/` are the Weave sensor's: it lands them itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
 import dagster as dg
 
-from partitions.defs import trace_partition_key, workload_partitions
-from resources.traces import FileTraceSource
+from flywheel_assets.core.ingest import UNATTRIBUTED, LandingResult
+from partitions.defs import day_partitions, trace_partition_key, workload_partitions
+from resources.traces import TRACE_FILE_SUFFIXES, FileTraceSource
+from sensors.automation import ingest_job
+
+WEAVE_FOLDER = "weave"  # <traces_dir>/weave/: files written and landed by the Weave sensor
+GRACE_NS = 120 * 1_000_000_000
+FULL_SCAN_EVERY = 60
+
+
+@dataclass(frozen=True)
+class IngestRequests:
+    runs: list[dg.RunRequest]
+    new_workloads: list[str]
+    out_of_range: list[str]  # "day|workload" partitions whose day is no day partition
+
+    def dynamic_partitions_requests(self) -> list:
+        return [workload_partitions.build_add_request(self.new_workloads)] if self.new_workloads else []
+
+
+def ingest_requests(
+    results: Iterable[LandingResult], known_workloads: Iterable[str], trigger: str
+) -> IngestRequests:
+    """One `raw_traces` run per day x workload partition that received records.
+
+    Partitions of days outside the day partitions (records quarantined as
+    `before_start_date` / `future_timestamp`) and unattributable records are not
+    requested: no run can materialize them (their records are counted in every
+    raw_traces run's `unattributed` metadata, or in landing). The run key names the
+    landed file versions, so the daemon never launches the same ingest twice.
+    """
+    sources: dict[str, set[str]] = {}
+    for result in results:
+        for partition, counts in result.partitions.items():
+            if counts.get("valid") or counts.get("quarantined"):
+                sources.setdefault(partition, set()).add(f"{result.source_id}@{result.fingerprint}")
+    days: dict[str, bool] = {}
+    runs, out_of_range, touched_workloads = [], [], set()
+    for partition in sorted(sources):
+        day, key = partition.split("|", 1)
+        if day == UNATTRIBUTED:
+            continue
+        if day not in days:
+            days[day] = day_partitions.has_partition_key(day)
+        if not days[day]:
+            out_of_range.append(partition)
+            continue
+        touched_workloads.add(key)
+        version = hashlib.sha256(json.dumps(sorted(sources[partition])).encode()).hexdigest()[:16]
+        runs.append(
+            dg.RunRequest(
+                partition_key=trace_partition_key(day, key),
+                run_key=f"{trigger}:{partition}:{version}",
+                tags={"flywheel/trigger": trigger},
+            )
+        )
+    new = sorted(touched_workloads - set(known_workloads))
+    return IngestRequests(runs=runs, new_workloads=new, out_of_range=out_of_range)
+
+
+@dataclass(frozen=True)
+class DropFolderCursor:
+    ctime_ns: int | None = None  # newest ctime among the files handled by committed ticks
+    tick: int = 0
+
+    @classmethod
+    def parse(cls, text: str | None) -> "DropFolderCursor":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(ctime_ns=data.get("ctime_ns"), tick=int(data.get("tick", 0)))
+
+    def to_json(self) -> str:
+        return json.dumps({"ctime_ns": self.ctime_ns, "tick": self.tick}, sort_keys=True)
+
+
+def scan_trace_files(traces_dir: Path, skip: Sequence[str] = (WEAVE_FOLDER,)) -> list[tuple[Path, int]]:
+    """(path, ctime_ns) of every trace file under `traces_dir`, hidden files and the
+    top-level folders in `skip` left out; one stat per file (`os.scandir`)."""
+    found: list[tuple[Path, int]] = []
+    stack = [(Path(traces_dir), True)]
+    while stack:
+        folder, top = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if not (top and entry.name in skip):
+                        stack.append((Path(entry.path), False))
+                elif entry.name.endswith(TRACE_FILE_SUFFIXES) and entry.is_file():
+                    found.append((Path(entry.path), entry.stat().st_ctime_ns))
+    return sorted(found)
+
+
+def land_new_files(
+    context: dg.SensorEvaluationContext, trace_source: FileTraceSource
+) -> dg.SensorResult | dg.SkipReason:
+    state = DropFolderCursor.parse(context.cursor)
+    folder = Path(trace_source.traces_dir)
+    if not folder.is_dir():
+        return dg.SkipReason(
+            f"traces_dir {folder} does not exist: create it and drop JSONL/Parquet trace files "
+            "there, or set FLYWHEEL_TRACES_DIR"
+        )
+    files = scan_trace_files(folder)
+    full_scan = state.ctime_ns is None or state.tick % FULL_SCAN_EVERY == 0
+    watermark = state.ctime_ns if state.ctime_ns is not None else -1
+    candidates = files if full_scan else [(p, c) for p, c in files if c > watermark - GRACE_NS]
+    results = trace_source.land([p for p, _ in candidates])
+    # new since the last committed tick: requested even if landed already (crash safety);
+    # on the very first tick, only what this tick landed (history was ingested before)
+    due = [
+        r for r, (_, ctime) in zip(results, candidates)
+        if r.landed or (state.ctime_ns is not None and ctime > state.ctime_ns)
+    ]
+    cursor = DropFolderCursor(
+        ctime_ns=max([watermark, *(c for _, c in files)]) if files else state.ctime_ns,
+        tick=state.tick + 1,
+    ).to_json()
+    if not due:
+        return dg.SensorResult(
+            skip_reason=f"no new or changed trace files ({len(candidates)} of {len(files)} checked)",
+            cursor=cursor,
+        )
+    known = context.instance.get_dynamic_partitions(workload_partitions.name)
+    requests = ingest_requests(due, known, trigger="drop_folder")
+    context.log.info(
+        f"{sum(r.landed for r in due)} files landed, {len(due)} new since the last tick "
+        f"({len(candidates)} of {len(files)} checked); {len(requests.runs)} partitions; "
+        f"new workloads {requests.new_workloads}"
+        + (f"; not requested (day out of range): {requests.out_of_range}" if requests.out_of_range else "")
+    )
+    return dg.SensorResult(
+        run_requests=requests.runs,
+        dynamic_partitions_requests=requests.dynamic_partitions_requests(),
+        cursor=cursor,
+    )
 
 
 @dg.sensor(
-    asset_selection=dg.AssetSelection.assets("raw_traces", "quarantined_traces"),
+    job=ingest_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Lands new trace files from the drop folder and ingests the partitions they touch.",
 )
 def drop_folder_sensor(context: dg.SensorEvaluationContext, trace_source: FileTraceSource):
-    newly_landed = [r for r in trace_source.land() if r.landed]
-    if not newly_landed:
-        return dg.SkipReason("no new or changed trace files")
-    known = set(context.instance.get_dynamic_partitions(workload_partitions.name))
-    touched = sorted({p for r in newly_landed for p, c in r.partitions.items() if c["valid"] or c["quarantined"]})
-    new_workloads = sorted({p.split("|")[1] for p in touched} - known - {"unattributed"})
-    runs = [
-        dg.RunRequest(
-            partition_key=trace_partition_key(*partition.split("|")),
-            tags={"flywheel/trigger": "drop_folder"},
-        )
-        for partition in touched
-        if not partition.startswith("unattributed")
-    ]
-    context.log.info(f"{len(newly_landed)} files landed; {len(runs)} partitions; new workloads {new_workloads}")
-    return dg.SensorResult(
-        run_requests=runs,
-        dynamic_partitions_requests=[workload_partitions.build_add_request(new_workloads)] if new_workloads else [],
-    )
+    return land_new_files(context, trace_source)
