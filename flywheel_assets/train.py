@@ -1,9 +1,5 @@
 """Stage `train`: a workload's train split -> a LoRA `lora_adapter` per candidate."""
 
-import hashlib
-import json
-from pathlib import Path
-
 import dagster as dg
 import polars as pl
 from pydantic import Field
@@ -11,9 +7,9 @@ from pydantic import Field
 from flywheel_assets.core.candidates import load_models
 from flywheel_assets.core.splitting import to_examples
 from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
-from flywheel_assets.core.training import LoraHyperparameters, read_training_result, train_lora
+from flywheel_assets.core.training import LoraHyperparameters
 from partitions.defs import BY_WORKLOAD, candidate_workload_partitions
-from resources.inference import InferenceResource
+from resources.platform import ModelPlatform
 from sensors.automation import retrain_when_dataset_changed
 
 class LoraConfig(dg.Config):
@@ -52,53 +48,46 @@ def lora_adapter(
     context: dg.AssetExecutionContext,
     config: LoraConfig,
     train_dataset: pl.LazyFrame,
-    inference: InferenceResource,
+    platform: ModelPlatform,
 ) -> dg.Output[dict]:
     candidate = candidate_of(context)
-    if not candidate.trainable:
-        context.log.info(f"{candidate.name} is served by an endpoint: no local fine-tuning")
-        return dg.Output({"trained": False, "reason": "endpoint candidate"}, metadata={"trained": False})
-    train, validation = split_examples(train_dataset, "train"), split_examples(train_dataset, "validation")
     overrides = {k: v for k, v in config.model_dump().items() if v is not None}
     hp = LoraHyperparameters(**{**candidate.hyperparameters, **overrides})
-    base_dir = inference.base_model_dir(candidate, train)
-    # content-addressed: a retried or re-executed step with the same inputs reuses the adapter
-    fingerprint = hashlib.sha256(
-        json.dumps([hp.model_dump(), str(base_dir), [e.record_id for e in train]]).encode()
-    ).hexdigest()[:16]
-    out_dir = Path(inference.adapters_dir) / context.partition_key.replace("|", "/") / fingerprint
-    if (out_dir / "training_result.json").exists():
-        context.log.info(f"adapter for these inputs already exists at {out_dir}; reusing it")
-        result = read_training_result(out_dir)
-    else:
-        context.log.info(f"training {candidate.name} on {len(train)} examples ({len(validation)} validation), {hp}")
-        result = train_lora(
-            base_dir, train, validation, out_dir, hp,
-            on_progress=lambda p: context.log.info(
-                "step {step} epoch {epoch:.2f} loss {loss:.4f} {tokens_per_s:.0f} tokens/s".format(**p)
-            ),
-        )
+    trained = platform.train(
+        candidate,
+        split_examples(train_dataset, "train"),
+        split_examples(train_dataset, "validation"),
+        hp,
+        workload_key=context.partition_key.keys_by_dimension["workload"],
+        log=context.log.info,
+    )
+    adapter = trained.adapter
+    if not adapter.trained:
+        context.log.info(f"{candidate.name}: not fine-tuned ({adapter.reason})")
+    details = dict(trained.metadata)
+    curve = details.pop("loss_curve", [])
     return dg.Output(
-        {"trained": True, "adapter_dir": result.adapter_dir, "base_model_dir": result.base_model_dir},
-        data_version=dg.DataVersion(fingerprint),
+        adapter.model_dump(),
+        data_version=dg.DataVersion(adapter.fingerprint or "untrained"),
         metadata={
-            "trained": True,
-            "hyperparameters": dg.MetadataValue.json(result.hyperparameters.model_dump()),
-            "loss_curve": dg.MetadataValue.md(_curve_md(result.loss_curve)),
-            "final_loss": result.loss_curve[-1].loss if result.loss_curve else None,
-            "eval_loss": dg.MetadataValue.json(result.eval_loss),
-            "train_time_s": round(result.train_time_s, 2),
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "adapter_size_bytes": result.adapter_size_bytes,
-            "adapter_dir": dg.MetadataValue.path(result.adapter_dir),
-            "base_model_dir": dg.MetadataValue.path(result.base_model_dir),
-            "device": result.device,
-            "train_examples": result.train_examples,
+            "trained": adapter.trained,
+            "hyperparameters": dg.MetadataValue.json(hp.model_dump()),
+            "loss_curve": dg.MetadataValue.md(_curve_md(curve)),
+            "final_loss": curve[-1][2] if curve else None,
+            **{k: _metadata_value(v) for k, v in details.items()},
         },
     )
 
 
+def _metadata_value(value):
+    if isinstance(value, (list, dict)):
+        return dg.MetadataValue.json(value)
+    if isinstance(value, str) and value.startswith("/"):
+        return dg.MetadataValue.path(value)
+    return value
+
+
 def _curve_md(curve) -> str:
     lines = ["| step | epoch | loss |", "|---|---|---|"]
-    lines += [f"| {p.step} | {p.epoch:.2f} | {p.loss:.4f} |" for p in curve]
+    lines += [f"| {step} | {'' if epoch is None else f'{epoch:.2f}'} | {loss:.4f} |" for step, epoch, loss in curve]
     return "\n".join(lines)

@@ -7,6 +7,8 @@ weights can be downloaded here). A candidate is one of:
               `transformers` (`base_model`: a path, or `demo:tiny`)
   - `openai`: an OpenAI-compatible endpoint (vLLM, NIM, Ollama...) for base/ICL evaluation;
               it has no local weights, so it is not fine-tuned here
+  - `nemo`:   a NIM on NeMo microservices (`base_model`: the NIM's model name), fine-tuned
+              by NeMo Customizer (`customizer_target`); needs FLYWHEEL_BACKEND=nemo
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ class CostProfile(BaseModel):
 
 class CandidateSpec(BaseModel):
     name: str = Field(description="Partition key: lowercase letters, digits, '-' and '_'.")
-    backend: Literal["local", "openai"] = "local"
+    backend: Literal["local", "openai", "nemo"] = "local"
     base_model: str = Field(
         default=DEMO_BASE_MODEL, description="Local model directory, or demo:tiny (built here)."
+    )
+    customizer_target: str | None = Field(
+        default=None, description="NeMo Customizer target, e.g. meta/llama-3.2-1b-instruct@2.0."
     )
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL (…/v1).")
     model_id: str | None = Field(default=None, description="Model name sent to the endpoint.")
@@ -62,10 +67,6 @@ class CandidateSpec(BaseModel):
         if not SAFE_KEY.match(name):
             raise ValueError(f"candidate name {name!r} must match {SAFE_KEY.pattern}")
         return name
-
-    @property
-    def trainable(self) -> bool:
-        return self.backend == "local"
 
 
 class FlywheelModels(BaseModel):

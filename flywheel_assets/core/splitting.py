@@ -108,10 +108,14 @@ def to_examples(rows: pl.DataFrame) -> list[ChatExample]:
 
 
 def to_jsonl(rows: pl.DataFrame) -> bytes:
+    return examples_to_jsonl(to_examples(rows))
+
+
+def examples_to_jsonl(examples: list[ChatExample]) -> bytes:
     """The chat-format file training and evaluation backends read: one example per line,
     `messages` ending with the expected assistant turn, plus `tools` when present."""
     lines = []
-    for example in to_examples(rows):
+    for example in examples:
         record = {
             "record_id": example.record_id,
             "messages": example.messages + [example.expected.model_dump(exclude_none=True)],
