@@ -10,6 +10,7 @@ import dagster as dg
 from flywheel_assets.curate import workload_dataset
 from flywheel_assets.evaluate import base_eval, customized_eval, icl_eval
 from flywheel_assets.ingest import raw_traces
+from flywheel_assets.promote import promote_job, promoted_model, rollback_job
 from flywheel_assets.settings import flywheel_home, traces_dir
 from flywheel_assets.report import leaderboard
 from flywheel_assets.split import eval_dataset, train_dataset
@@ -17,6 +18,7 @@ from flywheel_assets.train import lora_adapter
 from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManager
 from resources.inference import InferenceResource
 from resources.traces import FileTraceSource
+from resources.tracking import build_tracker, tracked
 from sensors.drop_folder import drop_folder_sensor
 
 
@@ -24,9 +26,11 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
     """Every resource of the embedded default, rooted at `home` (default: FLYWHEEL_HOME)."""
     home = home or flywheel_home()
     traces = traces or traces_dir()
+    tracker = build_tracker(home)  # W&B when configured, else a no-op (resources/tracking.py)
     return {
-        "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
-        "json_io_manager": JsonIOManager(base_dir=str(home / "assets")),
+        "io_manager": tracked(ParquetIOManager(base_dir=str(home / "assets")), tracker),
+        "json_io_manager": tracked(JsonIOManager(base_dir=str(home / "assets")), tracker),
+        "tracker": tracker,
         "dataset_store": LocalDatasetStore(root=str(home / "datasets")),
         "trace_source": FileTraceSource(
             traces_dir=str(traces), landing_dir=str(home / "landing")
@@ -51,10 +55,12 @@ ASSETS = [
     icl_eval,
     customized_eval,
     leaderboard,
+    promoted_model,
 ]
 
 defs = dg.Definitions(
     assets=ASSETS,
+    jobs=[promote_job, rollback_job],
     resources=build_resources(),
     sensors=[drop_folder_sensor],
 )

@@ -1,0 +1,164 @@
+"""W&B tracking in offline mode: one real flywheel run (tiny demo model, one epoch), then
+the artifacts, their lineage edges, the evaluation metrics and tables, and the promotion's
+`production` alias are read back from the offline run files (what `wandb sync` uploads)."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from flywheel_assets.core.sample_data import write_sample_traces
+from flywheel_assets.definitions import ASSETS, build_resources
+from flywheel_assets.promote import promote_job, rollback_job
+from flywheel_assets.runner import run_flywheel
+from partitions.defs import candidate_workload_key
+from resources.datasets import ParquetIOManager
+from resources.tracking import NoOpTracker, WandbTracker, build_tracker, read_offline_runs, tracked
+
+WL = "tool_router"
+CW = f"tiny-demo.{WL}"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture(scope="module")
+def flywheel(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracking")
+    write_sample_traces(tmp / "traces", n=700, seed=5, days=1, workloads=WL)
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        mp.setenv("WANDB_MODE", "offline")
+        for var, folder in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+            mp.setenv(var, str(tmp / "wandb-home" / folder))
+        resources = build_resources(tmp, tmp / "traces")
+        assert isinstance(resources["tracker"], WandbTracker)
+        defs = dg.Definitions(assets=ASSETS, jobs=[promote_job, rollback_job], resources=resources)
+        data = run_flywheel(defs, instance, log=lambda _: None, through="split")
+        assert not data.failed
+
+        def materialize(selection, key, run_config=None):
+            result = dg.materialize(ASSETS, selection=selection, partition_key=key, instance=instance,
+                                    resources=resources, run_config={**QUIET, **(run_config or {})})
+            assert result.success
+            return result
+
+        models = materialize(["lora_adapter", "base_eval", "icl_eval", "customized_eval"],
+                             candidate_workload_key("tiny-demo", WL), {"ops": {"lora_adapter": {"config": {"epochs": 1}}}})
+        materialize(["leaderboard"], WL)
+        promotion = defs.resolve_job_def("promote").execute_in_process(
+            instance=instance, partition_key=WL,
+            run_config={**QUIET, "ops": {"promoted_model": {"config": {
+                "workload": WL, "candidate": "tiny-demo", "experiment": "customized", "min_score": 0.0,
+                "approver": "bob", "reason": "demo: any score goes"}}}},
+        )
+        assert promotion.success
+        runs = read_offline_runs(tmp / "wandb")
+        yield tmp, instance, models, promotion, runs
+
+
+def artifacts(runs) -> dict[str, dict]:
+    found = {}
+    for run in runs:
+        for artifact in run["artifacts"]:
+            if artifact["type"] != "run_table":
+                found[artifact["name"]] = artifact | {"run": run}
+    return found
+
+
+def inputs(artifact) -> dict[str, str]:
+    return {ref["name"]: ref["digest"] for ref in artifact["metadata"]["inputs"]}
+
+
+def metadata(result, asset):
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_every_stage_is_a_versioned_artifact(flywheel):
+    *_, runs = flywheel
+    found = artifacts(runs)
+    expected = {
+        f"workload_dataset.{WL}": "dataset", f"eval_dataset.{WL}": "dataset", f"train_dataset.{WL}": "dataset",
+        f"lora_adapter.{CW}": "model", f"base_eval.{CW}": "evaluation", f"icl_eval.{CW}": "evaluation",
+        f"customized_eval.{CW}": "evaluation", f"leaderboard.{WL}": "leaderboard", f"promoted_model.{WL}": "model",
+    }
+    assert {name: a["type"] for name, a in found.items()} == expected
+    assert all(a["digest"] and "latest" in a["aliases"] for a in found.values())
+    assert f"train_dataset.parquet" in found[f"train_dataset.{WL}"]["files"]
+    assert any(f.startswith("adapter/") and f.endswith(".safetensors") for f in found[f"lora_adapter.{CW}"]["files"])
+    # one W&B run per Dagster step, named after the asset partition, grouped by Dagster run
+    adapter_run = found[f"lora_adapter.{CW}"]["run"]
+    assert (adapter_run["job_type"], adapter_run["name"]) == ("lora_adapter", f"lora_adapter[tiny-demo|{WL}]")
+    assert adapter_run["group"] == adapter_run["config"]["dagster_run_id"]
+    assert adapter_run["config"]["hyperparameters"]["epochs"] == 1
+
+
+def test_lineage_edges_point_at_the_exact_upstream_versions(flywheel):
+    *_, runs = flywheel
+    found = artifacts(runs)
+    digest = {name: a["digest"] for name, a in found.items()}
+
+    def edges(name):
+        return inputs(found[name])
+
+    assert edges(f"train_dataset.{WL}") == {f"workload_dataset.{WL}": digest[f"workload_dataset.{WL}"]}
+    assert edges(f"lora_adapter.{CW}") == {f"train_dataset.{WL}": digest[f"train_dataset.{WL}"]}
+    assert edges(f"customized_eval.{CW}") == {
+        f"eval_dataset.{WL}": digest[f"eval_dataset.{WL}"], f"lora_adapter.{CW}": digest[f"lora_adapter.{CW}"]}
+    assert set(edges(f"base_eval.{CW}")) == {f"eval_dataset.{WL}", f"train_dataset.{WL}"}
+    assert set(edges(f"leaderboard.{WL}")) == {
+        f"workload_dataset.{WL}", f"base_eval.{CW}", f"icl_eval.{CW}", f"customized_eval.{CW}"}
+    assert set(edges(f"promoted_model.{WL}")) == {f"leaderboard.{WL}", f"lora_adapter.{CW}", f"customized_eval.{CW}"}
+    # the run that logged an artifact lists the same inputs in its config
+    adapter = found[f"lora_adapter.{CW}"]
+    assert adapter["run"]["config"]["inputs"] == adapter["metadata"]["inputs"]
+
+
+def test_evaluation_runs_have_metrics_and_a_per_record_table(flywheel):
+    _, _, models, _, runs = flywheel
+    found = artifacts(runs)
+    evaluation = found[f"customized_eval.{CW}"]
+    dagster = metadata(models, "customized_eval")
+    summary = evaluation["run"]["summary"]
+    assert summary["function_name_accuracy"] == pytest.approx(dagster["function_name_accuracy"])
+    assert summary["results"]["_type"] == "table-file" and summary["results"]["nrows"] == 20
+    assert "results.table.json" in evaluation["files"]
+    table_file = next(Path(evaluation["run"]["path"]).glob("files/media/table/results_*.table.json"))
+    table = json.loads(table_file.read_text())
+    assert len(table["data"]) == 20 and "record_id" in table["columns"]
+
+
+def test_dagster_metadata_names_the_artifact_and_the_offline_run(flywheel):
+    _, _, models, _, runs = flywheel
+    found = artifacts(runs)
+    adapter = metadata(models, "lora_adapter")
+    ref = adapter["wandb_artifact"]
+    assert ref["name"] == f"lora_adapter.{CW}" and ref["digest"] == found[f"lora_adapter.{CW}"]["digest"]
+    assert adapter["wandb_artifact_version"] == f"offline, digest {ref['digest'][:12]}"
+    assert Path(adapter["wandb_run_dir"]).is_dir()
+
+
+def test_promotion_moves_the_production_alias_and_audits_artifact_versions(flywheel):
+    _, _, _, promotion, runs = flywheel
+    found = artifacts(runs)
+    promoted = found[f"promoted_model.{WL}"]
+    assert "production" in promoted["aliases"]
+    assert "audit_record.json" in promoted["files"]
+    assert any(f.startswith("adapter/") for f in promoted["files"])
+    record = metadata(promotion, "promoted_model")["audit_record"]
+    by_asset = {m["asset"]: m for m in record["upstream"]}
+    assert by_asset["lora_adapter"]["wandb_artifact"]["digest"] == found[f"lora_adapter.{CW}"]["digest"]
+    assert record["wandb_artifact"]["name"] == f"promoted_model.{WL}"
+    assert {"raw_traces", "workload_dataset", "eval_dataset", "train_dataset", "leaderboard"} <= set(by_asset)
+
+
+def test_tracking_is_off_unless_wandb_is_configured(tmp_path):
+    storage = ParquetIOManager(base_dir=str(tmp_path))
+    for env in ({}, {"WANDB_MODE": "disabled"}, {"WANDB_MODE": "disabled", "WANDB_API_KEY": "k" * 40}):
+        tracker = build_tracker(tmp_path, env)
+        assert isinstance(tracker, NoOpTracker) and tracked(storage, tracker) is storage
+    offline = build_tracker(tmp_path, {"WANDB_MODE": "offline", "WANDB_PROJECT": "p"})
+    assert (offline.mode, offline.project, offline.run_dir) == ("offline", "p", str(tmp_path / "wandb"))
+    online = build_tracker(tmp_path, {"WANDB_API_KEY": "secret-key-" + "k" * 29})
+    assert online.mode == "online"
+    # the key is read by dagster-wandb's wandb_resource from the environment, never held in config
+    assert "secret-key" not in repr(online) and online.wandb.config_schema is not None
