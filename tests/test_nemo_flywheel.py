@@ -1,0 +1,78 @@
+"""The whole flywheel on the `nemo` backend, switched by configuration alone, against the
+NeMo emulator: one workload x two candidates, with injected faults.
+
+The flywheel runs in a subprocess configured only through environment variables
+(FLYWHEEL_BACKEND=nemo, the three NeMo URLs, FLYWHEEL_CANDIDATES), as an operator would.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from flywheel_assets.core.leaderboard import LEADERBOARD_SCHEMA
+from flywheel_assets.core.sample_data import write_sample_traces
+from nemo_emulator import nemo_emulator
+
+CANDIDATES = {
+    "candidates": [
+        {"name": "llama-1b", "backend": "nemo", "base_model": "meta/llama-3.2-1b-instruct",
+         "customizer_target": "meta/llama-3.2-1b-instruct@2.0",
+         "cost": {"usd_per_million_prompt_tokens": 0.05, "usd_per_million_completion_tokens": 0.05}},
+        {"name": "llama-8b", "backend": "nemo", "base_model": "meta/llama-3.1-8b-instruct",
+         "cost": {"usd_per_million_prompt_tokens": 0.2, "usd_per_million_completion_tokens": 0.2}},
+    ]
+}
+
+# The operator's view: the code location's own definitions, NeMo polled fast for the test.
+RUN_FLYWHEEL = """
+import json, sys
+import dagster as dg
+from flywheel_assets.definitions import defs
+from flywheel_assets.runner import run_flywheel
+resources = dict(defs.resources)
+platform = resources["platform"]
+fast = platform.nemo.model_copy(update={"poll_interval_s": 0.01, "backoff_s": 0.01, "max_backoff_s": 0.05})
+resources["platform"] = platform.model_copy(update={"nemo": fast})
+with dg.instance_for_test() as instance:
+    result = run_flywheel(dg.Definitions(assets=defs.assets, resources=resources), instance, log=lambda m: print(__import__("time").strftime("%X"), m, file=sys.stderr))
+print(json.dumps({"failed": len(result.failed), "boards": {w: b.to_dicts() for w, b in result.leaderboards.items()}}))
+"""
+
+
+def run_on_nemo(tmp_path, emulator) -> dict:
+    write_sample_traces(tmp_path / "traces", n=260, seed=2, days=1, workloads="tool_router")
+    (tmp_path / "candidates.json").write_text(json.dumps(CANDIDATES))
+    env = {
+        **os.environ,
+        "FLYWHEEL_BACKEND": "nemo",
+        "FLYWHEEL_HOME": str(tmp_path / "home"),
+        "FLYWHEEL_TRACES_DIR": str(tmp_path / "traces"),
+        "FLYWHEEL_CANDIDATES": str(tmp_path / "candidates.json"),
+        "FLYWHEEL_NEMO_BASE_URL": emulator.nemo_base_url,
+        "FLYWHEEL_NEMO_DATASTORE_URL": emulator.datastore_base_url,
+        "FLYWHEEL_NIM_BASE_URL": emulator.nim_base_url,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_FLYWHEEL], env=env, capture_output=True, text=True, timeout=600
+    )
+    print(done.stderr[-4000:])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_flywheel_on_nemo_with_faults_gives_the_same_leaderboard_shape(tmp_path):
+    with nemo_emulator() as emulator:
+        emulator.set_fault_rate(0.2, seed=7)
+        outcome = run_on_nemo(tmp_path, emulator)
+        assert outcome["failed"] == 0
+        (board,) = outcome["boards"].values()
+        assert set(board[0]) == set(LEADERBOARD_SCHEMA)
+        assert sorted((r["candidate"], r["experiment"]) for r in board) == [
+            (c, e) for c in ("llama-1b", "llama-8b") for e in ("base", "customized", "icl")
+        ]
+        # one customization job per candidate, however many requests were retried
+        assert len(emulator.customization_jobs) == 2
+        assert emulator.deployments_alive == []
+        # the emulated NIM calls the tool named in the prompt: customized models score
+        assert all(0.0 <= r["score"] <= 1.0 for r in board)
