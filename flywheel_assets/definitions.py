@@ -11,7 +11,7 @@ from flywheel_assets.curate import workload_dataset
 from flywheel_assets.evaluate import base_eval, customized_eval, icl_eval
 from flywheel_assets.ingest import raw_traces
 from flywheel_assets.promote import promote_job, promoted_model, rollback_job
-from flywheel_assets.settings import flywheel_home, traces_dir
+from flywheel_assets.settings import FlywheelSettings, load_settings
 from flywheel_assets.report import leaderboard
 from flywheel_assets.split import eval_dataset, train_dataset
 from flywheel_assets.train import lora_adapter
@@ -24,8 +24,9 @@ from sensors.drop_folder import drop_folder_sensor
 
 def build_resources(home: Path | None = None, traces: Path | None = None) -> dict:
     """Every resource of the embedded default, rooted at `home` (default: FLYWHEEL_HOME)."""
-    home = home or flywheel_home()
-    traces = traces or traces_dir()
+    settings = load_settings()
+    home = home or settings.home
+    traces = traces or settings.traces
     tracker = build_tracker(home)  # W&B when configured, else a no-op (resources/tracking.py)
     return {
         "io_manager": tracked(ParquetIOManager(base_dir=str(home / "assets")), tracker),
@@ -38,8 +39,8 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
         "inference": InferenceResource(
             model_cache_dir=str(home / "models"),
             adapters_dir=str(home / "adapters"),
-            judge_base_url=os.environ.get("FLYWHEEL_JUDGE_BASE_URL"),
-            judge_model=os.environ.get("FLYWHEEL_JUDGE_MODEL"),
+            judge_base_url=settings.judge_base_url,
+            judge_model=settings.judge_model,
             judge_api_key=dg.EnvVar("FLYWHEEL_JUDGE_API_KEY") if os.environ.get("FLYWHEEL_JUDGE_API_KEY") else None,
         ),
     }
@@ -58,9 +59,30 @@ ASSETS = [
     promoted_model,
 ]
 
+# Runs that do GPU work carry this tag; the run queue caps them with
+# concurrency.runs.tag_concurrency_limits (deploy/dagster.yaml), the `gpu` pool caps their steps.
+GPU_RUN_TAGS = {"flywheel/gpu": "true"}
+GPU_ASSETS = dg.AssetSelection.assets(lora_adapter, base_eval, icl_eval, customized_eval)
+train_and_evaluate_job = dg.define_asset_job("train_and_evaluate", selection=GPU_ASSETS, tags=GPU_RUN_TAGS)
+# automation of the GPU assets, so their runs carry the tag (the default sensor takes the rest)
+gpu_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "gpu_automation_sensor", target=GPU_ASSETS, run_tags=GPU_RUN_TAGS
+)
+
+
+def executor_for(settings: FlywheelSettings) -> dg.ExecutorDefinition | None:
+    """FLYWHEEL_EXECUTOR: Dagster's default (multiprocess), in-process, or one Kubernetes pod per step."""
+    if settings.executor == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return dg.in_process_executor if settings.executor == "in_process" else None
+
+
 defs = dg.Definitions(
     assets=ASSETS,
-    jobs=[promote_job, rollback_job],
+    jobs=[train_and_evaluate_job, promote_job, rollback_job],
     resources=build_resources(),
-    sensors=[drop_folder_sensor],
+    sensors=[drop_folder_sensor, gpu_automation_sensor],
+    executor=executor_for(load_settings()),
 )

@@ -1,19 +1,157 @@
-"""Where the embedded default keeps its files, from environment variables.
+"""Everything the code location reads from its environment, decided and validated in one place.
 
-FLYWHEEL_HOME          root for everything below (default ./.flywheel_data)
-FLYWHEEL_TRACES_DIR    drop folder of trace files (default $FLYWHEEL_HOME/traces)
-FLYWHEEL_START_DATE    first day partition (default 2025-01-01; read in partitions/defs.py)
+| variable                    | default                 | meaning                                          |
+|-----------------------------|-------------------------|--------------------------------------------------|
+| FLYWHEEL_BACKEND            | local                   | `local` (embedded) or `nemo` (NeMo microservices) |
+| FLYWHEEL_HOME               | ./.flywheel_data        | root of landing area, assets, datasets, models   |
+| FLYWHEEL_TRACES_DIR         | $FLYWHEEL_HOME/traces   | drop folder of trace files                       |
+| FLYWHEEL_START_DATE         | 2025-01-01              | first day partition (read in partitions/defs.py) |
+| FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models (core/candidates.py) |
+| FLYWHEEL_EXECUTOR           | multiprocess            | `multiprocess`, `in_process`, or `k8s` (one pod per step) |
+| FLYWHEEL_TRACE_SOURCE       | files                   | `files` (drop folder) or `weave`                 |
+| FLYWHEEL_WEAVE_ENTITY       |                         | W&B entity of the Weave project (trace source `weave`) |
+| FLYWHEEL_WEAVE_PROJECT      |                         | W&B project holding the traces (trace source `weave`) |
+| FLYWHEEL_JUDGE_BASE_URL     |                         | OpenAI-compatible endpoint of an LLM judge        |
+| FLYWHEEL_JUDGE_MODEL        |                         | model name sent to the judge                      |
+| FLYWHEEL_NEMO_BASE_URL      |                         | NeMo gateway: Entity Store, Customizer, Evaluator, Deployment Mgmt (`nemo`) |
+| FLYWHEEL_NEMO_DATASTORE_URL |                         | NeMo Data Store (`nemo`)                          |
+| FLYWHEEL_NIM_BASE_URL       |                         | NIM proxy, OpenAI-compatible (`nemo`)             |
+| FLYWHEEL_NEMO_NAMESPACE     | flywheel                | namespace of everything the flywheel creates in NeMo |
+
+Secrets are never read here, only named: FLYWHEEL_JUDGE_API_KEY, NGC_API_KEY, WANDB_API_KEY
+reach resources through `dagster.EnvVar`, so they stay out of settings, metadata and logs.
+
+An empty variable counts as unset (Kubernetes and compose files often carry `VAR: ""`).
+A bad value fails with the variable's name: `FLYWHEEL_BACKEND='foo' is not one of local, nemo`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from partitions.keys import SAFE_KEY
+
+# secrets, by the environment variable that holds each (resources read them through EnvVar)
+SECRET_VARIABLES = ("FLYWHEEL_JUDGE_API_KEY", "NGC_API_KEY", "WANDB_API_KEY")
+
+
+class SettingsError(ValueError):
+    """One or more environment variables hold a value the flywheel can't use."""
+
+
+def _var(name: str, default=None):
+    return Field(default=default, alias=name)
+
+
+class FlywheelSettings(BaseModel):
+    """The validated environment; field aliases are the variable names."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, validate_default=True)
+
+    backend: Literal["local", "nemo"] = _var("FLYWHEEL_BACKEND", "local")
+    home: Path = _var("FLYWHEEL_HOME", Path(".flywheel_data"))
+    traces_dir: Path | None = _var("FLYWHEEL_TRACES_DIR")
+    start_date: date = _var("FLYWHEEL_START_DATE", date(2025, 1, 1))
+    candidates_file: Path | None = _var("FLYWHEEL_CANDIDATES")
+    executor: Literal["multiprocess", "in_process", "k8s"] = _var("FLYWHEEL_EXECUTOR", "multiprocess")
+    trace_source: Literal["files", "weave"] = _var("FLYWHEEL_TRACE_SOURCE", "files")
+    weave_entity: str | None = _var("FLYWHEEL_WEAVE_ENTITY")
+    weave_project: str | None = _var("FLYWHEEL_WEAVE_PROJECT")
+    judge_base_url: str | None = _var("FLYWHEEL_JUDGE_BASE_URL")
+    judge_model: str | None = _var("FLYWHEEL_JUDGE_MODEL")
+    nemo_base_url: str | None = _var("FLYWHEEL_NEMO_BASE_URL")
+    nemo_datastore_url: str | None = _var("FLYWHEEL_NEMO_DATASTORE_URL")
+    nim_base_url: str | None = _var("FLYWHEEL_NIM_BASE_URL")
+    nemo_namespace: str = _var("FLYWHEEL_NEMO_NAMESPACE", "flywheel")
+
+    @field_validator("home", "traces_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return path.expanduser().resolve() if path is not None else None
+
+    @field_validator("candidates_file")
+    @classmethod
+    def _exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError("is not a file")
+        return path
+
+    @field_validator("judge_base_url", "nemo_base_url", "nemo_datastore_url", "nim_base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("is not an http(s) URL")
+        return url.rstrip("/")
+
+    @field_validator("nemo_namespace")
+    @classmethod
+    def _safe_namespace(cls, namespace: str) -> str:
+        if not SAFE_KEY.match(namespace):
+            raise ValueError(f"must match {SAFE_KEY.pattern}")
+        return namespace
+
+    @model_validator(mode="after")
+    def _choices_need(self) -> FlywheelSettings:
+        needs = []
+        if self.backend == "nemo":
+            needs.append(("FLYWHEEL_BACKEND=nemo", ("nemo_base_url", "nemo_datastore_url", "nim_base_url")))
+        if self.trace_source == "weave":
+            needs.append(("FLYWHEEL_TRACE_SOURCE=weave", ("weave_entity", "weave_project")))
+        problems = []
+        for choice, fields in needs:
+            missing = [_alias(f) for f in fields if getattr(self, f) is None]
+            if missing:
+                problems.append(f"{choice} needs {', '.join(missing)} (unset)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def traces(self) -> Path:
+        return self.traces_dir or self.home / "traces"
+
+
+def _alias(field: str) -> str:
+    return FlywheelSettings.model_fields[field].alias or field
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> FlywheelSettings:
+    """Read and validate the flywheel's variables from `environ` (default: os.environ)."""
+    environ = os.environ if environ is None else environ
+    names = {f.alias for f in FlywheelSettings.model_fields.values()}
+    values = {name: environ[name] for name in names if environ.get(name, "").strip()}
+    try:
+        return FlywheelSettings.model_validate(values)
+    except ValidationError as err:
+        raise SettingsError("; ".join(_describe(e, values) for e in err.errors())) from None
+
+
+def _describe(error, values: Mapping[str, str]) -> str:
+    name = error["loc"][0] if error["loc"] else None
+    if name is None:  # a rule across variables (model validator): its message names them
+        return error["msg"].removeprefix("Value error, ")
+    shown = f"{name}={values.get(name)!r}"
+    if error["type"] == "literal_error":
+        choices = error["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+        return f"{shown} is not one of {choices}"
+    if error["type"] == "value_error":
+        return f"{shown} {error['msg'].removeprefix('Value error, ')}"
+    return f"{shown} is invalid: {error['msg']}"
 
 
 def flywheel_home() -> Path:
-    return Path(os.environ.get("FLYWHEEL_HOME", ".flywheel_data")).resolve()
+    return load_settings().home
 
 
 def traces_dir() -> Path:
-    return Path(os.environ.get("FLYWHEEL_TRACES_DIR", flywheel_home() / "traces")).resolve()
+    return load_settings().traces
