@@ -231,12 +231,13 @@ def test_automation_never_requests_promoted_model(env):
     env.upstream("wl-auto")
     graph = defs.resolve_asset_graph()
     assert graph.get(promoted_model.key).automation_condition is None
-    for sensor in defs.sensors or []:
-        selection = getattr(sensor, "asset_selection", None)
-        if selection is not None:
-            assert promoted_model.key not in selection.resolve(graph), sensor.name
-    for schedule in defs.schedules or []:
-        assert "promoted_model" not in str(getattr(schedule, "target", ""))
+    for trigger in [*(defs.sensors or []), *(defs.schedules or [])]:
+        selection = getattr(trigger, "asset_selection", None)
+        selected = set(selection.resolve(graph)) if selection is not None else set()
+        jobs = [trigger.job_name] if isinstance(trigger, dg.ScheduleDefinition) else [t.job_name for t in trigger.targets]
+        for job in jobs:
+            selected |= defs.resolve_job_def(job).asset_layer.selected_asset_keys
+        assert promoted_model.key not in selected, trigger.name
 
     def requested(definitions, ticks=3):
         cursor, keys = None, set()
