@@ -19,7 +19,10 @@ from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManage
 from resources.inference import InferenceResource
 from resources.traces import FileTraceSource
 from resources.tracking import build_tracker, tracked
+from resources.weave_source import weave_source_from_env
+from sensors.automation import weekly_schedules
 from sensors.drop_folder import drop_folder_sensor
+from sensors.weave import weave_trace_sensor
 
 
 def build_resources(home: Path | None = None, traces: Path | None = None) -> dict:
@@ -82,7 +85,8 @@ def executor_for(settings: FlywheelSettings) -> dg.ExecutorDefinition | None:
 defs = dg.Definitions(
     assets=ASSETS,
     jobs=[train_and_evaluate_job, promote_job, rollback_job],
-    resources=build_resources(),
-    sensors=[drop_folder_sensor, gpu_automation_sensor],
+    resources={**build_resources(), "weave_source": weave_source_from_env()},
+    sensors=[drop_folder_sensor, weave_trace_sensor, gpu_automation_sensor],
+    schedules=weekly_schedules(train_and_evaluate_job),
     executor=executor_for(load_settings()),
 )

@@ -1,0 +1,164 @@
+"""Declarative automation of the graph, evaluated with Dagster's own
+`evaluate_automation_conditions` tick by tick (cursor carried over, as the sensor does);
+plus the automation sensors and the opt-in weekly schedules in the definitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import dagster as dg
+import pytest
+
+from flywheel_assets.definitions import ASSETS, build_resources, defs
+from partitions.defs import trace_partition_key
+
+DAY = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).date()
+T0 = int(dt.datetime(DAY.year, DAY.month, DAY.day, 9, tzinfo=dt.timezone.utc).timestamp())
+INGEST = ["raw_traces", "quarantined_traces"]
+SPLITS = ["workload_dataset", "eval_dataset", "train_dataset"]
+GPU = ["lora_adapter", "base_eval", "icl_eval", "customized_eval"]
+
+
+def write_workload(folder, workload: str, n: int, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    records = [
+        {
+            "timestamp": T0 + i, "workload_id": workload, "client_id": "app",
+            "request": {"model": "m", "messages": [{"role": "user", "content": f"{workload} question {i}"}]},
+            "response": {"choices": [{"message": {"role": "assistant", "content": f"answer {i}"}}]},
+        }
+        for i in range(n)
+    ]
+    (folder / name).write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+class Flywheel:
+    def __init__(self, tmp_path, instance):
+        self.instance = instance
+        self.traces = tmp_path / "traces"
+        self.resources = build_resources(tmp_path, self.traces)
+        self.defs = dg.Definitions(assets=ASSETS, resources=self.resources)
+        self.cursor = None
+
+    def materialize(self, selection, partition_key):
+        return dg.materialize(
+            ASSETS, selection=selection, partition_key=partition_key, instance=self.instance,
+            resources=self.resources, raise_on_error=False,
+        )
+
+    def tick(self) -> dict[str, set]:
+        """One automation tick: {asset: requested partition keys}."""
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        keys = {k for k in self.defs.resolve_asset_graph().get_all_asset_keys()}
+        return {
+            k.to_user_string(): {str(p) for p in result.get_requested_partitions(k)}
+            for k in keys
+            if result.get_num_requested(k)
+        }
+
+
+@pytest.fixture(scope="module")
+def flywheel(tmp_path_factory):
+    """The state reached by the cascade test; the later tests go on from it.
+
+    An in-memory instance: workload_dataset reads every day partition since
+    FLYWHEEL_START_DATE, and a SQLite event log makes each missing day cost a few writes."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield Flywheel(tmp_path_factory.mktemp("automation"), instance)
+
+
+def cascade(fw, workload: str) -> dict[str, set]:
+    """Materialize what each tick requests for `workload`, stage by stage (each stage is
+    requested once its input's data version changed); the GPU stage is not run here."""
+    requested = fw.tick()
+    assert requested == {"workload_dataset": {workload}}
+    assert fw.materialize(["workload_dataset"], workload).success
+    requested = fw.tick()
+    # the leaderboard also reads workload_dataset (production usage), so it refreshes too
+    assert requested == {"eval_dataset": {workload}, "train_dataset": {workload}, "leaderboard": {workload}}
+    assert fw.materialize(["eval_dataset", "train_dataset"], workload).success
+    return fw.tick()
+
+
+def test_new_traces_request_the_dataset_then_splits_then_training(flywheel):
+    fw = flywheel
+    write_workload(fw.traces, "wa", 60, "wa.jsonl")
+    fw.instance.add_dynamic_partitions("workload", ["wa"])
+    assert fw.tick() == {}  # the first tick only records the state: no flood over history
+    assert fw.materialize(INGEST, trace_partition_key(DAY.isoformat(), "wa")).success
+    requested = cascade(fw, "wa")
+    assert set(requested) == set(GPU) and requested["lora_adapter"] == {"tiny-demo|wa"}
+    assert fw.tick() == {}  # requested once, not on every tick
+
+
+def test_an_unchanged_split_requests_no_training(flywheel):
+    fw = flywheel
+    # the same traces re-ingested, the datasets rebuilt: new materializations, same data versions
+    assert fw.materialize(INGEST, trace_partition_key(DAY.isoformat(), "wa")).success
+    assert fw.tick() == {}  # raw_traces' data version did not change either
+    assert fw.materialize(["workload_dataset"], "wa").success
+    assert fw.tick() == {}
+    assert fw.materialize(["eval_dataset", "train_dataset"], "wa").success
+    assert fw.tick() == {}
+
+
+def test_changed_traces_request_the_cascade_again(flywheel):
+    fw = flywheel
+    write_workload(fw.traces, "wa", 70, "wa.jsonl")  # 10 more records in the same file
+    assert fw.materialize(INGEST, trace_partition_key(DAY.isoformat(), "wa")).success
+    assert set(cascade(fw, "wa")) == set(GPU)
+
+
+def test_a_failed_blocking_check_requests_no_training(flywheel):
+    fw = flywheel
+    write_workload(fw.traces, "tiny", 12, "tiny.jsonl")
+    fw.instance.add_dynamic_partitions("workload", ["tiny"])
+    assert fw.materialize(INGEST, trace_partition_key(DAY.isoformat(), "tiny")).success
+    # a new workload: its whole (missing) chain is requested at once, as one run
+    assert {"workload_dataset", "eval_dataset", "train_dataset"} <= set(fw.tick())
+    run = fw.materialize(SPLITS, "tiny")  # the dataset is recorded, its blocking check fails
+    (check,) = run.get_asset_check_evaluations()
+    assert not run.success and check.check_name == "has_min_records" and not check.passed
+    assert {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()} == {"workload_dataset"}
+    for _ in range(2):
+        requested = fw.tick()
+        training = {k: v for k, v in requested.items() if k in SPLITS + GPU}
+        assert not any("tiny" in str(keys) for keys in training.values()), requested
+
+
+# ------------------------------------------------------------------------ definitions
+def test_every_automated_asset_is_evaluated_by_an_automation_sensor():
+    repo = defs.get_repository_def()
+    graph = defs.resolve_asset_graph()
+    automated = {k for k in graph.materializable_asset_keys if graph.get(k).automation_condition is not None}
+    assert {dg.AssetKey(n) for n in SPLITS + GPU} <= automated
+    covered = set()
+    for sensor in repo.sensor_defs:
+        if isinstance(sensor, dg.AutomationConditionSensorDefinition):
+            covered |= sensor.asset_selection.resolve(graph)
+    assert automated <= covered
+    names = {s.name for s in repo.sensor_defs}
+    assert {"default_automation_condition_sensor", "weave_trace_sensor", "drop_folder_sensor"} <= names
+
+
+def test_weekly_schedules_are_off_by_default_and_request_every_workload():
+    repo = defs.get_repository_def()
+    schedules = {s.name: s for s in repo.schedule_defs}
+    weekly = {"weekly_curate_and_split", "weekly_train_and_evaluate", "weekly_leaderboard"}
+    assert weekly <= set(schedules)
+    assert all(schedules[n].default_status == dg.DefaultScheduleStatus.STOPPED for n in weekly)
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime(2025, 11, 24, 2))
+        assert isinstance(schedules["weekly_curate_and_split"](context), dg.SkipReason)
+        instance.add_dynamic_partitions("workload", ["wa", "wb"])
+        curate = schedules["weekly_curate_and_split"](context)
+        assert [r.partition_key for r in curate] == ["wa", "wb"]
+        assert schedules["weekly_curate_and_split"].job_name == "curate_and_split"
+        train = schedules["weekly_train_and_evaluate"](context)
+        assert sorted(str(r.partition_key) for r in train) == ["tiny-demo|wa", "tiny-demo|wb"]
+        assert schedules["weekly_train_and_evaluate"].job_name == "train_and_evaluate"
+        board = schedules["weekly_leaderboard"](context)
+        assert [r.partition_key for r in board] == ["wa", "wb"]
+        assert len({r.run_key for r in curate + train + board}) == 6
