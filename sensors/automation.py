@@ -38,6 +38,16 @@ refresh_when_data_changed = _on_changed_data.without(~AC.any_deps_missing())
 # Training and evaluation: only when a split really changed and its blocking checks passed.
 retrain_when_dataset_changed = _on_changed_data & AC.all_deps_blocking_checks_passed()
 
+# The leaderboard: when an evaluation changed. It also reads workload_dataset, but a new
+# dataset alone would rebuild it from the previous dataset's evaluations (and for a
+# workload that failed its checks); its evaluations follow the dataset anyway.
+refresh_when_evaluations_changed = AC.eager().replace(
+    "any_deps_updated",
+    AC.any_deps_match(AC.data_version_changed()).allow(
+        dg.AssetSelection.assets("base_eval", "icl_eval", "customized_eval")
+    ),
+).without(~AC.any_deps_missing())
+
 
 # ------------------------------------------------------------------------------------ jobs
 # Selections by key (not by definition) so the assets' modules can import this one.

@@ -128,6 +128,28 @@ def test_a_failed_blocking_check_requests_no_training(flywheel):
         assert not any("tiny" in str(keys) for keys in training.values()), requested
 
 
+def test_the_leaderboard_condition_waits_for_new_evaluations(tmp_path):
+    """`refresh_when_evaluations_changed` (proposed for report.py): a new dataset alone
+    does not rebuild the leaderboard from the previous dataset's evaluations."""
+    from sensors.automation import refresh_when_evaluations_changed
+
+    assets = [
+        a.map_asset_specs(lambda s: s.replace_attributes(automation_condition=refresh_when_evaluations_changed))
+        if dg.AssetKey("leaderboard") in a.keys else a
+        for a in ASSETS
+    ]
+    with dg.DagsterInstance.ephemeral() as instance:
+        fw = Flywheel(tmp_path, instance)
+        fw.defs = dg.Definitions(assets=assets, resources=fw.resources)
+        write_workload(fw.traces, "wb", 60, "wb.jsonl")
+        instance.add_dynamic_partitions("workload", ["wb"])
+        fw.tick()
+        assert fw.materialize(INGEST, trace_partition_key(DAY.isoformat(), "wb")).success
+        assert fw.tick() == {"workload_dataset": {"wb"}}
+        assert fw.materialize(["workload_dataset"], "wb").success
+        assert fw.tick() == {"eval_dataset": {"wb"}, "train_dataset": {"wb"}}  # no leaderboard yet
+
+
 # ------------------------------------------------------------------------ definitions
 def test_every_automated_asset_is_evaluated_by_an_automation_sensor():
     repo = defs.get_repository_def()
