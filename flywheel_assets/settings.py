@@ -8,9 +8,8 @@
 | FLYWHEEL_START_DATE         | 2025-01-01              | first day partition (read in partitions/defs.py) |
 | FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models (core/candidates.py) |
 | FLYWHEEL_EXECUTOR           | multiprocess            | `multiprocess`, `in_process`, or `k8s` (one pod per step) |
-| FLYWHEEL_TRACE_SOURCE       | files                   | `files` (drop folder) or `weave`                 |
-| FLYWHEEL_WEAVE_ENTITY       |                         | W&B entity of the Weave project (trace source `weave`) |
-| FLYWHEEL_WEAVE_PROJECT      |                         | W&B project holding the traces (trace source `weave`) |
+| FLYWHEEL_WEAVE_ENTITY       | (WANDB_ENTITY)          | W&B entity of the Weave project with the traces  |
+| FLYWHEEL_WEAVE_PROJECT      | (WANDB_PROJECT)         | W&B project holding the traces (weave_trace_sensor) |
 | FLYWHEEL_JUDGE_BASE_URL     |                         | OpenAI-compatible endpoint of an LLM judge        |
 | FLYWHEEL_JUDGE_MODEL        |                         | model name sent to the judge                      |
 | FLYWHEEL_NEMO_BASE_URL      |                         | NeMo gateway: Entity Store, Customizer, Evaluator, Deployment Mgmt (`nemo`) |
@@ -38,9 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from partitions.keys import SAFE_KEY
 
-# secrets, by the environment variable that holds each (resources read them through EnvVar)
-SECRET_VARIABLES = ("FLYWHEEL_JUDGE_API_KEY", "NGC_API_KEY", "WANDB_API_KEY")
-
 
 class SettingsError(ValueError):
     """One or more environment variables hold a value the flywheel can't use."""
@@ -61,7 +57,6 @@ class FlywheelSettings(BaseModel):
     start_date: date = _var("FLYWHEEL_START_DATE", date(2025, 1, 1))
     candidates_file: Path | None = _var("FLYWHEEL_CANDIDATES")
     executor: Literal["multiprocess", "in_process", "k8s"] = _var("FLYWHEEL_EXECUTOR", "multiprocess")
-    trace_source: Literal["files", "weave"] = _var("FLYWHEEL_TRACE_SOURCE", "files")
     weave_entity: str | None = _var("FLYWHEEL_WEAVE_ENTITY")
     weave_project: str | None = _var("FLYWHEEL_WEAVE_PROJECT")
     judge_base_url: str | None = _var("FLYWHEEL_JUDGE_BASE_URL")
@@ -101,19 +96,12 @@ class FlywheelSettings(BaseModel):
         return namespace
 
     @model_validator(mode="after")
-    def _choices_need(self) -> FlywheelSettings:
-        needs = []
+    def _nemo_needs_its_endpoints(self) -> FlywheelSettings:
         if self.backend == "nemo":
-            needs.append(("FLYWHEEL_BACKEND=nemo", ("nemo_base_url", "nemo_datastore_url", "nim_base_url")))
-        if self.trace_source == "weave":
-            needs.append(("FLYWHEEL_TRACE_SOURCE=weave", ("weave_entity", "weave_project")))
-        problems = []
-        for choice, fields in needs:
-            missing = [_alias(f) for f in fields if getattr(self, f) is None]
+            endpoints = ("nemo_base_url", "nemo_datastore_url", "nim_base_url")
+            missing = [_alias(f) for f in endpoints if getattr(self, f) is None]
             if missing:
-                problems.append(f"{choice} needs {', '.join(missing)} (unset)")
-        if problems:
-            raise ValueError("; ".join(problems))
+                raise ValueError(f"FLYWHEEL_BACKEND=nemo needs {', '.join(missing)} (unset)")
         return self
 
     @property

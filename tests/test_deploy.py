@@ -344,7 +344,7 @@ def test_dockerfile_runs_the_code_location_as_a_non_root_user():
 def test_settings_default_to_the_embedded_local_flywheel(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = load_settings({})
-    assert (settings.backend, settings.executor, settings.trace_source) == ("local", "multiprocess", "files")
+    assert (settings.backend, settings.executor) == ("local", "multiprocess")
     assert settings.home == tmp_path / ".flywheel_data" and settings.traces == settings.home / "traces"
     # empty counts as unset (Kubernetes and compose files carry VAR: "")
     assert load_settings({"FLYWHEEL_BACKEND": "", "FLYWHEEL_TRACES_DIR": " "}) == settings
@@ -359,7 +359,6 @@ def test_settings_default_to_the_embedded_local_flywheel(tmp_path, monkeypatch):
     ({"FLYWHEEL_CANDIDATES": "/no/such/file.json"}, "FLYWHEEL_CANDIDATES='/no/such/file.json' is not a file"),
     ({"FLYWHEEL_BACKEND": "nemo", "FLYWHEEL_NIM_BASE_URL": "http://nim:8000"},
      "FLYWHEEL_BACKEND=nemo needs FLYWHEEL_NEMO_BASE_URL, FLYWHEEL_NEMO_DATASTORE_URL (unset)"),
-    ({"FLYWHEEL_TRACE_SOURCE": "weave"}, "FLYWHEEL_TRACE_SOURCE=weave needs FLYWHEEL_WEAVE_ENTITY, FLYWHEEL_WEAVE_PROJECT"),
 ])
 def test_a_bad_variable_is_named_in_the_error(environ, message):
     with pytest.raises(SettingsError) as err:
