@@ -281,7 +281,12 @@ class WeaveTraceSource(dg.ConfigurableResource):
         return f"{self.entity}/{self.project}"
 
     def file_stem(self) -> str:
-        return _SAFE.sub("_", f"{self.entity}__{self.project}")[:80]
+        """The project as a file-name prefix; a hash keeps altered or long names apart."""
+        raw = f"{self.entity}__{self.project}"
+        safe = _SAFE.sub("_", raw)
+        if safe == raw and len(raw) <= 80:
+            return raw
+        return f"{safe[:60]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
     # -- the wire --------------------------------------------------------------------------
     def _op_refs(self) -> list[str] | None:
