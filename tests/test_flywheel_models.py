@@ -15,7 +15,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("models")
-    write_sample_traces(tmp / "traces", n=700, seed=5, days=1, workloads="tool_router")
+    write_sample_traces(tmp / "traces", n=300, seed=5, days=1, workloads="tool_router")
     resources = build_resources(tmp, tmp / "traces")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workload", ["tool_router"])
@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
         models = run(
             ["lora_adapter", "base_eval", "icl_eval", "customized_eval"],
             candidate_workload_key("tiny-demo", "tool_router"),
-            {"ops": {"lora_adapter": {"config": {"epochs": 2}}}},
+            {"ops": {"lora_adapter": {"config": {"epochs": 1}}}},
         )
         board = run(["leaderboard"], "tool_router")
         yield tmp, instance, models, board
@@ -47,7 +47,7 @@ def metadata(result, asset):
 def test_adapter_records_training_for_an_audit(trained):
     tmp, _, models, _ = trained
     adapter = metadata(models, "lora_adapter")
-    assert adapter["hyperparameters"]["epochs"] == 2
+    assert adapter["hyperparameters"]["epochs"] == 1
     assert "| step | epoch | loss |" in adapter["loss_curve"]
     assert adapter["adapter_size_bytes"] > 0
     assert (tmp / "adapters").exists() and str(tmp / "adapters") in adapter["adapter_dir"]
@@ -82,7 +82,7 @@ def test_retrying_training_with_the_same_inputs_reuses_the_adapter(trained):
     first = metadata(models, "lora_adapter")["adapter_dir"]
     resources_again = dg.materialize(
         ASSETS, selection=["lora_adapter"], partition_key=candidate_workload_key("tiny-demo", "tool_router"),
-        instance=instance, run_config={**QUIET, "ops": {"lora_adapter": {"config": {"epochs": 2}}}},
+        instance=instance, run_config={**QUIET, "ops": {"lora_adapter": {"config": {"epochs": 1}}}},
         resources=build_resources(tmp, tmp / "traces"),
     )
     again = metadata(resources_again, "lora_adapter")
