@@ -24,7 +24,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 @pytest.fixture(scope="module")
 def flywheel(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tracking")
-    write_sample_traces(tmp / "traces", n=700, seed=5, days=1, workloads=WL)
+    write_sample_traces(tmp / "traces", n=400, seed=5, days=1, workloads=WL)
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         mp.setenv("WANDB_MODE", "offline")
         for var, folder in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):

@@ -30,7 +30,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 def home(tmp_path_factory):
     """A flywheel run (one workload, one epoch) and a promotion, in DAGSTER_HOME=<tmp>/dagster_home."""
     tmp = tmp_path_factory.mktemp("webserver")
-    write_sample_traces(tmp / "traces", n=700, seed=5, days=1, workloads=WL)
+    write_sample_traces(tmp / "traces", n=400, seed=5, days=1, workloads=WL)
     (tmp / "dagster_home").mkdir()
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test(temp_dir=str(tmp / "dagster_home")) as instance:
         mp.setenv("WANDB_MODE", "disabled")
