@@ -16,7 +16,8 @@ from flywheel_assets.report import leaderboard
 from flywheel_assets.split import eval_dataset, train_dataset
 from flywheel_assets.train import lora_adapter
 from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManager
-from resources.inference import InferenceResource
+from resources.nemo.backend import NemoBackend
+from resources.platform import LocalPlatform, ModelPlatform, NemoPlatform
 from resources.traces import FileTraceSource
 from resources.tracking import build_tracker, tracked
 from resources.weave_source import weave_source_from_env
@@ -39,14 +40,32 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
         "trace_source": FileTraceSource(
             traces_dir=str(traces), landing_dir=str(home / "landing")
         ),
-        "inference": InferenceResource(
-            model_cache_dir=str(home / "models"),
-            adapters_dir=str(home / "adapters"),
-            judge_base_url=settings.judge_base_url,
-            judge_model=settings.judge_model,
-            judge_api_key=dg.EnvVar("FLYWHEEL_JUDGE_API_KEY") if os.environ.get("FLYWHEEL_JUDGE_API_KEY") else None,
-        ),
+        "platform": build_platform(settings, home),
     }
+
+
+def _secret(name: str) -> dg.EnvVar | None:
+    # an EnvVar of an unset variable fails when the resource starts: name only those set
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def build_platform(settings: FlywheelSettings, home: Path) -> ModelPlatform:
+    """Where candidates are trained and served: this machine, or NeMo microservices."""
+    judge = {
+        "judge_base_url": settings.judge_base_url,
+        "judge_model": settings.judge_model,
+        "judge_api_key": _secret("FLYWHEEL_JUDGE_API_KEY"),
+    }
+    if settings.backend == "nemo":
+        nemo = NemoBackend(
+            nemo_base_url=settings.nemo_base_url,
+            datastore_base_url=settings.nemo_datastore_url,
+            nim_base_url=settings.nim_base_url,
+            namespace=settings.nemo_namespace,
+            api_key=_secret("NGC_API_KEY"),
+        )
+        return NemoPlatform(nemo=nemo, **judge)
+    return LocalPlatform(model_cache_dir=str(home / "models"), adapters_dir=str(home / "adapters"), **judge)
 
 
 ASSETS = [
