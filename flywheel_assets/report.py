@@ -8,7 +8,7 @@ from flywheel_assets.core.candidates import load_models
 from flywheel_assets.core.leaderboard import build_leaderboard, production_tokens
 from flywheel_assets.metadata import table
 from partitions.defs import BY_WORKLOAD, workload_partitions
-from sensors.automation import refresh_when_data_changed
+from sensors.automation import refresh_when_evaluations_changed
 
 EVAL_IN = dg.AssetIn(partition_mapping=BY_WORKLOAD, metadata={"allow_missing_partitions": True})
 
@@ -25,7 +25,7 @@ class LeaderboardConfig(dg.Config):
     group_name="report",
     kinds={"polars", "parquet"},
     code_version="1",
-    automation_condition=refresh_when_data_changed,
+    automation_condition=refresh_when_evaluations_changed,
     description="Candidates x experiments: score, latency and cost relative to production.",
 )
 def leaderboard(
