@@ -354,8 +354,9 @@ def build_tracker(home: Path, env: dict[str, str] | None = None) -> Tracker:
     WANDB_MODE=offline (or dryrun): offline runs under `$FLYWHEEL_HOME/wandb`.
     WANDB_API_KEY (WANDB_MODE unset or online): online, logged in by dagster-wandb's
     `wandb_resource` from the env var (the key never appears in config or metadata).
-    Also read: WANDB_PROJECT (default flywheel), WANDB_ENTITY, WANDB_BASE_URL (W&B Server),
-    FLYWHEEL_WANDB_REGISTRY (e.g. wandb-registry-model: promotions are linked there).
+    Also read: FLYWHEEL_WANDB_PROJECT, else WANDB_PROJECT (which the Weave trace source may
+    use too), else `flywheel`; WANDB_ENTITY; WANDB_BASE_URL (W&B Server);
+    FLYWHEEL_WANDB_REGISTRY (e.g. wandb-registry-model: promotions are linked there, online).
     """
     env = os.environ if env is None else env
     mode = env.get("WANDB_MODE", "").strip().lower()
@@ -372,7 +373,7 @@ def build_tracker(home: Path, env: dict[str, str] | None = None) -> Tracker:
     else:
         handle = dg.ResourceDefinition(lambda _: _keyless_offline_handle(), description="W&B, offline")
     return WandbTracker(
-        project=env.get("WANDB_PROJECT") or "flywheel",
+        project=env.get("FLYWHEEL_WANDB_PROJECT") or env.get("WANDB_PROJECT") or "flywheel",
         entity=env.get("WANDB_ENTITY") or None,
         mode="offline" if offline else "online",
         run_dir=str(wandb_dir),

@@ -156,8 +156,10 @@ def test_tracking_is_off_unless_wandb_is_configured(tmp_path):
     for env in ({}, {"WANDB_MODE": "disabled"}, {"WANDB_MODE": "disabled", "WANDB_API_KEY": "k" * 40}):
         tracker = build_tracker(tmp_path, env)
         assert isinstance(tracker, NoOpTracker) and tracked(storage, tracker) is storage
-    offline = build_tracker(tmp_path, {"WANDB_MODE": "offline", "WANDB_PROJECT": "p"})
-    assert (offline.mode, offline.project, offline.run_dir) == ("offline", "p", str(tmp_path / "wandb"))
+    offline = build_tracker(tmp_path, {"WANDB_MODE": "offline", "WANDB_PROJECT": "traces"})
+    assert (offline.mode, offline.project, offline.run_dir) == ("offline", "traces", str(tmp_path / "wandb"))
+    own = build_tracker(tmp_path, {"WANDB_MODE": "offline", "WANDB_PROJECT": "traces", "FLYWHEEL_WANDB_PROJECT": "fw"})
+    assert own.project == "fw"
     online = build_tracker(tmp_path, {"WANDB_API_KEY": "secret-key-" + "k" * 29})
     assert online.mode == "online"
     # the key is read by dagster-wandb's wandb_resource from the environment, never held in config
