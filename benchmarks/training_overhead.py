@@ -12,7 +12,11 @@ the processor time of each run is printed too (it counts only this process's wor
 OpenMP threads that spin while another process holds the core inflate it as well).
 Target: train_lora / bare <= 1.15 (wall time).
 
-    python benchmarks/training_overhead.py [--examples 300 --epochs 3 --repeats 2]
+    python benchmarks/training_overhead.py [--examples 300 --epochs 3 --repeats 2 --threads N]
+
+On a machine shared with other busy processes, two OpenMP threads that wait for each other
+make wall and processor times swing by 2-3x from run to run; `--threads 1` measures the
+same work without that noise.
 """
 
 from __future__ import annotations
@@ -76,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 steadies the figures on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     train = routing_examples(args.examples, seed=1)
     hp = DEMO_HYPERPARAMETERS.model_copy(update={"epochs": args.epochs})
