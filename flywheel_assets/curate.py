@@ -9,7 +9,8 @@ from pydantic import Field
 from flywheel_assets.core.ingest import TRACE_SCHEMA
 from flywheel_assets.core.curation import DEDUP_KEY_DESCRIPTION, curate, lookback_days
 from flywheel_assets.metadata import column_hash, counts_table, table
-from partitions.defs import BY_WORKLOAD, workload_partitions
+from partitions.defs import BY_WORKLOAD, trace_partitions, workload_partitions
+from resources.datasets import StoredAssets
 from sensors.automation import refresh_when_data_changed
 
 
@@ -26,11 +27,9 @@ class CurationConfig(dg.Config):
 
 @dg.asset(
     partitions_def=workload_partitions,
-    ins={
-        "raw_traces": dg.AssetIn(
-            partition_mapping=BY_WORKLOAD, metadata={"allow_missing_partitions": True}
-        )
-    },
+    # deps, not ins: loading through the mapping would ask for every day since the start
+    # date (dagster-facts.md #3); the asset reads only the existing days of its window
+    deps=[dg.AssetDep("raw_traces", partition_mapping=BY_WORKLOAD)],
     check_specs=[dg.AssetCheckSpec("has_min_records", asset="workload_dataset", blocking=True)],
     group_name="curate",
     kinds={"polars", "parquet"},
@@ -41,12 +40,13 @@ class CurationConfig(dg.Config):
 def workload_dataset(
     context: dg.AssetExecutionContext,
     config: CurationConfig,
-    raw_traces: dict[str, pl.LazyFrame],
+    stored_assets: StoredAssets,
 ):
-    by_day = {key.keys_by_dimension["day"]: traces for key, traces in raw_traces.items()}
-    days = lookback_days(list(by_day), config.lookback_days)
-    context.log.info(f"curating {len(days)} of {len(by_day)} days: {days[:1]}..{days[-1:]}")
-    traces = pl.concat([by_day[d] for d in days]) if days else pl.LazyFrame(schema=TRACE_SCHEMA)
+    keys = materialized_days(context.instance, context.partition_key)
+    days = lookback_days(list(keys), config.lookback_days)
+    context.log.info(f"curating {len(days)} of {len(keys)} days: {days[:1]}..{days[-1:]}")
+    frames = [stored_assets.scan("raw_traces", keys[day]) for day in days]
+    traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
     dataset, stats = curate(traces, feedback_filter=config.feedback_filter, redact=config.redact_pii)
     yield dg.Output(
         dataset,
@@ -78,3 +78,12 @@ def workload_dataset(
         ),
         metadata={"records": stats.records_out, "min_records": config.min_records},
     )
+
+
+def materialized_days(instance: dg.DagsterInstance, workload: str) -> dict[str, dg.MultiPartitionKey]:
+    """day -> raw_traces partition key, for the days of `workload` that were ingested."""
+    keys = (
+        trace_partitions.get_partition_key_from_str(k)
+        for k in instance.get_materialized_partitions(dg.AssetKey("raw_traces"))
+    )
+    return {k.keys_by_dimension["day"]: k for k in keys if k.keys_by_dimension["workload"] == workload}

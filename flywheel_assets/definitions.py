@@ -15,7 +15,7 @@ from flywheel_assets.settings import FlywheelSettings, load_settings
 from flywheel_assets.report import leaderboard
 from flywheel_assets.split import eval_dataset, train_dataset
 from flywheel_assets.train import lora_adapter
-from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManager
+from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManager, StoredAssets
 from resources.nemo.backend import NemoBackend
 from resources.platform import LocalPlatform, ModelPlatform, NemoPlatform
 from resources.traces import FileTraceSource
@@ -36,6 +36,7 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
         "io_manager": tracked(ParquetIOManager(base_dir=str(home / "assets")), tracker),
         "json_io_manager": tracked(JsonIOManager(base_dir=str(home / "assets")), tracker),
         "tracker": tracker,
+        "stored_assets": StoredAssets(base_dir=str(home / "assets")),
         "dataset_store": LocalDatasetStore(root=str(home / "datasets")),
         "trace_source": FileTraceSource(
             traces_dir=str(traces), landing_dir=str(home / "landing")

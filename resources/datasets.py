@@ -117,6 +117,25 @@ class JsonIOManager(dg.ConfigurableIOManagerFactory):
         return _JsonUPathIOManager(base_path=UPath(self.base_dir))
 
 
+class StoredAssets(dg.ConfigurableResource):
+    """Reads partitions that `ParquetIOManager` stored, for an asset that picks its own
+    partitions (e.g. only the days of a look-back window that exist) instead of loading
+    every partition a mapping names. Same folder, same layout as the I/O manager."""
+
+    base_dir: str = Field(description="The ParquetIOManager's base_dir.")
+
+    def scan(self, asset: str, partition_key: str | dg.MultiPartitionKey) -> pl.LazyFrame:
+        parts = (
+            [partition_key.keys_by_dimension[d] for d in sorted(partition_key.keys_by_dimension)]
+            if isinstance(partition_key, dg.MultiPartitionKey)
+            else [partition_key]
+        )
+        path = Path(self.base_dir, asset, *parts[:-1], f"{parts[-1]}.parquet")
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: materialize {asset} [{partition_key}]")
+        return pl.scan_parquet(path)
+
+
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):
     """Asset values as Parquet files, written atomically, loaded as `pl.LazyFrame`s."""
 
