@@ -119,6 +119,7 @@ def routing_examples(n: int, seed: int = 0, workload_id: str = "support-router")
 # --------------------------------------------------------------------------- tests
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -330,3 +331,22 @@ def test_local_chat_model_reports_usage_and_isolates_bad_prompts(base_dir, tuned
     alone = model.complete([HELD_OUT[2]])[0]
     assert alone.message == completions[3].message
     assert model.count_tokens(ChatPrompt(messages=[{"role": "user", "content": "hi"}])) < model.count_tokens(HELD_OUT[0])
+
+
+def test_a_model_put_in_place_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    texts = list(example_texts(TRAIN[:20]))
+    other = tiny_model.build_tiny_model(tmp_path / "other", texts, vocab_size=400)
+    out = tmp_path / "m"
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(dst) == out and not out.exists():
+            shutil.copytree(other, out)  # the other process's rename lands first
+        real_rename(src, dst)
+
+    monkeypatch.setattr(tiny_model.os, "rename", rename)
+    assert tiny_model.build_tiny_model(out, texts, vocab_size=400) == out  # same inputs: fine
+    shutil.rmtree(out)
+    with pytest.raises(FileExistsError):
+        tiny_model.build_tiny_model(out, texts, vocab_size=400, seed=1)  # not the model asked for
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "other"]

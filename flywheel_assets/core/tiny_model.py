@@ -142,10 +142,15 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
 
-    with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / BUILD_INFO).write_text(json.dumps({"fingerprint": fingerprint, **params}, indent=2))
+    try:
+        with atomic_directory(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / BUILD_INFO).write_text(json.dumps({"fingerprint": fingerprint, **params}, indent=2))
+    except FileExistsError:
+        # Another process built a model there at the same time; the same one is as good.
+        if _cached_fingerprint(out_dir) != fingerprint:
+            raise
     return out_dir
 
 
@@ -154,7 +159,8 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory beside `target`; when the block succeeds, it
     replaces `target` (whatever was there before is removed), else it is deleted. Readers
     of `target` see the old directory or the complete new one (or, for the instant between
-    two renames, none), never a half-written one."""
+    two renames, none), never a half-written one. Raises FileExistsError (and keeps the
+    other writer's directory) when another process put a `target` in place meanwhile."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -164,6 +170,11 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             stale = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
             os.rename(target, stale)
             shutil.rmtree(stale, ignore_errors=True)
-        os.rename(tmp, target)
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:
+            if not target.exists():
+                raise
+            raise FileExistsError(f"{target} was written by someone else meanwhile") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
