@@ -160,9 +160,10 @@ def function_name_accuracy(model: LocalChatModel, examples: list[ChatExample]) -
 
 @pytest.fixture(scope="module", autouse=True)
 def one_cpu_thread():
-    """The tiny model's matrices are too small to gain from a second thread, and on a
-    machine where other processes are busy two OpenMP threads that wait for each other ran
-    the demo fine-tuning 5-10x slower (240 s against 23 s with one thread)."""
+    """One torch thread for these tests. On an idle 2-core machine two threads train the
+    tiny model faster (8 s against 13 s for the demo fine-tuning), but where other processes
+    keep the cores busy, two OpenMP threads that wait for each other ran it 10x slower
+    (240 s against 23 s with one thread); the tests should not depend on the neighbours."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
