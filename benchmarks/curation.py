@@ -3,8 +3,9 @@
 Generates N traces (default 1,000,000) into one JSONL file, then measures, each phase in
 its own process so peak RSS is its own:
   baseline  a bare polars scan of the same file + unique on the user messages
-  curation  the flywheel's path: validate + land by day x workload, then per workload
-            read every day, filter, deduplicate, classify and redact PII
+  curation  the flywheel's path: validate + land by day x workload, store each day x
+            workload partition (raw_traces), then per workload scan every day, filter,
+            deduplicate, classify and redact PII (workload_dataset)
 and prints traces/s, peak RSS and the ratio curation / baseline.
 
     python benchmarks/curation.py [--records N] [--keep DIR]
@@ -56,10 +57,16 @@ def run_curation(path: Path, work: Path) -> dict:
         day, key = partition.split("|")
         if key != "unattributed":
             by_workload.setdefault(key, []).append(day)
+    # as the assets do: each raw_traces partition is stored, then curation scans them
+    stored = work / "raw_traces"
     out = 0
     for key, days in by_workload.items():
-        frames = [read_partition(source.landing_path, day, key)[0].lazy() for day in sorted(days)]
-        dataset, _ = curate(pl.concat(frames))
+        paths = []
+        for day in sorted(days):
+            paths.append(stored / day / f"{key}.parquet")
+            paths[-1].parent.mkdir(parents=True, exist_ok=True)
+            read_partition(source.landing_path, day, key)[0].write_parquet(paths[-1])
+        dataset, _ = curate(pl.concat([pl.scan_parquet(p) for p in paths]))
         out += dataset.height
     return {"unique": out, "workloads": len(by_workload)}
 
