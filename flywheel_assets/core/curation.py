@@ -95,8 +95,7 @@ def classify_workload(df: pl.DataFrame) -> str:
     """tool_calling when at least half of the requests offer tools, else chat."""
     if df.height == 0:
         return "chat"
-    offers_tools = pl.col("has_tools") if "has_tools" in df.columns else pl.col("tools").is_not_null()
-    share = df.select(offers_tools.mean()).item()
+    share = df.select(pl.col("tools").is_not_null().mean()).item()
     return "tool_calling" if share >= TOOL_CALLING_SHARE else "chat"
 
 
@@ -162,32 +161,20 @@ def curate(
     feedback_filter: FeedbackFilter = "none",
     redact: bool = True,
 ) -> tuple[pl.DataFrame, CurationStats]:
-    """Filter, classify, deduplicate and redact one workload's traces.
-
-    Dedup runs on a narrow frame (ids, timestamps, key columns); only the winners' full
-    records are then read, so peak memory follows the curated output, not the raw input."""
+    """Filter, classify, deduplicate and redact one workload's traces."""
     stats = CurationStats()
-    kept = filter_feedback(traces, feedback_filter)
-    narrow = kept.select(
-        "record_id", "timestamp", *DEDUP_KEY, "has_tool_calls", has_tools=pl.col("tools").is_not_null()
-    ).collect()
-    stats.records_in = traces.select(pl.len()).collect().item()
-    stats.removed_by_feedback = stats.records_in - narrow.height
-    stats.workload_type = classify_workload(narrow)
+    ordered = traces.sort("timestamp", "record_id")
+    stats.records_in = ordered.select(pl.len()).collect().item()
+    kept = filter_feedback(ordered, feedback_filter).collect()
+    stats.removed_by_feedback = stats.records_in - kept.height
+    stats.workload_type = classify_workload(kept)
     if stats.workload_type == "tool_calling":
-        with_calls = narrow.filter(pl.col("has_tool_calls"))
-        stats.removed_without_tool_call = narrow.height - with_calls.height
-        narrow = with_calls
-    winners = narrow.sort("timestamp", "record_id").unique(subset=list(DEDUP_KEY), keep="first")
-    stats.duplicates = narrow.height - winners.height
-    unique = (
-        kept.join(winners.lazy().select("record_id"), on="record_id", how="semi")
-        # a line logged twice byte for byte has one record id: keep one copy
-        .unique("record_id", keep="first")
-        .sort("timestamp", "record_id")
-        .with_columns(workload_type=pl.lit(stats.workload_type))
-        .collect()
-    )
+        with_calls = kept.filter(pl.col("has_tool_calls"))
+        stats.removed_without_tool_call = kept.height - with_calls.height
+        kept = with_calls
+    unique = kept.unique(subset=list(DEDUP_KEY), keep="first", maintain_order=True)
+    stats.duplicates = kept.height - unique.height
+    unique = unique.with_columns(workload_type=pl.lit(stats.workload_type))
     if redact:
         unique, stats.redactions = redact_pii(unique)
     stats.records_out = unique.height
