@@ -76,27 +76,25 @@ def _chat_format_check(asset_key: dg.AssetKey, rows: pl.DataFrame) -> dg.AssetCh
     )
 
 
-@dg.asset(
-    partitions_def=workload_partitions,
-    check_specs=[dg.AssetCheckSpec("valid_chat_examples", asset="eval_dataset", blocking=True)],
-    group_name="split",
-    kinds={"polars", "parquet"},
-    code_version="1",
-    automation_condition=retrain_when_dataset_changed,
-    description="Held-out eval split in chat format (prompt + expected answer).",
-)
+def _split_asset(name: str, description: str) -> dict:
+    return dict(
+        partitions_def=workload_partitions,
+        check_specs=[dg.AssetCheckSpec("valid_chat_examples", asset=name, blocking=True)],
+        group_name="split",
+        kinds={"polars", "parquet"},
+        code_version="1",
+        automation_condition=retrain_when_dataset_changed,
+        description=description,
+    )
+
+
+@dg.asset(**_split_asset("eval_dataset", "Held-out eval split in chat format (prompt + expected answer)."))
 def eval_dataset(context, config: SplitAssetConfig, workload_dataset: pl.LazyFrame, dataset_store: DatasetStore):
     yield from _split_part(context, config, workload_dataset, dataset_store, ("eval",))
 
 
-@dg.asset(
-    partitions_def=workload_partitions,
-    check_specs=[dg.AssetCheckSpec("valid_chat_examples", asset="train_dataset", blocking=True)],
-    group_name="split",
-    kinds={"polars", "parquet"},
-    code_version="1",
-    automation_condition=retrain_when_dataset_changed,
-    description="Train and validation splits; the train split is also the ICL example pool.",
-)
+@dg.asset(**_split_asset(
+    "train_dataset", "Train and validation splits; the train split is also the ICL example pool."
+))
 def train_dataset(context, config: SplitAssetConfig, workload_dataset: pl.LazyFrame, dataset_store: DatasetStore):
     yield from _split_part(context, config, workload_dataset, dataset_store, ("train", "validation"))
