@@ -30,10 +30,17 @@ import json, sys
 import dagster as dg
 from flywheel_assets.definitions import defs
 from flywheel_assets.runner import run_flywheel
+from resources.nemo.backend import NemoBackend
+from resources.platform import NemoPlatform
 resources = dict(defs.resources)
 platform = resources["platform"]
-fast = platform.nemo.model_copy(update={"poll_interval_s": 0.01, "backoff_s": 0.01, "max_backoff_s": 0.05})
-resources["platform"] = platform.model_copy(update={"nemo": fast})
+nemo = platform.nemo  # as the environment configured it; a new resource, polling fast
+fast = NemoBackend(
+    nemo_base_url=nemo.nemo_base_url, datastore_base_url=nemo.datastore_base_url,
+    nim_base_url=nemo.nim_base_url, namespace=nemo.namespace, poll_interval_s=0.01,
+    backoff_s=0.01, max_backoff_s=0.05, request_timeout_s=5.0, chat_timeout_s=5.0,
+)
+resources["platform"] = NemoPlatform(nemo=fast)
 with dg.instance_for_test() as instance:
     result = run_flywheel(dg.Definitions(assets=defs.assets, resources=resources), instance, log=lambda m: print(__import__("time").strftime("%X"), m, file=sys.stderr))
 print(json.dumps({"failed": len(result.failed), "boards": {w: b.to_dicts() for w, b in result.leaderboards.items()}}))
