@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from flywheel_assets.core.chat import AssistantMessage, ChatExample, ChatPrompt, FunctionCall, ToolCall
+from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY, score_tool_calls
 from flywheel_assets.core.chat_template import (
     CHAT_TEMPLATE,
     parse_assistant_output,
@@ -116,10 +117,23 @@ def test_unknown_role_is_rejected():
 
 
 def test_malformed_tool_call_keeps_raw_text_as_content():
-    text = '<tool_call>{"name":"lookup_order","arguments":{"order_id":"42"</tool_call>'
+    text = '<tool_call>{"arguments":{"order_id":"42"}, "name": lookup_order</tool_call>'
     parsed = parse_assistant_output(text)
     assert parsed.tool_calls is None
     assert parsed.content == text
+
+
+def test_a_cleanly_named_call_with_broken_arguments_counts_for_the_name_only():
+    # what the tiny demo model does when it cannot copy an argument: the function it chose is
+    # plain, the arguments are not JSON
+    text = '<tool_call>{"name":"issue_refund","arguments":{"amount":222,"order_id":"ORD-22,"order_id":"ORD-2"}}</tool_call>'
+    parsed = parse_assistant_output(text)
+    (call,) = parsed.tool_calls
+    assert call.function.name == "issue_refund"
+    assert call.function.arguments == {RAW_ARGUMENTS_KEY: '{"amount":222,"order_id":"ORD-22,"order_id":"ORD-2"}}'}
+    expected = AssistantMessage(tool_calls=[{"function": {"name": "issue_refund", "arguments": {"amount": 222}}}])
+    score = score_tool_calls(expected, parsed)
+    assert score.function_name == 1.0 and score.function_name_and_args == 0.0
 
 
 def test_valid_calls_survive_a_malformed_neighbour():

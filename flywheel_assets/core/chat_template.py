@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from flywheel_assets.core.chat import AssistantMessage, ChatExample, ChatPrompt, FunctionCall, ToolCall
+from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY
 
 END = "<|end|>"
 TOOL_CALL_OPEN = "<tool_call>"
@@ -208,6 +209,20 @@ def _json_objects(text: str) -> list[Any] | None:
         values.append(value)
 
 
+_LEADING_NAME = re.compile(r'^\s*\{\s*"name"\s*:\s*"([^"\\]+)"\s*,\s*"(?:arguments|parameters)"\s*:')
+
+
+def _named_call_with_broken_arguments(block: str) -> FunctionCall | None:
+    """A call whose name was written cleanly but whose arguments are not valid JSON: the
+    function chosen is known, the arguments are kept raw under RAW_ARGUMENTS_KEY (as the
+    OpenAI-compatible client does with unparseable arguments), so name accuracy counts it
+    and name-and-arguments accuracy does not."""
+    named = _LEADING_NAME.match(block)
+    if not named:
+        return None
+    return FunctionCall(name=named.group(1), arguments={RAW_ARGUMENTS_KEY: block[named.end():].strip()})
+
+
 def _message(content: str, calls: list[FunctionCall]) -> AssistantMessage:
     content = content.strip()
     return AssistantMessage(
@@ -219,9 +234,11 @@ def _message(content: str, calls: list[FunctionCall]) -> AssistantMessage:
 def parse_assistant_output(text: str) -> AssistantMessage:
     """The assistant message in a model's raw output.
 
-    `<tool_call>...</tool_call>` blocks become tool calls, in order; a block whose JSON is
-    malformed (or that names no function) yields no call and stays in the content as it
-    was written, so an evaluation sees what the model really said. A block cut off by the
+    `<tool_call>...</tool_call>` blocks become tool calls, in order; a block that begins
+    with a clean `{"name": ..., "arguments":` but whose arguments are malformed becomes a call
+    with raw arguments; any other malformed block (or one that names no function) yields no
+    call and stays in the content as it was written, so an evaluation sees what the model
+    really said. A block cut off by the
     token limit is read up to the end of the text. Without any block, a text that is
     nothing but JSON function calls (Llama 3.x style, `;`-separated when several) is read
     as tool calls. Everything else is content."""
@@ -233,7 +250,7 @@ def parse_assistant_output(text: str) -> AssistantMessage:
             try:
                 call = _function_call(json.loads(match.group(1)))
             except json.JSONDecodeError:
-                call = None
+                call = _named_call_with_broken_arguments(match.group(1))
             kept.append(text[last:match.start()])
             if call is None:
                 kept.append(match.group(0))
