@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="generate sample traces, then run the whole flywheel")
-    demo.add_argument("--records", type=int, default=1200, help="sample traces to generate (all workloads)")
+    demo.add_argument("--records", type=int, default=3000, help="sample traces to generate (all workloads)")
     demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("run", help="run the whole flywheel on the traces in the drop folder")
     args = parser.parse_args(argv)
