@@ -6,9 +6,11 @@ Kubernetes (`k8s_job_executor`), each GPU step's pod asks for one GPU and tolera
 usual GPU node taint, through the `dagster-k8s/config` op tag.
 """
 
+from flywheel_assets.settings import load_settings
+
 GPU_POOL = "gpu"
 
-GPU_OP_TAGS = {
+_K8S_GPU_STEP = {
     "dagster-k8s/config": {
         "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
         "pod_spec_config": {
@@ -16,3 +18,6 @@ GPU_OP_TAGS = {
         },
     }
 }
+
+# With the NeMo backend the GPU work runs on NeMo: a step pod needs no GPU of its own.
+GPU_OP_TAGS = {} if load_settings().backend == "nemo" else _K8S_GPU_STEP

@@ -43,7 +43,9 @@ fast = NemoBackend(
 resources["platform"] = NemoPlatform(nemo=fast)
 with dg.instance_for_test() as instance:
     result = run_flywheel(dg.Definitions(assets=defs.assets, resources=resources), instance, log=lambda m: print(__import__("time").strftime("%X"), m, file=sys.stderr))
-print(json.dumps({"failed": len(result.failed), "boards": {w: b.to_dicts() for w, b in result.leaderboards.items()}}))
+from flywheel_assets.train import lora_adapter
+print(json.dumps({"failed": len(result.failed), "boards": {w: b.to_dicts() for w, b in result.leaderboards.items()},
+                  "gpu_step_tags": lora_adapter.op.tags}))
 """
 
 
@@ -81,5 +83,7 @@ def test_flywheel_on_nemo_with_faults_gives_the_same_leaderboard_shape(tmp_path)
         # one customization job per candidate, however many requests were retried
         assert len(emulator.customization_jobs) == 2
         assert emulator.deployments_alive == []
+        # the GPU work ran on NeMo: the step pods ask for no GPU of their own
+        assert "dagster-k8s/config" not in outcome["gpu_step_tags"]
         # the emulated NIM calls the tool named in the prompt: customized models score
         assert all(0.0 <= r["score"] <= 1.0 for r in board)
