@@ -216,7 +216,7 @@ class OpenAICompatibleBackend:
             timeout=httpx.Timeout(self.timeout_s),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             headers=headers,
-            verify=_SharedSSLContext.get(),
+            verify=shared_ssl_context(),
         )
 
     def _complete_one(self, client: httpx.Client, prompt: ChatPrompt) -> Completion:
@@ -258,7 +258,7 @@ class OpenAICompatibleBackend:
         except httpx.TransportError as error:
             raise _Retryable(f"connection error calling {where}: {type(error).__name__}: {error}") from None
         if response.status_code in RETRYABLE_STATUS:
-            raise _Retryable(_status_message(response, where), _retry_after_s(response))
+            raise _Retryable(_status_message(response, where), retry_after_s(response))
         if response.status_code >= 400:
             raise EndpointError(_status_message(response, where))
         try:
@@ -336,21 +336,20 @@ def parse_arguments(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {RAW_ARGUMENTS_KEY: arguments}
 
 
-class _SharedSSLContext:
-    """httpx's default verifying context, built once per process: loading the CA bundle
-    takes ~20 ms of CPU, too much to repeat for every worker's client. Built under a
-    lock: otherwise the 32 workers of a first call all find it missing at once and build
-    32 contexts, one after another under the GIL (~0.5 s measured)."""
+_ssl_lock = threading.Lock()
+_ssl_context: ssl.SSLContext | None = None
 
-    _lock = threading.Lock()
-    _context: ssl.SSLContext | None = None
 
-    @classmethod
-    def get(cls) -> ssl.SSLContext:
-        with cls._lock:
-            if cls._context is None:
-                cls._context = httpx.create_ssl_context()
-            return cls._context
+def shared_ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once per process (also for the NeMo
+    clients): loading the CA bundle takes ~20 ms of CPU, too much to repeat for every
+    worker's client. Built under a lock: otherwise the 32 workers of a first call all find
+    it missing at once and build 32 contexts, one after another under the GIL (~0.5 s)."""
+    global _ssl_context
+    with _ssl_lock:
+        if _ssl_context is None:
+            _ssl_context = httpx.create_ssl_context()
+        return _ssl_context
 
 
 def _wire_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -374,7 +373,7 @@ def _status_message(response: httpx.Response, where: str) -> str:
     return f"HTTP {response.status_code} from {where}" + (f": {detail}" if detail else "")
 
 
-def _retry_after_s(response: httpx.Response) -> float | None:
+def retry_after_s(response: httpx.Response) -> float | None:
     """Retry-After as seconds: either a number of seconds or an HTTP date."""
     value = response.headers.get("Retry-After")
     if not value:

@@ -29,17 +29,16 @@ key (it is redacted from any text a server echoes back).
 
 from __future__ import annotations
 
-import email.utils
 import json
 import random
-import ssl
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from resources.openai_compatible import retry_after_s, shared_ssl_context
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -208,37 +207,7 @@ def error_detail(response: httpx.Response, limit: int = 300) -> str:
     return str(text)[:limit].strip()
 
 
-def retry_after_s(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds: a number of seconds or an HTTP date."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-    except (TypeError, ValueError):
-        return None
-
-
 # ------------------------------------------------------------------------------- client
-
-_ssl_lock = threading.Lock()
-_ssl: ssl.SSLContext | None = None
-
-
-def _ssl_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once: loading the CA bundle costs ~30 ms,
-    too much to pay for every short-lived client."""
-    global _ssl
-    with _ssl_lock:
-        if _ssl is None:
-            _ssl = httpx.create_ssl_context()
-        return _ssl
-
-
 
 @dataclass(frozen=True)
 class Recovered:
@@ -272,7 +241,7 @@ class ServiceClient:
         self._api_key = api_key or None  # private: kept out of repr, logs and errors
         self.retry = retry or RetryPolicy()
         self.timeout_s = timeout_s
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport, verify=_ssl_context())
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport, verify=shared_ssl_context())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
