@@ -89,6 +89,9 @@ class FileTraceSource(dg.ConfigurableResource):
     )
     batch_size: int = Field(default=50_000, description="Records validated per batch.")
     max_record_bytes: int = Field(default=DEFAULT_MAX_RECORD_BYTES)
+    validation_workers: int = Field(
+        default=1, description="Processes validating batches of one large file (1: in this process)."
+    )
 
     @property
     def landing_path(self) -> Path:
@@ -118,6 +121,7 @@ class FileTraceSource(dg.ConfigurableResource):
                 landing_dir=self.landing_path,
                 bounds=bounds,
                 max_record_bytes=self.max_record_bytes,
+                workers=self.validation_workers,
             )
             for path in (self.files() if paths is None else paths)
         ]

@@ -561,3 +561,24 @@ def test_sample_parquet_traces_quarantine_oversized_records(tmp_path):
         [pl.read_parquet(p) for p in sorted(source.landing_path.rglob("valid-*.parquet"))]
     )
     assert valid["messages"].str.len_bytes().max() < 1 << 20
+
+
+def test_validating_in_worker_processes_lands_the_same_records(tmp_path):
+    traces = tmp_path / "traces"
+    write_sample_traces(traces, n=600, seed=4, days=2)
+    landed = {}
+    for workers in (1, 2):
+        source = FileTraceSource(
+            traces_dir=str(traces), landing_dir=str(tmp_path / f"landing-{workers}"),
+            start_date="2020-01-01", batch_size=100, validation_workers=workers,
+        )
+        results = source.land()
+        records = pl.concat(
+            [pl.read_parquet(p) for p in sorted(source.landing_path.rglob("*.parquet"))], how="diagonal"
+        )
+        landed[workers] = (
+            [(r.partitions, r.workload_ids) for r in results],
+            sorted(records["source"].to_list()),
+        )
+        assert not list(source.landing_path.glob(".*"))  # no staging folder left behind
+    assert landed[1] == landed[2]

@@ -14,7 +14,11 @@ so that they are counted and kept, never dropped.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import datetime as dt
+import functools
+import multiprocessing
 import hashlib
 import json
 import os
@@ -242,11 +246,14 @@ def land_file(
     landing_dir: Path,
     bounds: TimeBounds,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    workers: int = 1,
 ) -> LandingResult:
     """Validate and land one source file; a no-op when it is already landed unchanged.
 
     Writes go to a temporary folder renamed into place, so a crash leaves either the old
-    landing or the new one, never half of one.
+    landing or the new one, never half of one. With `workers` > 1, batches are validated in
+    that many processes (validation is CPU-bound Python), at most two batches per worker in
+    flight so memory stays bounded.
     """
     target = landing_dir / source_id
     manifest = read_manifest(target)
@@ -257,15 +264,15 @@ def land_file(
     try:
         counts: dict[str, dict[str, int]] = {}
         workload_ids: dict[str, str] = {}
-        for batch_no, batch in enumerate(batches):
-            valid, quarantined = validate_batch(batch, bounds, max_record_bytes)
-            _write_by_partition(valid, staging, "valid", batch_no)
-            _write_by_partition(quarantined, staging, "quarantine", batch_no)
-            _count(counts, valid, "valid")
-            _count(counts, quarantined, "quarantined")
-            workload_ids.update(
-                dict(valid.select("workload_key", "workload_id").unique().iter_rows())
-            )
+        land = functools.partial(
+            _land_batch, staging=staging, bounds=bounds, max_record_bytes=max_record_bytes
+        )
+        for batch_counts, batch_workloads in _map_batches(land, batches, workers):
+            for partition, kinds in batch_counts.items():
+                slot = counts.setdefault(partition, {"valid": 0, "quarantined": 0})
+                for kind, n in kinds.items():
+                    slot[kind] += n
+            workload_ids.update(batch_workloads)
         manifest = {
             "source_id": source_id,
             "fingerprint": fingerprint,
@@ -277,6 +284,41 @@ def land_file(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return _result_from(manifest, landed=True)
+
+
+def _land_batch(
+    numbered: tuple[int, list[tuple[str, str | dict[str, Any]]]],
+    *,
+    staging: Path,
+    bounds: TimeBounds,
+    max_record_bytes: int,
+) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """Validate one batch and write its parts; return its counts and workload ids."""
+    batch_no, batch = numbered
+    valid, quarantined = validate_batch(batch, bounds, max_record_bytes)
+    _write_by_partition(valid, staging, "valid", batch_no)
+    _write_by_partition(quarantined, staging, "quarantine", batch_no)
+    counts: dict[str, dict[str, int]] = {}
+    _count(counts, valid, "valid")
+    _count(counts, quarantined, "quarantined")
+    return counts, dict(valid.select("workload_key", "workload_id").unique().iter_rows())
+
+
+def _map_batches(land, batches, workers: int):
+    """`land` over the numbered batches, in a process pool when workers > 1."""
+    numbered = enumerate(batches)
+    if workers <= 1:
+        yield from map(land, numbered)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded Dagster process
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: collections.deque = collections.deque()
+        for item in numbered:
+            pending.append(pool.submit(land, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _count(counts: dict[str, dict[str, int]], df: pl.DataFrame, kind: str) -> None:
