@@ -163,17 +163,26 @@ def curate(
 ) -> tuple[pl.DataFrame, CurationStats]:
     """Filter, classify, deduplicate and redact one workload's traces."""
     stats = CurationStats()
-    ordered = traces.sort("timestamp", "record_id")
-    stats.records_in = ordered.select(pl.len()).collect().item()
-    kept = filter_feedback(ordered, feedback_filter).collect()
+    stats.records_in = traces.select(pl.len()).collect().item()
+    kept = filter_feedback(traces, feedback_filter).collect()
     stats.removed_by_feedback = stats.records_in - kept.height
     stats.workload_type = classify_workload(kept)
     if stats.workload_type == "tool_calling":
         with_calls = kept.filter(pl.col("has_tool_calls"))
         stats.removed_without_tool_call = kept.height - with_calls.height
         kept = with_calls
-    unique = kept.unique(subset=list(DEDUP_KEY), keep="first", maintain_order=True)
-    stats.duplicates = kept.height - unique.height
+    # order and dedup on the narrow columns, then gather the winners' rows once: sorting
+    # the wide frame itself would copy every record (prompts, tools) a second time
+    winners = (
+        kept.select("timestamp", "record_id", *DEDUP_KEY)
+        .with_row_index("row")
+        .sort("timestamp", "record_id")
+        .unique(subset=list(DEDUP_KEY), keep="first", maintain_order=True)
+        .get_column("row")
+    )
+    unique = kept[winners]
+    del kept
+    stats.duplicates = stats.records_in - stats.removed_by_feedback - stats.removed_without_tool_call - unique.height
     unique = unique.with_columns(workload_type=pl.lit(stats.workload_type))
     if redact:
         unique, stats.redactions = redact_pii(unique)
