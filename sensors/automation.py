@@ -14,7 +14,7 @@ start STOPPED: turn them on in the UI (Automation tab), with the ingest sensor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 
@@ -109,52 +109,35 @@ def weekly_schedules(
     stage when its inputs really changed (an unchanged split never retrains).
     """
 
-    @dg.schedule(
-        name="weekly_curate_and_split",
-        cron_schedule=curate_cron,
-        execution_timezone=timezone,
-        job=curate_and_split_job,
-        default_status=default_status,
-        description="Every workload's dataset + splits, weekly (off by default).",
-    )
-    def weekly_curate_and_split(context: dg.ScheduleEvaluationContext):
-        workloads = _workloads(context)
-        if not workloads:
-            return dg.SkipReason("no workload partitions yet")
-        return list(_requests(context, workloads, "curate_and_split"))
+    def weekly(stage: str, cron: str, job, partitions_of: Callable[[list[str]], list], what: str):
+        @dg.schedule(
+            name=f"weekly_{stage}",
+            cron_schedule=cron,
+            execution_timezone=timezone,
+            job=job,
+            default_status=default_status,
+            description=f"{what}, weekly (off by default).",
+        )
+        def _schedule(context: dg.ScheduleEvaluationContext):
+            workloads = _workloads(context)
+            if not workloads:
+                return dg.SkipReason("no workload partitions yet")
+            return list(_requests(context, partitions_of(workloads), stage))
 
-    @dg.schedule(
-        name="weekly_train_and_evaluate",
-        cron_schedule=train_cron,
-        execution_timezone=timezone,
-        job=train_job,
-        default_status=default_status,
-        description="Every candidate x workload adapter and evaluations, weekly (off by default).",
-    )
-    def weekly_train_and_evaluate(context: dg.ScheduleEvaluationContext):
-        workloads = _workloads(context)
-        if not workloads:
-            return dg.SkipReason("no workload partitions yet")
-        keys = [
+        return _schedule
+
+    def every_candidate(workloads: list[str]) -> list:
+        return [
             candidate_workload_key(candidate, workload)
             for workload in workloads
             for candidate in candidate_partitions.get_partition_keys()
         ]
-        return list(_requests(context, keys, "train_and_evaluate"))
 
-    @dg.schedule(
-        name="weekly_leaderboard",
-        cron_schedule=report_cron,
-        execution_timezone=timezone,
-        job=leaderboard_job,
-        default_status=default_status,
-        description="Every workload's leaderboard, weekly (off by default).",
-    )
-    def weekly_leaderboard(context: dg.ScheduleEvaluationContext):
-        workloads = _workloads(context)
-        if not workloads:
-            return dg.SkipReason("no workload partitions yet")
-        return list(_requests(context, workloads, "leaderboard"))
-
-    return [weekly_curate_and_split, weekly_train_and_evaluate, weekly_leaderboard]
+    return [
+        weekly("curate_and_split", curate_cron, curate_and_split_job, list,
+               "Every workload's dataset + splits"),
+        weekly("train_and_evaluate", train_cron, train_job, every_candidate,
+               "Every candidate x workload adapter and evaluations"),
+        weekly("leaderboard", report_cron, leaderboard_job, list, "Every workload's leaderboard"),
+    ]
 

@@ -929,9 +929,10 @@ def generate_records(
     Streaming: memory stays constant in ``n`` (one day's timestamps and a small pool of
     recent records for duplicates), so ``n = 1_000_000`` is fine.
     """
-    for _, items in _iter_days(n, seed, days, end_date, malformed_rate, workloads):
-        for _, rec, _, _, _ in items:
-            yield rec if isinstance(rec, str) else _dumps(rec)
+    labeled = generate_labeled_records(
+        n, seed=seed, days=days, end_date=end_date, malformed_rate=malformed_rate, workloads=workloads
+    )
+    return (item.line for item in labeled)
 
 
 # --------------------------------------------------------------------------- writers
