@@ -48,9 +48,10 @@ def workload_dataset(
     frames = [stored_assets.scan("raw_traces", keys[day]) for day in days]
     traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
     dataset, stats = curate(traces, feedback_filter=config.feedback_filter, redact=config.redact_pii)
+    redaction = "redacted" if config.redact_pii else "unredacted"
     yield dg.Output(
-        dataset,
-        data_version=dg.DataVersion(column_hash(dataset)),
+        dataset,  # lazy: the I/O manager streams it to the store
+        data_version=dg.DataVersion(f"{column_hash(stats.record_ids.to_frame())}-{redaction}"),
         metadata={
             "dagster/row_count": stats.records_out,
             "records_in": stats.records_in,
@@ -62,7 +63,7 @@ def workload_dataset(
             "dedup_key": DEDUP_KEY_DESCRIPTION,
             "days": dg.MetadataValue.json(days),
             "redactions": counts_table(stats.redactions, key="pii_kind"),
-            "preview": table(dataset.select("record_id", "day", "workload_type", "messages")),
+            "preview": table(preview(dataset)),
         },
     )
     missing = config.min_records - stats.records_out
@@ -78,6 +79,18 @@ def workload_dataset(
         ),
         metadata={"records": stats.records_out, "min_records": config.min_records},
     )
+
+
+def preview(dataset: pl.LazyFrame, rows: int = 5) -> pl.DataFrame:
+    """The first records as a person reads them: the user's messages and the answer."""
+    raw = pl.col("raw").str
+    return dataset.head(rows).select(
+        "record_id",
+        "day",
+        "workload_type",
+        messages=raw.json_path_match("$.request.messages"),
+        answer=raw.json_path_match("$.response.choices[0].message"),
+    ).collect(engine="streaming")
 
 
 def materialized_days(instance: dg.DagsterInstance, workload: str) -> dict[str, dg.MultiPartitionKey]:

@@ -37,7 +37,7 @@ def leaderboard(
     customized_eval: dict[str, pl.LazyFrame],
 ) -> dg.Output[pl.DataFrame]:
     models = load_models()
-    workload = workload_dataset.collect()
+    workload = workload_dataset.select("workload_type", "prompt_tokens", "completion_tokens").collect()
     workload_type = workload["workload_type"][0] if workload.height else "chat"
     evals = {
         (key.keys_by_dimension["candidate"], experiment): frame.collect()

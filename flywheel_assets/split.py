@@ -30,7 +30,8 @@ def _split_part(
     dataset_store: DatasetStore,
     parts: tuple[str, ...],
 ):
-    rows = split_dataset(workload_dataset.collect(), SplitConfig(**config.model_dump()))
+    records = workload_dataset.select("record_id", "workload_id", "workload_type", "raw").collect()
+    rows = split_dataset(records, SplitConfig(**config.model_dump()))
     files = {}
     for part in parts:
         part_rows = rows.filter(pl.col("split") == part)

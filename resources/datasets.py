@@ -2,8 +2,9 @@
 
 `DatasetStore` is the interface the assets use; `LocalDatasetStore` is the embedded
 default (a folder, atomic writes). The NeMo Data Store client implements the same
-interface. `ParquetIOManager` stores asset values (polars DataFrames) as Parquet files
-under the same root and hands them to downstream assets as lazy polars scans.
+interface. `ParquetIOManager` stores asset values (polars DataFrames, or LazyFrames streamed to the
+file) as Parquet files under the same root and hands them to downstream assets as lazy
+polars scans.
 """
 
 from __future__ import annotations
@@ -80,12 +81,17 @@ class _PolarsParquetUPathIOManager(dg.UPathIOManager):
             return {key: loaded}
         return loaded
 
-    def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:
+    def dump_to_path(
+        self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame, path: UPath
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
         os.close(fd)
         try:
-            obj.write_parquet(tmp)
+            if isinstance(obj, pl.LazyFrame):
+                obj.sink_parquet(tmp)  # streamed: a large result is never held whole
+            else:
+                obj.write_parquet(tmp)
             os.replace(tmp, str(path))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ from flywheel_assets.core.ingest import LandingResult, TimeBounds, land_file
 from flywheel_assets.core.schema import DEFAULT_MAX_RECORD_BYTES
 
 TRACE_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-Batch = list[tuple[str, str | dict[str, Any]]]
+SourcedRecord = tuple[str, str | dict[str, Any]]  # (source, a JSON line or a decoded row)
+Batch = list[SourcedRecord]
 
 
 def is_trace_file(path: Path) -> bool:
@@ -41,19 +44,32 @@ def source_id(path: Path) -> str:
     return f"{stem}-{digest}"
 
 
-def iter_jsonl_batches(path: Path, batch_size: int) -> Iterator[Batch]:
+@dataclass(frozen=True)
+class LineBatch:
+    """Consecutive lines of a JSONL file, kept as bytes until a record is needed: cheap to
+    read and to send to a validation process, which decodes them itself."""
+
+    file_name: str
+    first_line_no: int
+    data: bytes
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """`(source, line)` pairs, blank lines skipped; bytes that are not UTF-8 are replaced."""
+        text = self.data.decode("utf-8", errors="replace")
+        for line_no, line in enumerate(text.split("\n"), start=self.first_line_no):
+            line = line.rstrip("\r")
+            if line.strip():
+                yield f"{self.file_name}:{line_no}", line
+
+
+def iter_jsonl_batches(path: Path, batch_size: int) -> Iterator[LineBatch]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    batch: Batch = []
-    with opener(path, "rt", encoding="utf-8", errors="replace", newline="\n") as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            batch.append((f"{path.name}:{line_no}", line.rstrip("\r\n")))
-            if len(batch) >= batch_size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+    line_no = 1
+    with opener(path, "rb") as lines:
+        while batch := list(itertools.islice(lines, batch_size)):
+            # strip one trailing newline so the batch holds exactly len(batch) lines
+            yield LineBatch(path.name, line_no, b"".join(batch).removesuffix(b"\n"))
+            line_no += len(batch)
 
 
 def iter_parquet_batches(path: Path, batch_size: int) -> Iterator[Batch]:
@@ -73,7 +89,7 @@ def iter_parquet_batches(path: Path, batch_size: int) -> Iterator[Batch]:
         yield batch
 
 
-def iter_batches(path: Path, batch_size: int) -> Iterator[Batch]:
+def iter_batches(path: Path, batch_size: int) -> Iterator[Iterable[SourcedRecord]]:
     if path.name.endswith(".parquet"):
         return iter_parquet_batches(path, batch_size)
     return iter_jsonl_batches(path, batch_size)

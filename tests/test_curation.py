@@ -14,7 +14,7 @@ from flywheel_assets.core.curation import (
     classify_workload,
     curate,
     lookback_days,
-    redact_pii,
+    redact_records,
 )
 from flywheel_assets.core.ingest import TRACE_SCHEMA
 
@@ -50,6 +50,13 @@ def row(
         answer["tool_calls"] = [
             {"id": "c1", "type": "function", "function": {"name": tool_call, "arguments": "{}"}}
         ]
+    raw = {
+        "timestamp": timestamp,
+        "workload_id": "w",
+        "client_id": "web",
+        "request": {"model": "prod", "messages": messages, **({"tools": tool_specs} if tool_specs else {})},
+        "response": {"choices": [{"message": answer}]},
+    }
     return {
         "record_id": record_id,
         "timestamp": timestamp,
@@ -59,10 +66,8 @@ def row(
         "client_id": "web",
         "model": "prod",
         "user_key": _json(users),
-        "messages": _json(messages),
-        "tools": _json(tool_specs) if tool_specs else None,
         "tool_names": _json(sorted(tools or [])),
-        "answer": _json(answer),
+        "has_tools": bool(tool_specs),
         "has_tool_calls": bool(tool_call),
         "feedback_thumbs": thumbs,
         "feedback_rating": rating,
@@ -71,7 +76,15 @@ def row(
         "completion_tokens": 2,
         "workload_description": None,
         "source": "f.jsonl:1",
+        "raw": _json(raw),
     }
+
+
+def part(row_: dict, name: str) -> str:
+    """The messages or the answer of a row's record, as compact JSON."""
+    record = json.loads(row_["raw"])
+    value = record["request"]["messages"] if name == "messages" else record["response"]["choices"][0]["message"]
+    return _json(value)
 
 
 def frame(rows: list[dict]) -> pl.LazyFrame:
@@ -79,15 +92,21 @@ def frame(rows: list[dict]) -> pl.LazyFrame:
 
 
 def run(rows, **kw):
-    return curate(frame(rows), **kw)
+    dataset, stats = curate(frame(rows), **kw)
+    out = dataset.collect().with_columns(
+        messages=pl.col("raw").str.json_path_match("$.request.messages"),
+        answer=pl.col("raw").str.json_path_match("$.response.choices[0].message"),
+    )
+    return out, stats
 
 
 # --------------------------------------------------------------------------- dedup
 
 
 def test_output_columns_and_type():
+    dataset, _ = curate(frame([row("a")]))
+    assert tuple(dataset.collect_schema().names()) == OUTPUT_COLUMNS
     out, stats = run([row("a")])
-    assert tuple(out.columns) == OUTPUT_COLUMNS
     assert out["workload_type"].to_list() == ["chat"]
     assert (stats.records_in, stats.records_out, stats.duplicates) == (1, 1, 0)
 
@@ -260,8 +279,8 @@ def test_classification_threshold_is_half():
 
 
 def test_empty_input_is_an_empty_chat_dataset():
-    out, stats = run([])
-    assert out.height == 0 and tuple(out.columns) == OUTPUT_COLUMNS
+    dataset, stats = curate(frame([]))
+    assert dataset.collect().height == 0 and tuple(dataset.collect_schema().names()) == OUTPUT_COLUMNS
     assert (stats.records_in, stats.records_out, stats.workload_type) == (0, 0, "chat")
 
 
@@ -378,8 +397,8 @@ def test_ordinary_text_is_not_redacted(text):
 def test_rows_without_pii_are_left_byte_identical():
     rows = [row("a", "plain question", content="plain answer")]
     out, _ = run(rows)
-    assert out["messages"][0] == rows[0]["messages"]
-    assert out["answer"][0] == rows[0]["answer"]
+    assert out["messages"][0] == part(rows[0], "messages")
+    assert out["answer"][0] == part(rows[0], "answer")
 
 
 def test_redaction_can_be_turned_off():
@@ -389,17 +408,27 @@ def test_redaction_can_be_turned_off():
     assert stats.redactions == {}
 
 
-def test_redact_pii_handles_nulls_and_empty_frames():
-    df = pl.DataFrame(
-        {"messages": [None, _json([{"role": "user", "content": "a@b.io"}])], "answer": [None, None]},
-        schema={"messages": pl.String, "answer": pl.String},
-    )
-    out, counts = redact_pii(df)
-    assert out["messages"][0] is None
-    assert "[EMAIL]" in out["messages"][1]
+def test_redact_records_handles_nulls_and_empty_series():
+    raw = pl.Series("raw", [None, row("a", "a@b.io")["raw"]], pl.String)
+    out, counts = redact_records(raw)
+    assert out[0] is None
+    assert "[EMAIL]" in out[1] and "a@b.io" not in out[1]
     assert counts["email"] == 1
-    empty, counts = redact_pii(df.head(0))
-    assert empty.height == 0 and sum(counts.values()) == 0
+    empty, counts = redact_records(raw.head(0))
+    assert empty.len() == 0 and sum(counts.values()) == 0
+
+
+def test_only_messages_and_answers_are_redacted():
+    # the client id and the tool descriptions are not user text: left as they are
+    record = json.loads(row("a", "mail a@b.io", tools=["notify"])["raw"])
+    record["client_id"] = "ops@example.com"
+    record["request"]["tools"][0]["function"]["description"] = "emails support@example.com"
+    out, counts = redact_records(pl.Series("raw", [_json(record)]))
+    redacted = json.loads(out[0])
+    assert redacted["request"]["messages"][1]["content"] == "mail [EMAIL]"
+    assert redacted["client_id"] == "ops@example.com"
+    assert redacted["request"]["tools"] == record["request"]["tools"]
+    assert counts["email"] == 1
 
 
 _fragments = st.sampled_from(
@@ -431,8 +460,8 @@ def test_redaction_equals_redacting_each_decoded_string(texts):
     for rid, messages, answer in out.select("record_id", "messages", "answer").iter_rows():
         src = by_id[rid]
         assert json.loads(messages) == [
-            {**m, "content": reference(m["content"])} for m in json.loads(src["messages"])
+            {**m, "content": reference(m["content"])} for m in json.loads(part(src, "messages"))
         ]
         assert json.loads(answer) == {
-            k: reference(v) if k == "content" else v for k, v in json.loads(src["answer"]).items()
+            k: reference(v) if k == "content" else v for k, v in json.loads(part(src, "answer")).items()
         }

@@ -121,8 +121,10 @@ def test_validate_batch_splits_valid_and_quarantined():
     assert json.loads(row["tool_names"]) == ["find_store", "track_shipment"]  # sorted
     assert row["has_tool_calls"] is True
     assert row["prompt_tokens"] == 12
-    assert json.loads(row["answer"])["tool_calls"][0]["function"]["name"] == "find_store"
+    assert row["has_tools"] is True
+    assert row["raw"] == line(trace(2, tools=True))  # the record itself, verbatim
     assert valid.row(0, named=True)["has_tool_calls"] is False
+    assert valid.row(0, named=True)["has_tools"] is False
     assert json.loads(valid.row(0, named=True)["tool_names"]) == []
 
 
@@ -386,7 +388,7 @@ def test_jsonl_reader_streams_batches(tmp_path):
     assert inspect.isgenerator(gen)
     first = next(gen)
     assert [s for s, _ in first] == ["t.jsonl:1", "t.jsonl:2", "t.jsonl:3"]
-    assert [len(b) for b in gen] == [3, 1]
+    assert [len(list(b)) for b in gen] == [3, 1]
 
 
 def test_jsonl_reader_is_lazy():
@@ -400,8 +402,9 @@ def test_jsonl_reader_skips_blank_lines_and_keeps_line_numbers(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(line(trace(1)) + "\n\n   \n" + line(trace(2)) + "\r\n")
     batches = list(iter_jsonl_batches(path, batch_size=10))
-    assert [s for s, _ in batches[0]] == ["t.jsonl:1", "t.jsonl:4"]
-    assert batches[0][1][1] == line(trace(2))  # \r\n stripped
+    records = list(batches[0])
+    assert [s for s, _ in records] == ["t.jsonl:1", "t.jsonl:4"]
+    assert records[1][1] == line(trace(2))  # \r\n stripped
 
 
 def test_jsonl_reader_survives_invalid_utf8(tmp_path):
@@ -560,7 +563,7 @@ def test_sample_parquet_traces_quarantine_oversized_records(tmp_path):
     valid = pl.concat(
         [pl.read_parquet(p) for p in sorted(source.landing_path.rglob("valid-*.parquet"))]
     )
-    assert valid["messages"].str.len_bytes().max() < 1 << 20
+    assert valid["raw"].str.len_bytes().max() <= 1 << 20
 
 
 def test_validating_in_worker_processes_lands_the_same_records(tmp_path):

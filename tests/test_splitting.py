@@ -41,18 +41,24 @@ def dataset(n: int, *, tool_calling: bool = False, arguments=None) -> pl.DataFra
             }
         else:
             answer = {"role": "assistant", "content": f"answer {i}"}
+        request = {"model": "prod", "messages": messages, **({"tools": TOOLS} if tool_calling else {})}
+        record = {
+            "timestamp": 1_735_700_000 + i,
+            "workload_id": "w",
+            "client_id": "web",
+            "request": request,
+            "response": {"choices": [{"message": answer}]},
+        }
         rows.append(
             {
                 "record_id": f"rec{i:04d}",
                 "timestamp": 1_735_700_000 + i,
                 "workload_id": "w",
                 "workload_type": "tool_calling" if tool_calling else "chat",
-                "messages": _json(messages),
-                "tools": _json(TOOLS) if tool_calling else None,
-                "answer": _json(answer),
+                "raw": _json(record),
             }
         )
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows, schema_overrides={"raw": pl.String})
 
 
 def ids(rows: pl.DataFrame, split: str) -> set[str]:
@@ -183,7 +189,7 @@ def test_expected_message_arguments(arguments, parsed):
         "role": "assistant",
         "tool_calls": [{"id": "c", "function": {"name": "find_store", "arguments": arguments}}],
     }
-    message = expected_message(_json(answer))
+    message = expected_message(answer)
     assert message.tool_calls[0].function.arguments == parsed
     assert message.tool_calls[0].function.name == "find_store"
 
@@ -212,16 +218,17 @@ def test_jsonl_lines_end_with_the_assistant_turn():
     assert text.endswith("\n")
     lines = text.splitlines()
     assert len(lines) == rows.height
-    source = {r["record_id"]: r for r in data.iter_rows(named=True)}
+    source = {r["record_id"]: json.loads(r["raw"]) for r in data.iter_rows(named=True)}
     for line, row in zip(lines, rows.iter_rows(named=True)):
         record = json.loads(line)
         assert record["record_id"] == row["record_id"]
-        prompt = json.loads(source[row["record_id"]]["messages"])
-        assert record["messages"][:-1] == prompt
+        trace = source[row["record_id"]]
+        assert record["messages"][:-1] == trace["request"]["messages"]
         last = record["messages"][-1]
         assert last["role"] == "assistant"
+        answer = trace["response"]["choices"][0]["message"]
         assert last["tool_calls"][0]["function"]["arguments"] == json.loads(
-            json.loads(source[row["record_id"]]["answer"])["tool_calls"][0]["function"]["arguments"]
+            answer["tool_calls"][0]["function"]["arguments"]
         )
         assert record["tools"] == TOOLS
 

@@ -25,7 +25,7 @@ TOOL_CALLING_SHARE = 0.5
 
 FeedbackFilter = Literal["none", "exclude_negative", "positive_only"]
 
-# Regex patterns, run on decoded strings (see redact_pii).
+# Regex patterns, run on decoded strings (see redact_records).
 # Order matters: card numbers before phone numbers.
 PII_PATTERNS: dict[str, str] = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
@@ -34,10 +34,9 @@ PII_PATTERNS: dict[str, str] = {
     "phone": r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)[ .-]?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b",
     "ip_address": r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b",
 }
-PII_COLUMNS = ("messages", "answer")
 _PII_REGEXES = {name: re.compile(p) for name, p in PII_PATTERNS.items()}
-# The patterns without word boundaries: run on the JSON text by polars, they find every row
-# that may hold PII (a superset), so only those rows are decoded and redacted in Python.
+# The patterns without word boundaries: run on the JSON text by polars, they find every record
+# that may hold PII (a superset), so only those records are decoded and redacted in Python.
 _PII_CANDIDATE = "|".join(f"(?:{p})" for p in PII_PATTERNS.values()).replace(r"\b", "")
 
 OUTPUT_COLUMNS = (
@@ -48,9 +47,7 @@ OUTPUT_COLUMNS = (
     "client_id",
     "model",
     "workload_type",
-    "messages",
-    "tools",
-    "answer",
+    "has_tools",
     "has_tool_calls",
     "feedback_thumbs",
     "feedback_rating",
@@ -58,6 +55,7 @@ OUTPUT_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "source",
+    "raw",  # the record as received, PII redacted; splitting cuts the chat parts out of it
 )
 
 
@@ -70,6 +68,8 @@ class CurationStats:
     records_out: int = 0
     workload_type: str = "chat"
     redactions: dict[str, int] = field(default_factory=dict)
+    # the output's record ids, in its order: enough for a data version without reading it
+    record_ids: pl.Series = field(default_factory=lambda: pl.Series("record_id", [], pl.String))
 
 
 def lookback_days(days: list[str], lookback: int) -> list[str]:
@@ -95,46 +95,38 @@ def classify_workload(df: pl.DataFrame) -> str:
     """tool_calling when at least half of the requests offer tools, else chat."""
     if df.height == 0:
         return "chat"
-    share = df.select(pl.col("tools").is_not_null().mean()).item()
+    share = df.select(pl.col("has_tools").mean()).item()
     return "tool_calling" if share >= TOOL_CALLING_SHARE else "chat"
 
 
-def redact_pii(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Replace PII in the JSON columns with `[KIND]`; counts are the replacements made.
+def redact_records(raw: pl.Series) -> tuple[pl.Series, dict[str, int]]:
+    """Replace PII in the messages and answers of JSON trace records with `[KIND]`; the
+    counts are the replacements made.
 
     The patterns run on the decoded strings, not on the JSON text: in the JSON text an
     escape such as `\\n` glues a letter to the PII (`\\n4111 1111...` has no word boundary,
     so it leaked) and a replacement can break an escape (`\\njane@x.com` -> `\\[EMAIL]`).
     """
     counts = dict.fromkeys(PII_PATTERNS, 0)
-    maybe = pl.any_horizontal(
-        pl.col(c).str.contains(_PII_CANDIDATE).fill_null(False) for c in PII_COLUMNS
-    )
-    rows = df.select(maybe).to_series().arg_true()
-    if rows.len() == 0:
-        return df, counts
-    candidates = df[rows]
-    columns = [
-        df[c].clone().scatter(rows, [_redact_json(v, counts) for v in candidates[c].to_list()])
-        for c in PII_COLUMNS
-    ]
-    return df.with_columns(columns), counts
+    return pl.Series(raw.name, [_redact_record(text, counts) for text in raw], pl.String), counts
 
 
-def _redact_json(text: str | None, counts: dict[str, int]) -> str | None:
+def _redact_record(text: str | None, counts: dict[str, int]) -> str | None:
     if text is None:
         return None
     found = dict.fromkeys(PII_PATTERNS, 0)
-    try:
-        value = _redact_value(json.loads(text), found)
-        redacted = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    except json.JSONDecodeError:
-        redacted = _redact_text(text, found)  # not JSON: redact the text as it is
+    record = json.loads(text)  # a validated record: always a JSON object
+    request, response = record.get("request") or {}, record.get("response") or {}
+    if isinstance(request.get("messages"), list):
+        request["messages"] = _redact_value(request["messages"], found)
+    for choice in response.get("choices") or []:
+        if isinstance(choice, dict) and "message" in choice:
+            choice["message"] = _redact_value(choice["message"], found)
     if not any(found.values()):
-        return text  # untouched rows stay byte-identical
+        return text  # untouched records stay byte-identical
     for name, n in found.items():
         counts[name] += n
-    return redacted
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
 def _redact_value(value, found: dict[str, int]):
@@ -160,31 +152,51 @@ def curate(
     *,
     feedback_filter: FeedbackFilter = "none",
     redact: bool = True,
-) -> tuple[pl.DataFrame, CurationStats]:
-    """Filter, classify, deduplicate and redact one workload's traces."""
+) -> tuple[pl.LazyFrame, CurationStats]:
+    """Filter, classify, deduplicate and redact one workload's traces.
+
+    Everything is decided on the narrow typed columns, and only the records that may hold
+    PII are read whole here. The result is a lazy plan over the stored traces: sinking it
+    streams the records (`raw`, most of the bytes) to the output instead of holding them.
+    """
     stats = CurationStats()
+    numbered = traces.with_row_index("row")
+    kept = filter_feedback(numbered, feedback_filter).select(
+        "row", "timestamp", "record_id", "has_tools", "has_tool_calls", *DEDUP_KEY
+    ).collect()
     stats.records_in = traces.select(pl.len()).collect().item()
-    kept = filter_feedback(traces, feedback_filter).collect()
     stats.removed_by_feedback = stats.records_in - kept.height
     stats.workload_type = classify_workload(kept)
     if stats.workload_type == "tool_calling":
         with_calls = kept.filter(pl.col("has_tool_calls"))
         stats.removed_without_tool_call = kept.height - with_calls.height
         kept = with_calls
-    # order and dedup on the narrow columns, then gather the winners' rows once: sorting
-    # the wide frame itself would copy every record (prompts, tools) a second time
     winners = (
-        kept.select("timestamp", "record_id", *DEDUP_KEY)
-        .with_row_index("row")
-        .sort("timestamp", "record_id")
+        kept.sort("timestamp", "record_id")
         .unique(subset=list(DEDUP_KEY), keep="first", maintain_order=True)
-        .get_column("row")
+        .select("row", "record_id")
     )
-    unique = kept[winners]
-    del kept
-    stats.duplicates = stats.records_in - stats.removed_by_feedback - stats.removed_without_tool_call - unique.height
-    unique = unique.with_columns(workload_type=pl.lit(stats.workload_type))
+    stats.duplicates = kept.height - winners.height
+    stats.records_out = winners.height
+    stats.record_ids = winners.get_column("record_id")
+    records = numbered.join(winners.lazy().select("row"), on="row", how="semi", maintain_order="left")
     if redact:
-        unique, stats.redactions = redact_pii(unique)
-    stats.records_out = unique.height
-    return unique.select(OUTPUT_COLUMNS), stats
+        redacted, stats.redactions = _redact_candidates(records)
+        records = records.join(
+            redacted.lazy(), on="row", how="left", maintain_order="left"
+        ).with_columns(raw=pl.coalesce("redacted_raw", "raw"))
+    if not winners.get_column("row").is_sorted():
+        # stored partitions come in (timestamp, record_id) order already
+        records = records.sort("timestamp", "record_id")
+    return records.with_columns(workload_type=pl.lit(stats.workload_type)).select(OUTPUT_COLUMNS), stats
+
+
+def _redact_candidates(records: pl.LazyFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """`row` -> redacted `raw` for the records the PII patterns may match (a superset)."""
+    candidates = (
+        records.filter(pl.col("raw").str.contains(_PII_CANDIDATE))
+        .select("row", "raw")
+        .collect(engine="streaming")
+    )
+    redacted, counts = redact_records(candidates.get_column("raw"))
+    return candidates.select("row", redacted_raw=redacted), counts

@@ -32,12 +32,20 @@ from typing import Any
 
 import polars as pl
 
-from flywheel_assets.core.schema import DEFAULT_MAX_RECORD_BYTES, Rejection, validate_trace
+from flywheel_assets.core.schema import (
+    DEFAULT_MAX_RECORD_BYTES,
+    Feedback,
+    Rejection,
+    TraceRecord,
+    validate_trace,
+)
 from partitions.keys import workload_key
 
 UNATTRIBUTED = "unattributed"
 MANIFEST = "manifest.json"
 
+# a valid trace: typed columns for filtering, keys and metadata, plus the record verbatim
+# (`raw`); curation cuts messages, tools and the answer out of `raw` for the records it keeps
 TRACE_SCHEMA = {
     "record_id": pl.String,
     "timestamp": pl.Int64,
@@ -47,10 +55,8 @@ TRACE_SCHEMA = {
     "client_id": pl.String,
     "model": pl.String,
     "user_key": pl.String,
-    "messages": pl.String,
-    "tools": pl.String,
     "tool_names": pl.String,
-    "answer": pl.String,
+    "has_tools": pl.Boolean,
     "has_tool_calls": pl.Boolean,
     "feedback_thumbs": pl.String,
     "feedback_rating": pl.Float64,
@@ -59,9 +65,8 @@ TRACE_SCHEMA = {
     "completion_tokens": pl.Int64,
     "workload_description": pl.String,
     "source": pl.String,
+    "raw": pl.String,
 }
-
-_JSON_PARTS = ("messages", "tools", "answer")
 
 QUARANTINE_SCHEMA = {
     "source": pl.String,
@@ -73,6 +78,7 @@ QUARANTINE_SCHEMA = {
     "raw": pl.String,
 }
 
+_NO_FEEDBACK = Feedback()
 _WORKLOAD_IN_RAW = re.compile(r'"workload_id"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
 _TIMESTAMP_IN_RAW = re.compile(r'"timestamp"\s*:\s*(\d{1,12})\b')
 
@@ -105,53 +111,42 @@ def _day_or_none(timestamp: int) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)  # once per day seen instead of once per record
+def _day_number_to_day(day_number: int) -> str | None:
+    return _day_or_none(day_number * 86_400)
+
+
 def _json(value: Any) -> str:
     # default=str: Parquet rows can hold datetimes, which validation then rejects by type
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def _tool_name(tool: dict[str, Any]) -> str:
-    function = tool.get("function")
-    return str(function.get("name", "")) if isinstance(function, dict) else str(tool.get("name", ""))
-
-
-def _valid_row(record, raw_text: str, source: str, day: str) -> dict[str, Any]:
+def _valid_row(record: TraceRecord, raw_text: str, source: str, day: str) -> tuple:
+    """One row of TRACE_SCHEMA, in its column order."""
     request = record.request
     usage = record.response.usage or {}
-    feedback = record.feedback
-    return {
-        "record_id": hashlib.sha256(raw_text.encode()).hexdigest()[:20],
-        "timestamp": record.timestamp,
-        "day": day,
-        "workload_id": record.workload_id,
-        "workload_key": workload_key(record.workload_id),
-        "client_id": record.client_id,
-        "model": request.model,
-        "user_key": _json(record.user_contents()),
-        "tool_names": _json(sorted(_tool_name(t) for t in request.tools or [])),
-        "has_tool_calls": bool(record.answer.tool_calls),
-        "feedback_thumbs": feedback.thumbs if feedback else None,
-        "feedback_rating": feedback.rating if feedback else None,
-        "latency_ms": record.latency_ms,
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": usage.get("completion_tokens"),
-        "workload_description": record.workload_description,
-        "source": source,
-        "raw": raw_text,
-    }
-
-
-def _with_json_parts(valid: pl.DataFrame) -> pl.DataFrame:
-    """Cut messages, tools and the answer out of the validated raw JSON, vectorised (the
-    per-record alternative, re-serialising parsed objects, was most of the landing time)."""
-    raw = pl.col("raw").str
-    return valid.with_columns(
-        messages=raw.json_path_match("$.request.messages"),
-        tools=raw.json_path_match("$.request.tools"),
-        answer=raw.json_path_match("$.response.choices[0].message"),
-    ).with_columns(
-        tools=pl.when(pl.col("tools").is_in(["null", "[]"])).then(None).otherwise(pl.col("tools"))
-    ).select(list(TRACE_SCHEMA))
+    feedback = record.feedback or _NO_FEEDBACK
+    return (
+        hashlib.sha256(raw_text.encode()).hexdigest()[:20],
+        record.timestamp,
+        day,
+        record.workload_id,
+        workload_key(record.workload_id),
+        record.client_id,
+        request.model,
+        _json(record.user_contents()),
+        _json(sorted(tool.tool_name for tool in request.tools or [])),
+        bool(request.tools),
+        bool(record.answer.tool_calls),
+        feedback.thumbs,
+        feedback.rating,
+        record.latency_ms,
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        record.workload_description,
+        source,
+        raw_text,
+    )
 
 
 def _workload_in_raw(raw: str) -> str | None:
@@ -188,7 +183,7 @@ def validate_batch(
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validate `(source, raw)` pairs into (valid traces, quarantined records)."""
-    valid: list[dict[str, Any]] = []
+    valid: list[tuple] = []
     quarantined: list[dict[str, Any]] = []
     for source, raw in records:
         raw_text = raw if isinstance(raw, str) else _json(raw)
@@ -196,7 +191,7 @@ def validate_batch(
         if isinstance(result, Rejection):
             quarantined.append(_quarantine_row(raw_text, source, result, None))
             continue
-        day = _day_or_none(result.timestamp)
+        day = _day_number_to_day(result.timestamp // 86_400)
         out_of_range = bounds.check(day) if day else "future_timestamp"
         if out_of_range:
             detail = (
@@ -208,9 +203,8 @@ def validate_batch(
             quarantined.append(_quarantine_row(raw_text, source, rejection, day))
             continue
         valid.append(_valid_row(result, raw_text, source, day))
-    valid_schema = {k: v for k, v in TRACE_SCHEMA.items() if k not in _JSON_PARTS} | {"raw": pl.String}
     return (
-        _with_json_parts(pl.DataFrame(valid, schema=valid_schema)),
+        pl.DataFrame(valid, schema=TRACE_SCHEMA, orient="row"),
         pl.DataFrame(quarantined, schema=QUARANTINE_SCHEMA),
     )
 

@@ -4,6 +4,11 @@ One record per production LLM call (DESIGN.md, "Trace schema"). `validate_trace`
 raw JSON line (or a decoded dict, for Parquet sources) into either a `TraceRecord` or a
 `Rejection` with one of `QUARANTINE_REASONS`, so a bad record is quarantined with a
 reason instead of crashing the run or disappearing.
+
+The models type only what the flywheel relies on and ignore other fields (`extra="ignore"`):
+the record is kept verbatim as JSON next to the typed columns, and pydantic then never
+builds Python objects for the parts nobody reads (a tool's JSON schema, extra fields),
+which is most of the validation time per record.
 """
 
 from __future__ import annotations
@@ -35,25 +40,48 @@ QUARANTINE_REASONS = (
 )
 
 
+_TYPED_ONLY = ConfigDict(extra="ignore")
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _TYPED_ONLY
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Any = None
 
 
+class ToolFunction(BaseModel):
+    model_config = _TYPED_ONLY
+
+    name: str = ""
+
+
+class ToolSpec(BaseModel):
+    """A tool offered to the model: `{"type": "function", "function": {"name": ...}}`, or
+    the flat form with `name` at the top (OpenAI Responses API)."""
+
+    model_config = _TYPED_ONLY
+
+    function: ToolFunction | None = None
+    name: str = ""
+
+    @property
+    def tool_name(self) -> str:
+        return self.function.name if self.function else self.name
+
+
 class ChatRequest(BaseModel):
     """An OpenAI chat-completions request; only what the flywheel relies on is typed."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = _TYPED_ONLY
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolSpec] | None = None
 
 
 class ResponseMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _TYPED_ONLY
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -67,7 +95,7 @@ class ResponseMessage(BaseModel):
 
 
 class Choice(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _TYPED_ONLY
 
     message: ResponseMessage
 
@@ -75,21 +103,21 @@ class Choice(BaseModel):
 class ChatResponse(BaseModel):
     """An OpenAI chat-completions response; `choices[0].message` is the reference answer."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = _TYPED_ONLY
 
     choices: list[Choice] = Field(min_length=1)
     usage: dict[str, Any] | None = None
 
 
 class Feedback(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _TYPED_ONLY
 
     thumbs: Literal["up", "down"] | None = None
     rating: float | None = None
 
 
 class TraceRecord(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _TYPED_ONLY
 
     timestamp: StrictInt = Field(ge=0, description="epoch seconds when the request was issued")
     workload_id: StrictStr = Field(min_length=1)

@@ -48,9 +48,8 @@ def _parse_arguments(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"__unparsed__": str(arguments)}
 
 
-def expected_message(answer_json: str) -> AssistantMessage:
+def expected_message(answer: dict[str, Any]) -> AssistantMessage:
     """The production answer with tool-call arguments parsed into JSON objects."""
-    answer = json.loads(answer_json)
     calls = [
         {
             "id": call.get("id"),
@@ -68,6 +67,28 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _split_row(row: dict[str, Any], label: str) -> dict[str, Any]:
+    """One curated record (a validated trace in `raw`) as a split row: the request's
+    messages and tools, and the production answer as the expected message."""
+    record = json.loads(row["raw"])
+    request = record["request"]
+    return {
+        "record_id": row["record_id"],
+        "workload_id": row["workload_id"],
+        "workload_type": row["workload_type"],
+        "split": label,
+        "messages": _compact(request["messages"]),
+        "tools": _compact(request["tools"]) if request.get("tools") else None,
+        "expected": _canonical(
+            expected_message(record["response"]["choices"][0]["message"]).model_dump(exclude_none=True)
+        ),
+    }
+
+
 def split_dataset(dataset: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
     """Curated records -> split rows (see SPLIT_SCHEMA), eval first, then validation, train."""
     shuffled = dataset.sample(fraction=1.0, shuffle=True, seed=config.seed)
@@ -78,18 +99,7 @@ def split_dataset(dataset: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
     rest = n - n_eval
     n_validation = round(rest * config.validation_ratio) if rest > 1 else 0
     labels = ["eval"] * n_eval + ["validation"] * n_validation + ["train"] * (rest - n_validation)
-    rows = [
-        {
-            "record_id": row["record_id"],
-            "workload_id": row["workload_id"],
-            "workload_type": row["workload_type"],
-            "split": label,
-            "messages": row["messages"],
-            "tools": row["tools"],
-            "expected": _canonical(expected_message(row["answer"]).model_dump(exclude_none=True)),
-        }
-        for row, label in zip(shuffled.iter_rows(named=True), labels)
-    ]
+    rows = [_split_row(row, label) for row, label in zip(shuffled.iter_rows(named=True), labels)]
     return pl.DataFrame(rows, schema=SPLIT_SCHEMA)
 
 
