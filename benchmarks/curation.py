@@ -73,6 +73,7 @@ def run_baseline(path: Path) -> dict:
 def run_curation(path: Path, work: Path, workers: int) -> dict:
     from flywheel_assets.core.curation import curate
     from flywheel_assets.core.ingest import read_partition
+    from resources.datasets import write_parquet_atomically
     from resources.traces import FileTraceSource
 
     start = time.perf_counter()
@@ -97,12 +98,10 @@ def run_curation(path: Path, work: Path, workers: int) -> dict:
         paths = []
         for day in sorted(days):
             paths.append(stored / day / f"{key}.parquet")
-            paths[-1].parent.mkdir(parents=True, exist_ok=True)
-            read_partition(source.landing_path, day, key)[0].write_parquet(paths[-1])
+            write_parquet_atomically(read_partition(source.landing_path, day, key)[0], paths[-1])
         store_s += time.perf_counter() - stored_at
         dataset, stats = curate(pl.concat([pl.scan_parquet(p) for p in paths]))
-        (work / "workload_dataset").mkdir(exist_ok=True)
-        dataset.sink_parquet(work / "workload_dataset" / f"{key}.parquet")
+        write_parquet_atomically(dataset, work / "workload_dataset" / f"{key}.parquet")
         out += stats.records_out
     curate_s = time.perf_counter() - landed_at - store_s
     return {

@@ -9,11 +9,13 @@ polars scans.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import typing
 import tempfile
 from abc import abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -22,17 +24,24 @@ from pydantic import Field
 from upath import UPath
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temporary file in `path`'s folder, renamed to `path` when the block succeeds and
+    removed when it fails: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 class DatasetStore(dg.ConfigurableResource):
@@ -65,6 +74,20 @@ class LocalDatasetStore(DatasetStore):
         return self.path(relpath).read_bytes()
 
 
+# rows per Parquet row group: a reader holds a whole group at once, and a group of 10,000
+# traces (a few KB each) keeps a streaming scan of a large partition to tens of MB
+ROW_GROUP_ROWS = 10_000
+
+
+def write_parquet_atomically(obj: pl.DataFrame | pl.LazyFrame, path: Path) -> None:
+    """Write a frame atomically; a lazy one is streamed, never held whole."""
+    with atomic_path(path) as tmp:
+        if isinstance(obj, pl.LazyFrame):
+            obj.sink_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
+        else:
+            obj.write_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
+
+
 def _wants_dict(context: dg.InputContext) -> bool:
     return typing.get_origin(context.dagster_type.typing_type) is dict
 
@@ -84,18 +107,7 @@ class _PolarsParquetUPathIOManager(dg.UPathIOManager):
     def dump_to_path(
         self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame, path: UPath
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-        os.close(fd)
-        try:
-            if isinstance(obj, pl.LazyFrame):
-                obj.sink_parquet(tmp)  # streamed: a large result is never held whole
-            else:
-                obj.write_parquet(tmp)
-            os.replace(tmp, str(path))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_parquet_atomically(obj, Path(str(path)))
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.LazyFrame:
         # scans are lazy: check now, so `allow_missing_partitions` can skip absent days

@@ -46,30 +46,47 @@ def source_id(path: Path) -> str:
 
 @dataclass(frozen=True)
 class LineBatch:
-    """Consecutive lines of a JSONL file, kept as bytes until a record is needed: cheap to
-    read and to send to a validation process, which decodes them itself."""
+    """Consecutive lines of a JSONL file, cheap to send to a validation process: a byte
+    range of the file that the process reads itself, or for gzip (no random access) the
+    bytes themselves. Lines are decoded only when iterated."""
 
-    file_name: str
+    path: str
     first_line_no: int
-    data: bytes
+    offset: int = 0
+    length: int = 0
+    data: bytes | None = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """`(source, line)` pairs, blank lines skipped; bytes that are not UTF-8 are replaced."""
-        text = self.data.decode("utf-8", errors="replace")
+        name = Path(self.path).name
+        text = self._bytes().decode("utf-8", errors="replace")
         for line_no, line in enumerate(text.split("\n"), start=self.first_line_no):
             line = line.rstrip("\r")
             if line.strip():
-                yield f"{self.file_name}:{line_no}", line
+                yield f"{name}:{line_no}", line
+
+    def _bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb") as file:
+            file.seek(self.offset)
+            return file.read(self.length)
 
 
 def iter_jsonl_batches(path: Path, batch_size: int) -> Iterator[LineBatch]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    line_no = 1
+    """`batch_size` lines at a time; of a plain file only their byte range is kept."""
+    compressed = path.name.endswith(".gz")
+    opener = gzip.open if compressed else open
+    line_no, offset = 1, 0
     with opener(path, "rb") as lines:
         while batch := list(itertools.islice(lines, batch_size)):
-            # strip one trailing newline so the batch holds exactly len(batch) lines
-            yield LineBatch(path.name, line_no, b"".join(batch).removesuffix(b"\n"))
+            length = sum(map(len, batch))
+            # without its last newline the range holds exactly len(batch) lines
+            end = length - batch[-1].endswith(b"\n")
+            data = b"".join(batch)[:end] if compressed else None
+            yield LineBatch(str(path), line_no, offset, end, data)
             line_no += len(batch)
+            offset += length
 
 
 def iter_parquet_batches(path: Path, batch_size: int) -> Iterator[Batch]:
