@@ -24,6 +24,7 @@ from flywheel_assets.core.ingest import LandingResult, TimeBounds, land_file
 from flywheel_assets.core.schema import DEFAULT_MAX_RECORD_BYTES
 
 TRACE_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+_SCAN_BLOCK_BYTES = 8 << 20
 SourcedRecord = tuple[str, str | dict[str, Any]]  # (source, a JSON line or a decoded row)
 Batch = list[SourcedRecord]
 
@@ -51,6 +52,7 @@ class LineBatch:
     bytes themselves. Lines are decoded only when iterated."""
 
     path: str
+    name: str  # the file as records' `source` names it
     first_line_no: int
     offset: int = 0
     length: int = 0
@@ -58,12 +60,11 @@ class LineBatch:
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """`(source, line)` pairs, blank lines skipped; bytes that are not UTF-8 are replaced."""
-        name = Path(self.path).name
         text = self._bytes().decode("utf-8", errors="replace")
         for line_no, line in enumerate(text.split("\n"), start=self.first_line_no):
             line = line.rstrip("\r")
             if line.strip():
-                yield f"{name}:{line_no}", line
+                yield f"{self.name}:{line_no}", line
 
     def _bytes(self) -> bytes:
         if self.data is not None:
@@ -73,23 +74,43 @@ class LineBatch:
             return file.read(self.length)
 
 
-def iter_jsonl_batches(path: Path, batch_size: int) -> Iterator[LineBatch]:
-    """`batch_size` lines at a time; of a plain file only their byte range is kept."""
-    compressed = path.name.endswith(".gz")
-    opener = gzip.open if compressed else open
-    line_no, offset = 1, 0
-    with opener(path, "rb") as lines:
+def iter_jsonl_batches(path: Path, batch_size: int, name: str | None = None) -> Iterator[LineBatch]:
+    """`batch_size` lines at a time; of a plain file only their byte range is kept. Records
+    are sourced as `<name>:<line>` (name: the file name by default)."""
+    name = name or path.name
+    if not path.name.endswith(".gz"):
+        for number, (offset, end) in enumerate(_line_ranges(path, batch_size)):
+            yield LineBatch(str(path), name, 1 + number * batch_size, offset, end - offset)
+        return
+    line_no = 1
+    with gzip.open(path, "rb") as lines:  # no random access: the batch carries its bytes
         while batch := list(itertools.islice(lines, batch_size)):
-            length = sum(map(len, batch))
-            # without its last newline the range holds exactly len(batch) lines
-            end = length - batch[-1].endswith(b"\n")
-            data = b"".join(batch)[:end] if compressed else None
-            yield LineBatch(str(path), line_no, offset, end, data)
+            yield LineBatch(str(path), name, line_no, data=b"".join(batch))
             line_no += len(batch)
-            offset += length
 
 
-def iter_parquet_batches(path: Path, batch_size: int) -> Iterator[Batch]:
+def _line_ranges(path: Path, lines_per_range: int) -> Iterator[tuple[int, int]]:
+    """`[offset, end)` byte ranges of consecutive runs of `lines_per_range` lines, found by
+    counting newlines in large blocks (iterating a multi-GB file line by line in Python
+    would cost more than validating it in parallel saves)."""
+    start = block_offset = counted = 0
+    with open(path, "rb") as file:
+        while block := file.read(_SCAN_BLOCK_BYTES):
+            position, newlines = 0, block.count(b"\n")
+            while newlines >= lines_per_range - counted:
+                needed = lines_per_range - counted
+                # past the needed-th newline: what the split leaves over is the rest
+                rest = block[position:].split(b"\n", needed)[-1]
+                position, newlines, counted = len(block) - len(rest), newlines - needed, 0
+                yield start, block_offset + position
+                start = block_offset + position
+            counted += newlines
+            block_offset += len(block)
+    if block_offset > start:
+        yield start, block_offset
+
+
+def iter_parquet_batches(path: Path, batch_size: int, name: str | None = None) -> Iterator[Batch]:
     """Parquet rows as trace dicts; `request`/`response` may be stored as JSON strings."""
     row_no = 0
     for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
@@ -102,14 +123,14 @@ def iter_parquet_batches(path: Path, batch_size: int) -> Iterator[Batch]:
                         row[field] = json.loads(row[field])
                     except json.JSONDecodeError:
                         pass  # left as a string: validation quarantines it as wrong_type
-            batch.append((f"{path.name}:{row_no}", {k: v for k, v in row.items() if v is not None}))
+            batch.append((f"{name or path.name}:{row_no}", {k: v for k, v in row.items() if v is not None}))
         yield batch
 
 
-def iter_batches(path: Path, batch_size: int) -> Iterator[Iterable[SourcedRecord]]:
+def iter_batches(path: Path, batch_size: int, name: str | None = None) -> Iterator[Iterable[SourcedRecord]]:
     if path.name.endswith(".parquet"):
-        return iter_parquet_batches(path, batch_size)
-    return iter_jsonl_batches(path, batch_size)
+        return iter_parquet_batches(path, batch_size, name)
+    return iter_jsonl_batches(path, batch_size, name)
 
 
 class FileTraceSource(dg.ConfigurableResource):
@@ -139,6 +160,14 @@ class FileTraceSource(dg.ConfigurableResource):
             )
         return sorted(p for p in folder.rglob("*") if is_trace_file(p))
 
+    def source_name(self, path: Path) -> str:
+        """How records name their file: its path in the drop folder, unique there, so
+        `<name>:<line>` identifies a record even when two folders hold the same file name."""
+        try:
+            return path.resolve().relative_to(Path(self.traces_dir).resolve()).as_posix()
+        except ValueError:
+            return path.name
+
     def bounds(self, today: dt.date | None = None) -> TimeBounds:
         today = today or dt.datetime.now(dt.timezone.utc).date()
         return TimeBounds(dt.date.fromisoformat(self.start_date), today + dt.timedelta(days=1))
@@ -148,7 +177,7 @@ class FileTraceSource(dg.ConfigurableResource):
         bounds = self.bounds()
         return [
             land_file(
-                iter_batches(path, self.batch_size),
+                iter_batches(path, self.batch_size, self.source_name(path)),
                 source_id=source_id(path),
                 fingerprint=fingerprint(path),
                 landing_dir=self.landing_path,

@@ -12,14 +12,16 @@ training. The earliest record of each key is kept (ties broken by record id).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 import polars as pl
+import pydantic_core
 
 DEDUP_KEY = ("user_key", "tool_names")
+# one landed row: its content hash and where it was read (file and line, or row)
+ROW_KEY = ("record_id", "source")
 DEDUP_KEY_DESCRIPTION = "user-message contents (in order) + sorted tool names; earliest kept"
 TOOL_CALLING_SHARE = 0.5
 
@@ -35,6 +37,8 @@ PII_PATTERNS: dict[str, str] = {
     "ip_address": r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b",
 }
 _PII_REGEXES = {name: re.compile(p) for name, p in PII_PATTERNS.items()}
+_ANY_PII = re.compile("|".join(f"(?:{p})" for p in PII_PATTERNS.values()))
+_PII_CHARACTER = re.compile(r"[@\d]")  # every pattern needs an @ or a digit: a cheap first test
 # The patterns without word boundaries: run on the JSON text by polars, they find every record
 # that may hold PII (a superset), so only those records are decoded and redacted in Python.
 _PII_CANDIDATE = "|".join(f"(?:{p})" for p in PII_PATTERNS.values()).replace(r"\b", "")
@@ -115,7 +119,7 @@ def _redact_record(text: str | None, counts: dict[str, int]) -> str | None:
     if text is None:
         return None
     found = dict.fromkeys(PII_PATTERNS, 0)
-    record = json.loads(text)  # a validated record: always a JSON object
+    record = pydantic_core.from_json(text)  # a validated record: always a JSON object
     request, response = record.get("request") or {}, record.get("response") or {}
     if isinstance(request.get("messages"), list):
         request["messages"] = _redact_value(request["messages"], found)
@@ -126,7 +130,7 @@ def _redact_record(text: str | None, counts: dict[str, int]) -> str | None:
         return text  # untouched records stay byte-identical
     for name, n in found.items():
         counts[name] += n
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    return pydantic_core.to_json(record).decode()  # compact, like json.dumps, 5x faster
 
 
 def _redact_value(value, found: dict[str, int]):
@@ -140,6 +144,8 @@ def _redact_value(value, found: dict[str, int]):
 
 
 def _redact_text(text: str, found: dict[str, int]) -> str:
+    if not (_PII_CHARACTER.search(text) and _ANY_PII.search(text)):
+        return text  # most strings of a candidate record hold no PII: one scan, not five
     # in order: card numbers before phone numbers
     for name, regex in _PII_REGEXES.items():
         text, n = regex.subn(f"[{name.upper()}]", text)
@@ -160,10 +166,12 @@ def curate(
     streams the records (`raw`, most of the bytes) to the output instead of holding them.
     """
     stats = CurationStats()
-    numbered = traces.with_row_index("row")
-    kept = filter_feedback(numbered, feedback_filter).select(
-        "row", "timestamp", "record_id", "has_tools", "has_tool_calls", *DEDUP_KEY
-    ).collect()
+    kept = (
+        filter_feedback(traces, feedback_filter)
+        .select(*ROW_KEY, "timestamp", "has_tools", "has_tool_calls", *DEDUP_KEY)
+        .collect()
+        .with_row_index("row")  # here, not on the lazy scan: that would stop it streaming
+    )
     stats.records_in = traces.select(pl.len()).collect().item()
     stats.removed_by_feedback = stats.records_in - kept.height
     stats.workload_type = classify_workload(kept)
@@ -172,18 +180,18 @@ def curate(
         stats.removed_without_tool_call = kept.height - with_calls.height
         kept = with_calls
     winners = (
-        kept.sort("timestamp", "record_id")
+        kept.sort("timestamp", "record_id", maintain_order=True)
         .unique(subset=list(DEDUP_KEY), keep="first", maintain_order=True)
-        .select("row", "record_id")
+        .select("row", *ROW_KEY)
     )
     stats.duplicates = kept.height - winners.height
     stats.records_out = winners.height
     stats.record_ids = winners.get_column("record_id")
-    records = numbered.join(winners.lazy().select("row"), on="row", how="semi", maintain_order="left")
+    records = traces.join(winners.lazy().select(ROW_KEY), on=ROW_KEY, how="semi", maintain_order="left")
     if redact:
         redacted, stats.redactions = _redact_candidates(records)
         records = records.join(
-            redacted.lazy(), on="row", how="left", maintain_order="left"
+            redacted.lazy(), on=ROW_KEY, how="left", maintain_order="left"
         ).with_columns(raw=pl.coalesce("redacted_raw", "raw"))
     if not winners.get_column("row").is_sorted():
         # stored partitions come in (timestamp, record_id) order already
@@ -192,11 +200,11 @@ def curate(
 
 
 def _redact_candidates(records: pl.LazyFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-    """`row` -> redacted `raw` for the records the PII patterns may match (a superset)."""
+    """Redacted `raw` by row key, for the records the PII patterns may match (a superset)."""
     candidates = (
         records.filter(pl.col("raw").str.contains(_PII_CANDIDATE))
-        .select("row", "raw")
+        .select(*ROW_KEY, "raw")
         .collect(engine="streaming")
     )
     redacted, counts = redact_records(candidates.get_column("raw"))
-    return candidates.select("row", redacted_raw=redacted), counts
+    return candidates.select(*ROW_KEY, redacted_raw=redacted), counts

@@ -210,7 +210,7 @@ def validate_batch(
             continue
         valid.append(_valid_row(result, raw_text, source, day))
     return (
-        pl.DataFrame(valid, schema=TRACE_SCHEMA, orient="row"),
+        pl.DataFrame(dict(zip(TRACE_SCHEMA, zip(*valid))) if valid else None, schema=TRACE_SCHEMA),
         pl.DataFrame(quarantined, schema=QUARANTINE_SCHEMA),
     )
 

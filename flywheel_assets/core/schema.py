@@ -155,7 +155,9 @@ def validate_trace(
     raw: str | bytes | dict[str, Any], max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 ) -> TraceRecord | Rejection:
     if isinstance(raw, (str, bytes)):
-        size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+        # a character is at most 4 UTF-8 bytes: a short line needs no encoding to be measured
+        short = isinstance(raw, str) and 4 * len(raw) <= max_record_bytes
+        size = len(raw) if isinstance(raw, bytes) or short else len(raw.encode())
         if size > max_record_bytes:
             return Rejection(
                 reason="oversized", detail=f"{size} bytes > limit of {max_record_bytes}"
