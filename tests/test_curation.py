@@ -465,3 +465,12 @@ def test_redaction_equals_redacting_each_decoded_string(texts):
         assert json.loads(answer) == {
             k: reference(v) if k == "content" else v for k, v in json.loads(part(src, "answer")).items()
         }
+
+
+def test_exact_copies_of_a_record_from_two_files_are_kept_once():
+    # the same line in two drop files: same record id, different sources
+    first, copy = row("a", "q"), {**row("a", "q"), "source": "g.jsonl:7"}
+    out, stats = run([first, copy, row("b", "other")])
+    assert out["record_id"].to_list() == ["a", "b"]
+    assert out["source"][0] == "f.jsonl:1"
+    assert stats.duplicates == 1 and stats.record_ids.to_list() == ["a", "b"]

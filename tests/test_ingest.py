@@ -14,6 +14,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flywheel_assets.core.ingest import (
     MANIFEST,
@@ -27,6 +29,7 @@ from flywheel_assets.core.ingest import (
 )
 from flywheel_assets.core.sample_data import generate_labeled_records, write_sample_traces
 from partitions.keys import workload_key
+import resources.traces as traces_module
 from resources.traces import FileTraceSource, iter_jsonl_batches, iter_parquet_batches
 
 DAY1 = 1_735_700_000  # 2025-01-01T02:53:20Z
@@ -413,6 +416,48 @@ def test_jsonl_reader_survives_invalid_utf8(tmp_path):
     (batch,) = list(iter_jsonl_batches(path, batch_size=10))
     valid, quarantined = validate_batch(batch, BOUNDS)
     assert valid.height == 1 and quarantined["reason"].to_list() == ["bad_json"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(st.sampled_from(["a", "bb", "", "  ", "ccc\r", "é", '{"x": 1}']), max_size=40),
+    trailing_newline=st.booleans(),
+    batch_size=st.integers(1, 7),
+    block_bytes=st.integers(1, 16),
+)
+def test_jsonl_byte_ranges_hold_every_line_once_whatever_the_scan_block(
+    tmp_path, monkeypatch, lines, trailing_newline, batch_size, block_bytes
+):
+    # the reader finds batch boundaries by counting newlines in blocks; a boundary falling
+    # anywhere in a block (or a block holding several) must not lose, repeat or renumber lines
+    monkeypatch.setattr(traces_module, "_SCAN_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(("\n".join(lines) + ("\n" if trailing_newline and lines else "")).encode())
+    got = [record for batch in iter_jsonl_batches(path, batch_size) for record in batch]
+    expected = [(f"t.jsonl:{n}", text.rstrip("\r")) for n, text in enumerate(lines, 1) if text.strip()]
+    assert got == expected
+
+
+def test_records_name_their_file_by_its_path_in_the_drop_folder(tmp_path):
+    # two folders may hold the same file name: the sources must still differ
+    traces = tmp_path / "traces"
+    for folder in ("eu", "us"):
+        (traces / folder).mkdir(parents=True)
+        write_jsonl(traces / folder / "calls.jsonl", [trace(1)])
+    source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"))
+    source.land()
+    valid, _ = read_partition(source.landing_path, "2025-01-01", "support_chat")
+    assert sorted(valid["source"]) == ["eu/calls.jsonl:1", "us/calls.jsonl:1"]
+
+
+def test_a_decoded_record_with_a_lone_surrogate_is_quarantined_not_a_crash():
+    # json.loads (a Weave call, a Parquet row decoded in Python) accepts "\ud800"
+    record = trace(1)
+    record["request"]["messages"][-1]["content"] = "broken \ud800 text"
+    valid, quarantined = validate_batch([("weave:1", record)], BOUNDS)
+    assert valid.height == 0
+    assert quarantined["reason"].to_list() == ["bad_json"]
+    assert "\\ud800" in quarantined["raw"][0]  # kept, escaped
 
 
 def test_gzip_jsonl_reads_like_plain_jsonl(tmp_path):

@@ -54,3 +54,29 @@ def test_missing_partitions_are_left_out_of_the_dict(tmp_path):
         result = dg.materialize([daily, summary], selection=["summary"], partition_key="w1", instance=instance, resources=resources)
         assert result.output_for_node("summary")["days"][0].to_list() == ["d2"]
     assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
+
+
+@dg.asset
+def streamed() -> pl.LazyFrame:
+    return pl.LazyFrame({"n": list(range(25_000))}).with_columns(square=pl.col("n") ** 2)
+
+
+@dg.asset
+def broken_plan() -> pl.LazyFrame:
+    # fails only when executed, i.e. while the I/O manager streams it to the file
+    return pl.LazyFrame({"n": ["1", "x"]}).select(pl.col("n").cast(pl.Int64, strict=True))
+
+
+def test_a_lazy_value_is_streamed_to_its_file_and_loads_back(tmp_path):
+    result = dg.materialize([streamed], resources={"io_manager": ParquetIOManager(base_dir=str(tmp_path))})
+    assert result.success
+    stored = pl.read_parquet(tmp_path / "streamed.parquet")
+    assert stored.height == 25_000 and stored["square"][-1] == 24_999**2
+
+
+def test_a_lazy_value_that_fails_while_streaming_leaves_no_file(tmp_path):
+    result = dg.materialize(
+        [broken_plan], resources={"io_manager": ParquetIOManager(base_dir=str(tmp_path))}, raise_on_error=False
+    )
+    assert not result.success
+    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob(".*"))

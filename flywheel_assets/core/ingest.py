@@ -122,6 +122,15 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+def _record_text(record: dict[str, Any]) -> str:
+    text = _json(record)
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: kept escaped, so the record can be stored
+        return json.dumps(record, separators=(",", ":"), default=str)
+    return text
+
+
 def _key_json(strings: list[str]) -> str:
     # same text as _json for a list of strings, at a third of the cost (once per record)
     return pydantic_core.to_json(strings).decode()
@@ -192,7 +201,7 @@ def validate_batch(
     valid: list[tuple] = []
     quarantined: list[dict[str, Any]] = []
     for source, raw in records:
-        raw_text = raw if isinstance(raw, str) else _json(raw)
+        raw_text = raw if isinstance(raw, str) else _record_text(raw)
         result = validate_trace(raw, max_record_bytes)
         if isinstance(result, Rejection):
             quarantined.append(_quarantine_row(raw_text, source, result, None))

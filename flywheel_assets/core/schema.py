@@ -166,9 +166,12 @@ def validate_trace(
             return TraceRecord.model_validate_json(raw)
         except ValidationError as err:
             return _rejection_from(err)
-    # a decoded record (Parquet row) is held to the same limit as a line: its JSON size
+    # a decoded record (Parquet row, Weave call) is held to the same limit as a line: its JSON size
     text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"), default=str)
-    size = len(text.encode(errors="surrogatepass"))
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as err:  # json.loads accepts "\ud800"; no text column can hold it
+        return Rejection(reason="bad_json", detail=f"not valid Unicode text: {err.reason}")
     if size > max_record_bytes:
         return Rejection(reason="oversized", detail=f"{size} bytes > limit of {max_record_bytes}")
     try:
