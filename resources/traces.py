@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,10 +142,13 @@ class FileTraceSource(dg.ConfigurableResource):
     start_date: str = Field(
         default="2025-01-01", description="First day partition; older records are quarantined."
     )
-    batch_size: int = Field(default=50_000, description="Records validated per batch.")
+    batch_size: int = Field(default=20_000, description="Records validated per batch.")
     max_record_bytes: int = Field(default=DEFAULT_MAX_RECORD_BYTES)
     validation_workers: int = Field(
-        default=1, description="Processes validating batches of one large file (1: in this process)."
+        default=0,
+        ge=0,
+        description="Processes validating the batches of a file of more than one batch "
+        "(0: one per CPU; 1: in this process). Validation is CPU-bound Python.",
     )
 
     @property
@@ -183,7 +187,7 @@ class FileTraceSource(dg.ConfigurableResource):
                 landing_dir=self.landing_path,
                 bounds=bounds,
                 max_record_bytes=self.max_record_bytes,
-                workers=self.validation_workers,
+                workers=self.validation_workers or os.cpu_count() or 1,
             )
             for path in (self.files() if paths is None else paths)
         ]

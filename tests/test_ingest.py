@@ -297,18 +297,21 @@ def test_a_changed_file_replaces_its_old_landing_without_duplicates(tmp_path):
     assert hidden_entries(tmp_path) == []
 
 
-def test_a_failing_read_leaves_the_previous_landing_intact_and_no_temp_folders(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_read_leaves_the_previous_landing_intact_and_no_temp_folders(tmp_path, workers):
     land(tmp_path, [trace(1), trace(2)], fingerprint="v1")
     before, _ = read_partition(tmp_path, "2025-01-01", "support_chat")
 
     def broken_batches():
         yield pairs([trace(7), trace(8)])
         yield pairs([trace(9, timestamp=DAY2)])
+        yield pairs([trace(10)])
         raise OSError("disk went away")
 
     with pytest.raises(OSError, match="disk went away"):
         land_file(
-            broken_batches(), source_id="src", fingerprint="v2", landing_dir=tmp_path, bounds=BOUNDS
+            broken_batches(), source_id="src", fingerprint="v2", landing_dir=tmp_path, bounds=BOUNDS,
+            workers=workers,  # with 2, batches in flight in worker processes are waited for
         )
     assert hidden_entries(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
@@ -513,7 +516,8 @@ def test_file_trace_source_lands_each_format_once(tmp_path, fmt):
     (traces / ".hidden.jsonl").write_text("garbage\n")
     (traces / "notes.txt").write_text("garbage\n")
     source = FileTraceSource(
-        traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), batch_size=2
+        traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), batch_size=2,
+        validation_workers=1,  # formats here; worker processes have their own test
     )
     assert source.files() == [path]
     (result,) = source.land()

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import datetime as dt
 import functools
-import multiprocessing
 import hashlib
+import itertools
+import multiprocessing
 import json
 import os
 import re
@@ -277,12 +279,14 @@ def land_file(
         land = functools.partial(
             _land_batch, staging=staging, bounds=bounds, max_record_bytes=max_record_bytes
         )
-        for batch_counts, batch_workloads in _map_batches(land, batches, workers):
-            for partition, kinds in batch_counts.items():
-                slot = counts.setdefault(partition, {"valid": 0, "quarantined": 0})
-                for kind, n in kinds.items():
-                    slot[kind] += n
-            workload_ids.update(batch_workloads)
+        # closed (its pool shut down) before the staging folder is removed
+        with contextlib.closing(_map_batches(land, batches, workers)) as landed_batches:
+            for batch_counts, batch_workloads in landed_batches:
+                for partition, kinds in batch_counts.items():
+                    slot = counts.setdefault(partition, {"valid": 0, "quarantined": 0})
+                    for kind, n in kinds.items():
+                        slot[kind] += n
+                workload_ids.update(batch_workloads)
         manifest = {
             "source_id": source_id,
             "fingerprint": fingerprint,
@@ -315,20 +319,27 @@ def _land_batch(
 
 
 def _map_batches(land, batches, workers: int):
-    """`land` over the numbered batches, in a process pool when workers > 1."""
+    """`land` over the numbered batches, in a process pool when workers > 1 and there is
+    more than one batch (starting processes costs more than a small file takes)."""
     numbered = enumerate(batches)
-    if workers <= 1:
-        yield from map(land, numbered)
+    first = list(itertools.islice(numbered, 2))
+    if workers <= 1 or len(first) < 2:
+        yield from map(land, itertools.chain(first, numbered))
         return
     context = multiprocessing.get_context("spawn")  # no fork of a threaded Dagster process
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    try:
         pending: collections.deque = collections.deque()
-        for item in numbered:
+        for item in itertools.chain(first, numbered):
             pending.append(pool.submit(land, item))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:
+        # on failure or cancellation: drop queued batches, wait for the running ones, so
+        # that nothing writes into the staging folder once the caller removes it
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _count(counts: dict[str, dict[str, int]], df: pl.DataFrame, kind: str) -> None:
