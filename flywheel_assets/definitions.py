@@ -39,7 +39,10 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
         "stored_assets": StoredAssets(base_dir=str(home / "assets")),
         "dataset_store": LocalDatasetStore(root=str(home / "datasets")),
         "trace_source": FileTraceSource(
-            traces_dir=str(traces), landing_dir=str(home / "landing")
+            traces_dir=str(traces),
+            landing_dir=str(home / "landing"),
+            start_date=settings.start_date.isoformat(),  # the first day partition
+            validation_workers=settings.validation_workers,
         ),
         "platform": build_platform(settings, home),
     }

@@ -5,7 +5,8 @@
 | FLYWHEEL_BACKEND            | local                   | `local` (embedded) or `nemo` (NeMo microservices) |
 | FLYWHEEL_HOME               | ./.flywheel_data        | root of landing area, assets, datasets, models   |
 | FLYWHEEL_TRACES_DIR         | $FLYWHEEL_HOME/traces   | drop folder of trace files                       |
-| FLYWHEEL_START_DATE         | 2025-01-01              | first day partition (read in partitions/defs.py) |
+| FLYWHEEL_START_DATE         | 2025-01-01              | first day partition; older records are quarantined |
+| FLYWHEEL_VALIDATION_WORKERS | 0 (one per CPU, max 4)  | processes validating a large trace file (1: none) |
 | FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models (core/candidates.py) |
 | FLYWHEEL_EXECUTOR           | multiprocess            | `multiprocess`, `in_process`, or `k8s` (one pod per step) |
 | FLYWHEEL_WEAVE_ENTITY       | (WANDB_ENTITY)          | W&B entity of the Weave project with the traces  |
@@ -55,6 +56,7 @@ class FlywheelSettings(BaseModel):
     home: Path = _var("FLYWHEEL_HOME", Path(".flywheel_data"))
     traces_dir: Path | None = _var("FLYWHEEL_TRACES_DIR")
     start_date: date = _var("FLYWHEEL_START_DATE", date(2025, 1, 1))
+    validation_workers: int = Field(default=0, ge=0, alias="FLYWHEEL_VALIDATION_WORKERS")
     candidates_file: Path | None = _var("FLYWHEEL_CANDIDATES")
     executor: Literal["multiprocess", "in_process", "k8s"] = _var("FLYWHEEL_EXECUTOR", "multiprocess")
     weave_entity: str | None = _var("FLYWHEEL_WEAVE_ENTITY")

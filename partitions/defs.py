@@ -6,18 +6,17 @@ Multi-partition dimensions are ordered by name (dagster-facts.md #1), so keys re
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from flywheel_assets.core.candidates import load_models
+from flywheel_assets.settings import load_settings
 
 # Workload ids come from traffic; keys are made safe by partitions.keys.workload_key.
 workload_partitions = dg.DynamicPartitionsDefinition(name="workload")
 
 # end_offset=1: today's partition exists, so fresh traffic can be ingested the same day.
 day_partitions = dg.DailyPartitionsDefinition(
-    start_date=os.environ.get("FLYWHEEL_START_DATE", "2025-01-01"), end_offset=1
+    start_date=load_settings().start_date.isoformat(), end_offset=1
 )
 
 trace_partitions = dg.MultiPartitionsDefinition({"day": day_partitions, "workload": workload_partitions})

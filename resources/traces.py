@@ -30,6 +30,14 @@ SourcedRecord = tuple[str, str | dict[str, Any]]  # (source, a JSON line or a de
 Batch = list[SourcedRecord]
 
 
+# A container sees the node's CPUs, not its own CPU limit: an automatic count is capped
+AUTO_WORKERS_CAP = 4
+
+
+def auto_validation_workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS_CAP))
+
+
 def is_trace_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.endswith(TRACE_FILE_SUFFIXES)
 
@@ -148,7 +156,8 @@ class FileTraceSource(dg.ConfigurableResource):
         default=0,
         ge=0,
         description="Processes validating the batches of a file of more than one batch "
-        "(0: one per CPU; 1: in this process). Validation is CPU-bound Python.",
+        f"(0: one per CPU, at most {AUTO_WORKERS_CAP}; 1: in this process). Validation is "
+        "CPU-bound Python; each process holds about two batches.",
     )
 
     @property
@@ -187,7 +196,7 @@ class FileTraceSource(dg.ConfigurableResource):
                 landing_dir=self.landing_path,
                 bounds=bounds,
                 max_record_bytes=self.max_record_bytes,
-                workers=self.validation_workers or os.cpu_count() or 1,
+                workers=self.validation_workers or auto_validation_workers(),
             )
             for path in (self.files() if paths is None else paths)
         ]

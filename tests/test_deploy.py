@@ -8,6 +8,7 @@ asserted is the pod a step would get, without a cluster.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -22,7 +23,8 @@ from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_config
 
-from flywheel_assets.definitions import GPU_RUN_TAGS, defs
+from flywheel_assets.core.ingest import read_partition
+from flywheel_assets.definitions import GPU_RUN_TAGS, build_resources, defs
 from flywheel_assets.evaluate import base_eval
 from flywheel_assets.gpu import GPU_POOL
 from flywheel_assets.settings import SettingsError, load_settings
@@ -356,6 +358,7 @@ def test_settings_default_to_the_embedded_local_flywheel(tmp_path, monkeypatch):
     ({"FLYWHEEL_JUDGE_BASE_URL": "judge:8000"}, "FLYWHEEL_JUDGE_BASE_URL='judge:8000' is not an http(s) URL"),
     ({"FLYWHEEL_START_DATE": "2025-13-01"}, "FLYWHEEL_START_DATE='2025-13-01' is invalid"),
     ({"FLYWHEEL_NEMO_NAMESPACE": "../x"}, "FLYWHEEL_NEMO_NAMESPACE='../x' must match"),
+    ({"FLYWHEEL_VALIDATION_WORKERS": "-1"}, "FLYWHEEL_VALIDATION_WORKERS='-1' is invalid"),
     ({"FLYWHEEL_CANDIDATES": "/no/such/file.json"}, "FLYWHEEL_CANDIDATES='/no/such/file.json' is not a file"),
     ({"FLYWHEEL_BACKEND": "nemo", "FLYWHEEL_NIM_BASE_URL": "http://nim:8000"},
      "FLYWHEEL_BACKEND=nemo needs FLYWHEEL_NEMO_BASE_URL, FLYWHEEL_NEMO_DATASTORE_URL (unset)"),
@@ -375,3 +378,26 @@ def test_nemo_backend_settings():
     })
     assert settings.nemo_base_url == "http://nemo.flywheel.svc:8000"  # no trailing slash to join paths onto
     assert settings.nemo_namespace == "flywheel"
+
+
+def test_the_trace_source_quarantines_records_before_the_configured_start_date(tmp_path, monkeypatch):
+    # FLYWHEEL_START_DATE is the first day partition: an older record has no partition to
+    # go to, so landing must quarantine it instead of filing it under a day Dagster lacks
+    monkeypatch.setenv("FLYWHEEL_START_DATE", "2025-01-02")
+    monkeypatch.setenv("FLYWHEEL_VALIDATION_WORKERS", "1")
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    record = {
+        "timestamp": 1_735_700_000,  # 2025-01-01
+        "workload_id": "w",
+        "client_id": "c",
+        "request": {"messages": [{"role": "user", "content": "hi"}]},
+        "response": {"choices": [{"message": {"role": "assistant", "content": "hello"}}]},
+    }
+    (traces / "t.jsonl").write_text(json.dumps(record) + "\n")
+    source = build_resources(home=tmp_path, traces=traces)["trace_source"]
+    assert source.validation_workers == 1
+    (landed,) = source.land()
+    assert landed.partitions == {"2025-01-01|w": {"valid": 0, "quarantined": 1}}
+    _, quarantined = read_partition(source.landing_path, "2025-01-01", "w")
+    assert quarantined["reason"].to_list() == ["before_start_date"]
