@@ -305,14 +305,15 @@ def _request_for(context: dg.OutputContext, asset: str, obj, inputs: list[dict])
         dagster_run_id=context.run_id, dagster_job=context.job_name,
         metrics=metrics, config=config, inputs=inputs,
     )
-    if isinstance(obj, pl.LazyFrame):
-        obj = obj.collect()
-    if isinstance(obj, pl.DataFrame):
+    if isinstance(obj, (pl.DataFrame, pl.LazyFrame)):
         buffer = io.BytesIO()
-        obj.write_parquet(buffer)
+        if isinstance(obj, pl.LazyFrame):
+            obj.sink_parquet(buffer)  # streamed: a large curated dataset is never held whole
+        else:
+            obj.write_parquet(buffer)
         request.files[f"{asset}.parquet"] = buffer.getvalue()
         if kind in TABLE_NAMES:
-            request.tables[TABLE_NAMES[kind]] = obj
+            request.tables[TABLE_NAMES[kind]] = obj.lazy().collect()
     elif isinstance(obj, dict):
         request.files[f"{asset}.json"] = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
         if obj.get("adapter_dir") and Path(obj["adapter_dir"]).is_dir():
