@@ -9,7 +9,7 @@ its own process so peak RSS is its own:
 and prints traces/s, peak RSS and the ratio curation / baseline. Peak RSS is the largest
 sum, sampled every 20 ms, over the phase's process and its validation workers.
 
-    python benchmarks/curation.py [--records N] [--keep DIR]
+    python benchmarks/curation.py [--records N] [--workers W] [--keep DIR]
 """
 
 from __future__ import annotations
