@@ -33,7 +33,7 @@ class CurationConfig(dg.Config):
     check_specs=[dg.AssetCheckSpec("has_min_records", asset="workload_dataset", blocking=True)],
     group_name="curate",
     kinds={"polars", "parquet"},
-    code_version="1",
+    code_version="2",  # records kept whole in `raw`
     automation_condition=refresh_when_data_changed,
     description="One workload's traffic: deduplicated, classified, PII-redacted.",
 )

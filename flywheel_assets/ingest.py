@@ -14,7 +14,7 @@ from resources.traces import FileTraceSource
             description="Valid production traces of one day and workload, typed and filed.",
             group_name="ingest",
             kinds={"polars", "parquet"},
-            code_version="1",
+            code_version="2",  # the record kept as received (`raw`), typed columns beside it
         ),
         "quarantined_traces": dg.AssetOut(
             description="Records that failed validation, each with its reason and raw text.",

@@ -81,7 +81,7 @@ def _split_asset(name: str, description: str) -> dict:
         check_specs=[dg.AssetCheckSpec("valid_chat_examples", asset=name, blocking=True)],
         group_name="split",
         kinds={"polars", "parquet"},
-        code_version="1",
+        code_version="2",  # cuts the chat parts out of whole records (`raw`)
         automation_condition=retrain_when_dataset_changed,
         description=description,
     )
