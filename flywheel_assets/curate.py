@@ -45,27 +45,29 @@ def workload_dataset(
     keys = materialized_days(context.instance, context.partition_key)
     days = lookback_days(list(keys), config.lookback_days)
     context.log.info(f"curating {len(days)} of {len(keys)} days: {days[:1]}..{days[-1:]}")
-    frames = [stored_assets.scan("raw_traces", keys[day]) for day in days]
-    traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
-    dataset, stats = curate(traces, feedback_filter=config.feedback_filter, redact=config.redact_pii)
-    redaction = "redacted" if config.redact_pii else "unredacted"
-    yield dg.Output(
-        dataset,  # lazy: the I/O manager streams it to the store
-        data_version=dg.DataVersion(f"{column_hash(stats.record_ids.to_frame())}-{redaction}"),
-        metadata={
-            "dagster/row_count": stats.records_out,
-            "records_in": stats.records_in,
-            "duplicates": stats.duplicates,
-            "removed_by_feedback": stats.removed_by_feedback,
-            "removed_without_tool_call": stats.removed_without_tool_call,
-            "records_out": stats.records_out,
-            "workload_type": stats.workload_type,
-            "dedup_key": DEDUP_KEY_DESCRIPTION,
-            "days": dg.MetadataValue.json(days),
-            "redactions": counts_table(stats.redactions, key="pii_kind"),
-            "preview": table(preview(dataset)),
-        },
-    )
+    # pinned: the lazy result is read again when the I/O manager stores it, and today's
+    # raw_traces partition may be re-ingested meanwhile
+    with stored_assets.pinned("raw_traces", [keys[day] for day in days]) as frames:
+        traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
+        dataset, stats = curate(traces, feedback_filter=config.feedback_filter, redact=config.redact_pii)
+        redaction = "redacted" if config.redact_pii else "unredacted"
+        yield dg.Output(
+            dataset,  # lazy: the I/O manager streams it to the store
+            data_version=dg.DataVersion(f"{column_hash(stats.record_ids.to_frame())}-{redaction}"),
+            metadata={
+                "dagster/row_count": stats.records_out,
+                "records_in": stats.records_in,
+                "duplicates": stats.duplicates,
+                "removed_by_feedback": stats.removed_by_feedback,
+                "removed_without_tool_call": stats.removed_without_tool_call,
+                "records_out": stats.records_out,
+                "workload_type": stats.workload_type,
+                "dedup_key": DEDUP_KEY_DESCRIPTION,
+                "days": dg.MetadataValue.json(days),
+                "redactions": counts_table(stats.redactions, key="pii_kind"),
+                "preview": table(preview(dataset)),
+            },
+        )
     missing = config.min_records - stats.records_out
     yield dg.AssetCheckResult(
         check_name="has_min_records",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import typing
 import tempfile
 from abc import abstractmethod
@@ -142,7 +143,7 @@ class StoredAssets(dg.ConfigurableResource):
 
     base_dir: str = Field(description="The ParquetIOManager's base_dir.")
 
-    def scan(self, asset: str, partition_key: str | dg.MultiPartitionKey) -> pl.LazyFrame:
+    def path(self, asset: str, partition_key: str | dg.MultiPartitionKey) -> Path:
         parts = (
             [partition_key.keys_by_dimension[d] for d in sorted(partition_key.keys_by_dimension)]
             if isinstance(partition_key, dg.MultiPartitionKey)
@@ -151,7 +152,35 @@ class StoredAssets(dg.ConfigurableResource):
         path = Path(self.base_dir, asset, *parts[:-1], f"{parts[-1]}.parquet")
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: materialize {asset} [{partition_key}]")
-        return pl.scan_parquet(path)
+        return path
+
+    def scan(self, asset: str, partition_key: str | dg.MultiPartitionKey) -> pl.LazyFrame:
+        return pl.scan_parquet(self.path(asset, partition_key))
+
+    @contextlib.contextmanager
+    def pinned(
+        self, asset: str, partition_keys: list[str | dg.MultiPartitionKey]
+    ) -> Iterator[list[pl.LazyFrame]]:
+        """Scans of stored partitions that stay as they were while the block runs, even if
+        a partition is materialized again meanwhile (the I/O manager renames a new file into
+        place): each file is hard-linked, or copied where it can't be, into a private folder
+        that is removed afterwards. For a lazy result that is read more than once."""
+        if not partition_keys:
+            yield []
+            return
+        folder = Path(tempfile.mkdtemp(prefix=f".pinned-{asset}-", dir=self.base_dir))
+        try:
+            frames = []
+            for number, key in enumerate(partition_keys):
+                pin = folder / f"{number}.parquet"
+                try:
+                    os.link(self.path(asset, key), pin)
+                except OSError:
+                    shutil.copyfile(self.path(asset, key), pin)
+                frames.append(pl.scan_parquet(pin))
+            yield frames
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):

@@ -80,3 +80,19 @@ def test_a_lazy_value_that_fails_while_streaming_leaves_no_file(tmp_path):
     )
     assert not result.success
     assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob(".*"))
+
+
+def test_pinned_partitions_keep_their_content_while_the_asset_is_stored_again(tmp_path):
+    # workload_dataset reads raw_traces lazily twice (decide, then stream); a re-ingested
+    # partition renamed into place in between must not change what it reads
+    from resources.datasets import StoredAssets, write_parquet_atomically
+
+    stored = tmp_path / "raw_traces" / "2025-01-01" / "w.parquet"
+    write_parquet_atomically(pl.DataFrame({"n": [1, 2]}), stored)
+    assets = StoredAssets(base_dir=str(tmp_path))
+    key = dg.MultiPartitionKey({"day": "2025-01-01", "workload": "w"})
+    with assets.pinned("raw_traces", [key]) as (frame,):
+        write_parquet_atomically(pl.DataFrame({"n": [7, 8, 9]}), stored)
+        assert frame.collect()["n"].to_list() == [1, 2]
+        assert assets.scan("raw_traces", key).collect()["n"].to_list() == [7, 8, 9]
+    assert not list(tmp_path.glob(".pinned-*"))  # the pins are gone afterwards
