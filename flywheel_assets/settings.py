@@ -7,7 +7,7 @@
 | FLYWHEEL_TRACES_DIR         | $FLYWHEEL_HOME/traces   | drop folder of trace files                       |
 | FLYWHEEL_START_DATE         | 2025-01-01              | first day partition; older records are quarantined |
 | FLYWHEEL_VALIDATION_WORKERS | 0 (one per CPU, max 4)  | processes validating a large trace file (1: none) |
-| FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models (core/candidates.py) |
+| FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models                    |
 | FLYWHEEL_EXECUTOR           | multiprocess            | `multiprocess`, `in_process`, or `k8s` (one pod per step) |
 | FLYWHEEL_WEAVE_ENTITY       | (WANDB_ENTITY)          | W&B entity of the Weave project with the traces  |
 | FLYWHEEL_WEAVE_PROJECT      | (WANDB_PROJECT)         | W&B project holding the traces (weave_trace_sensor) |

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from flywheel_assets.core.training import DEMO_HYPERPARAMETERS
+from flywheel_assets.settings import load_settings
 from partitions.keys import SAFE_KEY
 
 DEMO_BASE_MODEL = "demo:tiny"
@@ -85,8 +86,8 @@ DEMO_CANDIDATE = CandidateSpec(
 
 
 def load_models(path: str | os.PathLike | None = None) -> FlywheelModels:
-    """Candidates and production profile from `path` (or $FLYWHEEL_CANDIDATES), else the demo."""
-    path = path or os.environ.get("FLYWHEEL_CANDIDATES")
+    """Candidates and production profile from `path` (or FLYWHEEL_CANDIDATES), else the demo."""
+    path = path or load_settings().candidates_file
     if not path:
         return FlywheelModels(candidates=[DEMO_CANDIDATE])
     try:
