@@ -31,7 +31,7 @@ FeedbackFilter = Literal["none", "exclude_negative", "positive_only"]
 # Order matters: card numbers before phone numbers.
 PII_PATTERNS: dict[str, str] = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
-    "card_number": r"\b(?:\d[ -]?){12,15}\d\b",
+    "card_number": r"\b(?:\d[ -]?){12,15}\d\b",  # and passes the Luhn check
     "ssn": r"\b\d{3}-\d{2}-\d{4}\b",
     "phone": r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)[ .-]?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b",
     "ip_address": r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b",
@@ -143,13 +143,31 @@ def _redact_value(value, found: dict[str, int]):
     return value
 
 
+def passes_luhn(number: str) -> bool:
+    """The check digit every payment card number carries: an order or tracking number of
+    13-16 digits almost never passes it, so it is not redacted as a card."""
+    digits = [int(c) for c in number if c.isdigit()]
+    doubled = (sum(divmod(2 * d, 10)) for d in digits[-2::-2])
+    return (sum(digits[-1::-2]) + sum(doubled)) % 10 == 0
+
+
+_PII_CHECKS = {"card_number": passes_luhn}
+
+
 def _redact_text(text: str, found: dict[str, int]) -> str:
     if not (_PII_CHARACTER.search(text) and _ANY_PII.search(text)):
         return text  # most strings of a candidate record hold no PII: one scan, not five
     # in order: card numbers before phone numbers
     for name, regex in _PII_REGEXES.items():
-        text, n = regex.subn(f"[{name.upper()}]", text)
-        found[name] += n
+        check = _PII_CHECKS.get(name)
+        if check is None:
+            text, n = regex.subn(f"[{name.upper()}]", text)
+            found[name] += n
+            continue
+        matches = [m for m in regex.finditer(text) if check(m.group())]
+        for match in reversed(matches):  # from the end, so earlier offsets stay valid
+            text = f"{text[: match.start()]}[{name.upper()}]{text[match.end():]}"
+        found[name] += len(matches)
     return text
 
 
