@@ -143,7 +143,7 @@ def _redact_value(value, found: dict[str, int]):
     return value
 
 
-def passes_luhn(number: str) -> bool:
+def _passes_luhn(number: str) -> bool:
     """The check digit every payment card number carries: an order or tracking number of
     13-16 digits almost never passes it, so it is not redacted as a card."""
     digits = [int(c) for c in number if c.isdigit()]
@@ -151,7 +151,7 @@ def passes_luhn(number: str) -> bool:
     return (sum(digits[-1::-2]) + sum(doubled)) % 10 == 0
 
 
-_PII_CHECKS = {"card_number": passes_luhn}
+_PII_CHECKS = {"card_number": _passes_luhn}
 
 
 def _redact_text(text: str, found: dict[str, int]) -> str:
