@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("run", help="run the whole flywheel on the traces in the drop folder")
     args = parser.parse_args(argv)
+    # this command prints the flywheel's progress; Dagster's notes on the beta APIs it uses
+    # (data versions, partition mappings) are for developers and repeated on every run
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
     # settings are read when the definitions are imported, so import after env is final
     from flywheel_assets.settings import flywheel_home, traces_dir
