@@ -42,10 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.records} sample traces to {traces_dir()} ({len(files)} files)")
 
     from flywheel_assets.definitions import defs
-    from flywheel_assets.runner import run_flywheel
+    from flywheel_assets.runner import FlywheelInterrupted, run_flywheel
 
     with dg.DagsterInstance.get() as instance:
-        result = run_flywheel(defs, instance)
+        try:
+            result = run_flywheel(defs, instance)
+        except FlywheelInterrupted as stop:
+            print(f"{stop}; stopped. DAGSTER_HOME={os.environ['DAGSTER_HOME']} has the runs so far")
+            return 130
     with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=200, float_precision=3):
         for workload, board in result.leaderboards.items():
             print(f"\nleaderboard [{workload}] ({flywheel_home() / 'assets' / 'leaderboard' / workload}.parquet)")

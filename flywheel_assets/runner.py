@@ -28,6 +28,19 @@ TRAIN_AND_EVALUATE = ["lora_adapter", "base_eval", "icl_eval", "customized_eval"
 REPORT = ["leaderboard"]
 
 
+class FlywheelInterrupted(Exception):
+    """The process was asked to stop (Ctrl-C, SIGTERM) while a run was executing."""
+
+
+def was_interrupted(run: dg.ExecuteInProcessResult) -> bool:
+    """Whether a step failed because Dagster turned a stop signal into an interruption."""
+    return any(
+        event.step_failure_data.error is not None
+        and event.step_failure_data.error.cls_name == "DagsterExecutionInterruptedError"
+        for event in run.get_step_failure_events()
+    )
+
+
 @dataclass
 class FlywheelRun:
     workloads: list[str] = field(default_factory=list)
@@ -73,6 +86,8 @@ def run_flywheel(
         )
         result.runs.append(run)
         log(f"{'ok  ' if run.success else 'FAIL'} {','.join(selection)} [{partition_key}]")
+        if was_interrupted(run):  # stop the whole flywheel, not just this run
+            raise FlywheelInterrupted(f"interrupted during {','.join(selection)} [{partition_key}]")
         return run
 
     log(f"{len(landed)} trace files, {len(partitions)} day x workload partitions, workloads {workloads}")

@@ -1,0 +1,56 @@
+"""run_flywheel: a stop signal during one run stops the whole flywheel, not just that run."""
+
+import json
+
+import dagster as dg
+import pytest
+from dagster._core.errors import DagsterExecutionInterruptedError
+
+from flywheel_assets.runner import FlywheelInterrupted, run_flywheel, was_interrupted
+from partitions.defs import trace_partitions
+from resources.traces import FileTraceSource
+
+calls = []
+
+
+@dg.multi_asset(
+    outs={"raw_traces": dg.AssetOut(), "quarantined_traces": dg.AssetOut()},
+    partitions_def=trace_partitions,
+)
+def ingest_stopped_by_a_signal(context):
+    calls.append(context.partition_key)
+    # what Dagster raises in a step when the process gets SIGINT / SIGTERM
+    raise DagsterExecutionInterruptedError()
+
+
+def record(day_offset: int, workload: str) -> str:
+    return json.dumps({
+        "timestamp": 1_735_700_000 + day_offset * 86_400,
+        "workload_id": workload,
+        "client_id": "c",
+        "request": {"messages": [{"role": "user", "content": "hi"}]},
+        "response": {"choices": [{"message": {"role": "assistant", "content": "hello"}}]},
+    })
+
+
+def test_an_interrupted_run_stops_the_remaining_runs(tmp_path):
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "t.jsonl").write_text("\n".join(record(d, w) for d in range(3) for w in ("a", "b")) + "\n")
+    source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), start_date="2025-01-01")
+    defs = dg.Definitions(assets=[ingest_stopped_by_a_signal], resources={"trace_source": source})
+    calls.clear()
+    with dg.instance_for_test() as instance:
+        with pytest.raises(FlywheelInterrupted, match="interrupted during raw_traces,quarantined_traces"):
+            run_flywheel(defs, instance, log=lambda _: None)
+        (run,) = instance.get_runs()  # six partitions to ingest, only the first was tried
+    assert len(calls) == 1
+
+
+def test_an_ordinary_failure_is_not_an_interruption():
+    @dg.asset
+    def broken():
+        raise ValueError("bad data")
+
+    result = dg.materialize([broken], raise_on_error=False)
+    assert not result.success and not was_interrupted(result)
