@@ -7,6 +7,8 @@ import gzip
 import inspect
 import json
 import os
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -281,6 +283,33 @@ def test_land_file_is_a_no_op_for_the_same_fingerprint(tmp_path):
     assert again.partitions == first.partitions
     assert again.workload_ids == first.workload_ids
     assert (tmp_path / "src" / MANIFEST).stat().st_mtime_ns == manifest_mtime
+
+
+def test_concurrent_landings_of_one_file_validate_it_once(tmp_path):
+    # backfill runs and the drop-folder sensor all land the drop folder at the same time
+    reading = threading.Event()
+
+    def slow_batches():
+        reading.set()
+        time.sleep(0.5)
+        yield pairs([trace(1), trace(2)])
+
+    def must_not_be_read():
+        raise AssertionError("the file was validated twice")
+        yield  # pragma: no cover
+
+    landed = {}
+    first = threading.Thread(target=lambda: landed.setdefault("first", land_file(
+        slow_batches(), source_id="src", fingerprint="fp", landing_dir=tmp_path, bounds=BOUNDS
+    )))
+    first.start()
+    assert reading.wait(5)
+    landed["second"] = land_file(
+        must_not_be_read(), source_id="src", fingerprint="fp", landing_dir=tmp_path, bounds=BOUNDS
+    )
+    first.join()
+    assert landed["first"].landed and not landed["second"].landed
+    assert landed["second"].partitions == landed["first"].partitions
 
 
 def test_a_changed_file_replaces_its_old_landing_without_duplicates(tmp_path):

@@ -18,11 +18,12 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
+import fcntl
 import functools
 import hashlib
 import itertools
-import multiprocessing
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -272,7 +273,33 @@ def land_file(
     if manifest and manifest["fingerprint"] == fingerprint:
         return _result_from(manifest, landed=False)
     landing_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{source_id}-", dir=landing_dir))
+    with _landing_lock(landing_dir):
+        manifest = read_manifest(target)  # landed by another process while this one waited?
+        if manifest and manifest["fingerprint"] == fingerprint:
+            return _result_from(manifest, landed=False)
+        manifest = _stage_and_swap(
+            batches, target, fingerprint, bounds=bounds, max_record_bytes=max_record_bytes, workers=workers
+        )
+    return _result_from(manifest, landed=True)
+
+
+@contextlib.contextmanager
+def _landing_lock(landing_dir: Path) -> Iterator[None]:
+    """One landing at a time per landing folder, across processes: runs of a backfill and
+    the drop-folder sensor all land the drop folder, and a large file should be validated
+    once, not once per concurrent run. The lock goes with the descriptor."""
+    descriptor = os.open(landing_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _stage_and_swap(
+    batches, target: Path, fingerprint: str, *, bounds: TimeBounds, max_record_bytes: int, workers: int
+) -> dict[str, Any]:
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         counts: dict[str, dict[str, int]] = {}
         workload_ids: dict[str, str] = {}
@@ -288,7 +315,7 @@ def land_file(
                         slot[kind] += n
                 workload_ids.update(batch_workloads)
         manifest = {
-            "source_id": source_id,
+            "source_id": target.name,
             "fingerprint": fingerprint,
             "partitions": counts,
             "workload_ids": workload_ids,
@@ -297,7 +324,7 @@ def land_file(
         _swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return _result_from(manifest, landed=True)
+    return manifest
 
 
 def _land_batch(
