@@ -18,8 +18,8 @@ Failures never raise out of `complete`: after the retries are spent the prompt's
 wrong, and never the API key.
 
 Retried: HTTP 429 (waiting what `Retry-After` asks, capped), 5xx, connection errors and
-timeouts, with exponential backoff and jitter: attempt n waits
-``backoff_s * 2**n * uniform(0.5, 1.0)``. Not retried: other 4xx and responses that do
+timeouts, with exponential backoff and jitter (`resources.http.retry`): attempt n waits
+``min(30, backoff_s * 2**n) * uniform(0.5, 1.0)``. Not retried: other 4xx and responses that do
 not match the chat-completions schema (asking again would give the same answer).
 
 Tool-call arguments arrive as a JSON string; they are parsed into a dict. Arguments
@@ -37,10 +37,7 @@ total time spent on it.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import random
-import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,9 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flywheel_assets.core.chat import AssistantMessage, ChatPrompt, Completion, FunctionCall, ToolCall
 from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY  # the metric recognises such calls
+from resources.http import RETRYABLE_STATUS, Retryable, RetryPolicy, retry, retry_after_s, shared_ssl_context
 
-MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is treated as asking for this
-RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
 
 T = TypeVar("T")
 
@@ -124,12 +120,6 @@ class EndpointError(Exception):
     """A call that failed for good; the message names the URL and model, never the key."""
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
 # ------------------------------------------------------------------------------ backend
 
 
@@ -159,6 +149,7 @@ class OpenAICompatibleBackend:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self._retry_policy = RetryPolicy(max_retries=max_retries, backoff_s=backoff_s)
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.tool_choice = tool_choice
@@ -249,16 +240,16 @@ class OpenAICompatibleBackend:
         return parsed, time.perf_counter() - started
 
     def _send(self, client: httpx.Client, method: str, url: str, body: Any) -> Any:
-        """One HTTP attempt: the JSON payload, or _Retryable / EndpointError."""
+        """One HTTP attempt: the JSON payload, or Retryable / EndpointError."""
         where = f"{url} (model {self.model})"
         try:
             response = client.request(method, url, json=body)
         except httpx.TimeoutException:
-            raise _Retryable(f"timed out after {self.timeout_s:g}s calling {where}") from None
+            raise Retryable(f"timed out after {self.timeout_s:g}s calling {where}") from None
         except httpx.TransportError as error:
-            raise _Retryable(f"connection error calling {where}: {type(error).__name__}: {error}") from None
+            raise Retryable(f"connection error calling {where}: {type(error).__name__}: {error}") from None
         if response.status_code in RETRYABLE_STATUS:
-            raise _Retryable(_status_message(response, where), retry_after_s(response))
+            raise Retryable(_status_message(response, where), retry_after_s=retry_after_s(response))
         if response.status_code >= 400:
             raise EndpointError(_status_message(response, where))
         try:
@@ -274,21 +265,7 @@ class OpenAICompatibleBackend:
             raise EndpointError(self._redact(str(error))) from None
 
     def _retry_loop(self, attempt: Callable[[], T]) -> T:
-        for number in range(self.max_retries + 1):
-            try:
-                return attempt()
-            except _Retryable as failure:
-                if number == self.max_retries:
-                    attempts = f"{number + 1} attempt{'s' if number else ''}"
-                    raise EndpointError(f"{failure} ({attempts})") from None
-                time.sleep(self._delay_s(number, failure.retry_after_s))
-        raise AssertionError("unreachable")  # the loop always returns or raises
-
-    def _delay_s(self, attempt_number: int, retry_after_s: float | None) -> float:
-        if retry_after_s is not None:
-            return min(max(retry_after_s, 0.0), MAX_RETRY_AFTER_S)
-        # jitter spreads the retries of many concurrent prompts that failed together
-        return self.backoff_s * (2**attempt_number) * random.uniform(0.5, 1.0)
+        return retry(attempt, self._retry_policy, give_up=lambda failure, attempts: EndpointError(f"{failure} ({attempts})"))
 
     def _to_completion(self, response: ChatCompletionResponse, latency_s: float) -> Completion:
         usage = response.usage or WireUsage()
@@ -336,22 +313,6 @@ def parse_arguments(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {RAW_ARGUMENTS_KEY: arguments}
 
 
-_ssl_lock = threading.Lock()
-_ssl_context: ssl.SSLContext | None = None
-
-
-def shared_ssl_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once per process (also for the NeMo
-    clients): loading the CA bundle takes ~20 ms of CPU, too much to repeat for every
-    worker's client. Built under a lock: otherwise the 32 workers of a first call all find
-    it missing at once and build 32 contexts, one after another under the GIL (~0.5 s)."""
-    global _ssl_context
-    with _ssl_lock:
-        if _ssl_context is None:
-            _ssl_context = httpx.create_ssl_context()
-        return _ssl_context
-
-
 def _wire_message(message: dict[str, Any]) -> dict[str, Any]:
     """OpenAI expects tool-call arguments as a JSON string; records may hold them parsed."""
     calls = message.get("tool_calls")
@@ -371,19 +332,3 @@ def _wire_tool_call(call: dict[str, Any]) -> dict[str, Any]:
 def _status_message(response: httpx.Response, where: str) -> str:
     detail = response.text[:200].strip()
     return f"HTTP {response.status_code} from {where}" + (f": {detail}" if detail else "")
-
-
-def retry_after_s(response: httpx.Response) -> float | None:
-    """Retry-After as seconds: either a number of seconds or an HTTP date."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return when.timestamp() - time.time()

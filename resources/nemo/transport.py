@@ -30,7 +30,6 @@ key (it is redacted from any text a server echoes back).
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
@@ -38,13 +37,17 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from resources.openai_compatible import retry_after_s, shared_ssl_context
+from resources.http import (  # noqa: F401  Retryable, RetryPolicy: part of this module's API
+    RETRYABLE_STATUS,
+    Retryable,
+    RetryPolicy,
+    retry,
+    retry_after_s,
+    shared_ssl_context,
+)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
-
-RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
-
 
 # ------------------------------------------------------------------------------- errors
 
@@ -85,42 +88,7 @@ class NemoTimeoutError(NemoError, TimeoutError):
     """A poll loop reached its deadline."""
 
 
-class Retryable(Exception):
-    """One attempt failed in a way worth another attempt.
-
-    ``ambiguous``: the server may have acted on the request (it was sent, but no valid
-    answer came back), so a creating call should look for its result before repeating.
-    """
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None, ambiguous: bool = True,
-                 status_code: int | None = None, detail: str = "") -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-        self.ambiguous = ambiguous
-        self.status_code = status_code
-        self.detail = detail
-
-
 # ------------------------------------------------------------------------------ retries
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 5
-    backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
-    max_retry_after_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.max_retries < 0 or self.backoff_s < 0:
-            raise ValueError("max_retries and backoff_s must not be negative")
-
-    def delay_s(self, retry_number: int, retry_after_s: float | None = None) -> float:
-        """Seconds to wait before retry ``retry_number`` (0-based)."""
-        if retry_after_s is not None:
-            return min(max(retry_after_s, 0.0), self.max_retry_after_s)
-        # jitter: calls that failed together (a restarting gateway) do not retry together
-        return min(self.max_backoff_s, self.backoff_s * 2**retry_number) * random.uniform(0.5, 1.0)
 
 
 def retry_call(
@@ -132,28 +100,16 @@ def retry_call(
     recover: Callable[[], T | None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """``attempt()`` until it returns, retrying `Retryable` failures under ``policy``.
+    """`resources.http.retry`; retries spent: `NemoHTTPError` naming ``service``, ``what``
+    and the last failure."""
 
-    After an ambiguous failure, ``recover()`` (when given) is asked first whether the
-    request took effect; a non-None answer is returned instead of attempting again.
-    Retries spent: `NemoHTTPError` naming ``service``, ``what`` and the last failure.
-    """
-    for number in range(policy.max_retries + 1):
-        try:
-            return attempt()
-        except Retryable as failure:
-            if number == policy.max_retries:
-                attempts = f"{number + 1} attempt{'s' if number else ''}"
-                raise NemoHTTPError(
-                    f"{service}: {what} failed after {attempts}: {failure}",
-                    service=service, status_code=failure.status_code, detail=failure.detail,
-                ) from None
-            sleep(policy.delay_s(number, failure.retry_after_s))
-            if failure.ambiguous and recover is not None:
-                found = recover()
-                if found is not None:
-                    return found
-    raise AssertionError("unreachable")  # the loop always returns or raises
+    def give_up(failure: Retryable, attempts: str) -> NemoHTTPError:
+        return NemoHTTPError(
+            f"{service}: {what} failed after {attempts}: {failure}",
+            service=service, status_code=failure.status_code, detail=failure.detail,
+        )
+
+    return retry(attempt, policy, give_up=give_up, recover=recover, sleep=sleep)
 
 
 # ------------------------------------------------------------------------------ parsing
