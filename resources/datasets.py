@@ -172,11 +172,11 @@ class StoredAssets(dg.ConfigurableResource):
         try:
             frames = []
             for number, key in enumerate(partition_keys):
-                pin = folder / f"{number}.parquet"
+                stored, pin = self.path(asset, key), folder / f"{number}.parquet"
                 try:
-                    os.link(self.path(asset, key), pin)
+                    os.link(stored, pin)
                 except OSError:
-                    shutil.copyfile(self.path(asset, key), pin)
+                    shutil.copyfile(stored, pin)
                 frames.append(pl.scan_parquet(pin))
             yield frames
         finally:

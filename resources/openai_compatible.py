@@ -147,8 +147,6 @@ class OpenAICompatibleBackend:
         self._api_key = api_key  # private: kept out of repr, logs and errors
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
         self._retry_policy = RetryPolicy(max_retries=max_retries, backoff_s=backoff_s)
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -260,12 +258,12 @@ class OpenAICompatibleBackend:
     def _with_retries(self, attempt: Callable[[], T]) -> T:
         """Run `attempt` up to 1 + max_retries times; the last failure becomes EndpointError."""
         try:
-            return self._retry_loop(attempt)
+            return retry(
+                attempt, self._retry_policy,
+                give_up=lambda failure, attempts: EndpointError(f"{failure} ({attempts})"),
+            )
         except EndpointError as error:
             raise EndpointError(self._redact(str(error))) from None
-
-    def _retry_loop(self, attempt: Callable[[], T]) -> T:
-        return retry(attempt, self._retry_policy, give_up=lambda failure, attempts: EndpointError(f"{failure} ({attempts})"))
 
     def _to_completion(self, response: ChatCompletionResponse, latency_s: float) -> Completion:
         usage = response.usage or WireUsage()

@@ -42,8 +42,16 @@ class IngestRequests:
     new_workloads: list[str]
     out_of_range: list[str]  # "day|workload" partitions whose day is no day partition
 
-    def dynamic_partitions_requests(self) -> list:
-        return [workload_partitions.build_add_request(self.new_workloads)] if self.new_workloads else []
+    def summary(self) -> str:
+        text = f"{len(self.runs)} partitions; new workloads {self.new_workloads}"
+        if self.out_of_range:
+            text += f"; not requested (day out of range): {self.out_of_range}"
+        return text
+
+    def sensor_result(self, cursor: str) -> dg.SensorResult:
+        """The runs, and the new workloads added as partitions before they start."""
+        adds = [workload_partitions.build_add_request(self.new_workloads)] if self.new_workloads else []
+        return dg.SensorResult(run_requests=self.runs, dynamic_partitions_requests=adds, cursor=cursor)
 
 
 def ingest_requests(
@@ -155,15 +163,9 @@ def land_new_files(
     requests = ingest_requests(due, known, trigger="drop_folder")
     context.log.info(
         f"{sum(r.landed for r in due)} files landed, {len(due)} new since the last tick "
-        f"({len(candidates)} of {len(files)} checked); {len(requests.runs)} partitions; "
-        f"new workloads {requests.new_workloads}"
-        + (f"; not requested (day out of range): {requests.out_of_range}" if requests.out_of_range else "")
+        f"({len(candidates)} of {len(files)} checked); {requests.summary()}"
     )
-    return dg.SensorResult(
-        run_requests=requests.runs,
-        dynamic_partitions_requests=requests.dynamic_partitions_requests(),
-        cursor=cursor,
-    )
+    return requests.sensor_result(cursor)
 
 
 @dg.sensor(

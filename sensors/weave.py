@@ -51,16 +51,8 @@ def poll_weave(
     landed = trace_source.land([path])
     known = context.instance.get_dynamic_partitions(workload_partitions.name)
     requests = ingest_requests(landed, known, trigger="weave")
-    context.log.info(
-        f"{summary}; wrote {path.name}; {len(requests.runs)} partitions; new workloads "
-        f"{requests.new_workloads}"
-        + (f"; not requested (day out of range): {requests.out_of_range}" if requests.out_of_range else "")
-    )
-    return dg.SensorResult(
-        run_requests=requests.runs,
-        dynamic_partitions_requests=requests.dynamic_partitions_requests(),
-        cursor=poll.cursor.to_json(),
-    )
+    context.log.info(f"{summary}; wrote {path.name}; {requests.summary()}")
+    return requests.sensor_result(poll.cursor.to_json())
 
 
 @dg.sensor(
