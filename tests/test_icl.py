@@ -200,3 +200,22 @@ def test_budget_never_exceeded(scenario, max_context, reserved, min_examples, ma
         assert chosen == []
     ids = [e.record_id for e in chosen]
     assert len(ids) <= max_examples and len(ids) == len(set(ids)) and prompt.record_id not in ids
+
+
+def test_a_min_above_the_max_never_tops_up_past_the_max():
+    # found by test_budget_never_exceeded in CI: min_examples=3, max_examples=2, and one of
+    # the first two examples too large for the budget, so the top-up ran to min_examples
+    prompt = ChatExample(
+        messages=[{"role": "user", "content": "qp"}], record_id="p", workload_id="w",
+        workload_type="chat", expected=AssistantMessage(content="answer p"),
+    )
+    contents = {"e0": "qe0", "e1": " ".join(["qe1"] * 11), "e2": "qe2", "e3": "qe3"}
+    pool = [
+        ChatExample(
+            messages=[{"role": "user", "content": text}], record_id=rid, workload_id="w",
+            workload_type="chat", expected=AssistantMessage(content=f"answer {rid}"),
+        )
+        for rid, text in contents.items()
+    ]
+    chosen = select(prompt, pool, max_context_tokens=31, reserved_tokens=0, min_examples=3, max_examples=2, seed=0)
+    assert len(chosen) <= 2

@@ -65,9 +65,10 @@ def select_icl_examples(
         return []
     ordered = _strategy_order(prompt, pool, seed, strategy)
     chosen = _drop_largest_until_fits(prompt, ordered[:max_examples], count_tokens, budget)
-    if len(chosen) < min(min_examples, max_examples):
+    target = min(min_examples, max_examples)  # max_examples bounds the top-up too
+    if len(chosen) < target:
         spare = ordered[max_examples : max_examples + _TOP_UP_TRIES]
-        chosen = _top_up(prompt, chosen, spare, count_tokens, budget, min_examples)
+        chosen = _top_up(prompt, chosen, spare, count_tokens, budget, target)
     return chosen
 
 
