@@ -37,9 +37,8 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from flywheel_assets.core.chat_template import example_texts  # noqa: E402
 from flywheel_assets.core.tiny_model import build_tiny_model  # noqa: E402
+from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS, LoraHyperparameters  # noqa: E402
 from flywheel_assets.core.training import (  # noqa: E402
-    DEMO_HYPERPARAMETERS,
-    LoraHyperparameters,
     encode_examples,
     epoch_batches,
     learning_rate_schedule,

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from flywheel_assets.core.candidates import DEMO_BASE_MODEL, CandidateSpec
 from flywheel_assets.core.chat import ChatBackend, ChatExample
-from flywheel_assets.core.training import LoraHyperparameters
+from flywheel_assets.core.hyperparameters import LoraHyperparameters
 from resources.nemo.backend import NemoBackend, split_files
 from resources.openai_compatible import OpenAICompatibleBackend
 

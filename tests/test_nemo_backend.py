@@ -12,7 +12,7 @@ from dagster import DagsterExecutionInterruptedError
 from nemo_emulator import Fault, nemo_emulator
 
 from flywheel_assets.core.chat import ChatPrompt
-from flywheel_assets.core.training import LoraHyperparameters
+from flywheel_assets.core.hyperparameters import LoraHyperparameters
 from resources.nemo import NemoBackend, NemoJobFailed, NemoSchemaError, NemoTimeoutError, split_files
 from resources.nemo.transport import Progress
 

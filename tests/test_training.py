@@ -132,10 +132,9 @@ from flywheel_assets.core import tiny_model
 from flywheel_assets.core.chat import ChatPrompt
 from flywheel_assets.core.chat_template import example_texts, render_example
 from flywheel_assets.core.local_generation import LocalChatModel
+from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS, LoraHyperparameters
 from flywheel_assets.core.training import (
-    DEMO_HYPERPARAMETERS,
     IGNORE_INDEX,
-    LoraHyperparameters,
     TrainingStopped,
     collate,
     encode_example,

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from flywheel_assets.core.training import DEMO_HYPERPARAMETERS
+from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS
 from flywheel_assets.settings import load_settings
 from partitions.keys import SAFE_KEY
 
@@ -77,7 +77,7 @@ class FlywheelModels(BaseModel):
     candidates: list[CandidateSpec]
 
 
-# training.DEMO_HYPERPARAMETERS says why the demo model needs other hyper-parameters
+# hyperparameters.DEMO_HYPERPARAMETERS says why the demo model needs other hyper-parameters
 DEMO_CANDIDATE = CandidateSpec(
     name="tiny-demo",
     hyperparameters=DEMO_HYPERPARAMETERS.model_dump(exclude_unset=True),

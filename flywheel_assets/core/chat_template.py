@@ -29,8 +29,6 @@ import json
 import re
 from typing import Any, Iterable, Iterator
 
-from transformers.utils.chat_template_utils import render_jinja_template
-
 from flywheel_assets.core.chat import AssistantMessage, ChatExample, ChatPrompt, FunctionCall, ToolCall
 from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY
 
@@ -136,6 +134,9 @@ def render_prompt(tokenizer: Any | None, prompt: ChatPrompt, *, add_generation_p
     messages = template_messages(prompt.messages)
     tools = prompt.tools or None
     if tokenizer is None:
+        # imported here: transformers pulls in torch, which the code location must not load
+        from transformers.utils.chat_template_utils import render_jinja_template
+
         rendered, _ = render_jinja_template(
             conversations=[messages], tools=tools, chat_template=CHAT_TEMPLATE,
             add_generation_prompt=add_generation_prompt,

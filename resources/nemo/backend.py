@@ -61,7 +61,7 @@ from resources.nemo.transport import Progress, ProgressCallback
 from resources.openai_compatible import OpenAICompatibleBackend
 
 if TYPE_CHECKING:
-    from flywheel_assets.core.training import LoraHyperparameters
+    from flywheel_assets.core.hyperparameters import LoraHyperparameters
 
 TRAINING_FILE = "training/training.jsonl"
 VALIDATION_FILE = "validation/validation.jsonl"
