@@ -90,9 +90,20 @@ ASSETS = [
 GPU_RUN_TAGS = {"flywheel/gpu": "true"}
 GPU_ASSETS = dg.AssetSelection.assets(lora_adapter, base_eval, icl_eval, customized_eval)
 train_and_evaluate_job = dg.define_asset_job("train_and_evaluate", selection=GPU_ASSETS, tags=GPU_RUN_TAGS)
-# automation of the GPU assets, so their runs carry the tag (the default sensor takes the rest)
+# Each stage waits for an automation tick after its upstream ends; Dagster's default sensor
+# ticks every 30 s, which made a new workload wait minutes for its leaderboard. A tick over
+# this graph costs well under a second.
+AUTOMATION_INTERVAL_S = 10
+# every asset with an automation condition but the GPU ones (this replaces Dagster's
+# default_automation_condition_sensor, so its interval is ours)
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor", target=dg.AssetSelection.all() - GPU_ASSETS,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
+)
+# the GPU assets, so that their runs carry the GPU run tag
 gpu_automation_sensor = dg.AutomationConditionSensorDefinition(
-    "gpu_automation_sensor", target=GPU_ASSETS, run_tags=GPU_RUN_TAGS
+    "gpu_automation_sensor", target=GPU_ASSETS, run_tags=GPU_RUN_TAGS,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
 )
 
 
@@ -109,7 +120,7 @@ defs = dg.Definitions(
     assets=ASSETS,
     jobs=[train_and_evaluate_job, promote_job, rollback_job],
     resources={**build_resources(), "weave_source": weave_source_from_env()},
-    sensors=[drop_folder_sensor, weave_trace_sensor, gpu_automation_sensor],
+    sensors=[drop_folder_sensor, weave_trace_sensor, automation_sensor, gpu_automation_sensor],
     schedules=weekly_schedules(train_and_evaluate_job),
     executor=executor_for(load_settings()),
 )

@@ -8,7 +8,7 @@ unchanged dataset never triggers retraining.
 Who evaluates the conditions: Dagster's automation condition sensors. The GPU assets are
 targeted by `gpu_automation_sensor` (definitions.py, so their runs carry the GPU run tag);
 every other asset with a condition (workload_dataset, eval/train_dataset, leaderboard) by
-the `default_automation_condition_sensor` that Dagster adds to the code location. Both
+`automation_sensor`, which takes the place of Dagster's default one. Both
 start STOPPED: turn them on in the UI (Automation tab), with the ingest sensor.
 """
 
@@ -32,21 +32,28 @@ _on_changed_data = AC.eager().replace(
 )
 
 # A workload dataset reads every day of its workload; days without traffic are missing
-# partitions, which must not block it (eager alone never fires for such a workload).
-refresh_when_data_changed = _on_changed_data.without(~AC.any_deps_missing())
+# partitions, which must not block it (eager alone never fires for such a workload). Without
+# eager's missing-deps guard a new workload would be requested as soon as its partition
+# exists, before any day is ingested: at least one day must be there.
+refresh_when_data_changed = _on_changed_data.without(~AC.any_deps_missing()) & AC.any_deps_match(
+    ~AC.missing()
+)
 
 # Training and evaluation: only when a split really changed and its blocking checks passed.
 retrain_when_dataset_changed = _on_changed_data & AC.all_deps_blocking_checks_passed()
 
 # The leaderboard: when an evaluation changed. It also reads workload_dataset, but a new
 # dataset alone would rebuild it from the previous dataset's evaluations (and for a
-# workload that failed its checks); its evaluations follow the dataset anyway.
+# workload that failed its checks); its evaluations follow the dataset anyway. It keeps
+# eager's guard: its dataset and every candidate's three evaluations must exist (each
+# evaluation always materializes, even a skipped one), so a new workload or candidate
+# waits for all of them instead of failing on a missing input.
 refresh_when_evaluations_changed = AC.eager().replace(
     "any_deps_updated",
     AC.any_deps_match(AC.data_version_changed()).allow(
         dg.AssetSelection.assets("base_eval", "icl_eval", "customized_eval")
     ),
-).without(~AC.any_deps_missing())
+)
 
 
 # ------------------------------------------------------------------------------------ jobs

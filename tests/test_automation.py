@@ -147,6 +147,29 @@ def test_the_leaderboard_condition_waits_for_new_evaluations(tmp_path):
         assert fw.tick() == {"eval_dataset": {"wb"}, "train_dataset": {"wb"}}  # no leaderboard yet
 
 
+def test_a_new_workload_requests_nothing_before_its_inputs_exist(tmp_path):
+    """Seen live: the leaderboard (and the dataset) of a new workload were requested as soon
+    as its partition was added, and failed on a missing input."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        fw = Flywheel(tmp_path, instance)
+        write_workload(fw.traces, "wn", 60, "wn.jsonl")
+        fw.tick()  # the first tick records the state
+        instance.add_dynamic_partitions("workload", ["wn"])  # as the drop-folder sensor does
+        assert fw.tick() == {}
+        assert fw.materialize(INGEST, trace_partition_key(DAY.isoformat(), "wn")).success
+        requested = fw.tick()
+        assert "workload_dataset" in requested and set(requested) <= set(SPLITS)
+        for _ in range(3):  # the dataset, then the splits (in this tick or the next)
+            assert fw.materialize(sorted(requested), "wn").success
+            requested = fw.tick()
+            if set(requested) & set(GPU):
+                break
+            assert set(requested) <= set(SPLITS)
+        # the GPU stage, not the leaderboard: its evaluations don't exist yet
+        assert set(requested) == set(GPU)
+        assert fw.tick() == {}
+
+
 # ------------------------------------------------------------------------ definitions
 def test_every_automated_asset_is_evaluated_by_an_automation_sensor():
     repo = defs.get_repository_def()
@@ -158,8 +181,11 @@ def test_every_automated_asset_is_evaluated_by_an_automation_sensor():
         if isinstance(sensor, dg.AutomationConditionSensorDefinition):
             covered |= sensor.asset_selection.resolve(graph)
     assert automated <= covered
-    names = {s.name for s in repo.sensor_defs}
-    assert {"default_automation_condition_sensor", "weave_trace_sensor", "drop_folder_sensor"} <= names
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert {"automation_sensor", "gpu_automation_sensor", "weave_trace_sensor", "drop_folder_sensor"} <= set(sensors)
+    # ours replace Dagster's default sensor (30 s ticks): each stage waits for a tick
+    assert "default_automation_condition_sensor" not in sensors
+    assert sensors["automation_sensor"].minimum_interval_seconds <= 10
 
 
 def test_weekly_schedules_are_off_by_default_and_request_every_workload():
