@@ -10,6 +10,14 @@ import dagster as dg
 from flywheel_assets.curate import workload_dataset
 from flywheel_assets.evaluate import base_eval, customized_eval, icl_eval
 from flywheel_assets.ingest import raw_traces
+from flywheel_assets.jobs import (
+    GPU_ASSETS,
+    GPU_RUN_TAGS,
+    curate_and_split_job,
+    ingest_job,
+    report_job,
+    train_and_evaluate_job,
+)
 from flywheel_assets.promote import promote_job, promoted_model, rollback_job
 from flywheel_assets.settings import FlywheelSettings, load_settings
 from flywheel_assets.report import leaderboard
@@ -85,11 +93,6 @@ ASSETS = [
     promoted_model,
 ]
 
-# Runs that do GPU work carry this tag; the run queue caps them with
-# concurrency.runs.tag_concurrency_limits (deploy/dagster.yaml), the `gpu` pool caps their steps.
-GPU_RUN_TAGS = {"flywheel/gpu": "true"}
-GPU_ASSETS = dg.AssetSelection.assets(lora_adapter, base_eval, icl_eval, customized_eval)
-train_and_evaluate_job = dg.define_asset_job("train_and_evaluate", selection=GPU_ASSETS, tags=GPU_RUN_TAGS)
 # Each stage waits for an automation tick after its upstream ends; Dagster's default sensor
 # ticks every 30 s, which made a new workload wait minutes for its leaderboard. A tick over
 # this graph costs well under a second.
@@ -118,9 +121,9 @@ def executor_for(settings: FlywheelSettings) -> dg.ExecutorDefinition | None:
 
 defs = dg.Definitions(
     assets=ASSETS,
-    jobs=[train_and_evaluate_job, promote_job, rollback_job],
+    jobs=[ingest_job, curate_and_split_job, train_and_evaluate_job, report_job, promote_job, rollback_job],
     resources={**build_resources(), "weave_source": weave_source_from_env()},
     sensors=[drop_folder_sensor, weave_trace_sensor, automation_sensor, gpu_automation_sensor],
-    schedules=weekly_schedules(train_and_evaluate_job),
+    schedules=weekly_schedules(),
     executor=executor_for(load_settings()),
 )

@@ -8,13 +8,14 @@ DAGSTER_HOME shows the history, lineage and metadata afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import dagster as dg
 import polars as pl
 
+from flywheel_assets.jobs import curate_and_split_job, ingest_job, report_job, train_and_evaluate_job
 from partitions.defs import (
     candidate_partitions,
     candidate_workload_key,
@@ -22,10 +23,9 @@ from partitions.defs import (
     workload_partitions,
 )
 
-INGEST = ["raw_traces", "quarantined_traces"]
-CURATE_AND_SPLIT = ["workload_dataset", "eval_dataset", "train_dataset"]
-TRAIN_AND_EVALUATE = ["lora_adapter", "base_eval", "icl_eval", "customized_eval"]
-REPORT = ["leaderboard"]
+# Each stage runs as its named job, so the UI lists `ingest`, `curate_and_split`, ...
+# rather than Dagster's `__ephemeral_asset_job__`.
+STAGE_JOBS = [ingest_job, curate_and_split_job, train_and_evaluate_job, report_job]
 
 
 class FlywheelInterrupted(Exception):
@@ -70,37 +70,34 @@ def run_flywheel(
         - {"unattributed|unattributed"}
     )
     result = FlywheelRun(workloads=workloads)
-    assets = list(defs.assets or [])
+    staged = dg.Definitions(assets=defs.assets, resources=resources, jobs=STAGE_JOBS)
 
-    def materialize(selection: Sequence[str], partition_key: str) -> dg.ExecuteInProcessResult:
-        run = dg.materialize(
-            assets,
-            selection=list(selection),
+    def materialize(job: str, partition_key: str) -> dg.ExecuteInProcessResult:
+        run = staged.resolve_job_def(job).execute_in_process(
             partition_key=partition_key,
             instance=instance,
-            resources=resources,
             raise_on_error=False,
             tags={"flywheel/trigger": "runner"},
             # the console shows warnings only; the full log is in the run's event log
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         result.runs.append(run)
-        log(f"{'ok  ' if run.success else 'FAIL'} {','.join(selection)} [{partition_key}]")
+        log(f"{'ok  ' if run.success else 'FAIL'} {job} [{partition_key}]")
         if was_interrupted(run):  # stop the whole flywheel, not just this run
-            raise FlywheelInterrupted(f"interrupted during {','.join(selection)} [{partition_key}]")
+            raise FlywheelInterrupted(f"interrupted during {job} [{partition_key}]")
         return run
 
     log(f"{len(landed)} trace files, {len(partitions)} day x workload partitions, workloads {workloads}")
     for partition in partitions:
-        materialize(INGEST, trace_partition_key(*partition.split("|")))
-    ready = [w for w in workloads if materialize(CURATE_AND_SPLIT, w).success]
+        materialize(ingest_job.name, trace_partition_key(*partition.split("|")))
+    ready = [w for w in workloads if materialize(curate_and_split_job.name, w).success]
     if through == "split":
         return result
     candidates = candidate_partitions.get_partition_keys()
     for workload in ready:
         for candidate in candidates:
-            materialize(TRAIN_AND_EVALUATE, candidate_workload_key(candidate, workload))
-        board = materialize(REPORT, workload)
+            materialize(train_and_evaluate_job.name, candidate_workload_key(candidate, workload))
+        board = materialize(report_job.name, workload)
         if board.success:
             result.leaderboards[workload] = board.output_for_node("leaderboard")
     return result

@@ -1,5 +1,5 @@
-"""Automation policies, one named condition per policy (dagster-facts.md #4, #7, #8), the
-jobs that sensors, schedules and backfills launch, and opt-in weekly schedules.
+"""Automation policies, one named condition per policy (dagster-facts.md #4, #7, #8), and
+opt-in weekly schedules.
 
 Plain `eager()` re-requests downstream whenever an upstream materializes, even with an
 identical data version; these conditions react only to a changed data version, so an
@@ -18,12 +18,8 @@ from collections.abc import Callable, Iterator
 
 import dagster as dg
 
-from partitions.defs import (
-    candidate_partitions,
-    candidate_workload_key,
-    trace_partitions,
-    workload_partitions,
-)
+from flywheel_assets.jobs import curate_and_split_job, report_job, train_and_evaluate_job
+from partitions.defs import candidate_partitions, candidate_workload_key, workload_partitions
 
 AC = dg.AutomationCondition
 
@@ -56,31 +52,6 @@ refresh_when_evaluations_changed = AC.eager().replace(
 )
 
 
-# ------------------------------------------------------------------------------------ jobs
-# Selections by key (not by definition) so the assets' modules can import this one.
-ingest_job = dg.define_asset_job(
-    "ingest",
-    selection=dg.AssetSelection.assets("raw_traces", "quarantined_traces"),
-    partitions_def=trace_partitions,
-    description="Validated raw_traces (+ quarantined_traces) of day x workload partitions; "
-    "what the ingest sensors request and what `dagster job backfill -j ingest` backfills.",
-)
-
-curate_and_split_job = dg.define_asset_job(
-    "curate_and_split",
-    selection=dg.AssetSelection.assets("workload_dataset", "eval_dataset", "train_dataset"),
-    partitions_def=workload_partitions,
-    description="A workload's dataset and its eval/train splits.",
-)
-
-report_job = dg.define_asset_job(
-    "report",
-    selection=dg.AssetSelection.assets("leaderboard"),
-    partitions_def=workload_partitions,
-    description="A workload's leaderboard.",
-)
-
-
 # ------------------------------------------------------------------------------- schedules
 def _workloads(context: dg.ScheduleEvaluationContext) -> list[str]:
     return sorted(context.instance.get_dynamic_partitions(workload_partitions.name))
@@ -97,8 +68,6 @@ def _requests(context: dg.ScheduleEvaluationContext, keys: list, stage: str) -> 
 
 
 def weekly_schedules(
-    train_job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition,
-    leaderboard_job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition = report_job,
     *,
     curate_cron: str = "0 2 * * 1",
     train_cron: str = "0 4 * * 1",
@@ -109,7 +78,7 @@ def weekly_schedules(
     """A cadence for teams that prefer one to the automation sensors (all off by default).
 
     Mondays (UTC) at 02:00 every workload's dataset and splits, at 04:00 every candidate x
-    workload adapter and evaluations (`train_job`: definitions.py's GPU-tagged job), at 10:00
+    workload adapter and evaluations (GPU-tagged runs), at 10:00
     every leaderboard. Each
     tick reads the workload partitions that exist then. A stage does not wait for the one
     before: leave time between them, or keep the automation sensors on, which request each
@@ -143,8 +112,8 @@ def weekly_schedules(
     return [
         weekly("curate_and_split", curate_cron, curate_and_split_job, list,
                "Every workload's dataset + splits"),
-        weekly("train_and_evaluate", train_cron, train_job, every_candidate,
+        weekly("train_and_evaluate", train_cron, train_and_evaluate_job, every_candidate,
                "Every candidate x workload adapter and evaluations"),
-        weekly("leaderboard", report_cron, leaderboard_job, list, "Every workload's leaderboard"),
+        weekly("leaderboard", report_cron, report_job, list, "Every workload's leaderboard"),
     ]
 

@@ -29,7 +29,7 @@ import dagster as dg
 from flywheel_assets.core.ingest import UNATTRIBUTED, LandingResult
 from partitions.defs import day_partitions, trace_partition_key, workload_partitions
 from resources.traces import TRACE_FILE_SUFFIXES, FileTraceSource
-from sensors.automation import ingest_job
+from flywheel_assets.jobs import ingest_job
 
 WEAVE_FOLDER = "weave"  # <traces_dir>/weave/: files written and landed by the Weave sensor
 GRACE_NS = 120 * 1_000_000_000

@@ -26,7 +26,7 @@ import dagster as dg
 from partitions.defs import workload_partitions
 from resources.traces import FileTraceSource
 from resources.weave_source import WeaveCursor, WeaveTraceSource, write_jsonl_atomic
-from sensors.automation import ingest_job
+from flywheel_assets.jobs import ingest_job
 from sensors.drop_folder import ingest_requests
 
 

@@ -28,7 +28,7 @@ PER_DAY = 12
 def backfill_definitions() -> dg.Definitions:
     """The flywheel's definitions, rooted at FLYWHEEL_HOME as it is now (for the CLI)."""
     from flywheel_assets.definitions import ASSETS, build_resources
-    from sensors.automation import ingest_job
+    from flywheel_assets.jobs import ingest_job
 
     home = Path(os.environ["FLYWHEEL_HOME"])
     return dg.Definitions(

@@ -24,7 +24,8 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_config
 
 from flywheel_assets.core.ingest import read_partition
-from flywheel_assets.definitions import GPU_RUN_TAGS, build_resources, defs
+from flywheel_assets.definitions import build_resources, defs
+from flywheel_assets.jobs import GPU_RUN_TAGS
 from flywheel_assets.evaluate import base_eval
 from flywheel_assets.gpu import GPU_POOL
 from flywheel_assets.settings import SettingsError, load_settings

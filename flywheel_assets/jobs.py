@@ -1,0 +1,47 @@
+"""The flywheel's stages as named jobs: what sensors, schedules, backfills and the
+in-process runner launch, so that runs read `ingest`, `curate_and_split`, ... in the UI.
+
+Selections are by asset key, not by definition, so the assets' modules (and the sensors
+they share conditions with) can import this one without a cycle.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from partitions.defs import candidate_workload_partitions, trace_partitions, workload_partitions
+
+ingest_job = dg.define_asset_job(
+    "ingest",
+    selection=dg.AssetSelection.assets("raw_traces", "quarantined_traces"),
+    partitions_def=trace_partitions,
+    description="Validated raw_traces (+ quarantined_traces) of day x workload partitions; "
+    "what the ingest sensors request and what `dagster job backfill -j ingest` backfills.",
+)
+
+curate_and_split_job = dg.define_asset_job(
+    "curate_and_split",
+    selection=dg.AssetSelection.assets("workload_dataset", "eval_dataset", "train_dataset"),
+    partitions_def=workload_partitions,
+    description="A workload's dataset and its eval/train splits.",
+)
+
+# Runs that do GPU work carry this tag; the run queue caps them with
+# concurrency.runs.tag_concurrency_limits (deploy/dagster.yaml), the `gpu` pool caps their steps.
+GPU_RUN_TAGS = {"flywheel/gpu": "true"}
+GPU_ASSETS = dg.AssetSelection.assets("lora_adapter", "base_eval", "icl_eval", "customized_eval")
+
+train_and_evaluate_job = dg.define_asset_job(
+    "train_and_evaluate",
+    selection=GPU_ASSETS,
+    partitions_def=candidate_workload_partitions,
+    tags=GPU_RUN_TAGS,
+    description="A candidate x workload's LoRA adapter and its three evaluations.",
+)
+
+report_job = dg.define_asset_job(
+    "report",
+    selection=dg.AssetSelection.assets("leaderboard"),
+    partitions_def=workload_partitions,
+    description="A workload's leaderboard.",
+)
