@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import warnings
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
-LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "deploy" / "dagster.local.yaml"
+from flywheel_assets.live import SAMPLE_FIRST_DAY, prepare_instance, print_leaderboards
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,20 +19,33 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--records", type=int, default=3000, help="sample traces to generate (all workloads)")
     demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("run", help="run the whole flywheel on the traces in the drop folder")
+    live = sub.add_parser(
+        "live",
+        help="the flywheel as it runs in production: `dagster dev` with its sensors on, the demo "
+        "traces dropped into the folder, progress until every leaderboard exists; the UI stays open",
+    )
+    live.add_argument("--records", type=int, default=3000, help="sample traces to drop (all workloads)")
+    live.add_argument("--seed", type=int, default=0)
+    live.add_argument("--home", type=Path, default=Path(".flywheel_live"),
+                      help="FLYWHEEL_HOME of the live flywheel (its DAGSTER_HOME is <home>/dagster_home)")
+    live.add_argument("--port", type=int, default=3000, help="port of the Dagster UI (on 127.0.0.1)")
+    live.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the leaderboards")
+    live.add_argument("--exit", action="store_true", help="stop `dagster dev` once the leaderboards exist")
     args = parser.parse_args(argv)
+    if args.command == "live":
+        return run_live(args)
     # this command prints the flywheel's progress; Dagster's notes on the beta APIs it uses
     # (data versions, partition mappings) are for developers and repeated on every run
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+    if args.command == "demo":  # day partitions start at the sample data, not years before it
+        os.environ.setdefault("FLYWHEEL_START_DATE", SAMPLE_FIRST_DAY)
     # settings are read when the definitions are imported, so import after env is final
     from flywheel_assets.settings import flywheel_home, traces_dir
 
     os.environ.setdefault("DAGSTER_HOME", str(flywheel_home() / "dagster_home"))
-    dagster_home = Path(os.environ["DAGSTER_HOME"])
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    if not (dagster_home / "dagster.yaml").exists():
-        shutil.copy(LOCAL_INSTANCE_YAML, dagster_home / "dagster.yaml")
+    prepare_instance(Path(os.environ["DAGSTER_HOME"]))
     if args.command == "demo":
         from flywheel_assets.core.sample_data import write_sample_traces
 
@@ -50,14 +61,51 @@ def main(argv: list[str] | None = None) -> int:
         except FlywheelInterrupted as stop:
             print(f"{stop}; stopped. DAGSTER_HOME={os.environ['DAGSTER_HOME']} has the runs so far")
             return 130
-    with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=200, float_precision=3):
-        for workload, board in result.leaderboards.items():
-            print(f"\nleaderboard [{workload}] ({flywheel_home() / 'assets' / 'leaderboard' / workload}.parquet)")
-            print(board)
-    print(f"\nDAGSTER_HOME={os.environ['DAGSTER_HOME']}: `dagster dev` shows these runs and their metadata")
+    print_leaderboards(flywheel_home(), result.leaderboards)
+    start = os.environ.get("FLYWHEEL_START_DATE")
+    print(
+        f"\nThese runs and their metadata in the UI: DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
+        + (f"FLYWHEEL_START_DATE={start} " if start else "")
+        + ".venv/bin/dagster dev -w workspace.yaml"
+    )
     if result.failed:
         print(f"{len(result.failed)} runs failed")
         return 1
+    return 0
+
+
+def run_live(args: argparse.Namespace) -> int:
+    """`flywheel live`: what a new user sees when the flywheel runs itself."""
+    from flywheel_assets.live import LiveFlywheel, LiveFlywheelError, demo_traces
+
+    home = args.home.resolve()
+    files, first_day, workloads = demo_traces(home / "sample_traces", args.records, args.seed)
+    flywheel = LiveFlywheel(home, port=args.port, env={"FLYWHEEL_START_DATE": os.environ.get("FLYWHEEL_START_DATE") or first_day})
+    print(f"starting `dagster dev` (FLYWHEEL_HOME={home}; its log: {flywheel.log_path})")
+    try:
+        with flywheel:
+            print(f"Dagster UI: {flywheel.url}  (Runs and Automation tabs show the flywheel at work)")
+            flywheel.start_sensors()
+            print("sensors on: drop_folder_sensor, automation_sensor, gpu_automation_sensor")
+            built = flywheel.materialized_partitions("leaderboard")
+            if all(w in built for w in workloads) and all((flywheel.traces_dir / f.name).exists() for f in files):
+                print("these traces were dropped and their leaderboards built before: nothing new to do")
+            else:
+                dropped_at = flywheel.drop(files)
+                print(f"dropped {args.records} sample traces ({len(files)} files) into {flywheel.traces_dir}")
+                report = flywheel.wait_for_leaderboards(workloads, since=dropped_at, timeout_s=args.timeout, progress=print)
+                print(report.summary())
+            print_leaderboards(home, workloads)
+            if args.exit:
+                return 0
+            print(f"\nThe UI stays open at {flywheel.url}; drop more trace files into {flywheel.traces_dir}. Ctrl-C stops.")
+            flywheel.wait_until_stopped()
+    except LiveFlywheelError as error:
+        print(f"the live flywheel stopped short: {error}")
+        return 1
+    except KeyboardInterrupt:
+        print("stopped")
+        return 130
     return 0
 
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from flywheel_assets.core.ingest import read_partition, read_unattributed
-from flywheel_assets.metadata import column_hash, counts_table, table
+from flywheel_assets.metadata import counts_table, frames_hash, table
 from partitions.defs import trace_partitions
 from resources.traces import FileTraceSource
 
@@ -24,37 +24,55 @@ from resources.traces import FileTraceSource
         ),
     },
     partitions_def=trace_partitions,
+    # a dropped file's day x workload partitions land in one run (the sensor requests
+    # contiguous ranges), not one Python process per partition
+    backfill_policy=dg.BackfillPolicy.single_run(),
 )
 def raw_traces(context: dg.AssetExecutionContext, trace_source: FileTraceSource):
-    day = context.partition_key.keys_by_dimension["day"]
-    key = context.partition_key.keys_by_dimension["workload"]
     landed = trace_source.land()
-    newly = sum(r.landed for r in landed)
-    context.log.info(f"{len(landed)} source files, {newly} landed now; reading {day} x {key}")
-    valid, quarantined = read_partition(trace_source.landing_path, day, key)
-    reasons = dict(quarantined.group_by("reason").len().sort("reason").iter_rows())
-    workload_ids = valid.get_column("workload_id").unique().to_list()
+    partitions = context.partition_keys
+    context.log.info(
+        f"{len(landed)} source files, {sum(r.landed for r in landed)} landed now; "
+        f"reading {len(partitions)} day x workload partitions"
+    )
     unattributed = read_unattributed(trace_source.landing_path).height
+    valid_frames, quarantined_frames = {}, {}
+    for partition in partitions:
+        key = trace_partitions.get_partition_key_from_str(partition)
+        valid, quarantined = read_partition(
+            trace_source.landing_path, key.keys_by_dimension["day"], key.keys_by_dimension["workload"]
+        )
+        valid_frames[partition], quarantined_frames[partition] = valid, quarantined
+        reasons = dict(quarantined.group_by("reason").len().sort("reason").iter_rows())
+        context.log.info(f"{partition}: {valid.height} valid, {quarantined.height} quarantined {reasons or ''}")
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": valid.height,
+                "workload_id": ", ".join(valid.get_column("workload_id").unique().to_list()) or "(no records)",
+                "quarantined": quarantined.height,
+                "source_files": len(landed),
+                "unattributed_quarantined_all_files": dg.MetadataValue.int(unattributed),
+                "preview": table(valid.select("timestamp", "client_id", "user_key", "has_tool_calls")),
+            },
+            asset_key="raw_traces",
+            partition_key=partition,
+        )
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": quarantined.height,
+                "by_reason": counts_table(reasons),
+                **{f"quarantined_{reason}": n for reason, n in reasons.items()},
+            },
+            asset_key="quarantined_traces",
+            partition_key=partition,
+        )
+    # Dagster records one data version for every partition of a run: it hashes the content of
+    # all of them, so an identical re-ingest keeps it and any change moves it
     yield dg.Output(
-        valid,
-        output_name="raw_traces",
-        data_version=dg.DataVersion(column_hash(valid)),
-        metadata={
-            "dagster/row_count": valid.height,
-            "workload_id": ", ".join(workload_ids) or "(no records)",
-            "quarantined": quarantined.height,
-            "source_files": len(landed),
-            "unattributed_quarantined_all_files": dg.MetadataValue.int(unattributed),
-            "preview": table(valid.select("timestamp", "client_id", "user_key", "has_tool_calls")),
-        },
+        valid_frames, output_name="raw_traces", data_version=dg.DataVersion(frames_hash(valid_frames))
     )
     yield dg.Output(
-        quarantined,
+        quarantined_frames,
         output_name="quarantined_traces",
-        data_version=dg.DataVersion(column_hash(quarantined, "source")),
-        metadata={
-            "dagster/row_count": quarantined.height,
-            "by_reason": counts_table(reasons),
-            **{f"quarantined_{reason}": n for reason, n in reasons.items()},
-        },
+        data_version=dg.DataVersion(frames_hash(quarantined_frames, "source")),
     )

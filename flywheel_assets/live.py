@@ -7,6 +7,7 @@ through `LiveFlywheel`. Nothing here imports Dagster: it talks to the processes 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from flywheel_assets.core.sample_data import DEFAULT_END_DATE, DEFAULT_WORKLOADS, write_sample_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_INSTANCE_YAML = ROOT / "deploy" / "dagster.local.yaml"
@@ -42,6 +45,8 @@ STAGES = {
 }
 STAGE_ORDER = ("ingest", "curate_and_split", "train_and_evaluate", "report")
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+SAMPLE_DAYS = 7
+SAMPLE_FIRST_DAY = (DEFAULT_END_DATE - dt.timedelta(days=SAMPLE_DAYS - 1)).isoformat()
 
 _WORKSPACE = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
   name loadStatus locationOrLoadError { __typename
@@ -142,6 +147,10 @@ class LiveFlywheel:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+    def wait_until_stopped(self) -> None:
+        if self._process is not None:
+            self._process.wait()
 
     def __enter__(self) -> "LiveFlywheel":
         return self.start()
@@ -304,3 +313,20 @@ class LiveReport:
         for stage, (first, last, count) in self.stage_times().items():
             lines.append(f"  {stage:<18} {count:3d} runs  +{first:5.0f} s .. +{last:5.0f} s")
         return "\n".join(lines)
+
+
+def demo_traces(folder: Path, records: int, seed: int) -> tuple[list[Path], str, list[str]]:
+    """The demo's sample traces, written to `folder` (not yet dropped): the files, the first
+    day they cover (the demo's day partitions start there) and the workloads' keys."""
+    files = write_sample_traces(folder, n=records, seed=seed, days=SAMPLE_DAYS)
+    return files, SAMPLE_FIRST_DAY, list(DEFAULT_WORKLOADS)
+
+
+def print_leaderboards(home: Path, workloads: Iterable[str]) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=200, float_precision=3):
+        for workload in workloads:
+            path = home / "assets" / "leaderboard" / f"{workload}.parquet"
+            print(f"\nleaderboard [{workload}] ({path})")
+            print(pl.read_parquet(path))

@@ -36,3 +36,11 @@ def column_hash(df: pl.DataFrame, column: str = "record_id") -> str:
         digest.update(value.encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]
+
+
+def frames_hash(frames: dict[str, pl.DataFrame], column: str = "record_id") -> str:
+    """A content hash over frames keyed by partition: `column_hash` of each, keys included."""
+    digest = hashlib.sha256()
+    for key in sorted(frames):
+        digest.update(f"{key}={column_hash(frames[key], column)}\n".encode())
+    return digest.hexdigest()[:16]

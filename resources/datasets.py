@@ -16,7 +16,7 @@ import shutil
 import typing
 import tempfile
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -104,6 +104,21 @@ class _PolarsParquetUPathIOManager(dg.UPathIOManager):
             (key,) = context.asset_partition_keys
             return {key: loaded}
         return loaded
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        """A frame, or for a run over a range of partitions (`BackfillPolicy.single_run`)
+        a dict of one frame per partition key, each written to that partition's file."""
+        if not isinstance(obj, Mapping):
+            return super().handle_output(context, obj)
+        paths = self._get_paths_for_partitions(context)
+        if set(obj) != {str(key) for key in paths}:
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: the frames are keyed by {sorted(obj)}, "
+                f"but the run materializes the partitions {sorted(str(k) for k in paths)}"
+            )
+        for key, path in paths.items():
+            self.make_directory(path.parent)
+            self.dump_to_path(context, obj[str(key)], path)
 
     def dump_to_path(
         self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame, path: UPath

@@ -117,3 +117,32 @@ def test_a_cli_backfill_of_seven_days_materializes_them_all(tmp_path, monkeypatc
         metadata = {k: v.value for k, v in event.materialization.metadata.items()}
     assert metadata["days"] == days
     assert metadata["records_in"] == DAYS * PER_DAY == metadata["records_out"]
+
+
+def test_one_run_ingests_a_range_of_partitions(tmp_path):
+    """What the drop-folder sensor requests for a dropped week: one `ingest` run over a
+    range of day x workload partitions (BackfillPolicy.single_run), each partition written
+    to its own file with its own row count; an identical re-run keeps the data version."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from flywheel_assets.definitions import ASSETS, build_resources
+    from flywheel_assets.jobs import ingest_job
+
+    days = write_history(tmp_path / "traces", "wa")
+    write_history(tmp_path / "traces" / "b", "wb")
+    defs = dg.Definitions(assets=ASSETS, jobs=[ingest_job], resources=build_resources(tmp_path, tmp_path / "traces"))
+    window = {ASSET_PARTITION_RANGE_START_TAG: f"{days[0]}|wa", ASSET_PARTITION_RANGE_END_TAG: f"{days[-1]}|wb"}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workload", ["wa", "wb"])
+        versions = []
+        for _ in range(2):
+            run = defs.resolve_job_def("ingest").execute_in_process(instance=instance, tags=window)
+            assert run.success
+            events = [e.materialization for e in run.get_asset_materialization_events()
+                      if e.materialization.asset_key == dg.AssetKey("raw_traces")]
+            assert sorted(e.partition for e in events) == sorted(f"{d}|{w}" for d in days for w in ("wa", "wb"))
+            assert {e.metadata["dagster/row_count"].value for e in events} == {PER_DAY}
+            versions.append({e.tags["dagster/data_version"] for e in events})
+        assert len(instance.get_runs()) == 2
+    assert versions[0] == versions[1] and len(versions[0]) == 1
+    assert pl.read_parquet(tmp_path / "assets" / "raw_traces" / days[3] / "wb.parquet").height == PER_DAY
