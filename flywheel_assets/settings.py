@@ -8,7 +8,7 @@
 | FLYWHEEL_START_DATE         | 2025-01-01              | first day partition; older records are quarantined |
 | FLYWHEEL_VALIDATION_WORKERS | 0 (one per CPU, max 4)  | processes validating a large trace file (1: none) |
 | FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models                    |
-| FLYWHEEL_EXECUTOR           | multiprocess            | `multiprocess`, `in_process`, or `k8s` (one pod per step) |
+| FLYWHEEL_EXECUTOR           | in_process              | `in_process`, `multiprocess` (a process per step), or `k8s` (one pod per step) |
 | FLYWHEEL_WEAVE_ENTITY       | (WANDB_ENTITY)          | W&B entity of the Weave project with the traces  |
 | FLYWHEEL_WEAVE_PROJECT      | (WANDB_PROJECT)         | W&B project holding the traces (weave_trace_sensor) |
 | FLYWHEEL_JUDGE_BASE_URL     |                         | OpenAI-compatible endpoint of an LLM judge        |
@@ -58,7 +58,10 @@ class FlywheelSettings(BaseModel):
     start_date: date = _var("FLYWHEEL_START_DATE", date(2025, 1, 1))
     validation_workers: int = Field(default=0, ge=0, alias="FLYWHEEL_VALIDATION_WORKERS")
     candidates_file: Path | None = _var("FLYWHEEL_CANDIDATES")
-    executor: Literal["multiprocess", "in_process", "k8s"] = _var("FLYWHEEL_EXECUTOR", "multiprocess")
+    # in_process: a run's steps share its process, so a run imports the code location (and
+    # torch, for the GPU stage) once instead of once per step; its steps would mostly wait
+    # for each other or for the `gpu` pool anyway
+    executor: Literal["multiprocess", "in_process", "k8s"] = _var("FLYWHEEL_EXECUTOR", "in_process")
     weave_entity: str | None = _var("FLYWHEEL_WEAVE_ENTITY")
     weave_project: str | None = _var("FLYWHEEL_WEAVE_PROJECT")
     judge_base_url: str | None = _var("FLYWHEEL_JUDGE_BASE_URL")

@@ -347,7 +347,7 @@ def test_dockerfile_runs_the_code_location_as_a_non_root_user():
 def test_settings_default_to_the_embedded_local_flywheel(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = load_settings({})
-    assert (settings.backend, settings.executor) == ("local", "multiprocess")
+    assert (settings.backend, settings.executor) == ("local", "in_process")
     assert settings.home == tmp_path / ".flywheel_data" and settings.traces == settings.home / "traces"
     # empty counts as unset (Kubernetes and compose files carry VAR: "")
     assert load_settings({"FLYWHEEL_BACKEND": "", "FLYWHEEL_TRACES_DIR": " "}) == settings
