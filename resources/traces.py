@@ -2,13 +2,18 @@
 
 `FileTraceSource` reads a drop folder of JSONL (`.jsonl`, `.jsonl.gz`) and Parquet files.
 Files are streamed in batches, so a multi-GB file is never held in memory whole.
+
+A file is identified by its content, not its path or mtime (`land_files`): a file is
+hashed (SHA-256) only when its stat signature (size, mtime_ns, inode, ctime_ns) differs from
+the one recorded for its path, and landed only when that content is not landed yet. So a
+byte-identical file re-dropped, copied (under any name, with any mtime) or renamed lands
+nothing; a file whose content changed replaces its earlier landing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gzip
-import hashlib
 import itertools
 import json
 import os
@@ -21,7 +26,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from flywheel_assets.core.ingest import LandingResult, TimeBounds, land_file
+from flywheel_assets.core.ingest import LandingResult, TimeBounds, land_files, last_generation
 from flywheel_assets.core.schema import DEFAULT_MAX_RECORD_BYTES
 
 TRACE_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -40,18 +45,6 @@ def auto_validation_workers() -> int:
 
 def is_trace_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.endswith(TRACE_FILE_SUFFIXES)
-
-
-def fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
-
-
-def source_id(path: Path) -> str:
-    """A stable, path-safe id of a source file (its name stays readable)."""
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)[:60]
-    return f"{stem}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -186,17 +179,16 @@ class FileTraceSource(dg.ConfigurableResource):
         return TimeBounds(dt.date.fromisoformat(self.start_date), today + dt.timedelta(days=1))
 
     def land(self, paths: list[Path] | None = None) -> list[LandingResult]:
-        """Land every new or changed file (all files when `paths` is None)."""
-        bounds = self.bounds()
-        return [
-            land_file(
-                iter_batches(path, self.batch_size, self.source_name(path)),
-                source_id=source_id(path),
-                fingerprint=fingerprint(path),
-                landing_dir=self.landing_path,
-                bounds=bounds,
-                max_record_bytes=self.max_record_bytes,
-                workers=self.validation_workers or auto_validation_workers(),
-            )
-            for path in (self.files() if paths is None else paths)
-        ]
+        """Land every file whose content is not landed yet (all files when `paths` is None)."""
+        return land_files(
+            self.files() if paths is None else paths,
+            lambda path: iter_batches(path, self.batch_size, self.source_name(path)),
+            landing_dir=self.landing_path,
+            bounds=self.bounds(),
+            max_record_bytes=self.max_record_bytes,
+            workers=self.validation_workers or auto_validation_workers(),
+        )
+
+    def last_generation(self) -> int:
+        """The generation of the newest landing, whoever landed it (a counter)."""
+        return last_generation(self.landing_path)

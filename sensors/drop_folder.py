@@ -1,17 +1,22 @@
 """Drop-folder sensor: new or changed trace files -> new workloads + `raw_traces` runs.
 
-Landing is idempotent (a file is landed once per fingerprint), so a repeated tick lands
-nothing and requests nothing. The cursor is a watermark of the files' `ctime`: a tick
-stats the folder (one `stat` per file, the floor without filesystem notifications) but
-lands only the files whose ctime is past the watermark (minus a grace for writers racing
-the scan), so its landing work - reading manifests, validating records - follows the new
-files, not the history. `ctime` is set by the kernel on create, write, rename and chmod, so
-a file copied with its old mtime kept (`cp -p`, `rsync -t`) is still new. Every
-`FULL_SCAN_EVERY` ticks (and on the first one) every file is checked, as a safety net.
+Landing is idempotent and by content (`resources/traces.py`): a repeated tick lands nothing
+and requests nothing, and so does a file re-dropped unchanged, copied or renamed. The
+cursor is a watermark of the files' `ctime`: a tick stats the folder (one `stat` per file,
+the floor without filesystem notifications) but lands only the files whose ctime is past
+the watermark (minus a grace for writers racing the scan), so its landing work - reading
+manifests, validating records - follows the new files, not the history. `ctime` is set by
+the kernel on create, write, rename and chmod, so a file copied with its old mtime kept
+(`cp -p`, `rsync -t`) is still checked. Every `FULL_SCAN_EVERY` ticks (and on the first
+one) every file is checked, as a safety net.
 
-A file whose ctime is past the committed watermark has its partitions requested even when
-it was already landed (by a raw_traces run, or by a tick that crashed before its cursor
-was saved), so a failed tick never leaves landed data without its ingest run.
+What a tick requests: the landings made since the last committed tick, by this tick or by
+anyone else (a tick that crashed before its cursor was saved, a `raw_traces` run), so a
+failed tick never leaves landed data without its ingest run. Landings are numbered by a
+counter (their generation); the cursor keeps the last generation a committed tick saw and
+the generations landed meanwhile by other processes for files that tick did not check. A
+landing found again (a re-dropped, copied or renamed file) is not requested again; one that
+a crashed tick lost is requested under the same run key, so the daemon launches it once.
 Files under `<traces_dir>/weave/` are the Weave sensor's: it lands them itself.
 """
 
@@ -63,13 +68,14 @@ def ingest_requests(
     `before_start_date` / `future_timestamp`) and unattributable records are not
     requested: no run can materialize them (their records are counted in every
     raw_traces run's `unattributed` metadata, or in landing). The run key names the
-    landed file versions, so the daemon never launches the same ingest twice.
+    landings (content id and generation), so the daemon never launches the same ingest
+    twice, and identical content gives identical keys.
     """
     sources: dict[str, set[str]] = {}
     for result in results:
         for partition, counts in result.partitions.items():
             if counts.get("valid") or counts.get("quarantined"):
-                sources.setdefault(partition, set()).add(f"{result.source_id}@{result.fingerprint}")
+                sources.setdefault(partition, set()).add(f"{result.source_id}@{result.generation}")
     days: dict[str, bool] = {}
     runs, out_of_range, touched_workloads = [], [], set()
     for partition in sorted(sources):
@@ -98,16 +104,40 @@ def ingest_requests(
 class DropFolderCursor:
     ctime_ns: int | None = None  # newest ctime among the files handled by committed ticks
     tick: int = 0
+    generation: int | None = None  # landings up to this one were seen by committed ticks,
+    unseen: tuple[int, ...] = ()  # except these, landed by others for files a tick did not check
 
     @classmethod
     def parse(cls, text: str | None) -> "DropFolderCursor":
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(ctime_ns=data.get("ctime_ns"), tick=int(data.get("tick", 0)))
+        return cls(
+            ctime_ns=data.get("ctime_ns"),
+            tick=int(data.get("tick", 0)),
+            generation=data.get("generation"),
+            unseen=tuple(data.get("unseen", ())),
+        )
 
     def to_json(self) -> str:
-        return json.dumps({"ctime_ns": self.ctime_ns, "tick": self.tick}, sort_keys=True)
+        fields = {"ctime_ns": self.ctime_ns, "tick": self.tick, "generation": self.generation}
+        return json.dumps({**fields, "unseen": list(self.unseen)}, sort_keys=True)
+
+    def is_due(self, result: LandingResult) -> bool:
+        """Whether a landing is to be requested: landed since the last committed tick (by
+        this tick, a tick that crashed, or a raw_traces run). On the very first tick (or
+        from a cursor without generations), only what this tick landed: history was
+        ingested before."""
+        if self.generation is None:
+            return result.landed
+        return result.generation > self.generation or result.generation in self.unseen
+
+    def after(self, results: list[LandingResult], generation: int, ctime_ns: int | None) -> "DropFolderCursor":
+        """The cursor once this tick is committed; `generation` was read after its landings."""
+        checked = {result.generation for result in results}
+        since = generation if self.generation is None else self.generation  # first tick: none owed
+        unseen = tuple(g for g in range(since + 1, generation + 1) if g not in checked)
+        return DropFolderCursor(ctime_ns=ctime_ns, tick=self.tick + 1, generation=generation, unseen=unseen)
 
 
 def scan_trace_files(traces_dir: Path, skip: Sequence[str] = (WEAVE_FOLDER,)) -> list[tuple[Path, int]]:
@@ -144,15 +174,11 @@ def land_new_files(
     watermark = state.ctime_ns if state.ctime_ns is not None else -1
     candidates = files if full_scan else [(p, c) for p, c in files if c > watermark - GRACE_NS]
     results = trace_source.land([p for p, _ in candidates])
-    # new since the last committed tick: requested even if landed already (crash safety);
-    # on the very first tick, only what this tick landed (history was ingested before)
-    due = [
-        r for r, (_, ctime) in zip(results, candidates)
-        if r.landed or (state.ctime_ns is not None and ctime > state.ctime_ns)
-    ]
-    cursor = DropFolderCursor(
+    due = [result for result in results if state.is_due(result)]
+    cursor = state.after(
+        results,
+        generation=trace_source.last_generation(),  # read after landing: this tick's are in it
         ctime_ns=max([watermark, *(c for _, c in files)]) if files else state.ctime_ns,
-        tick=state.tick + 1,
     ).to_json()
     if not due:
         return dg.SensorResult(
@@ -162,7 +188,7 @@ def land_new_files(
     known = context.instance.get_dynamic_partitions(workload_partitions.name)
     requests = ingest_requests(due, known, trigger="drop_folder")
     context.log.info(
-        f"{sum(r.landed for r in due)} files landed, {len(due)} new since the last tick "
+        f"{sum(r.landed for r in due)} files landed, {len(due)} landings new since the last tick "
         f"({len(candidates)} of {len(files)} checked); {requests.summary()}"
     )
     return requests.sensor_result(cursor)

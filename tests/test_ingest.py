@@ -7,6 +7,7 @@ import gzip
 import inspect
 import json
 import os
+import shutil
 import threading
 import time
 from collections import Counter
@@ -19,11 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import flywheel_assets.core.ingest as ingest_module
 from flywheel_assets.core.ingest import (
     MANIFEST,
     UNATTRIBUTED,
     TimeBounds,
     land_file,
+    land_files,
     read_manifest,
     read_partition,
     read_unattributed,
@@ -106,6 +109,11 @@ def write_jsonl(path: Path, records, gz: bool = False) -> Path:
 
 def hidden_entries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(".*")]
+
+
+def landing_folders(landing: Path) -> list[str]:
+    """The landings (folders); beside them lie the source index and the generation counter."""
+    return sorted(p.name for p in landing.iterdir() if p.is_dir())
 
 
 # --------------------------------------------------------------------------- validate_batch
@@ -343,7 +351,7 @@ def test_a_failing_read_leaves_the_previous_landing_intact_and_no_temp_folders(t
             workers=workers,  # with 2, batches in flight in worker processes are waited for
         )
     assert hidden_entries(tmp_path) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    assert landing_folders(tmp_path) == ["src"]
     assert read_manifest(tmp_path / "src")["fingerprint"] == "v1"
     after, _ = read_partition(tmp_path, "2025-01-01", "support_chat")
     assert after.equals(before)
@@ -359,7 +367,7 @@ def test_a_failed_first_landing_leaves_nothing(tmp_path):
         land_file(
             broken_batches(), source_id="src", fingerprint="v1", landing_dir=tmp_path, bounds=BOUNDS
         )
-    assert list(tmp_path.iterdir()) == []
+    assert landing_folders(tmp_path) == [] and hidden_entries(tmp_path) == []
 
 
 def test_read_partition_ignores_leftovers_of_a_crashed_landing(tmp_path):
@@ -370,6 +378,200 @@ def test_read_partition_ignores_leftovers_of_a_crashed_landing(tmp_path):
     land(tmp_path, [trace(1), trace(2)])
     valid, _ = read_partition(tmp_path, "2025-01-01", "support_chat")
     assert valid.height == 2
+
+
+# --------------------------------------------------------------------------- content identity
+
+
+def drop_folder(tmp_path: Path) -> tuple[Path, FileTraceSource]:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    source = FileTraceSource(
+        traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), validation_workers=1
+    )
+    return traces, source
+
+
+def set_mtime(path: Path, seconds: int) -> None:
+    """A distinct mtime, so a rewrite shows in the stat signature whatever the clock's grain."""
+    os.utime(path, (DAY1 + seconds, DAY1 + seconds))
+
+
+def landed_user_keys(source: FileTraceSource, day: str = "2025-01-01") -> list[str]:
+    valid, _ = read_partition(source.landing_path, day, "support_chat")
+    return sorted(valid["user_key"])
+
+
+def keys(*numbers: int) -> list[str]:
+    return sorted(json.dumps([f"question {i}"]) for i in numbers)
+
+
+def test_a_byte_identical_file_dropped_again_with_a_new_mtime_lands_nothing(tmp_path):
+    traces, source = drop_folder(tmp_path)
+    path = write_jsonl(traces / "a.jsonl", [trace(1), trace(2)])
+    (first,) = source.land()
+    write_jsonl(path, [trace(1), trace(2)])  # dropped again (cp over itself), a new mtime
+    set_mtime(path, 100)
+    (again,) = source.land()
+    assert first.landed and not again.landed
+    assert (again.source_id, again.generation) == (first.source_id, first.generation)
+    assert landed_user_keys(source) == keys(1, 2)
+
+
+def test_a_file_is_hashed_only_when_its_stat_signature_changes(tmp_path, monkeypatch):
+    traces, source = drop_folder(tmp_path)
+    path = write_jsonl(traces / "a.jsonl", [trace(1)])
+    source.land()
+    hashed, real_digest = [], ingest_module.content_digest
+
+    def counting_digest(p: Path) -> str:
+        hashed.append(p.name)
+        return real_digest(p)
+
+    monkeypatch.setattr(ingest_module, "content_digest", counting_digest)
+    source.land()
+    assert hashed == []
+    set_mtime(path, 100)
+    source.land()
+    source.land()
+    assert hashed == ["a.jsonl"]
+
+
+def test_a_renamed_file_lands_nothing_and_leaves_no_old_landing(tmp_path):
+    traces, source = drop_folder(tmp_path)
+    path = write_jsonl(traces / "a.jsonl", [trace(1), trace(2)])
+    (first,) = source.land()
+    renamed = path.rename(traces / "b.jsonl")
+    (again,) = source.land()
+    assert not again.landed
+    assert (again.source_id, again.generation) == (first.source_id, first.generation)
+    assert landed_user_keys(source) == keys(1, 2)
+    # the renamed file alone holds that content now: when it changes, the landing goes
+    write_jsonl(renamed, [trace(1), trace(2), trace(3)])
+    set_mtime(renamed, 100)
+    (changed,) = source.land()
+    assert changed.landed
+    assert landed_user_keys(source) == keys(1, 2, 3)
+    assert landing_folders(source.landing_path) == [changed.source_id]
+
+
+def test_a_file_moved_as_a_copy_and_a_delete_leaves_no_old_landing(tmp_path):
+    # a move across filesystems is a copy then a delete, possibly seen between the two
+    traces, source = drop_folder(tmp_path)
+    path = write_jsonl(traces / "a.jsonl", [trace(1)])
+    source.land()
+    copy = traces / "b.jsonl"
+    shutil.copyfile(path, copy)
+    source.land()
+    path.unlink()
+    write_jsonl(copy, [trace(1), trace(2)])
+    set_mtime(copy, 100)
+    source.land()
+    assert landed_user_keys(source) == keys(1, 2)
+
+
+def test_a_copy_under_a_second_name_is_landed_once(tmp_path):
+    traces, source = drop_folder(tmp_path)
+    path = write_jsonl(traces / "a.jsonl", [trace(1), trace(2)])
+    copy = traces / "sub" / "copy.jsonl"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    original, copied = source.land()
+    assert original.landed and not copied.landed
+    assert (copied.source_id, copied.generation) == (original.source_id, original.generation)
+    assert landed_user_keys(source) == keys(1, 2)
+    # the copy changes: the original still holds the first content, so its landing stays
+    write_jsonl(copy, [trace(3)])
+    source.land()
+    assert landed_user_keys(source) == keys(1, 2, 3)
+
+
+def test_content_that_comes_back_at_a_path_is_landed_again(tmp_path):
+    traces, source = drop_folder(tmp_path)
+    path = traces / "a.jsonl"
+    results = []
+    for step, number in enumerate([1, 2, 1]):  # A -> B -> A
+        write_jsonl(path, [trace(number)])
+        set_mtime(path, step)
+        (result,) = source.land()
+        assert result.landed
+        assert landed_user_keys(source) == keys(number)
+        results.append(result)
+    assert results[0].source_id == results[2].source_id != results[1].source_id
+    assert results[0].generation < results[1].generation < results[2].generation
+    assert landing_folders(source.landing_path) == [results[2].source_id]
+
+
+def test_a_file_changed_to_content_landed_for_another_file_gets_a_new_generation(tmp_path):
+    # nothing is validated again, but the partitions changed (the file's old records went)
+    traces, source = drop_folder(tmp_path)
+    write_jsonl(traces / "a.jsonl", [trace(1)])
+    path = write_jsonl(traces / "b.jsonl", [trace(2)])
+    first_a, _ = source.land()
+    write_jsonl(path, [trace(1)])
+    set_mtime(path, 100)
+    again_a, now_b = source.land()
+    assert not now_b.landed and now_b.source_id == first_a.source_id
+    assert now_b.generation > first_a.generation
+    assert again_a.generation == now_b.generation  # one landing, one generation
+    assert landed_user_keys(source) == keys(1)
+
+
+def test_a_deleted_file_keeps_its_landing(tmp_path):
+    traces, source = drop_folder(tmp_path)
+    path = write_jsonl(traces / "a.jsonl", [trace(1)])
+    write_jsonl(traces / "b.jsonl", [trace(2)])
+    source.land()
+    path.unlink()
+    source.land()
+    assert landed_user_keys(source) == keys(1, 2)
+
+
+def test_concurrent_landers_of_a_drop_folder_validate_a_file_once(tmp_path):
+    # the sensor and raw_traces runs land the drop folder at the same time
+    traces, source = drop_folder(tmp_path)
+    path = write_jsonl(traces / "a.jsonl", [trace(1), trace(2)])
+    reading, go_on = threading.Event(), threading.Event()
+
+    def first_reader(p: Path):
+        reading.set()  # this lander holds the landing lock from here to its swap
+        assert go_on.wait(5)
+        yield pairs([trace(1), trace(2)], source="a.jsonl")
+
+    def must_not_be_read(p: Path):
+        raise AssertionError("the file was validated twice")
+
+    def land(read_batches):
+        return land_files(
+            [path], read_batches, landing_dir=source.landing_path, bounds=BOUNDS
+        )
+
+    landed = {}
+    first = threading.Thread(target=lambda: landed.setdefault("first", land(first_reader)))
+    first.start()
+    assert reading.wait(5)
+    second = threading.Thread(target=lambda: landed.setdefault("second", land(must_not_be_read)))
+    second.start()
+    go_on.set()
+    first.join()
+    second.join()
+    (first_result,), (second_result,) = landed["first"], landed["second"]
+    assert first_result.landed and not second_result.landed
+    assert second_result.generation == first_result.generation
+    assert landed_user_keys(source) == keys(1, 2)
+
+
+def test_a_landing_named_by_path_before_is_replaced_not_duplicated(tmp_path):
+    # landings made before content identity were named after the file's path
+    traces, source = drop_folder(tmp_path)
+    path = write_jsonl(traces / "a.jsonl", [trace(1)])
+    land_file(
+        iter([pairs([trace(1)])]), source_id=ingest_module._legacy_landing_name(path),
+        fingerprint="size-mtime", landing_dir=source.landing_path, bounds=BOUNDS,
+    )
+    (result,) = source.land()
+    assert landing_folders(source.landing_path) == [result.source_id]
+    assert landed_user_keys(source) == keys(1)
 
 
 # --------------------------------------------------------------------------- read_partition
@@ -472,10 +674,11 @@ def test_jsonl_byte_ranges_hold_every_line_once_whatever_the_scan_block(
 
 def test_records_name_their_file_by_its_path_in_the_drop_folder(tmp_path):
     # two folders may hold the same file name: the sources must still differ
+    # (the contents differ too: a byte-identical copy is landed once)
     traces = tmp_path / "traces"
-    for folder in ("eu", "us"):
+    for number, folder in enumerate(("eu", "us")):
         (traces / folder).mkdir(parents=True)
-        write_jsonl(traces / folder / "calls.jsonl", [trace(1)])
+        write_jsonl(traces / folder / "calls.jsonl", [trace(number)])
     source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"))
     source.land()
     valid, _ = read_partition(source.landing_path, "2025-01-01", "support_chat")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -259,3 +260,106 @@ def test_drop_folder_without_its_folder_skips_with_a_remedy(tmp_path, instance):
     res = {"trace_source": FileTraceSource(traces_dir=str(tmp_path / "missing"), landing_dir=str(tmp_path / "l"))}
     result = tick(drop_folder_sensor, instance, res)
     assert isinstance(result, dg.SkipReason) and "FLYWHEEL_TRACES_DIR" in result.skip_message
+
+
+# ------------------------------------------------------- drop folder: content identity
+def run_keys(result) -> set[str]:
+    return {r.run_key for r in (result.run_requests or [])} if isinstance(result, dg.SensorResult) else set()
+
+
+def set_mtime(path: Path, seconds: int) -> None:
+    """A distinct mtime, so a rewrite shows in the stat signature whatever the clock's grain."""
+    os.utime(path, (T0 + seconds, T0 + seconds))
+
+
+def first_tick(tmp_path: Path, instance, timestamps=(int(T0), int(T0) + 60)):
+    """A drop folder with one file, after a committed tick that requested it."""
+    res = resources(tmp_path)
+    path = write_traces(tmp_path / "traces" / "a.jsonl", "tool_router", list(timestamps))
+    result = tick(drop_folder_sensor, instance, res)
+    assert run_keys(result)
+    return res, path, result
+
+
+def test_drop_folder_an_identical_file_dropped_again_requests_nothing(tmp_path, instance):
+    res, path, first = first_tick(tmp_path, instance)
+    cursor = next_cursor(first, None)
+    write_traces(path, "tool_router", [int(T0), int(T0) + 60])  # the same bytes, a new mtime
+    set_mtime(path, 100)
+    again = tick(drop_folder_sensor, instance, res, cursor)
+    assert run_keys(again) == set()
+    assert landed_valid(tmp_path).height == 2
+
+
+def test_drop_folder_a_renamed_file_requests_nothing_and_is_not_duplicated(tmp_path, instance):
+    res, path, first = first_tick(tmp_path, instance)
+    path.rename(path.with_name("renamed.jsonl"))
+    again = tick(drop_folder_sensor, instance, res, next_cursor(first, None))
+    assert run_keys(again) == set()
+    valid = landed_valid(tmp_path)
+    assert valid.height == 2 and valid["record_id"].n_unique() == 2
+
+
+def test_drop_folder_a_copy_under_a_second_name_requests_nothing_and_is_not_duplicated(tmp_path, instance):
+    res, path, first = first_tick(tmp_path, instance)
+    copy = tmp_path / "traces" / "sub" / "copy.jsonl"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    again = tick(drop_folder_sensor, instance, res, next_cursor(first, None))
+    assert run_keys(again) == set()
+    assert landed_valid(tmp_path).height == 2
+
+
+def test_drop_folder_a_changed_file_is_landed_again_under_new_run_keys(tmp_path, instance):
+    res, path, first = first_tick(tmp_path, instance)
+    write_traces(path, "tool_router", [int(T0), int(T0) + 60, int(T0) + 120])
+    changed = tick(drop_folder_sensor, instance, res, next_cursor(first, None))
+    assert partitions(changed) == partitions(first)
+    assert run_keys(changed) and not run_keys(changed) & run_keys(first)
+    assert landed_valid(tmp_path).height == 3
+
+
+def test_drop_folder_content_that_comes_back_is_requested_again(tmp_path, instance):
+    res, path, first = first_tick(tmp_path, instance)
+    cursor, seen = next_cursor(first, None), run_keys(first)
+    for step, timestamps in enumerate([[int(T0) + 1], [int(T0), int(T0) + 60]]):  # A -> B -> A
+        write_traces(path, "tool_router", timestamps)
+        set_mtime(path, step)
+        result = tick(drop_folder_sensor, instance, res, cursor)
+        assert partitions(result) == partitions(first)
+        assert run_keys(result) and not run_keys(result) & seen
+        cursor, seen = next_cursor(result, cursor), seen | run_keys(result)
+    assert landed_valid(tmp_path).height == 2
+
+
+def test_drop_folder_a_tick_that_crashed_is_requested_again_under_the_same_keys(tmp_path, instance):
+    res, _, first = first_tick(tmp_path, instance)
+    cursor = next_cursor(first, None)
+    b = write_traces(tmp_path / "traces" / "b.jsonl", "tool_router", [int(T0 + DAY)])
+    crashed = tick(drop_folder_sensor, instance, res, cursor)  # its cursor is never committed
+    b.rename(b.with_name("c.jsonl"))  # even renamed meanwhile: the landing is still owed
+    retried = tick(drop_folder_sensor, instance, res, cursor)
+    assert run_keys(retried) == run_keys(crashed) and partitions(retried) == {f"{day_of(int(T0 + DAY))}|tool_router"}
+    assert run_keys(tick(drop_folder_sensor, instance, res, next_cursor(retried, cursor))) == set()
+
+
+class ConcurrentlyLandingSource(FileTraceSource):
+    """While a tick lands its files, another process lands a file dropped after its scan."""
+
+    def land(self, paths=None):
+        results = super().land(paths)
+        if paths is not None and not Path(self.traces_dir, "late.jsonl").exists():
+            late = write_traces(Path(self.traces_dir) / "late.jsonl", "support_chat", [int(T0)])
+            super().land([late])
+        return results
+
+
+def test_drop_folder_requests_a_file_landed_by_another_process_during_a_tick(tmp_path, instance):
+    res, _, first = first_tick(tmp_path, instance)
+    concurrent = {"trace_source": ConcurrentlyLandingSource(**res["trace_source"].model_dump())}
+    write_traces(tmp_path / "traces" / "b.jsonl", "tool_router", [int(T0 + DAY)])
+    during = tick(drop_folder_sensor, instance, concurrent, next_cursor(first, None))
+    assert partitions(during) == {f"{day_of(int(T0 + DAY))}|tool_router"}
+    after = tick(drop_folder_sensor, instance, res, next_cursor(during, None))
+    assert partitions(after) == {f"{day_of(int(T0))}|support_chat"}
+    assert run_keys(tick(drop_folder_sensor, instance, res, next_cursor(after, None))) == set()

@@ -2,10 +2,26 @@
 
 A raw file (JSONL, gzip JSONL or Parquet, possibly many GB) is read in batches, every
 record is validated, and the results are written under
-`<landing>/<source id>/day=<day>/workload=<key>/{valid,quarantine}-<batch>.parquet`,
+`<landing>/<content id>/day=<day>/workload=<key>/{valid,quarantine}-<batch>.parquet`,
 then the folder is renamed into place with a manifest. Each `raw_traces` partition then
-reads only its own slice instead of re-reading every source file, and a file is landed
-again only when its fingerprint (size + mtime) changes, replacing its old landing.
+reads only its own slice instead of re-reading every source file.
+
+A file's identity is its content (`land_files`): the landing folder is named after the
+SHA-256 of the file's bytes, so a file re-dropped over itself, copied with a new mtime,
+copied under another name or renamed lands nothing new. Hashing is skipped while a file's
+stat signature (size, mtime_ns, inode, ctime_ns) is the one recorded for its path in
+`sources.json`, the landing folder's index of which content each file held when last seen
+(written atomically, like everything here). When a file's content changes, its new content
+is landed and its old landing retired once no file of the drop folder holds that content
+any more (a deleted file keeps its landing, as a landing is only retired on a change; a
+rename is a new path holding known content, so the old path stops holding it). Records'
+`source` names the file that first landed the content.
+
+Every landing gets a new generation from a counter in the landing folder, recorded in its
+manifest; a file changing to content that is already landed gives that landing a new
+generation too. Run keys name landings by (content id, generation): an identical re-drop
+keeps its key, while content that goes A -> B -> A at one path is landed (and ingested)
+again the third time.
 
 Records that cannot be attributed to a day and a workload (bad JSON with no readable
 `workload_id`/`timestamp`) are quarantined under `day=unattributed/workload=unattributed`
@@ -17,6 +33,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import functools
@@ -28,8 +45,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +64,8 @@ from partitions.keys import workload_key
 
 UNATTRIBUTED = "unattributed"
 MANIFEST = "manifest.json"
+SOURCE_INDEX = "sources.json"  # path -> stat signature and content digest, per source file
+LAST_GENERATION = "last_generation"  # the counter of landings
 
 # a valid trace: typed columns for filtering, keys and metadata, plus the record verbatim
 # (`raw`); curation cuts messages, tools and the answer out of `raw` for the records it keeps
@@ -235,11 +254,15 @@ def _write_by_partition(df: pl.DataFrame, root: Path, prefix: str, batch: int) -
         part.write_parquet(folder / f"{prefix}-{batch:05d}.parquet", compression="lz4")
 
 
+Batches = Iterator[list[tuple[str, str | dict[str, Any]]]]
+
+
 @dataclass(frozen=True)
 class LandingResult:
-    source_id: str
+    source_id: str  # the landing folder; of a drop-folder file, its content digest
     fingerprint: str
-    landed: bool  # False when the file was already landed with this fingerprint
+    generation: int  # new with every landing: what run keys name, with the source id
+    landed: bool  # False when this content was already landed (nothing was validated)
     partitions: dict[str, dict[str, int]]  # "day|workload_key" -> {"valid": n, "quarantined": n}
     workload_ids: dict[str, str]  # workload_key -> original workload id
 
@@ -251,8 +274,185 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def last_generation(landing_dir: Path) -> int:
+    """The generation of the newest landing in `landing_dir` (0 before the first one)."""
+    try:
+        return int((landing_dir / LAST_GENERATION).read_text())
+    except FileNotFoundError:
+        return 0
+
+
+def _new_generation(landing_dir: Path) -> int:
+    """The next generation, recorded before it is used so that no two landings share one,
+    even across a crash. Called under the landing lock."""
+    generation = last_generation(landing_dir) + 1
+    _write_atomic(landing_dir / LAST_GENERATION, str(generation))
+    return generation
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers, who take no lock, see the old text or the new one, never a part."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in large blocks (`hashlib.file_digest`)."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def stat_signature(path: Path) -> list[int]:
+    """Changes when a file is written, replaced, renamed or touched; a `stat` to compare."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
+
+
+@dataclass
+class SourceIndex:
+    """Which content each source file held when it was last landed (`sources.json`), and
+    the files holding each content, to tell when a landing is held by no file any more."""
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> {"stat", "digest"}
+    holders: dict[str, set[str]] = field(default_factory=dict)  # digest -> paths
+
+    @classmethod
+    def read(cls, landing_dir: Path) -> SourceIndex:
+        index = cls()
+        try:
+            files = json.loads((landing_dir / SOURCE_INDEX).read_text())
+        except FileNotFoundError:
+            return index
+        for path, entry in files.items():
+            index.record(path, entry["stat"], entry["digest"])
+        return index
+
+    def write(self, landing_dir: Path) -> None:
+        _write_atomic(landing_dir / SOURCE_INDEX, json.dumps(self.files, sort_keys=True))
+
+    def digest_of(self, path: str) -> str | None:
+        entry = self.files.get(path)
+        return entry["digest"] if entry else None
+
+    def other_holders(self, digest: str, path: str) -> list[str]:
+        """The files other than `path` that still exist and held `digest` when last seen."""
+        return [p for p in self.holders.get(digest, ()) if p != path and os.path.exists(p)]
+
+    def record(self, path: str, stat: list[int], digest: str) -> None:
+        previous = self.digest_of(path)
+        if previous is not None:
+            self.holders[previous].discard(path)
+        self.files[path] = {"stat": stat, "digest": digest}
+        self.holders.setdefault(digest, set()).add(path)
+
+    def forget_missing(self, digest: str) -> None:
+        """Forget the files that held `digest` and are gone (a renamed file's old path, a
+        deleted file): the landing then belongs to the files that still hold its content,
+        and is retired when the last of them changes."""
+        for path in [p for p in self.holders.get(digest, ()) if not os.path.exists(p)]:
+            self.holders[digest].discard(path)
+            del self.files[path]
+
+
+def land_files(
+    paths: Iterable[Path],
+    read_batches: Callable[[Path], Batches],
+    *,
+    landing_dir: Path,
+    bounds: TimeBounds,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    workers: int = 1,
+) -> list[LandingResult]:
+    """Land each file under its content (see the module docstring). A file whose stat
+    signature is the one recorded for it costs a `stat` and a manifest read, and no lock;
+    the others are hashed, and landed if their content is new, under the landing lock."""
+    paths = list(paths)
+    index = SourceIndex.read(landing_dir)
+    results = {path: _landed_unchanged(index, path, landing_dir) for path in paths}
+    changed = [path for path, result in results.items() if result is None]
+    if not changed:
+        return [results[path] for path in paths]
+    landing_dir.mkdir(parents=True, exist_ok=True)
+    with _landing_lock(landing_dir):
+        index = SourceIndex.read(landing_dir)  # another process may have landed them meanwhile
+        try:
+            for path in changed:
+                results[path] = _landed_unchanged(index, path, landing_dir) or _land_content(
+                    path, read_batches, index, landing_dir,
+                    bounds=bounds, max_record_bytes=max_record_bytes, workers=workers,
+                )
+        finally:
+            # once, not per file: the index grows with the drop folder. A file whose landing
+            # failed has not been recorded, so it is hashed and landed again next time.
+            index.write(landing_dir)
+    # a file that changed to content another file holds gave that landing a new generation:
+    # every file holding it reports the newest
+    newest: dict[str, int] = {}
+    for result in results.values():
+        newest[result.source_id] = max(result.generation, newest.get(result.source_id, 0))
+    return [dataclasses.replace(results[path], generation=newest[results[path].source_id]) for path in paths]
+
+
+def _landed_unchanged(index: SourceIndex, path: Path, landing_dir: Path) -> LandingResult | None:
+    entry = index.files.get(os.path.abspath(path))
+    if entry is None or entry["stat"] != stat_signature(path):
+        return None
+    manifest = read_manifest(landing_dir / entry["digest"])
+    return _result_from(manifest, landed=False) if manifest else None
+
+
+def _land_content(
+    path: Path, read_batches: Callable[[Path], Batches], index: SourceIndex, landing_dir: Path, **landing
+) -> LandingResult:
+    """Land a file whose stat signature changed (or that is new), or find its content
+    landed already; retire the landing of the content it held before if no other file
+    holds that content. The index records the file only once that is done."""
+    key = os.path.abspath(path)
+    stat = stat_signature(path)  # before hashing: a write while hashing shows as a change next time
+    digest = content_digest(path)
+    folder = landing_dir / digest
+    previous = index.digest_of(key)
+    retired = []
+    if previous is None:  # landed by path before landings were named by content?
+        retired.append(landing_dir / _legacy_landing_name(path))
+    elif previous != digest and not index.other_holders(previous, key):
+        retired.append(landing_dir / previous)
+    manifest = read_manifest(folder)
+    landed = manifest is None
+    if landed:
+        manifest = _stage_and_swap(
+            read_batches(path), folder, digest, _new_generation(landing_dir), retired, **landing
+        )
+    else:
+        _retire(retired)
+        if previous not in (None, digest):
+            # the file changed to content landed for another file: its partitions changed,
+            # so they are ingested again under a new generation
+            manifest = {**manifest, "generation": _new_generation(landing_dir)}
+            _write_atomic(folder / MANIFEST, json.dumps(manifest, sort_keys=True))
+    index.record(key, stat, digest)
+    index.forget_missing(digest)
+    if previous is not None:
+        index.forget_missing(previous)
+    return _result_from(manifest, landed=landed)
+
+
+def _legacy_landing_name(path: Path) -> str:
+    """The folder a file was landed in when landings were named by the file's path."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)[:60]
+    return f"{stem}-{digest}"
+
+
 def land_file(
-    batches: Iterator[list[tuple[str, str | dict[str, Any]]]],
+    batches: Batches,
     *,
     source_id: str,
     fingerprint: str,
@@ -261,7 +461,9 @@ def land_file(
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     workers: int = 1,
 ) -> LandingResult:
-    """Validate and land one source file; a no-op when it is already landed unchanged.
+    """Validate and land one stream of records as `<landing>/<source_id>`, replacing its
+    earlier landing; a no-op when it is already landed with this fingerprint. (Drop-folder
+    files are landed by content, through `land_files`.)
 
     Writes go to a temporary folder renamed into place, so a crash leaves either the old
     landing or the new one, never half of one. With `workers` > 1, batches are validated in
@@ -278,7 +480,8 @@ def land_file(
         if manifest and manifest["fingerprint"] == fingerprint:
             return _result_from(manifest, landed=False)
         manifest = _stage_and_swap(
-            batches, target, fingerprint, bounds=bounds, max_record_bytes=max_record_bytes, workers=workers
+            batches, target, fingerprint, _new_generation(landing_dir), [target],
+            bounds=bounds, max_record_bytes=max_record_bytes, workers=workers,
         )
     return _result_from(manifest, landed=True)
 
@@ -297,8 +500,18 @@ def _landing_lock(landing_dir: Path) -> Iterator[None]:
 
 
 def _stage_and_swap(
-    batches, target: Path, fingerprint: str, *, bounds: TimeBounds, max_record_bytes: int, workers: int
+    batches: Batches,
+    target: Path,
+    fingerprint: str,
+    generation: int,
+    retired: list[Path],
+    *,
+    bounds: TimeBounds,
+    max_record_bytes: int,
+    workers: int,
 ) -> dict[str, Any]:
+    """Land into a staging folder, then retire the landings it replaces and rename it into
+    place: readers may miss those records for a moment, never count them twice."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         counts: dict[str, dict[str, int]] = {}
@@ -317,14 +530,25 @@ def _stage_and_swap(
         manifest = {
             "source_id": target.name,
             "fingerprint": fingerprint,
+            "generation": generation,
             "partitions": counts,
             "workload_ids": workload_ids,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
-        _swap_into_place(staging, target)
+        _retire(retired)
+        os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _retire(folders: Iterable[Path]) -> None:
+    """Remove landings: renamed out of readers' sight (hidden) first, then deleted."""
+    for folder in folders:
+        if folder.exists():
+            hidden = folder.with_name(f".{folder.name}-retired-{os.getpid()}")
+            os.replace(folder, hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _land_batch(
@@ -375,23 +599,11 @@ def _count(counts: dict[str, dict[str, int]], df: pl.DataFrame, kind: str) -> No
         slot[kind] += n
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
-    if target.exists():
-        retired = target.with_name(f".{target.name}-retired-{os.getpid()}")
-        os.replace(target, retired)
-        shutil.rmtree(retired, ignore_errors=True)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        # another process landed the same file first; its result is equivalent
-        if read_manifest(target) is None:
-            raise
-
-
 def _result_from(manifest: dict[str, Any], landed: bool) -> LandingResult:
     return LandingResult(
         source_id=manifest["source_id"],
         fingerprint=manifest["fingerprint"],
+        generation=manifest["generation"],
         landed=landed,
         partitions=manifest["partitions"],
         workload_ids=manifest["workload_ids"],
