@@ -57,6 +57,8 @@ _START_SENSOR = """mutation($selector: SensorSelector!) { startSensor(sensorSele
   ... on SensorNotFoundError { message } } }"""
 _RUNS = """{ runsOrError(limit: 5000) { __typename ... on Runs { results {
   runId jobName status startTime endTime tags { key value } assetSelection { path } } } } }"""
+_TICKS = """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+  __typename ... on Sensor { sensorState { ticks(limit: 20) { timestamp status } } } } }"""
 _MATERIALIZED = """query($path: [String!]!) { assetOrError(assetKey: {path: $path}) {
   __typename ... on Asset { assetMaterializations(limit: 10000) { partition timestamp runId } } } }"""
 
@@ -82,6 +84,10 @@ class Run:
 
     @property
     def partition(self) -> str:
+        """Its partition, or `first...last` for a run over a range of partitions."""
+        first, last = self.tags.get("dagster/asset_partition_range_start"), self.tags.get("dagster/asset_partition_range_end")
+        if first and last:
+            return first if first == last else f"{first}...{last}"
         return self.tags.get("dagster/partition", "")
 
 
@@ -197,6 +203,20 @@ class LiveFlywheel:
             if result["__typename"] != "Sensor":
                 raise LiveFlywheelError(f"could not start sensor {name}: {result.get('message', result)}")
 
+    def sensor_ticks(self, sensor: str) -> list[tuple[float, str]]:
+        """(time, status) of the sensor's latest ticks, newest first."""
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": sensor}
+        state = self.graphql(_TICKS, selector=selector)["sensorOrError"]["sensorState"]
+        return [(float(t["timestamp"]), t["status"]) for t in state["ticks"]]
+
+    def wait_for_ticks(self, sensor: str, *, after: float, count: int, timeout_s: float) -> None:
+        """Until `count` ticks of `sensor` finished after `after` (one that started before it
+        may have seen the folder as it was)."""
+        def done() -> bool:
+            return sum(t > after and status != "STARTED" for t, status in self.sensor_ticks(sensor)) >= count
+
+        self.wait_for(done, timeout_s, f"{count} ticks of {sensor}")
+
     def runs(self) -> list[Run]:
         results = self.graphql(_RUNS)["runsOrError"]["results"]
         return [
@@ -251,10 +271,13 @@ class LiveFlywheel:
         seen: dict[str, str] = {}
         while True:
             runs = [r for r in self.runs() if (r.start or since) >= since - 1]
-            for run in runs:
-                if progress and seen.get(run.run_id) != run.status:
+            for run in sorted(runs, key=lambda r: r.end or 0):
+                if progress and run.status in FINISHED and run.run_id not in seen:
                     seen[run.run_id] = run.status
-                    progress(f"{time.time() - since:6.0f}s  {run.status:<8} {run.stage:<18} [{run.partition}] {run.job}")
+                    busy = sum(r.status not in FINISHED for r in runs)
+                    progress(f"+{time.time() - since:4.0f} s  {run.status.lower():<7} {run.stage:<18} "
+                             f"[{run.partition}] ({run.end - run.start if run.end and run.start else 0:.0f} s; "
+                             f"{busy} runs queued or running)")
             failed = [r for r in runs if r.status == "FAILURE"]
             if failed:
                 raise LiveFlywheelError(

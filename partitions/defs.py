@@ -6,6 +6,9 @@ Multi-partition dimensions are ordered by name (dagster-facts.md #1), so keys re
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
 import dagster as dg
 
 from flywheel_assets.core.candidates import load_models
@@ -38,3 +41,43 @@ def trace_partition_key(day: str, workload_key: str) -> dg.MultiPartitionKey:
 
 def candidate_workload_key(candidate: str, workload_key: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"candidate": candidate, "workload": workload_key})
+
+
+def trace_partition_boxes(
+    partitions: Iterable[tuple[str, str]], workload_order: Sequence[str]
+) -> list[list[tuple[str, str]]]:
+    """These `(day, workload key)` partitions grouped into as few key ranges as possible,
+    each ordered so that its first and last partitions name the range.
+
+    Dagster reads a multi-partition key range as a box: every day from the first key's to
+    the last key's, times every workload from the first key's to the last key's in the order
+    the workload partitions were added (`workload_order`; workloads about to be added come
+    last). Each day's workloads are cut into runs of neighbours in that order, and the same
+    run on consecutive days becomes one box: a dropped week of every workload is one range,
+    and no range covers a partition that was not asked for."""
+    column = {workload: i for i, workload in enumerate(workload_order)}
+    by_day: dict[dt.date, list[int]] = {}
+    for day, workload in partitions:
+        by_day.setdefault(dt.date.fromisoformat(day), []).append(column[workload])
+    segments = []  # (first workload, last workload, day)
+    for day, columns in by_day.items():
+        columns = sorted(set(columns))
+        start = columns[0]
+        for previous, current in zip(columns, columns[1:] + [None]):
+            if current is None or current != previous + 1:
+                segments.append((start, previous, day))
+                start = current
+    boxes: list[tuple[int, int, dt.date, dt.date]] = []
+    for first, last, day in sorted(segments):
+        if boxes and boxes[-1][:2] == (first, last) and boxes[-1][3] + dt.timedelta(days=1) == day:
+            boxes[-1] = (first, last, boxes[-1][2], day)
+        else:
+            boxes.append((first, last, day, day))
+    return [
+        [
+            ((start + dt.timedelta(days=d)).isoformat(), workload_order[w])
+            for d in range((end - start).days + 1)
+            for w in range(first, last + 1)
+        ]
+        for first, last, start, end in sorted(boxes, key=lambda box: (box[2], box[0]))
+    ]

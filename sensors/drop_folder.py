@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from flywheel_assets.core.ingest import UNATTRIBUTED, LandingResult
-from partitions.defs import day_partitions, trace_partition_key, workload_partitions
+from partitions.defs import trace_partition_boxes, day_partitions, trace_partition_key, workload_partitions
 from resources.traces import TRACE_FILE_SUFFIXES, FileTraceSource
 from flywheel_assets.jobs import ingest_job
 
@@ -48,7 +49,7 @@ class IngestRequests:
     out_of_range: list[str]  # "day|workload" partitions whose day is no day partition
 
     def summary(self) -> str:
-        text = f"{len(self.runs)} partitions; new workloads {self.new_workloads}"
+        text = f"{len(self.runs)} runs; new workloads {self.new_workloads}"
         if self.out_of_range:
             text += f"; not requested (day out of range): {self.out_of_range}"
         return text
@@ -62,7 +63,9 @@ class IngestRequests:
 def ingest_requests(
     results: Iterable[LandingResult], known_workloads: Iterable[str], trigger: str
 ) -> IngestRequests:
-    """One `raw_traces` run per day x workload partition that received records.
+    """`raw_traces` runs for the day x workload partitions that received records: one run
+    per key range (`trace_partition_boxes`), so a dropped file
+    is ingested in one run instead of one process per partition.
 
     Partitions of days outside the day partitions (records quarantined as
     `before_start_date` / `future_timestamp`) and unattributable records are not
@@ -77,7 +80,7 @@ def ingest_requests(
             if counts.get("valid") or counts.get("quarantined"):
                 sources.setdefault(partition, set()).add(f"{result.source_id}@{result.generation}")
     days: dict[str, bool] = {}
-    runs, out_of_range, touched_workloads = [], [], set()
+    out_of_range, wanted = [], {}
     for partition in sorted(sources):
         day, key = partition.split("|", 1)
         if day == UNATTRIBUTED:
@@ -87,16 +90,24 @@ def ingest_requests(
         if not days[day]:
             out_of_range.append(partition)
             continue
-        touched_workloads.add(key)
-        version = hashlib.sha256(json.dumps(sorted(sources[partition])).encode()).hexdigest()[:16]
+        wanted[(day, key)] = sources[partition]
+    known = list(known_workloads)
+    new = sorted({key for _, key in wanted} - set(known))
+    runs = []
+    for partitions in trace_partition_boxes(wanted, known + new):
+        first, last = (str(trace_partition_key(*p)) for p in (partitions[0], partitions[-1]))
+        landings = sorted(landing for partition in partitions for landing in wanted[partition])
+        version = hashlib.sha256(json.dumps(landings).encode()).hexdigest()[:16]
         runs.append(
             dg.RunRequest(
-                partition_key=trace_partition_key(day, key),
-                run_key=f"{trigger}:{partition}:{version}",
-                tags={"flywheel/trigger": trigger},
+                run_key=f"{trigger}:{first}...{last}:{version}",
+                tags={
+                    ASSET_PARTITION_RANGE_START_TAG: first,
+                    ASSET_PARTITION_RANGE_END_TAG: last,
+                    "flywheel/trigger": trigger,
+                },
             )
         )
-    new = sorted(touched_workloads - set(known_workloads))
     return IngestRequests(runs=runs, new_workloads=new, out_of_range=out_of_range)
 
 
@@ -196,7 +207,7 @@ def land_new_files(
 
 @dg.sensor(
     job=ingest_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=15,  # a tick stats the folder and lands only new files
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Lands new trace files from the drop folder and ingests the partitions they touch.",
 )

@@ -167,3 +167,32 @@ def test_ids_with_lone_surrogates_get_distinct_safe_keys():
     keys = {workload_key("a\ud800"), workload_key("a\ud801"), workload_key("a")}
     assert len(keys) == 3
     assert all(is_safe(k) for k in keys)
+
+
+def test_trace_partition_boxes_cover_exactly_the_asked_partitions():
+    """Each box is a Dagster key range (days x workloads); together they cover what was
+    asked, nothing else, and a full week of every workload is one box."""
+    import itertools
+
+    import dagster as dg
+
+    from partitions.defs import trace_partition_boxes, trace_partitions
+
+    order = ["wa", "wb", "wc"]
+    days = [f"2025-01-0{d}" for d in range(1, 8)]
+    week = [(d, w) for d in days for w in order]
+    assert len(trace_partition_boxes(week, order)) == 1
+    asked = {("2025-01-01", "wa"), ("2025-01-01", "wb"), ("2025-01-02", "wb"), ("2025-01-02", "wc"),
+             ("2025-01-03", "wb"), ("2025-01-03", "wc"), ("2025-01-05", "wa")}
+    boxes = trace_partition_boxes(asked, order)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workload", order)
+        covered = list(itertools.chain.from_iterable(
+            trace_partitions.get_partition_keys_in_range(
+                dg.PartitionKeyRange(f"{box[0][0]}|{box[0][1]}", f"{box[-1][0]}|{box[-1][1]}"),
+                dynamic_partitions_store=instance,
+            )
+            for box in boxes
+        ))
+    assert sorted(covered) == sorted(f"{d}|{w}" for d, w in asked)  # each once, none extra
+    assert len(boxes) == 3  # d1 x [wa, wb]; d2..d3 x [wb, wc]; d5 x [wa]

@@ -13,9 +13,12 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as END
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as START
 
 from fake_weave_server import CallFactory, Fault, fake_weave_server
 from flywheel_assets.core.ingest import day_of
+from partitions.defs import trace_partitions
 from partitions.keys import workload_key
 from resources.traces import FileTraceSource
 from resources.weave_source import WeaveCursor, WeaveTraceSource
@@ -78,8 +81,13 @@ def landed_valid(tmp_path: Path) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(f) for f in files]) if files else pl.DataFrame()
 
 
-def partitions(result) -> set[str]:
-    return {str(r.partition_key) for r in result.run_requests}
+def partitions(result, instance) -> set[str]:
+    """The day x workload partitions the result's runs cover (each run is a key range)."""
+    covered = set()
+    for request in result.run_requests:
+        window = dg.PartitionKeyRange(request.tags[START], request.tags[END])
+        covered |= set(trace_partitions.get_partition_keys_in_range(window, dynamic_partitions_store=instance))
+    return covered
 
 
 # ------------------------------------------------------------------------------ weave
@@ -91,7 +99,7 @@ def test_a_weave_tick_lands_the_calls_and_requests_their_partitions(tmp_path, se
     res = resources(tmp_path, server)
     result = tick(weave_trace_sensor, instance, res)
     odd = workload_key("Support Chat/EU")
-    assert partitions(result) == {f"{day_of(int(T0))}|tool_router", f"{day_of(int(T0 + DAY))}|{odd}"}
+    assert partitions(result, instance) == {f"{day_of(int(T0))}|tool_router", f"{day_of(int(T0 + DAY))}|{odd}"}
     assert [r.partition_keys for r in result.dynamic_partitions_requests] == [[odd]]  # only the new one
     assert all(r.tags["flywheel/trigger"] == "weave" for r in result.run_requests)
     (written,) = (tmp_path / "traces" / "weave").iterdir()
@@ -113,7 +121,7 @@ def test_repeated_ticks_add_no_duplicates_and_only_new_calls(tmp_path, server, i
     assert isinstance(again, dg.SkipReason)  # same cursor, nothing new: nothing written
     server.add_calls(calls.chat(T0 + DAY + i, workload_id="query_rewrite") for i in range(4))
     third = tick(weave_trace_sensor, instance, res, cursor)
-    assert partitions(third) == {f"{day_of(int(T0 + DAY))}|query_rewrite"}
+    assert partitions(third, instance) == {f"{day_of(int(T0 + DAY))}|query_rewrite"}
     cursor = next_cursor(third, cursor)
     assert isinstance(tick(weave_trace_sensor, instance, res, cursor), dg.SkipReason)
     assert len(list((tmp_path / "traces" / "weave").iterdir())) == 2
@@ -149,7 +157,7 @@ def test_a_failed_tick_writes_nothing_and_the_next_one_loses_nothing(tmp_path, s
         tick(weave_trace_sensor, instance, res, cursor)  # Dagster keeps the old cursor
     assert len(list((tmp_path / "traces" / "weave").iterdir())) == 1
     result = tick(weave_trace_sensor, instance, res, cursor)
-    assert partitions(result) == {f"{day_of(int(T0 + DAY))}|tool_router"}
+    assert partitions(result, instance) == {f"{day_of(int(T0 + DAY))}|tool_router"}
     valid = landed_valid(tmp_path)
     assert valid.height == 50 and valid["record_id"].n_unique() == 50
 
@@ -159,7 +167,7 @@ def test_bad_calls_are_quarantined_and_never_block_the_cursor(tmp_path, server, 
     server.add_calls([calls.chat(T0, workload_id=None), calls.chat(T0 + 1), calls.chat(T0 + 2, workload_id="../etc")])
     res = resources(tmp_path, server)
     result = tick(weave_trace_sensor, instance, res)
-    assert partitions(result) == {f"{day_of(int(T0))}|tool_router", f"{day_of(int(T0))}|{workload_key('../etc')}"}
+    assert partitions(result, instance) == {f"{day_of(int(T0))}|tool_router", f"{day_of(int(T0))}|{workload_key('../etc')}"}
     assert landed_valid(tmp_path).height == 2
     quarantined = pl.read_parquet(next((tmp_path / "landing").glob("*/day=unattributed/*/quarantine-*.parquet")))
     assert quarantined["reason"].to_list() == ["missing_field"]
@@ -199,7 +207,7 @@ def test_drop_folder_ticks_land_only_new_files_and_request_their_partitions(tmp_
     write_traces(traces / "old.jsonl", "tool_router", [int(T0)])
     res = {"trace_source": CountingFileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"))}
     first = tick(drop_folder_sensor, instance, res)
-    assert partitions(first) == {f"{day_of(int(T0))}|tool_router"}
+    assert partitions(first, instance) == {f"{day_of(int(T0))}|tool_router"}
     cursor = next_cursor(first, None)
     second = tick(drop_folder_sensor, instance, res, cursor)
     assert not second.run_requests and "no new or changed" in second.skip_reason.skip_message
@@ -208,10 +216,38 @@ def test_drop_folder_ticks_land_only_new_files_and_request_their_partitions(tmp_
     past = (T0 - 30 * DAY)
     os.utime(new, (past, past))  # copied with its old mtime kept (cp -p): still new
     third = tick(drop_folder_sensor, instance, res, cursor)
-    assert partitions(third) == {f"{day_of(int(T0 + DAY))}|support_chat"}
+    assert partitions(third, instance) == {f"{day_of(int(T0 + DAY))}|support_chat"}
     assert [r.partition_keys for r in third.dynamic_partitions_requests] == [["support_chat"]]
     assert "new.jsonl" in LANDED_CALLS[-1]
     assert landed_valid(tmp_path).height == 2
+
+
+def test_drop_folder_a_dropped_week_is_one_ingest_run(tmp_path, instance):
+    """Seen live: one run (one Python process) per day x workload; 21 for the demo week."""
+    traces = tmp_path / "traces"
+    instance.add_dynamic_partitions("workload", ["support_chat"])
+    stamps = [int(T0 - d * DAY) for d in range(3)]
+    write_traces(traces / "router.jsonl", "tool_router", stamps)  # a new workload: added last
+    write_traces(traces / "chat.jsonl", "support_chat", stamps)
+    res = {"trace_source": FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"))}
+    result = tick(drop_folder_sensor, instance, res)
+    (run,) = result.run_requests
+    days = sorted(day_of(t) for t in stamps)
+    assert (run.tags[START], run.tags[END]) == (f"{days[0]}|support_chat", f"{days[-1]}|tool_router")
+    assert partitions(result, instance) == {f"{d}|{w}" for d in days for w in ("support_chat", "tool_router")}
+
+
+def test_drop_folder_requests_only_the_partitions_that_received_records(tmp_path, instance):
+    """A gap (a workload without traffic on a day) splits the ranges: none covers it.
+    (Dagster reads a multi-partition key range as days x workloads, a box.)"""
+    traces = tmp_path / "traces"
+    write_traces(traces / "a.jsonl", "wa", [int(T0 - 2 * DAY), int(T0)])
+    write_traces(traces / "b.jsonl", "wb", [int(T0 - 2 * DAY), int(T0 - DAY), int(T0)])
+    res = {"trace_source": FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"))}
+    result = tick(drop_folder_sensor, instance, res)
+    days = [day_of(int(T0 - d * DAY)) for d in (2, 1, 0)]
+    assert len(result.run_requests) == 3  # d0 x [wa, wb], d1 x [wb], d2 x [wa, wb]
+    assert partitions(result, instance) == {f"{days[0]}|wa", f"{days[0]}|wb", f"{days[1]}|wb", f"{days[2]}|wa", f"{days[2]}|wb"}
 
 
 def test_drop_folder_checks_only_recent_files_between_full_scans(tmp_path, instance, monkeypatch):
@@ -227,7 +263,7 @@ def test_drop_folder_checks_only_recent_files_between_full_scans(tmp_path, insta
     write_traces(traces / "new.jsonl", "tool_router", [int(T0) + 99])
     result = tick(drop_folder_sensor, instance, res, cursor)
     assert LANDED_CALLS[-1] == ["new.jsonl"]  # the 5 old files were only stat-ed
-    assert partitions(result) == {f"{day_of(int(T0))}|tool_router"}
+    assert partitions(result, instance) == {f"{day_of(int(T0))}|tool_router"}
     cursor = next_cursor(result, cursor)
     full = DropFolderCursor(ctime_ns=DropFolderCursor.parse(cursor).ctime_ns, tick=drop_folder.FULL_SCAN_EVERY)
     safety_net = tick(drop_folder_sensor, instance, res, full.to_json())
@@ -242,7 +278,7 @@ def test_drop_folder_requests_files_landed_by_a_tick_that_crashed(tmp_path, inst
     b = write_traces(traces / "b.jsonl", "tool_router", [int(T0 + DAY)])
     res["trace_source"].land([b])  # landed (a crashed tick, or a raw_traces run), never requested
     result = tick(drop_folder_sensor, instance, res, cursor)
-    assert partitions(result) == {f"{day_of(int(T0 + DAY))}|tool_router"}
+    assert partitions(result, instance) == {f"{day_of(int(T0 + DAY))}|tool_router"}
     assert next_cursor(result, cursor) != cursor
 
 
@@ -251,7 +287,7 @@ def test_drop_folder_skips_weave_files_and_days_outside_the_partitions(tmp_path,
     write_traces(traces / "weave" / "acme__prod-start-x.jsonl", "tool_router", [int(T0)])
     write_traces(traces / "mixed.jsonl", "tool_router", [int(T0), 1_600_000_000, int(NOW.timestamp()) + 30 * DAY])
     result = tick(drop_folder_sensor, instance, resources(tmp_path))
-    assert partitions(result) == {f"{day_of(int(T0))}|tool_router"}  # 2020 and next month: quarantined
+    assert partitions(result, instance) == {f"{day_of(int(T0))}|tool_router"}  # 2020 and next month: quarantined
     assert landed_valid(tmp_path).height == 1
     assert not any(p.name.startswith("acme__prod") for p in (tmp_path / "landing").iterdir())
 
@@ -314,7 +350,7 @@ def test_drop_folder_a_changed_file_is_landed_again_under_new_run_keys(tmp_path,
     res, path, first = first_tick(tmp_path, instance)
     write_traces(path, "tool_router", [int(T0), int(T0) + 60, int(T0) + 120])
     changed = tick(drop_folder_sensor, instance, res, next_cursor(first, None))
-    assert partitions(changed) == partitions(first)
+    assert partitions(changed, instance) == partitions(first, instance)
     assert run_keys(changed) and not run_keys(changed) & run_keys(first)
     assert landed_valid(tmp_path).height == 3
 
@@ -326,7 +362,7 @@ def test_drop_folder_content_that_comes_back_is_requested_again(tmp_path, instan
         write_traces(path, "tool_router", timestamps)
         set_mtime(path, step)
         result = tick(drop_folder_sensor, instance, res, cursor)
-        assert partitions(result) == partitions(first)
+        assert partitions(result, instance) == partitions(first, instance)
         assert run_keys(result) and not run_keys(result) & seen
         cursor, seen = next_cursor(result, cursor), seen | run_keys(result)
     assert landed_valid(tmp_path).height == 2
@@ -339,7 +375,7 @@ def test_drop_folder_a_tick_that_crashed_is_requested_again_under_the_same_keys(
     crashed = tick(drop_folder_sensor, instance, res, cursor)  # its cursor is never committed
     b.rename(b.with_name("c.jsonl"))  # even renamed meanwhile: the landing is still owed
     retried = tick(drop_folder_sensor, instance, res, cursor)
-    assert run_keys(retried) == run_keys(crashed) and partitions(retried) == {f"{day_of(int(T0 + DAY))}|tool_router"}
+    assert run_keys(retried) == run_keys(crashed) and partitions(retried, instance) == {f"{day_of(int(T0 + DAY))}|tool_router"}
     assert run_keys(tick(drop_folder_sensor, instance, res, next_cursor(retried, cursor))) == set()
 
 
@@ -359,7 +395,7 @@ def test_drop_folder_requests_a_file_landed_by_another_process_during_a_tick(tmp
     concurrent = {"trace_source": ConcurrentlyLandingSource(**res["trace_source"].model_dump())}
     write_traces(tmp_path / "traces" / "b.jsonl", "tool_router", [int(T0 + DAY)])
     during = tick(drop_folder_sensor, instance, concurrent, next_cursor(first, None))
-    assert partitions(during) == {f"{day_of(int(T0 + DAY))}|tool_router"}
+    assert partitions(during, instance) == {f"{day_of(int(T0 + DAY))}|tool_router"}
     after = tick(drop_folder_sensor, instance, res, next_cursor(during, None))
-    assert partitions(after) == {f"{day_of(int(T0))}|support_chat"}
+    assert partitions(after, instance) == {f"{day_of(int(T0))}|support_chat"}
     assert run_keys(tick(drop_folder_sensor, instance, res, next_cursor(after, None))) == set()
