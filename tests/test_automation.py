@@ -185,7 +185,10 @@ def test_every_automated_asset_is_evaluated_by_an_automation_sensor():
     assert {"automation_sensor", "gpu_automation_sensor", "weave_trace_sensor", "drop_folder_sensor"} <= set(sensors)
     # ours replace Dagster's default sensor (30 s ticks): each stage waits for a tick
     assert "default_automation_condition_sensor" not in sensors
-    assert sensors["automation_sensor"].minimum_interval_seconds <= 10
+    for name in ("automation_sensor", "gpu_automation_sensor"):
+        assert sensors[name].minimum_interval_seconds <= 10
+        # runs at once, not an asset backfill that waits for the backfill daemon's next pass
+        assert not sensors[name].emit_backfills
 
 
 def test_weekly_schedules_are_off_by_default_and_request_every_workload():
