@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from flywheel_assets.core import torch_threads  # noqa: F401  (first: it sets OpenMP's environment for torch)
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

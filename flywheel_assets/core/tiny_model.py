@@ -21,6 +21,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
+from flywheel_assets.core import torch_threads  # noqa: F401  (first: it sets OpenMP's environment for torch)
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast

@@ -11,6 +11,8 @@ inputs give the same loss curve and the same adapter tensors: the LoRA weights a
 initialised after `torch.manual_seed(seed)`, batches are drawn by a generator seeded with
 `seed + epoch`, dropout draws from the seeded global generator, and deterministic kernels
 are asked for (`torch.use_deterministic_algorithms`, warn-only, restored afterwards).
+The thread count is recorded in the result (`cpu_threads`); see `torch_threads` for how it
+is chosen (the CPUs this process may use) and why OpenMP threads wait passively.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from flywheel_assets.core import torch_threads  # noqa: F401  (first: it sets OpenMP's environment for torch)
 import torch
 from peft import LoraConfig, get_peft_model
 from pydantic import BaseModel, Field
@@ -46,6 +49,8 @@ class TrainingResult(BaseModel):
     base_model_dir: str
     hyperparameters: LoraHyperparameters
     device: str
+    cpu_threads: int | None = Field(None, description="torch's CPU threads in the run (with the seed, what makes it "
+                                    "reproducible); None in results written before it was recorded")
     loss_curve: list[LossPoint]
     eval_loss: list[float] = Field(description="mean validation loss per token after each epoch; empty without validation")
     steps: int
@@ -289,6 +294,7 @@ def train_lora(
                 base_model_dir=str(base_model_dir),
                 hyperparameters=hp,
                 device=str(device),
+                cpu_threads=torch.get_num_threads(),
                 loss_curve=loss_curve,
                 eval_loss=eval_losses,
                 steps=step,
