@@ -164,6 +164,7 @@ class LocalPlatform(ModelPlatform):
             "adapter_dir": result.adapter_dir,
             "base_model_dir": result.base_model_dir,
             "device": result.device,
+            "cpu_threads": result.cpu_threads,
             "train_examples": result.train_examples,
         })
 
