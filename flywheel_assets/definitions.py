@@ -101,9 +101,10 @@ AUTOMATION_INTERVAL_S = 10
 # submit an asset backfill, which waits for the backfill daemon's next pass (15 s and more)
 # before its runs are even queued.
 # every asset with an automation condition but the GPU ones (this replaces Dagster's
-# default_automation_condition_sensor, so its interval is ours)
+# default_automation_condition_sensor, so its interval is ours); promoted_model never
 automation_sensor = dg.AutomationConditionSensorDefinition(
-    "automation_sensor", target=dg.AssetSelection.all() - GPU_ASSETS,
+    "automation_sensor",
+    target=dg.AssetSelection.assets(workload_dataset, eval_dataset, train_dataset, leaderboard),
     minimum_interval_seconds=AUTOMATION_INTERVAL_S, emit_backfills=False,
 )
 # the GPU assets, so that their runs carry the GPU run tag

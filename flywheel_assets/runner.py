@@ -19,7 +19,8 @@ from flywheel_assets.jobs import curate_and_split_job, ingest_job, report_job, t
 from partitions.defs import (
     candidate_partitions,
     candidate_workload_key,
-    trace_partition_key,
+    trace_partition_boxes,
+    trace_range_tags,
     workload_partitions,
 )
 
@@ -72,24 +73,28 @@ def run_flywheel(
     result = FlywheelRun(workloads=workloads)
     staged = dg.Definitions(assets=defs.assets, resources=resources, jobs=STAGE_JOBS)
 
-    def materialize(job: str, partition_key: str) -> dg.ExecuteInProcessResult:
+    def materialize(job: str, partition_key: str | None = None, window: dict | None = None) -> dg.ExecuteInProcessResult:
+        """One run of a stage's job, for a partition or a key range (`window`'s tags)."""
         run = staged.resolve_job_def(job).execute_in_process(
             partition_key=partition_key,
             instance=instance,
             raise_on_error=False,
-            tags={"flywheel/trigger": "runner"},
+            tags={**(window or {}), "flywheel/trigger": "runner"},
             # the console shows warnings only; the full log is in the run's event log
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         result.runs.append(run)
-        log(f"{'ok  ' if run.success else 'FAIL'} {job} [{partition_key}]")
+        target = partition_key or "...".join((window or {}).values())
+        log(f"{'ok  ' if run.success else 'FAIL'} {job} [{target}]")
         if was_interrupted(run):  # stop the whole flywheel, not just this run
-            raise FlywheelInterrupted(f"interrupted during {job} [{partition_key}]")
+            raise FlywheelInterrupted(f"interrupted during {job} [{target}]")
         return run
 
     log(f"{len(landed)} trace files, {len(partitions)} day x workload partitions, workloads {workloads}")
-    for partition in partitions:
-        materialize(ingest_job.name, trace_partition_key(*partition.split("|")))
+    # as the drop-folder sensor does: one ingest run per box of day x workload partitions
+    order = instance.get_dynamic_partitions(workload_partitions.name)
+    for box in trace_partition_boxes([tuple(p.split("|")) for p in partitions], order):
+        materialize(ingest_job.name, window=trace_range_tags(box))
     ready = [w for w in workloads if materialize(curate_and_split_job.name, w).success]
     if through == "split":
         return result

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from flywheel_assets.core.candidates import load_models
 from flywheel_assets.settings import load_settings
@@ -81,3 +82,9 @@ def trace_partition_boxes(
         ]
         for first, last, start, end in sorted(boxes, key=lambda box: (box[2], box[0]))
     ]
+
+
+def trace_range_tags(box: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The run tags that make a run cover one box of `trace_partition_boxes`."""
+    first, last = (str(trace_partition_key(*partition)) for partition in (box[0], box[-1]))
+    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from flywheel_assets.core.ingest import UNATTRIBUTED, LandingResult
-from partitions.defs import trace_partition_boxes, day_partitions, trace_partition_key, workload_partitions
+from partitions.defs import day_partitions, trace_partition_boxes, trace_range_tags, workload_partitions
 from resources.traces import TRACE_FILE_SUFFIXES, FileTraceSource
 from flywheel_assets.jobs import ingest_job
 
@@ -94,18 +93,14 @@ def ingest_requests(
     known = list(known_workloads)
     new = sorted({key for _, key in wanted} - set(known))
     runs = []
-    for partitions in trace_partition_boxes(wanted, known + new):
-        first, last = (str(trace_partition_key(*p)) for p in (partitions[0], partitions[-1]))
-        landings = sorted(landing for partition in partitions for landing in wanted[partition])
+    for box in trace_partition_boxes(wanted, known + new):
+        window = trace_range_tags(box)
+        landings = sorted(landing for partition in box for landing in wanted[partition])
         version = hashlib.sha256(json.dumps(landings).encode()).hexdigest()[:16]
         runs.append(
             dg.RunRequest(
-                run_key=f"{trigger}:{first}...{last}:{version}",
-                tags={
-                    ASSET_PARTITION_RANGE_START_TAG: first,
-                    ASSET_PARTITION_RANGE_END_TAG: last,
-                    "flywheel/trigger": trigger,
-                },
+                run_key=f"{trigger}:{'...'.join(window.values())}:{version}",
+                tags={**window, "flywheel/trigger": trigger},
             )
         )
     return IngestRequests(runs=runs, new_workloads=new, out_of_range=out_of_range)

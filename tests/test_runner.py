@@ -18,7 +18,7 @@ calls = []
     partitions_def=trace_partitions,
 )
 def ingest_stopped_by_a_signal(context):
-    calls.append(context.partition_key)
+    calls.append(context.partition_keys)
     # what Dagster raises in a step when the process gets SIGINT / SIGTERM
     raise DagsterExecutionInterruptedError()
 
@@ -36,16 +36,18 @@ def record(day_offset: int, workload: str) -> str:
 def test_an_interrupted_run_stops_the_remaining_runs(tmp_path):
     traces = tmp_path / "traces"
     traces.mkdir()
-    (traces / "t.jsonl").write_text("\n".join(record(d, w) for d in range(3) for w in ("a", "b")) + "\n")
+    # a: three days, b: the first only -> two ingest runs, day 1 x [a, b] and days 2-3 x [a]
+    records = [record(d, "a") for d in range(3)] + [record(0, "b")]
+    (traces / "t.jsonl").write_text("\n".join(records) + "\n")
     source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), start_date="2025-01-01")
     defs = dg.Definitions(assets=[ingest_stopped_by_a_signal], resources={"trace_source": source})
     calls.clear()
     with dg.instance_for_test() as instance:
-        with pytest.raises(FlywheelInterrupted, match=r"interrupted during ingest \[2025-01-01\|a\]"):
+        with pytest.raises(FlywheelInterrupted, match=r"interrupted during ingest \[2025-01-01\|a\.\.\.2025-01-01\|b\]"):
             run_flywheel(defs, instance, log=lambda _: None)
-        (run,) = instance.get_runs()  # six partitions to ingest, only the first was tried
+        (run,) = instance.get_runs()  # two ingest runs to go, only the first was tried
         assert run.job_name == "ingest"  # the stage's job, as the UI lists it
-    assert len(calls) == 1
+    assert calls == [["2025-01-01|a", "2025-01-01|b"]]
 
 
 def test_an_ordinary_failure_is_not_an_interruption():
