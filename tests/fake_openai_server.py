@@ -14,7 +14,9 @@ keep-alive, so a client holding 32 connections gets 32 requests served at once.
   `Fault.body({...})` (a 200 with any JSON, e.g. missing fields). Requests beyond the
   script are answered normally.
 - ``latency_s`` is slept before every answer; ``in_flight``/``max_in_flight`` count the
-  requests being handled at once; ``requests`` keeps each request's path, JSON body and
+  requests being handled at once; with ``hold_until_in_flight=N`` every request waits until
+  N requests have been in flight at once (at most ``HOLD_TIMEOUT_S``), so a test can see a
+  client's concurrency reach its bound whatever the machine's speed; ``requests`` keeps each request's path, JSON body and
   Authorization header for assertions.
 
 Run it alone (the benchmark does, in a subprocess, so the server and the client do not
@@ -35,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 Responder = Callable[[dict[str, Any]], dict[str, Any]]
+HOLD_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,16 @@ class _State:
     latency_s: float
     api_key: str | None
     responder: Responder | None
+    hold_until_in_flight: int | None = None
     faults: deque = field(default_factory=deque)
     requests: list[RecordedRequest] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.more_in_flight = threading.Condition(self.lock)
 
 
 class FakeOpenAIServer:
@@ -93,8 +100,12 @@ class FakeOpenAIServer:
         latency_s: float = 0.0,
         api_key: str | None = None,
         responder: Responder | None = None,
+        hold_until_in_flight: int | None = None,
     ) -> None:
-        self._state = _State(model=model, latency_s=latency_s, api_key=api_key, responder=responder)
+        self._state = _State(
+            model=model, latency_s=latency_s, api_key=api_key, responder=responder,
+            hold_until_in_flight=hold_until_in_flight,
+        )
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -197,6 +208,12 @@ class _Handler(BaseHTTPRequestHandler):
             fault = state.faults.popleft() if state.faults else None
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            state.more_in_flight.notify_all()
+            if state.hold_until_in_flight:
+                state.more_in_flight.wait_for(
+                    lambda: state.max_in_flight >= state.hold_until_in_flight or state.stopping.is_set(),
+                    timeout=HOLD_TIMEOUT_S,
+                )
         try:
             if state.latency_s:
                 state.stopping.wait(state.latency_s)

@@ -116,20 +116,13 @@ def test_list_models(server):
 
 
 @pytest.mark.parametrize("limit", [1, 4, 32])
-def test_concurrency_bound_observed_by_server(slow_server, limit):
-    completions = backend(slow_server, max_concurrency=limit).complete([user(f"q{i}") for i in range(2 * limit + 3)])
+def test_concurrency_bound_observed_by_server(limit):
+    # the server holds each request until `limit` are in flight: the bound is reached on a
+    # machine of any speed (a client below it would time out), and never exceeded
+    with fake_openai_server(hold_until_in_flight=limit) as running:
+        completions = backend(running, max_concurrency=limit).complete([user(f"q{i}") for i in range(2 * limit + 3)])
     assert all(c.error is None for c in completions)
-    assert slow_server.max_in_flight == limit  # reached, never exceeded
-
-
-def test_server_serves_32_requests_at_once():
-    with fake_openai_server(latency_s=0.3) as running:
-        started = time.perf_counter()
-        completions = backend(running, max_concurrency=32).complete([user(f"q{i}") for i in range(32)])
-        elapsed = time.perf_counter() - started
-    assert all(c.error is None for c in completions)
-    assert running.max_in_flight == 32
-    assert elapsed < 0.3 * 3  # one round of 0.3 s, with slack for a busy 2-core machine
+    assert running.max_in_flight == limit
 
 
 def test_calling_from_inside_an_event_loop(server):
