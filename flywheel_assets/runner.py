@@ -8,6 +8,8 @@ DAGSTER_HOME shows the history, lineage and metadata afterwards.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,6 +29,37 @@ from partitions.defs import (
 # Each stage runs as its named job, so the UI lists `ingest`, `curate_and_split`, ...
 # rather than Dagster's `__ephemeral_asset_job__`.
 STAGE_JOBS = [ingest_job, curate_and_split_job, train_and_evaluate_job, report_job]
+
+
+# Who runs an in-process run: no daemon watches it, so a run whose runner was killed
+# (SIGKILL, out of memory) would stay STARTED for good; the next runner fails it.
+RUNNER_TAGS = {"flywheel/trigger": "runner", "flywheel/runner_host": socket.gethostname()}
+RUNNER_PID_TAG = "flywheel/runner_pid"
+
+
+def fail_runs_of_dead_runners(instance: dg.DagsterInstance, log: Callable[[str], None] = print) -> int:
+    """Mark failed the runs this host's runners left unfinished when their process died."""
+    unfinished = instance.get_runs(filters=dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED], tags=RUNNER_TAGS,
+    ))
+    failed = 0
+    for run in unfinished:
+        pid = int(run.tags.get(RUNNER_PID_TAG, 0))
+        if pid and not process_alive(pid):
+            instance.report_run_failed(run, f"its runner process {pid} died before the run ended (killed?)")
+            log(f"run {run.run_id} ({run.job_name}) was left {run.status.value} by dead process {pid}: marked failed")
+            failed += 1
+    return failed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 class FlywheelInterrupted(Exception):
@@ -60,6 +93,7 @@ def run_flywheel(
     log: Callable[[str], None] = print,
     through: Literal["split", "leaderboard"] = "leaderboard",
 ) -> FlywheelRun:
+    fail_runs_of_dead_runners(instance, log)
     resources = defs.resources
     trace_source = resources["trace_source"]
     landed = trace_source.land()
@@ -79,7 +113,7 @@ def run_flywheel(
             partition_key=partition_key,
             instance=instance,
             raise_on_error=False,
-            tags={**(window or {}), "flywheel/trigger": "runner"},
+            tags={**(window or {}), **RUNNER_TAGS, RUNNER_PID_TAG: str(os.getpid())},
             # the console shows warnings only; the full log is in the run's event log
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )

@@ -1,12 +1,22 @@
 """run_flywheel: a stop signal during one run stops the whole flywheel, not just that run."""
 
 import json
+import os
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
 from dagster._core.errors import DagsterExecutionInterruptedError
 
-from flywheel_assets.runner import FlywheelInterrupted, run_flywheel, was_interrupted
+from flywheel_assets.runner import (
+    RUNNER_PID_TAG,
+    RUNNER_TAGS,
+    FlywheelInterrupted,
+    fail_runs_of_dead_runners,
+    run_flywheel,
+    was_interrupted,
+)
 from partitions.defs import trace_partitions
 from resources.traces import FileTraceSource
 
@@ -57,3 +67,24 @@ def test_an_ordinary_failure_is_not_an_interruption():
 
     result = dg.materialize([broken], raise_on_error=False)
     assert not result.success and not was_interrupted(result)
+
+
+def test_a_run_left_started_by_a_killed_runner_is_failed_by_the_next(tmp_path):
+    """An in-process run whose process was SIGKILLed stays STARTED (no daemon watches it)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with dg.instance_for_test() as instance:
+        def started_run(pid: int) -> dg.DagsterRun:
+            run = instance.create_run_for_job(
+                dg.GraphDefinition("g").to_job(), tags={**RUNNER_TAGS, RUNNER_PID_TAG: str(pid)},
+            )
+            instance.handle_new_event(dg.EventLogEntry(
+                error_info=None, level="DEBUG", user_message="", run_id=run.run_id, timestamp=0.0,
+                dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
+            ))
+            return run
+
+        orphan, alive = started_run(dead.pid), started_run(os.getpid())
+        assert fail_runs_of_dead_runners(instance, log=lambda _: None) == 1
+        assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
