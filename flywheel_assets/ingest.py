@@ -1,8 +1,9 @@
 """Stage `ingest`: production traces -> validated `raw_traces` [day x workload]."""
 
 import dagster as dg
+import polars as pl
 
-from flywheel_assets.core.ingest import read_partition, read_unattributed
+from flywheel_assets.core.ingest import Landings
 from flywheel_assets.metadata import counts_table, frames_hash, table
 from partitions.defs import trace_partitions
 from resources.traces import FileTraceSource
@@ -29,18 +30,21 @@ from resources.traces import FileTraceSource
     backfill_policy=dg.BackfillPolicy.single_run(),
 )
 def raw_traces(context: dg.AssetExecutionContext, trace_source: FileTraceSource):
-    landed = trace_source.land()
+    landings = trace_source.land_report()
+    landed = landings.results
     partitions = context.partition_keys
     context.log.info(
         f"{len(landed)} source files, {sum(r.landed for r in landed)} landed now; "
         f"reading {len(partitions)} day x workload partitions"
     )
-    unattributed = read_unattributed(trace_source.landing_path).height
+    for line in landings.log_lines():
+        context.log.warning(line)
+    unattributed = trace_source.read_unattributed().height
     valid_frames, quarantined_frames = {}, {}
     for partition in partitions:
         key = trace_partitions.get_partition_key_from_str(partition)
-        valid, quarantined = read_partition(
-            trace_source.landing_path, key.keys_by_dimension["day"], key.keys_by_dimension["workload"]
+        valid, quarantined = trace_source.read_partition(
+            key.keys_by_dimension["day"], key.keys_by_dimension["workload"]
         )
         valid_frames[partition], quarantined_frames[partition] = valid, quarantined
         reasons = dict(quarantined.group_by("reason").len().sort("reason").iter_rows())
@@ -53,6 +57,7 @@ def raw_traces(context: dg.AssetExecutionContext, trace_source: FileTraceSource)
                 "source_files": len(landed),
                 "unattributed_quarantined_all_files": dg.MetadataValue.int(unattributed),
                 "preview": table(valid.select("timestamp", "client_id", "user_key", "has_tool_calls")),
+                **files_not_landed(landings),
             },
             asset_key="raw_traces",
             partition_key=partition,
@@ -76,3 +81,17 @@ def raw_traces(context: dg.AssetExecutionContext, trace_source: FileTraceSource)
         output_name="quarantined_traces",
         data_version=dg.DataVersion(frames_hash(quarantined_frames, "source")),
     )
+
+
+def files_not_landed(landings: Landings) -> dict[str, dg.MetadataValue]:
+    """Tables of the drop folder's files that were refused or failed to read (none: no
+    entry), so that a partition missing a file's records says why."""
+    rows = {
+        "refused_files": ([(r.path, r.reason) for r in landings.refused], ["path", "reason"]),
+        "failed_sources": ([(f.path, f.error, f.remedy) for f in landings.failed], ["path", "error", "remedy"]),
+    }
+    return {
+        name: table(pl.DataFrame(values, schema=columns, orient="row"), max_rows=100, max_chars=300)
+        for name, (values, columns) in rows.items()
+        if values
+    }

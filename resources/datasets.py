@@ -5,6 +5,10 @@ default (a folder, atomic writes). The NeMo Data Store client implements the sam
 interface. `ParquetIOManager` stores asset values (polars DataFrames, or LazyFrames streamed to the
 file) as Parquet files under the same root and hands them to downstream assets as lazy
 polars scans.
+
+Temporary files and pin folders carry their owner's pid in their name (`owner_tag`): before
+an I/O manager writes, it removes the ones a killed process left beside the file it writes
+(and the pins under its folder), never a live process's (`sweep_leftovers`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import shutil
 import typing
 import tempfile
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -24,13 +28,15 @@ import polars as pl
 from pydantic import Field
 from upath import UPath
 
+from flywheel_assets.core.ingest import owner_tag, sweep_leftovers
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[str]:
     """A temporary file in `path`'s folder, renamed to `path` when the block succeeds and
     removed when it fails: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=owner_tag(), dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -89,6 +95,13 @@ def write_parquet_atomically(obj: pl.DataFrame | pl.LazyFrame, path: Path) -> No
             obj.write_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
 
 
+def sweep_before_write(context: dg.OutputContext, folders: Iterable[Path]) -> None:
+    """Remove what killed writers left in `folders` (temporary files, pins), and log it."""
+    for folder in folders:
+        for leftover in sweep_leftovers(folder):
+            context.log.info(f"removed {leftover.path} ({leftover.size} bytes), left by a killed process")
+
+
 def _wants_dict(context: dg.InputContext) -> bool:
     return typing.get_origin(context.dagster_type.typing_type) is dict
 
@@ -123,6 +136,8 @@ class _PolarsParquetUPathIOManager(dg.UPathIOManager):
     def dump_to_path(
         self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame, path: UPath
     ) -> None:
+        # temporary files lie beside their file, pins (`StoredAssets.pinned`) in the base folder
+        sweep_before_write(context, {Path(str(self._base_path)), Path(str(path.parent))})
         write_parquet_atomically(obj, Path(str(path)))
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.LazyFrame:
@@ -136,6 +151,7 @@ class _JsonUPathIOManager(dg.UPathIOManager):
     extension = ".json"
 
     def dump_to_path(self, context: dg.OutputContext, obj: dict, path: UPath) -> None:
+        sweep_before_write(context, [Path(str(path.parent))])
         atomic_write_bytes(Path(str(path)), json.dumps(obj, indent=2, sort_keys=True).encode())
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> dict:
@@ -183,7 +199,7 @@ class StoredAssets(dg.ConfigurableResource):
         if not partition_keys:
             yield []
             return
-        folder = Path(tempfile.mkdtemp(prefix=f".pinned-{asset}-", dir=self.base_dir))
+        folder = Path(tempfile.mkdtemp(prefix=f".pinned-{asset}-", suffix=owner_tag(), dir=self.base_dir))
         try:
             frames = []
             for number, key in enumerate(partition_keys):

@@ -18,14 +18,18 @@ the generations landed meanwhile by other processes for files that tick did not 
 landing found again (a re-dropped, copied or renamed file) is not requested again; one that
 a crashed tick lost is requested under the same run key, so the daemon launches it once.
 Files under `<traces_dir>/weave/` are the Weave sensor's: it lands them itself.
+
+A tick never stops at a bad file: a refused one (a link, a FIFO, a device, a directory named
+like a trace file) and one that fails to read (truncated, damaged, unreadable) are named in
+the tick's log with the reason and what to do, and the other files land. A failed file is
+read again only once it changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,7 @@ import dagster as dg
 
 from flywheel_assets.core.ingest import UNATTRIBUTED, LandingResult
 from partitions.defs import day_partitions, trace_partition_boxes, trace_range_tags, workload_partitions
-from resources.traces import TRACE_FILE_SUFFIXES, FileTraceSource
+from resources.traces import FileTraceSource, scan_drop_folder
 from flywheel_assets.jobs import ingest_job
 
 WEAVE_FOLDER = "weave"  # <traces_dir>/weave/: files written and landed by the Weave sensor
@@ -146,25 +150,6 @@ class DropFolderCursor:
         return DropFolderCursor(ctime_ns=ctime_ns, tick=self.tick + 1, generation=generation, unseen=unseen)
 
 
-def scan_trace_files(traces_dir: Path, skip: Sequence[str] = (WEAVE_FOLDER,)) -> list[tuple[Path, int]]:
-    """(path, ctime_ns) of every trace file under `traces_dir`, hidden files and the
-    top-level folders in `skip` left out; one stat per file (`os.scandir`)."""
-    found: list[tuple[Path, int]] = []
-    stack = [(Path(traces_dir), True)]
-    while stack:
-        folder, top = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    if not (top and entry.name in skip):
-                        stack.append((Path(entry.path), False))
-                elif entry.name.endswith(TRACE_FILE_SUFFIXES) and entry.is_file():
-                    found.append((Path(entry.path), entry.stat().st_ctime_ns))
-    return sorted(found)
-
-
 def land_new_files(
     context: dg.SensorEvaluationContext, trace_source: FileTraceSource
 ) -> dg.SensorResult | dg.SkipReason:
@@ -175,27 +160,32 @@ def land_new_files(
             f"traces_dir {folder} does not exist: create it and drop JSONL/Parquet trace files "
             "there, or set FLYWHEEL_TRACES_DIR"
         )
-    files = scan_trace_files(folder)
+    files = scan_drop_folder(folder, skip=(WEAVE_FOLDER,))
     full_scan = state.ctime_ns is None or state.tick % FULL_SCAN_EVERY == 0
     watermark = state.ctime_ns if state.ctime_ns is not None else -1
-    candidates = files if full_scan else [(p, c) for p, c in files if c > watermark - GRACE_NS]
-    results = trace_source.land([p for p, _ in candidates])
+    candidates = files if full_scan else [f for f in files if f.ctime_ns > watermark - GRACE_NS]
+    landings = trace_source.land_report([f.path for f in candidates])
+    for line in landings.log_lines():
+        context.log.warning(line)
+    results = landings.results
     due = [result for result in results if state.is_due(result)]
     cursor = state.after(
         results,
         generation=trace_source.last_generation(),  # read after landing: this tick's are in it
-        ctime_ns=max([watermark, *(c for _, c in files)]) if files else state.ctime_ns,
+        ctime_ns=max([watermark, *(f.ctime_ns for f in files)]) if files else state.ctime_ns,
     ).to_json()
+    checked = f"{len(candidates)} of {len(files)} checked" + (
+        f"; {len(landings.refused)} refused, {len(landings.failed)} failed: see the tick log"
+        if landings.refused or landings.failed
+        else ""
+    )
     if not due:
-        return dg.SensorResult(
-            skip_reason=f"no new or changed trace files ({len(candidates)} of {len(files)} checked)",
-            cursor=cursor,
-        )
+        return dg.SensorResult(skip_reason=f"no new or changed trace files ({checked})", cursor=cursor)
     known = context.instance.get_dynamic_partitions(workload_partitions.name)
     requests = ingest_requests(due, known, trigger="drop_folder")
     context.log.info(
         f"{sum(r.landed for r in due)} files landed, {len(due)} landings new since the last tick "
-        f"({len(candidates)} of {len(files)} checked); {requests.summary()}"
+        f"({checked}); {requests.summary()}"
     )
     return requests.sensor_result(cursor)
 

@@ -544,7 +544,7 @@ def test_concurrent_landers_of_a_drop_folder_validate_a_file_once(tmp_path):
     def land(read_batches):
         return land_files(
             [path], read_batches, landing_dir=source.landing_path, bounds=BOUNDS
-        )
+        ).results
 
     landed = {}
     first = threading.Thread(target=lambda: landed.setdefault("first", land(first_reader)))

@@ -193,9 +193,9 @@ def write_traces(path: Path, workload: str, timestamps: list[int]) -> Path:
 class CountingFileTraceSource(FileTraceSource):
     """Records which files each tick asked to land."""
 
-    def land(self, paths=None):
+    def land_report(self, paths=None):
         LANDED_CALLS.append(sorted(p.name for p in paths) if paths is not None else None)
-        return super().land(paths)
+        return super().land_report(paths)
 
 
 LANDED_CALLS: list = []
@@ -382,12 +382,12 @@ def test_drop_folder_a_tick_that_crashed_is_requested_again_under_the_same_keys(
 class ConcurrentlyLandingSource(FileTraceSource):
     """While a tick lands its files, another process lands a file dropped after its scan."""
 
-    def land(self, paths=None):
-        results = super().land(paths)
+    def land_report(self, paths=None):
+        landings = super().land_report(paths)
         if paths is not None and not Path(self.traces_dir, "late.jsonl").exists():
             late = write_traces(Path(self.traces_dir) / "late.jsonl", "support_chat", [int(T0)])
             super().land([late])
-        return results
+        return landings
 
 
 def test_drop_folder_requests_a_file_landed_by_another_process_during_a_tick(tmp_path, instance):

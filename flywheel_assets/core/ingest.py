@@ -26,6 +26,14 @@ again the third time.
 Records that cannot be attributed to a day and a workload (bad JSON with no readable
 `workload_id`/`timestamp`) are quarantined under `day=unattributed/workload=unattributed`
 so that they are counted and kept, never dropped.
+
+A file that cannot be read (truncated gzip, damaged Parquet, no permission, I/O error) fails
+alone: it is reported with its error and what to do (`FailedSource`), the other files land,
+and it is read again only once its stat signature changes (`failed_sources.json`). Each
+landed part's size and SHA-256 are in the manifest: a part that fails to read is checked
+against them and its landing landed again from a file that still holds its content
+(`repair_landing`). Temporary files and folders carry their owner's pid (`owner_tag`), so
+what a killed process left is swept (`sweep_leftovers`) and a live one's work is kept.
 """
 
 from __future__ import annotations
@@ -35,15 +43,19 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import fcntl
 import functools
 import hashlib
+import io
 import itertools
 import json
 import multiprocessing
 import os
 import re
 import shutil
+import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +78,7 @@ UNATTRIBUTED = "unattributed"
 MANIFEST = "manifest.json"
 SOURCE_INDEX = "sources.json"  # path -> stat signature and content digest, per source file
 LAST_GENERATION = "last_generation"  # the counter of landings
+FAILED_SOURCES = "failed_sources.json"  # path -> stat signature and error, per unreadable file
 
 # a valid trace: typed columns for filtering, keys and metadata, plus the record verbatim
 # (`raw`); curation cuts messages, tools and the answer out of `raw` for the records it keeps
@@ -246,12 +259,16 @@ def validate_batch(
     )
 
 
-def _write_by_partition(df: pl.DataFrame, root: Path, prefix: str, batch: int) -> None:
+def _write_by_partition(df: pl.DataFrame, root: Path, prefix: str, batch: int) -> list[str]:
+    """Write a part per day x workload; return their paths relative to `root`."""
+    written = []
     for (day, key), part in df.group_by(["day", "workload_key"]):
-        folder = root / f"day={day}" / f"workload={key}"
-        folder.mkdir(parents=True, exist_ok=True)
+        name = f"day={day}/workload={key}/{prefix}-{batch:05d}.parquet"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         # lz4: the landing is read back once per partition, so write speed matters most
-        part.write_parquet(folder / f"{prefix}-{batch:05d}.parquet", compression="lz4")
+        part.write_parquet(root / name, compression="lz4")
+        written.append(name)
+    return written
 
 
 Batches = Iterator[list[tuple[str, str | dict[str, Any]]]]
@@ -292,7 +309,7 @@ def _new_generation(landing_dir: Path) -> int:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Readers, who take no lock, see the old text or the new one, never a part."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}-", suffix=owner_tag(), dir=path.parent)
     try:
         with os.fdopen(descriptor, "w") as file:
             file.write(text)
@@ -303,16 +320,65 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+class SourceReadError(Exception):
+    """A source file that cannot be read (truncated, damaged, unreadable, not a regular
+    file): that file fails alone, with its error and what to do about it."""
+
+    def __init__(self, error: str, remedy: str):
+        super().__init__(error, remedy)  # both in args: raised in a worker, it is pickled
+        self.error, self.remedy = error, remedy
+
+    def __str__(self) -> str:
+        return f"{self.error} ({self.remedy})"
+
+
+def read_error(error: BaseException) -> SourceReadError:
+    """What reading a source raised, with what the person who dropped it can do."""
+    if isinstance(error, PermissionError):
+        remedy = (
+            "make the file readable by the user the flywheel runs as; it is read again once it "
+            "changes (a chmod counts)"
+        )
+    elif isinstance(error, FileNotFoundError):
+        remedy = "the file was removed while it was read; drop it again if that was not meant"
+    else:
+        remedy = "re-export the file and drop it again; it is read again once it changes"
+    return SourceReadError(f"{type(error).__name__}: {error}", remedy)
+
+
+def open_source(path: Path) -> io.BufferedReader:
+    """A source file opened for reading only if it is a regular file, never through a
+    symbolic link (a drop folder is a boundary: a link could expose any file of the host)
+    and without blocking on a FIFO: what the folder held when it was listed may have been
+    replaced since. Raises `SourceReadError` for anything else, OSError as `open` does."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            remedy = "links are never followed: copy the file itself into the drop folder"
+            raise SourceReadError(f"{path} is a symbolic link", remedy) from error
+        raise
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise SourceReadError(f"{path} is not a regular file", "only regular files are read")
+    return os.fdopen(descriptor, "rb")
+
+
 def content_digest(path: Path) -> str:
     """SHA-256 of a file's bytes, read in large blocks (`hashlib.file_digest`)."""
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+    try:
+        with open_source(path) as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError as error:
+        raise read_error(error) from error
 
 
 def stat_signature(path: Path) -> list[int]:
-    """Changes when a file is written, replaced, renamed or touched; a `stat` to compare."""
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
+    """Changes when a file is written, replaced, renamed or touched; a `stat` to compare
+    (of the path itself: a link is not followed)."""
+    status = os.lstat(path)
+    return [status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns]
 
 
 @dataclass
@@ -361,6 +427,75 @@ class SourceIndex:
             del self.files[path]
 
 
+@dataclass(frozen=True)
+class FailedSource:
+    """A source file that could not be read; the others landed without it."""
+
+    path: str
+    error: str
+    remedy: str
+    read_now: bool  # False: unchanged since it failed, so it was not read again
+
+
+@dataclass(frozen=True)
+class RefusedFile:
+    """A file of the drop folder that is never read (a link, a FIFO, a device...)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Landings:
+    """What a landing pass did: a result per landed file, and what it could not land."""
+
+    results: list[LandingResult]
+    failed: list[FailedSource] = field(default_factory=list)
+    refused: list[RefusedFile] = field(default_factory=list)
+    swept: list[Leftover] = field(default_factory=list)  # leftovers of killed landers, removed
+
+    def log_lines(self) -> list[str]:
+        """One line per file that was not landed, and per leftover removed, for a log."""
+        return (
+            [f"refused {r.path}: {r.reason}" for r in self.refused]
+            + [
+                f"failed {f.path}: {f.error}; {f.remedy}"
+                + ("" if f.read_now else " (unchanged since it failed: not read again)")
+                for f in self.failed
+            ]
+            + [f"removed {leftover.path} ({leftover.size} bytes), left by a killed lander" for leftover in self.swept]
+        )
+
+
+@dataclass
+class FailedSources:
+    """The files that failed to be read, with the stat signature they had then
+    (`failed_sources.json`): one is read again only once it changes."""
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> {"stat", "error", "remedy"}
+
+    @classmethod
+    def read(cls, landing_dir: Path) -> FailedSources:
+        try:
+            return cls(json.loads((landing_dir / FAILED_SOURCES).read_text()))
+        except FileNotFoundError:
+            return cls()
+
+    def write(self, landing_dir: Path) -> None:
+        present = {path: entry for path, entry in self.files.items() if os.path.lexists(path)}
+        _write_atomic(landing_dir / FAILED_SOURCES, json.dumps(present, sort_keys=True))
+
+    def unchanged(self, path: str, signature: list[int]) -> FailedSource | None:
+        entry = self.files.get(path)
+        if entry is None or entry["stat"] != signature:
+            return None
+        return FailedSource(path, entry["error"], entry["remedy"], read_now=False)
+
+    def record(self, path: str, signature: list[int], error: SourceReadError) -> FailedSource:
+        self.files[path] = {"stat": signature, "error": error.error, "remedy": error.remedy}
+        return FailedSource(path, error.error, error.remedy, read_now=True)
+
+
 def land_files(
     paths: Iterable[Path],
     read_batches: Callable[[Path], Batches],
@@ -369,53 +504,94 @@ def land_files(
     bounds: TimeBounds,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     workers: int = 1,
-) -> list[LandingResult]:
+) -> Landings:
     """Land each file under its content (see the module docstring). A file whose stat
-    signature is the one recorded for it costs a `stat` and a manifest read, and no lock;
-    the others are hashed, and landed if their content is new, under the landing lock."""
+    signature is the one recorded for it (landed, or failed) costs a `stat` and a manifest
+    read, and no lock; the others are hashed, and landed if their content is new, under the
+    landing lock. A file that cannot be read is reported as failed; the others still land."""
     paths = list(paths)
-    index = SourceIndex.read(landing_dir)
-    results = {path: _landed_unchanged(index, path, landing_dir) for path in paths}
-    changed = [path for path, result in results.items() if result is None]
-    if not changed:
-        return [results[path] for path in paths]
-    landing_dir.mkdir(parents=True, exist_ok=True)
-    with _landing_lock(landing_dir):
-        index = SourceIndex.read(landing_dir)  # another process may have landed them meanwhile
-        try:
-            for path in changed:
-                results[path] = _landed_unchanged(index, path, landing_dir) or _land_content(
-                    path, read_batches, index, landing_dir,
-                    bounds=bounds, max_record_bytes=max_record_bytes, workers=workers,
-                )
-        finally:
-            # once, not per file: the index grows with the drop folder. A file whose landing
-            # failed has not been recorded, so it is hashed and landed again next time.
-            index.write(landing_dir)
+    index, failures = SourceIndex.read(landing_dir), FailedSources.read(landing_dir)
+    outcomes = {path: _known_outcome(index, failures, path, landing_dir) for path in paths}
+    changed = [path for path, outcome in outcomes.items() if outcome is None]
+    swept: list[Leftover] = []
+    if changed:
+        landing_dir.mkdir(parents=True, exist_ok=True)
+        with _landing_lock(landing_dir) as swept:
+            # another process may have landed them meanwhile
+            index, failures = SourceIndex.read(landing_dir), FailedSources.read(landing_dir)
+            try:
+                for path in changed:
+                    outcomes[path] = _known_outcome(index, failures, path, landing_dir) or _land_or_fail(
+                        path, read_batches, index, failures, landing_dir,
+                        bounds=bounds, max_record_bytes=max_record_bytes, workers=workers,
+                    )
+            finally:
+                # once, not per file: the index grows with the drop folder. A file whose landing
+                # was interrupted has not been recorded, so it is hashed and landed again next time.
+                index.write(landing_dir)
+                failures.write(landing_dir)
+    results = {path: o for path, o in outcomes.items() if isinstance(o, LandingResult)}
     # a file that changed to content another file holds gave that landing a new generation:
     # every file holding it reports the newest
     newest: dict[str, int] = {}
     for result in results.values():
         newest[result.source_id] = max(result.generation, newest.get(result.source_id, 0))
-    return [dataclasses.replace(results[path], generation=newest[results[path].source_id]) for path in paths]
+    return Landings(
+        results=[
+            dataclasses.replace(results[path], generation=newest[results[path].source_id])
+            for path in paths if path in results
+        ],
+        failed=[o for o in outcomes.values() if isinstance(o, FailedSource)],
+        swept=swept,
+    )
 
 
-def _landed_unchanged(index: SourceIndex, path: Path, landing_dir: Path) -> LandingResult | None:
-    entry = index.files.get(os.path.abspath(path))
-    if entry is None or entry["stat"] != stat_signature(path):
+def _known_outcome(
+    index: SourceIndex, failures: FailedSources, path: Path, landing_dir: Path
+) -> LandingResult | FailedSource | None:
+    """The landing, or the failure, of a file whose stat signature is the one recorded for
+    it; None when it is new or changed (or gone: found out under the lock)."""
+    key = os.path.abspath(path)
+    try:
+        signature = stat_signature(path)
+    except OSError:
         return None
-    manifest = read_manifest(landing_dir / entry["digest"])
-    return _result_from(manifest, landed=False) if manifest else None
+    entry = index.files.get(key)
+    if entry is not None and entry["stat"] == signature:
+        manifest = read_manifest(landing_dir / entry["digest"])
+        if manifest:
+            return _result_from(manifest, landed=False)
+    return failures.unchanged(key, signature)
+
+
+def _land_or_fail(
+    path: Path, read_batches: Callable[[Path], Batches], index: SourceIndex, failures: FailedSources,
+    landing_dir: Path, **landing,
+) -> LandingResult | FailedSource:
+    """`_land_content`, or the file's failure when it cannot be read: recorded with the stat
+    signature it had before it was read, so a file written while it was read is read again."""
+    key = os.path.abspath(path)
+    try:
+        signature = stat_signature(path)
+    except OSError as error:  # removed since it was listed
+        failure = read_error(error)
+        return FailedSource(key, failure.error, failure.remedy, read_now=True)
+    try:
+        result = _land_content(path, signature, read_batches, index, landing_dir, **landing)
+    except SourceReadError as error:
+        return failures.record(key, signature, error)
+    failures.files.pop(key, None)
+    return result
 
 
 def _land_content(
-    path: Path, read_batches: Callable[[Path], Batches], index: SourceIndex, landing_dir: Path, **landing
+    path: Path, signature: list[int], read_batches: Callable[[Path], Batches], index: SourceIndex,
+    landing_dir: Path, **landing,
 ) -> LandingResult:
     """Land a file whose stat signature changed (or that is new), or find its content
     landed already; retire the landing of the content it held before if no other file
     holds that content. The index records the file only once that is done."""
     key = os.path.abspath(path)
-    stat = stat_signature(path)  # before hashing: a write while hashing shows as a change next time
     digest = content_digest(path)
     folder = landing_dir / digest
     previous = index.digest_of(key)
@@ -437,7 +613,7 @@ def _land_content(
             # so they are ingested again under a new generation
             manifest = {**manifest, "generation": _new_generation(landing_dir)}
             _write_atomic(folder / MANIFEST, json.dumps(manifest, sort_keys=True))
-    index.record(key, stat, digest)
+    index.record(key, signature, digest)
     index.forget_missing(digest)
     if previous is not None:
         index.forget_missing(previous)
@@ -487,14 +663,15 @@ def land_file(
 
 
 @contextlib.contextmanager
-def _landing_lock(landing_dir: Path) -> Iterator[None]:
+def _landing_lock(landing_dir: Path) -> Iterator[list[Leftover]]:
     """One landing at a time per landing folder, across processes: runs of a backfill and
     the drop-folder sensor all land the drop folder, and a large file should be validated
-    once, not once per concurrent run. The lock goes with the descriptor."""
+    once, not once per concurrent run. The lock goes with the descriptor. Yields the
+    leftovers of killed landers it removed first (see `sweep_leftovers`)."""
     descriptor = os.open(landing_dir, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
+        yield sweep_leftovers(landing_dir)
     finally:
         os.close(descriptor)
 
@@ -512,27 +689,30 @@ def _stage_and_swap(
 ) -> dict[str, Any]:
     """Land into a staging folder, then retire the landings it replaces and rename it into
     place: readers may miss those records for a moment, never count them twice."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=owner_tag(), dir=target.parent))
     try:
         counts: dict[str, dict[str, int]] = {}
         workload_ids: dict[str, str] = {}
+        parts: dict[str, dict[str, Any]] = {}
         land = functools.partial(
             _land_batch, staging=staging, bounds=bounds, max_record_bytes=max_record_bytes
         )
         # closed (its pool shut down) before the staging folder is removed
         with contextlib.closing(_map_batches(land, batches, workers)) as landed_batches:
-            for batch_counts, batch_workloads in landed_batches:
+            for batch_counts, batch_workloads, batch_parts in landed_batches:
                 for partition, kinds in batch_counts.items():
                     slot = counts.setdefault(partition, {"valid": 0, "quarantined": 0})
                     for kind, n in kinds.items():
                         slot[kind] += n
                 workload_ids.update(batch_workloads)
+                parts.update(batch_parts)
         manifest = {
             "source_id": target.name,
             "fingerprint": fingerprint,
             "generation": generation,
             "partitions": counts,
             "workload_ids": workload_ids,
+            "parts": parts,  # checked when a part fails to read (`repair_landing`)
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
         _retire(retired)
@@ -546,7 +726,7 @@ def _retire(folders: Iterable[Path]) -> None:
     """Remove landings: renamed out of readers' sight (hidden) first, then deleted."""
     for folder in folders:
         if folder.exists():
-            hidden = folder.with_name(f".{folder.name}-retired-{os.getpid()}")
+            hidden = folder.with_name(f".{folder.name}-retired{owner_tag()}")
             os.replace(folder, hidden)
             shutil.rmtree(hidden, ignore_errors=True)
 
@@ -557,16 +737,20 @@ def _land_batch(
     staging: Path,
     bounds: TimeBounds,
     max_record_bytes: int,
-) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
-    """Validate one batch and write its parts; return its counts and workload ids."""
+) -> tuple[dict[str, dict[str, int]], dict[str, str], dict[str, dict[str, Any]]]:
+    """Validate one batch and write its parts; return its counts, workload ids and parts
+    (their checksums, computed here while the parts are in the page cache)."""
     batch_no, batch = numbered
     valid, quarantined = validate_batch(batch, bounds, max_record_bytes)
-    _write_by_partition(valid, staging, "valid", batch_no)
-    _write_by_partition(quarantined, staging, "quarantine", batch_no)
+    parts = [
+        *_write_by_partition(valid, staging, "valid", batch_no),
+        *_write_by_partition(quarantined, staging, "quarantine", batch_no),
+    ]
     counts: dict[str, dict[str, int]] = {}
     _count(counts, valid, "valid")
     _count(counts, quarantined, "quarantined")
-    return counts, dict(valid.select("workload_key", "workload_id").unique().iter_rows())
+    workload_ids = dict(valid.select("workload_key", "workload_id").unique().iter_rows())
+    return counts, workload_ids, {part: _checksum(staging / part) for part in parts}
 
 
 def _map_batches(land, batches, workers: int):
@@ -635,4 +819,172 @@ def read_unattributed(landing_dir: Path) -> pl.DataFrame:
 def _read_parts(paths: list[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
     if not paths:
         return pl.DataFrame(schema=schema)
-    return pl.concat([pl.read_parquet(p) for p in paths], how="vertical")
+    return pl.concat([_read_part(p) for p in paths], how="vertical")
+
+
+def _read_part(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as error:
+        # <landing>/<source id>/day=<day>/workload=<key>/<part>
+        raise DamagedLanding(path.parents[2], f"{path.relative_to(path.parents[2])}: {error}") from error
+
+
+# ------------------------------------------------------------------------- damaged landings
+
+
+class DamagedLanding(Exception):
+    """A landed part failed to read (e.g. truncated on disk after it was landed)."""
+
+    def __init__(self, folder: Path, detail: str):
+        super().__init__(f"landing {folder} is damaged: {detail}")
+        self.folder, self.detail = folder, detail
+
+
+class LandingLost(Exception):
+    """A damaged landing that no file in the drop folder can land again."""
+
+
+def _checksum(path: Path) -> dict[str, Any] | None:
+    """Size and SHA-256 of a landed part; None when it is missing."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            return {"size": size, "sha256": hashlib.file_digest(file, "sha256").hexdigest()}
+    except FileNotFoundError:
+        return None
+
+
+def damaged_parts(folder: Path, manifest: dict[str, Any]) -> list[str] | None:
+    """The parts of a landing whose size or SHA-256 differs from its manifest's (or that
+    are missing); None for a landing made before manifests recorded them."""
+    if "parts" not in manifest:
+        return None
+    return [part for part, expected in sorted(manifest["parts"].items()) if _checksum(folder / part) != expected]
+
+
+def repair_landing(
+    damage: DamagedLanding,
+    read_batches: Callable[[Path], Batches],
+    *,
+    landing_dir: Path,
+    bounds: TimeBounds,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    workers: int = 1,
+) -> None:
+    """Land again, under the landing lock, a landing whose part failed to read, from a file
+    of the drop folder that still holds its content; it keeps its generation (same content,
+    same records), so nothing new is requested. Raises `LandingLost`, naming the landing,
+    its partitions and what to do, when no file holds that content any more."""
+    folder = damage.folder
+    with _landing_lock(landing_dir):
+        manifest = read_manifest(folder)
+        if manifest is None or damaged_parts(folder, manifest) == []:
+            return  # retired (its file changed) or repaired by another process meanwhile
+        holders = SourceIndex.read(landing_dir).holders.get(folder.name, set())
+        unreadable = []
+        for path in sorted(holders):
+            try:
+                if content_digest(Path(path)) != folder.name:
+                    continue  # changed since: landed under its new content on the next landing
+                _stage_and_swap(
+                    read_batches(Path(path)), folder, manifest["fingerprint"], manifest["generation"], [folder],
+                    bounds=bounds, max_record_bytes=max_record_bytes, workers=workers,
+                )
+                return
+            except SourceReadError as error:
+                unreadable.append(f"{path}: {error.error}")
+    partitions = sorted(manifest["partitions"])
+    raise LandingLost(
+        f"landing {folder} is damaged ({damage.detail}) and no file in the drop folder holds its "
+        f"content (SHA-256 {folder.name}) to land it again"
+        + (f" (unreadable: {'; '.join(unreadable)})" if unreadable else "")
+        + f". Its records belong to the day|workload partitions {partitions}. To get them back, "
+        f"drop the original file into the drop folder again; to give them up, remove {folder}. "
+        "Then materialize raw_traces for those partitions again."
+    ) from damage
+
+
+# ------------------------------------------------------------------ leftovers of killed processes
+
+_OWNER_TAG = re.compile(r"\.owner-([0-9a-f]{12})-(\d+)-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Leftover:
+    path: Path
+    size: int  # bytes freed
+
+
+@functools.cache
+def _machine() -> str:
+    """This host and pid namespace: a pid names a process only where it was recorded."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()} {namespace}".encode()).hexdigest()[:12]
+
+
+def _process_start(pid: int) -> int:
+    """When a process started (field 22 of /proc/<pid>/stat, clock ticks since boot), to
+    tell it from a later process given the same pid; 0 where there is no /proc."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(status.rsplit(")", 1)[1].split()[19])  # fields after "(command)" start at 3
+
+
+def owner_tag() -> str:
+    """A suffix for the name of a temporary file or folder naming the process that made it
+    (host, pid, start time), so that `sweep_leftovers` can tell when that process is gone."""
+    pid = os.getpid()
+    return f".owner-{_machine()}-{pid}-{_process_start(pid)}"
+
+
+def _owner_alive(machine: str, pid: int, start: int) -> bool:
+    if machine != _machine():
+        return True  # another host or container: its processes can't be checked from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, and another user's
+    return _process_start(pid) == start  # or a later process that was given the same pid
+
+
+def _folder_size(path: str) -> int:
+    return sum(
+        os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(path) for name in names
+    )
+
+
+def sweep_leftovers(folder: Path) -> list[Leftover]:
+    """Remove the temporary files and folders in `folder` (hidden, named with `owner_tag`)
+    whose process is gone: what a process killed mid-write (kill -9, out of memory) left
+    behind. A live process's work is kept, and so is one whose owner can't be checked from
+    this host; a name without an owner tag is never touched."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        owner = _OWNER_TAG.search(entry.name)
+        if not entry.name.startswith(".") or not owner:
+            continue
+        if _owner_alive(owner[1], int(owner[2]), int(owner[3])):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                size = _folder_size(entry.path)
+                shutil.rmtree(entry.path)
+            else:
+                size = entry.stat(follow_symlinks=False).st_size
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # removed by another sweeper meanwhile
+        removed.append(Leftover(Path(entry.path), size))
+    return removed
