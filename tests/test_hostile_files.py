@@ -214,7 +214,7 @@ def test_the_drop_folder_sensor_names_each_bad_file_and_lands_the_others(tmp_pat
         assert f"refused {traces / 'pipe.jsonl'}: a FIFO" in log
         assert f"failed {traces / 'empty.parquet'}: ArrowInvalid" in log
         assert f"failed {cut}: EOFError" in log and "re-export the file" in log
-        # the next full scan reports them again without reading them; a fixed file lands
+        # the next full scan reports them again without reading them; a re-exported file lands
         write_jsonl(cut.with_suffix(""), records(5))
         cut.unlink()
         again = drop_folder_sensor(dg.build_sensor_context(instance=instance, resources={"trace_source": source}))
@@ -273,8 +273,8 @@ def test_raw_traces_heals_a_damaged_landing(tmp_path):
         result = dg.materialize(
             [raw_traces], partition_key=trace_partition_key(DAY, WORKLOAD), instance=instance, resources=resources
         )
-    assert pl.read_parquet(tmp_path / "assets" / "raw_traces" / DAY / f"{WORKLOAD}.parquet").height == 2
     assert result.success
+    assert pl.read_parquet(tmp_path / "assets" / "raw_traces" / DAY / f"{WORKLOAD}.parquet").height == 2
 
 
 def test_a_damaged_landing_whose_file_is_gone_names_its_partitions_and_the_remedy(tmp_path):
