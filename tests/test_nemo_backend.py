@@ -127,7 +127,8 @@ def test_resume_after_a_deadline_continues_the_same_job(emu):
     with pytest.raises(NemoTimeoutError) as caught:
         nemo.customize(BASE, dataset, HP, on_job_id=ids.append)
     assert f"existing_job_id='{ids[0]}'" in str(caught.value)
-    assert emu.customization_jobs[0].status == "running"  # a deadline does not cancel the job
+    # a deadline does not cancel the job (how far it got in 0.02 s depends on the machine)
+    assert emu.customization_jobs[0].status in ("pending", "running")
     done = backend(emu).customize(BASE, dataset, HP, existing_job_id=ids[0])
     assert done.resumed and done.job_id == ids[0] and done.status == "completed"
     assert len(emu.customization_jobs) == 1

@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from fake_openai_server import Fault, fake_openai_server
+from fake_openai_server import HOLD_TIMEOUT_S, Fault, fake_openai_server
 
 from flywheel_assets.core.chat import ChatPrompt
 from flywheel_assets.core.metrics import score_tool_calls
@@ -17,6 +17,8 @@ from resources.openai_compatible import RAW_ARGUMENTS_KEY, EndpointError, OpenAI
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 SECRET = "sk-test-0123456789abcdef"
+# a hung request outlasts any client timeout here; stopping the server ends it
+HANG_S = 60.0
 
 
 @pytest.fixture
@@ -118,9 +120,11 @@ def test_list_models(server):
 @pytest.mark.parametrize("limit", [1, 4, 32])
 def test_concurrency_bound_observed_by_server(limit):
     # the server holds each request until `limit` are in flight: the bound is reached on a
-    # machine of any speed (a client below it would time out), and never exceeded
+    # machine of any speed (a client below it would time out), and never exceeded. The
+    # client outwaits the hold: a request it gave up on would stay in flight beside its retry.
     with fake_openai_server(hold_until_in_flight=limit) as running:
-        completions = backend(running, max_concurrency=limit).complete([user(f"q{i}") for i in range(2 * limit + 3)])
+        client = backend(running, max_concurrency=limit, timeout_s=2 * HOLD_TIMEOUT_S)
+        completions = client.complete([user(f"q{i}") for i in range(2 * limit + 3)])
     assert all(c.error is None for c in completions)
     assert running.max_in_flight == limit
 
@@ -147,9 +151,11 @@ def test_retry_after_is_honoured(server):
     server.add_faults(Fault.status(429, retry_after=0.4))
     started = time.perf_counter()
     [completion] = backend(server, backoff_s=0.001).complete([user("hi")])
-    assert completion.error is None
-    assert time.perf_counter() - started >= 0.4
-    assert completion.latency_s < 0.4  # latency is the successful attempt's, not the wait
+    elapsed = time.perf_counter() - started
+    assert completion.error is None and len(server.requests) == 2
+    assert elapsed >= 0.4
+    # latency is the successful attempt's, not the wait: it fits in what the wait left over
+    assert completion.latency_s <= elapsed - 0.4
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -177,19 +183,22 @@ def test_client_errors_are_not_retried(server):
 
 
 def test_timeout_error_names_endpoint_model_and_timeout(server):
-    server.add_faults(Fault.hang(3.0), Fault.hang(3.0))
+    server.add_faults(Fault.hang(HANG_S), Fault.hang(HANG_S))
     started = time.perf_counter()
     [completion] = backend(server, timeout_s=0.2, max_retries=1).complete([user("hi")])
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < HANG_S  # gave up on both, without waiting for an answer
     assert completion.error == (
         f"timed out after 0.2s calling {server.base_url}/chat/completions (model m) (2 attempts)"
     )
+    assert len(server.requests) == 2
 
 
 def test_timeout_then_success(server):
-    server.add_faults(Fault.hang(3.0))
-    [completion] = backend(server, timeout_s=0.2).complete([user("hi")])
+    server.add_faults(Fault.hang(HANG_S))
+    # the retry is answered at once: 1 s is ample for that on a busy machine
+    [completion] = backend(server, timeout_s=1.0).complete([user("hi")])
     assert completion.error is None
+    assert len(server.requests) == 2  # the hung attempt, then the retry
 
 
 def test_connection_refused_is_retried_then_reported():
