@@ -127,9 +127,17 @@ def run_flywheel(
     log(f"{len(landed)} trace files, {len(partitions)} day x workload partitions, workloads {workloads}")
     # as the drop-folder sensor does: one ingest run per box of day x workload partitions
     order = instance.get_dynamic_partitions(workload_partitions.name)
+    not_ingested: set[str] = set()
     for box in trace_partition_boxes([tuple(p.split("|")) for p in partitions], order):
-        materialize(ingest_job.name, window=trace_range_tags(box))
-    ready = [w for w in workloads if materialize(curate_and_split_job.name, w).success]
+        if not materialize(ingest_job.name, window=trace_range_tags(box)).success:
+            not_ingested |= {workload for _, workload in box}
+    # a workload whose ingest failed keeps its previous dataset: rebuilding it now would
+    # quietly leave the new traffic out (automation under the daemon waits the same way)
+    for workload in sorted(not_ingested):
+        log(f"skip {curate_and_split_job.name} [{workload}]: its ingest failed (see that run)")
+    ready = [
+        w for w in workloads if w not in not_ingested and materialize(curate_and_split_job.name, w).success
+    ]
     if through == "split":
         return result
     candidates = candidate_partitions.get_partition_keys()

@@ -17,7 +17,7 @@ from flywheel_assets.runner import (
     run_flywheel,
     was_interrupted,
 )
-from partitions.defs import trace_partitions
+from partitions.defs import trace_partitions, workload_partitions
 from resources.traces import FileTraceSource
 
 calls = []
@@ -88,3 +88,41 @@ def test_a_run_left_started_by_a_killed_runner_is_failed_by_the_next(tmp_path):
         assert fail_runs_of_dead_runners(instance, log=lambda _: None) == 1
         assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_workload_whose_ingest_failed_is_not_curated_from_stale_data(tmp_path):
+    """Seen by an operator: the dataset run after a failed ingest succeeded on the previous
+    days' data while the command exited 1."""
+
+    @dg.multi_asset(
+        outs={"raw_traces": dg.AssetOut(), "quarantined_traces": dg.AssetOut()},
+        partitions_def=trace_partitions,
+    )
+    def failing_ingest(context):
+        raise ValueError("a landed part is damaged")
+
+    @dg.asset(partitions_def=workload_partitions, deps=["raw_traces"])
+    def workload_dataset(context):
+        calls.append(context.partition_key)
+
+    @dg.asset(partitions_def=workload_partitions, deps=[workload_dataset])
+    def eval_dataset():
+        return None
+
+    @dg.asset(partitions_def=workload_partitions, deps=[workload_dataset])
+    def train_dataset():
+        return None
+
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "t.jsonl").write_text(record(0, "a") + "\n")
+    source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), start_date="2025-01-01")
+    defs = dg.Definitions(
+        assets=[failing_ingest, workload_dataset, eval_dataset, train_dataset], resources={"trace_source": source},
+    )
+    calls.clear()
+    lines = []
+    with dg.instance_for_test() as instance:
+        result = run_flywheel(defs, instance, log=lines.append, through="split")
+    assert calls == [] and len(result.failed) == 1
+    assert any("skip curate_and_split [a]: its ingest failed" in line for line in lines)
