@@ -340,21 +340,42 @@ def tracked(storage, tracker: Tracker):
 
 
 def _keyless_offline_handle() -> dict:
-    """dagster-wandb's `wandb_resource` requires an API key; offline runs need none, so
-    without one we hand the tracker the same shape of handle, unauthenticated."""
+    """Offline runs need no key and must not log in: dagster-wandb's `wandb_resource` calls
+    `wandb.login`, which (unless W&B's process-wide settings are offline already) checks the
+    key with the server and saves it to ~/.netrc, or prompts for one when it is empty. The
+    tracker gets the same shape of handle, unauthenticated."""
     import wandb
     from dagster_wandb.resources import WANDB_CLOUD_HOST
 
     return {"sdk": wandb, "api": None, "host": os.environ.get("WANDB_BASE_URL", WANDB_CLOUD_HOST)}
 
 
+def _online_handle(host: str | None) -> dict:
+    """dagster-wandb's `wandb_resource`, logged in with WANDB_API_KEY as the run's process
+    has it (secrets reach run workers, not necessarily the code server). Without a key,
+    `wandb.login` would prompt for one, so this fails first, naming the variable."""
+    from dagster_wandb import wandb_resource
+    from dagster_wandb.resources import WANDB_CLOUD_HOST
+
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        raise RuntimeError(
+            "W&B tracking is online but WANDB_API_KEY is not set: set it, or set WANDB_MODE=offline "
+            "to keep runs on disk for `wandb sync`, or WANDB_MODE=disabled to turn tracking off"
+        )
+    config = {"api_key": key, "host": host or WANDB_CLOUD_HOST}
+    return wandb_resource.resource_fn(dg.build_init_resource_context(config=config))
+
+
 def build_tracker(home: Path, env: dict[str, str] | None = None) -> Tracker:
     """The tracker the environment asks for.
 
     WANDB_MODE=disabled, or neither WANDB_MODE nor WANDB_API_KEY: off (`NoOpTracker`).
-    WANDB_MODE=offline (or dryrun): offline runs under `$FLYWHEEL_HOME/wandb`.
-    WANDB_API_KEY (WANDB_MODE unset or online): online, logged in by dagster-wandb's
-    `wandb_resource` from the env var (the key never appears in config or metadata).
+    WANDB_MODE=offline (or dryrun): offline runs under `$FLYWHEEL_HOME/wandb`, never logged
+    in, whatever key is set.
+    WANDB_API_KEY or WANDB_MODE=online: online, logged in by dagster-wandb's `wandb_resource`
+    with the key in the run's environment (never in config or metadata); a run without one
+    fails naming WANDB_API_KEY instead of W&B prompting for a key.
     Also read: FLYWHEEL_WANDB_PROJECT, else WANDB_PROJECT (which the Weave trace source may
     use too), else `flywheel`; WANDB_ENTITY; WANDB_BASE_URL (W&B Server);
     FLYWHEEL_WANDB_REGISTRY (e.g. wandb-registry-model: promotions are linked there, online).
@@ -366,13 +387,11 @@ def build_tracker(home: Path, env: dict[str, str] | None = None) -> Tracker:
         return NoOpTracker()
     offline = mode in ("offline", "dryrun")
     wandb_dir = Path(home) / "wandb"
-    if has_key or not offline:
-        from dagster_wandb import wandb_resource
-
-        host = {"host": env["WANDB_BASE_URL"]} if env.get("WANDB_BASE_URL") else {}
-        handle = wandb_resource.configured({"api_key": {"env": "WANDB_API_KEY"}, **host})
-    else:
+    if offline:
         handle = dg.ResourceDefinition(lambda _: _keyless_offline_handle(), description="W&B, offline")
+    else:
+        host = env.get("WANDB_BASE_URL")
+        handle = dg.ResourceDefinition(lambda _: _online_handle(host), description="W&B, logged in")
     return WandbTracker(
         project=env.get("FLYWHEEL_WANDB_PROJECT") or env.get("WANDB_PROJECT") or "flywheel",
         entity=env.get("WANDB_ENTITY") or None,

@@ -1,12 +1,17 @@
 """W&B tracking in offline mode: one real flywheel run (tiny demo model, one epoch), then
 the artifacts, their lineage edges, the evaluation metrics and tables, and the promotion's
-`production` alias are read back from the offline run files (what `wandb sync` uploads)."""
+`production` alias are read back from the offline run files (what `wandb sync` uploads).
+W&B never logs in offline and never prompts for a key: online without one fails naming it."""
 
+import getpass
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import wandb
+from wandb.errors import term
 
 from flywheel_assets.core.sample_data import write_sample_traces
 from flywheel_assets.definitions import ASSETS, build_resources
@@ -19,14 +24,43 @@ from resources.tracking import NoOpTracker, WandbTracker, build_tracker, read_of
 WL = "tool_router"
 CW = f"tiny-demo.{WL}"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+KEY = "0123456789abcdef" * 2 + "01234567"  # the shape of a W&B API key (40 characters)
+
+
+@contextmanager
+def wandb_may_not_ask():
+    """Refuses, and records, every W&B login and every prompt for a key. W&B is told that a
+    user could answer: with no terminal it would skip the prompt, and a test not see it try."""
+    asked = []
+
+    def refuse(what):
+        def refused(*args, **kwargs):
+            asked.append(what)
+            raise AssertionError(f"W&B tried to {what}")
+
+        return refused
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(term, "can_use_terminput", lambda: True)
+        mp.setattr(term, "_terminput", refuse("prompt"))
+        mp.setattr(getpass, "getpass", refuse("read a secret with getpass"))
+        mp.setattr(wandb, "login", refuse("log in"))
+        yield asked
 
 
 @pytest.fixture(scope="module")
-def flywheel(tmp_path_factory):
+def wandb_asked():
+    with wandb_may_not_ask() as asked:
+        yield asked
+
+
+@pytest.fixture(scope="module")
+def flywheel(tmp_path_factory, wandb_asked):
     tmp = tmp_path_factory.mktemp("tracking")
     write_sample_traces(tmp / "traces", n=400, seed=5, days=1, workloads=WL)
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_API_KEY", KEY)  # offline, a key changes nothing: no login
         for var, folder in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
             mp.setenv(var, str(tmp / "wandb-home" / folder))
         resources = build_resources(tmp, tmp / "traces")
@@ -153,6 +187,34 @@ def test_promotion_moves_the_production_alias_and_audits_artifact_versions(flywh
     assert {"raw_traces", "workload_dataset", "eval_dataset", "train_dataset", "leaderboard"} <= set(by_asset)
 
 
+def test_offline_runs_never_log_in_or_ask_for_a_key(flywheel, wandb_asked):
+    assert wandb_asked == []
+
+
+@pytest.mark.parametrize("key", [None, ""], ids=["unset", "empty"])  # empty: e.g. a CI secret not filled in
+def test_online_without_a_key_fails_naming_it_and_never_prompts(tmp_path, monkeypatch, key):
+    if key is None:
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_API_KEY", key)
+    tracker = build_tracker(tmp_path, {"WANDB_MODE": "online"})
+    with wandb_may_not_ask() as asked, pytest.raises(dg.DagsterResourceFunctionError) as caught:
+        with dg.build_resources({"tracker": tracker}):
+            pass
+    assert "WANDB_API_KEY is not set" in str(caught.value.__cause__)
+    assert asked == []
+
+
+def test_online_logs_in_with_the_key_of_the_runs_environment(tmp_path, monkeypatch):
+    logins = []
+    monkeypatch.setattr(wandb, "login", lambda **kwargs: logins.append(kwargs) or True)
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    tracker = build_tracker(tmp_path, {"WANDB_API_KEY": KEY, "WANDB_BASE_URL": "https://wandb.example"})
+    with dg.build_resources({"tracker": tracker}) as resources:
+        assert resources.tracker.wandb["host"] == "https://wandb.example"
+    assert [(login["key"], login["host"]) for login in logins] == [(KEY, "https://wandb.example")]
+
+
 def test_tracking_is_off_unless_wandb_is_configured(tmp_path):
     storage = ParquetIOManager(base_dir=str(tmp_path))
     for env in ({}, {"WANDB_MODE": "disabled"}, {"WANDB_MODE": "disabled", "WANDB_API_KEY": "k" * 40}):
@@ -164,5 +226,5 @@ def test_tracking_is_off_unless_wandb_is_configured(tmp_path):
     assert own.project == "fw"
     online = build_tracker(tmp_path, {"WANDB_API_KEY": "secret-key-" + "k" * 29})
     assert online.mode == "online"
-    # the key is read by dagster-wandb's wandb_resource from the environment, never held in config
-    assert "secret-key" not in repr(online) and online.wandb.config_schema is not None
+    # the key is read from the run's environment when W&B logs in, never held in config
+    assert "secret-key" not in repr(online)
