@@ -47,6 +47,8 @@ def fail_runs_of_dead_runners(instance: dg.DagsterInstance, log: Callable[[str],
         pid = int(run.tags.get(RUNNER_PID_TAG, 0))
         if pid and not process_alive(pid):
             instance.report_run_failed(run, f"its runner process {pid} died before the run ended (killed?)")
+            # the pool slots its steps held (`gpu`) would otherwise block every later step
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             log(f"run {run.run_id} ({run.job_name}) was left {run.status.value} by dead process {pid}: marked failed")
             failed += 1
     return failed

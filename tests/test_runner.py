@@ -85,9 +85,14 @@ def test_a_run_left_started_by_a_killed_runner_is_failed_by_the_next(tmp_path):
             return run
 
         orphan, alive = started_run(dead.pid), started_run(os.getpid())
+        slots = instance.event_log_storage
+        slots.set_concurrency_slots("gpu", 1)
+        assert slots.claim_concurrency_slot("gpu", orphan.run_id, "lora_adapter").is_claimed
         assert fail_runs_of_dead_runners(instance, log=lambda _: None) == 1
         assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+        # the dead run's `gpu` slot is free again: a later step is not blocked for good
+        assert slots.claim_concurrency_slot("gpu", alive.run_id, "lora_adapter").is_claimed
 
 
 def test_a_workload_whose_ingest_failed_is_not_curated_from_stale_data(tmp_path):
