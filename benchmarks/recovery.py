@@ -4,8 +4,9 @@ compare what it left with a clean run's.
 1. A clean `flywheel run` over the demo traces (a small set, the demo candidate with one
    epoch) gives the reference: rows per stored partition of every dataset asset.
 2. N times, in a fresh home with the same traces: start `flywheel run`, SIGKILL its whole
-   process group (validation workers included) at a moment drawn from [0, clean time),
-   then run it again to the end. The moment falls in landing, ingest, curation or training.
+   process group (validation workers included) at a seeded random moment of the clean
+   run's landing, ingest, curation or training window (each in turn), then run it again to
+   the end.
 3. Per try: are the counts identical to the clean run's, how many duplicate record ids
    does the data hold, how many bytes of crash leftovers (hidden staging folders, pins and
    temp files) are still there after the rerun, how many runs does the instance still show
@@ -38,6 +39,7 @@ import polars as pl  # noqa: E402
 from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS  # noqa: E402
 from flywheel_assets.live import demo_traces  # noqa: E402
 
+WINDOWS = ("landing", "ingest", "curation", "training")
 DATASETS = ("raw_traces", "quarantined_traces", "workload_dataset", "eval_dataset", "train_dataset")
 
 
@@ -62,6 +64,28 @@ def run_to_end(env: dict[str, str], log: Path) -> float:
     if process.wait() != 0:
         raise SystemExit(f"`flywheel run` failed; see {log}")
     return time.monotonic() - started
+
+
+def stage_windows(env: dict[str, str], log: Path) -> dict[str, tuple[float, float]]:
+    """Run `flywheel run` to the end, timing its stages from the lines it prints: landing
+    until it reports the trace files, then ingest, curation, and training + report."""
+    started = time.monotonic()
+    ends: dict[str, float] = {}
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "flywheel"), "run"], env=env,
+                                   stdout=subprocess.PIPE, stderr=out, text=True)
+        for line in process.stdout:
+            out.write(line)
+            stage = ("landing" if "trace files," in line else
+                     "ingest" if line.startswith("ok   ingest") else
+                     "curation" if line.startswith("ok   curate_and_split") else None)
+            if stage:
+                ends[stage] = time.monotonic() - started
+        if process.wait() != 0:
+            raise SystemExit(f"`flywheel run` failed; see {log}")
+    ends["training"] = time.monotonic() - started
+    bounds = [0.0, *(ends[stage] for stage in WINDOWS)]
+    return {stage: (bounds[i], bounds[i + 1]) for i, stage in enumerate(WINDOWS)}
 
 
 def progress_at_kill(log: Path) -> str:
@@ -130,9 +154,12 @@ def main() -> int:
             "hyperparameters": {**DEMO_HYPERPARAMETERS.model_dump(exclude_unset=True), "epochs": 1},
         }]}))
         clean_env = environment(tmp / "clean", traces, first_day, candidates)
-        clean_s = run_to_end(clean_env, tmp / "clean" / "run.log")
+        windows = stage_windows(clean_env, tmp / "clean" / "run.log")
+        clean_s = windows["training"][1]
         reference = counts(tmp / "clean")
-        print(f"clean run: {clean_s:.0f} s, {len(reference)} stored partitions, {sum(reference.values())} rows")
+        print(f"clean run: {clean_s:.0f} s ("
+              + ", ".join(f"{stage} {start:.1f}-{end:.1f} s" for stage, (start, end) in windows.items())
+              + f"), {len(reference)} stored partitions, {sum(reference.values())} rows")
 
         identical = total_duplicates = total_leftover = total_started = 0
         recover_times = []
@@ -140,7 +167,8 @@ def main() -> int:
             home = tmp / f"try-{attempt}"
             env = environment(home, traces, first_day, candidates)
             log = home / "run.log"
-            moment = rng.uniform(0, clean_s)
+            window = WINDOWS[(attempt - 1) % len(WINDOWS)]  # every stage in turn
+            moment = rng.uniform(*windows[window])
             process = start_run(env, log)
             try:
                 process.wait(timeout=moment)
@@ -156,7 +184,7 @@ def main() -> int:
             total_duplicates += dups
             total_leftover += left
             total_started += started
-            print(f"try {attempt:2d}: killed at {moment:5.1f} s ({stage}); rerun {recover_times[-1]:.0f} s; "
+            print(f"try {attempt:2d}: killed at {moment:5.1f} s in {window} ({stage}); rerun {recover_times[-1]:.0f} s; "
                   f"counts {'identical' if same else 'DIFFERENT'}; {dups} duplicates; {left} bytes left over; "
                   f"{started} runs still STARTED")
             shutil.rmtree(home, ignore_errors=True)
