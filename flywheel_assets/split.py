@@ -13,7 +13,7 @@ from flywheel_assets.core.splitting import SplitConfig, content_hash, split_data
 from flywheel_assets.metadata import table
 from partitions.defs import workload_partitions
 from resources.datasets import DatasetStore
-from sensors.automation import retrain_when_dataset_changed
+from sensors.automation import split_with_dataset
 
 
 class SplitAssetConfig(dg.Config):
@@ -82,7 +82,7 @@ def _split_asset(name: str, description: str) -> dict:
         group_name="split",
         kinds={"polars", "parquet"},
         code_version="2",  # cuts the chat parts out of whole records (`raw`)
-        automation_condition=retrain_when_dataset_changed,
+        automation_condition=split_with_dataset,
         description=description,
     )
 

@@ -38,6 +38,15 @@ refresh_when_data_changed = _on_changed_data.without(~AC.any_deps_missing()) & A
 # Training and evaluation: only when a split really changed and its blocking checks passed.
 retrain_when_dataset_changed = _on_changed_data & AC.all_deps_blocking_checks_passed()
 
+# The splits (cheap): in the same run as their dataset whenever it is requested, instead of
+# a tick and a run launch later; the dataset's blocking check stops them in that run if it
+# fails. Splits of an unchanged dataset have unchanged data versions, so training still
+# follows only a real change.
+_with_dataset = AC.any_deps_match(AC.will_be_requested())
+split_with_dataset = AC.eager().replace(
+    "any_deps_updated", AC.any_deps_match(AC.data_version_changed()) | _with_dataset
+) & (AC.all_deps_blocking_checks_passed() | _with_dataset)
+
 # The leaderboard: when an evaluation changed. It also reads workload_dataset, but a new
 # dataset alone would rebuild it from the previous dataset's evaluations (and for a
 # workload that failed its checks); its evaluations follow the dataset anyway. It keeps

@@ -67,15 +67,13 @@ def flywheel(tmp_path_factory):
 
 
 def cascade(fw, workload: str) -> dict[str, set]:
-    """Materialize what each tick requests for `workload`, stage by stage (each stage is
-    requested once its input's data version changed); the GPU stage is not run here."""
+    """Materialize what each tick requests for `workload`, stage by stage (the dataset and
+    its splits in one run; training once a split's data version changed); the GPU stage is
+    not run here."""
     requested = fw.tick()
-    assert requested == {"workload_dataset": {workload}}
-    assert fw.materialize(["workload_dataset"], workload).success
-    requested = fw.tick()
-    # the leaderboard waits for new evaluations, not for the dataset alone
-    assert requested == {"eval_dataset": {workload}, "train_dataset": {workload}}
-    assert fw.materialize(["eval_dataset", "train_dataset"], workload).success
+    # one run, not two a tick apart; the leaderboard waits for new evaluations
+    assert requested == {name: {workload} for name in SPLITS}
+    assert fw.materialize(SPLITS, workload).success
     return fw.tick()
 
 
@@ -142,9 +140,9 @@ def test_the_leaderboard_condition_waits_for_new_evaluations(tmp_path):
         instance.add_dynamic_partitions("workload", ["wb"])
         fw.tick()
         assert fw.materialize(INGEST, trace_partition_key(DAY.isoformat(), "wb")).success
-        assert fw.tick() == {"workload_dataset": {"wb"}}
+        assert fw.tick() == {name: {"wb"} for name in SPLITS}  # no leaderboard yet
         assert fw.materialize(["workload_dataset"], "wb").success
-        assert fw.tick() == {"eval_dataset": {"wb"}, "train_dataset": {"wb"}}  # no leaderboard yet
+        assert "leaderboard" not in fw.tick()  # a new dataset alone does not rebuild it
 
 
 def test_a_new_workload_requests_nothing_before_its_inputs_exist(tmp_path):
@@ -157,16 +155,10 @@ def test_a_new_workload_requests_nothing_before_its_inputs_exist(tmp_path):
         instance.add_dynamic_partitions("workload", ["wn"])  # as the drop-folder sensor does
         assert fw.tick() == {}
         assert fw.materialize(INGEST, trace_partition_key(DAY.isoformat(), "wn")).success
-        requested = fw.tick()
-        assert "workload_dataset" in requested and set(requested) <= set(SPLITS)
-        for _ in range(3):  # the dataset, then the splits (in this tick or the next)
-            assert fw.materialize(sorted(requested), "wn").success
-            requested = fw.tick()
-            if set(requested) & set(GPU):
-                break
-            assert set(requested) <= set(SPLITS)
+        assert fw.tick() == {name: {"wn"} for name in SPLITS}  # the dataset and its splits, one run
+        assert fw.materialize(SPLITS, "wn").success
         # the GPU stage, not the leaderboard: its evaluations don't exist yet
-        assert set(requested) == set(GPU)
+        assert set(fw.tick()) == set(GPU)
         assert fw.tick() == {}
 
 
