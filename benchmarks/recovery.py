@@ -90,8 +90,11 @@ def stage_windows(env: dict[str, str], log: Path) -> dict[str, tuple[float, floa
 
 def progress_at_kill(log: Path) -> str:
     """Where the run was: the runs it had finished (the runner prints `ok <job> [<partition>]`)."""
-    done = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(("ok ", "FAIL"))]
-    return f"after {len(done)} runs, the last: {done[-1].split(maxsplit=1)[1]}" if done else "while landing"
+    lines = log.read_text(errors="replace").splitlines()
+    done = [line for line in lines if line.startswith(("ok ", "FAIL"))]
+    if done:
+        return f"after {len(done)} runs, the last: {done[-1].split(maxsplit=1)[1]}"
+    return "during the first run" if any("trace files," in line for line in lines) else "while landing"
 
 
 def counts(home: Path) -> dict[str, int]:
