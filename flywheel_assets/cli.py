@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def run_live(args: argparse.Namespace) -> int:
     """`flywheel live`: what a new user sees when the flywheel runs itself."""
     from flywheel_assets.live import LiveFlywheel, LiveFlywheelError, demo_traces
 
+    # `kill` stops it as Ctrl-C does: `dagster dev` runs in its own session and must be
+    # stopped by us, or it outlives this command
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     home = args.home.resolve()
     files, first_day, workloads = demo_traces(home / "sample_traces", args.records, args.seed)
     flywheel = LiveFlywheel(home, port=args.port, env={"FLYWHEEL_START_DATE": os.environ.get("FLYWHEEL_START_DATE") or first_day})
