@@ -39,6 +39,7 @@ import polars as pl  # noqa: E402
 from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS  # noqa: E402
 from flywheel_assets.live import demo_traces  # noqa: E402
 
+FLYWHEEL_RUN = [str(Path(sys.executable).parent / "flywheel"), "run"]
 WINDOWS = ("landing", "ingest", "curation", "training")
 DATASETS = ("raw_traces", "quarantined_traces", "workload_dataset", "eval_dataset", "train_dataset")
 
@@ -54,7 +55,7 @@ def environment(home: Path, traces: list[Path], first_day: str, candidates: Path
 
 def start_run(env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen([str(Path(sys.executable).parent / "flywheel"), "run"], env=env,
+        return subprocess.Popen(FLYWHEEL_RUN, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -72,7 +73,7 @@ def stage_windows(env: dict[str, str], log: Path) -> dict[str, tuple[float, floa
     started = time.monotonic()
     ends: dict[str, float] = {}
     with open(log, "w") as out:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "flywheel"), "run"], env=env,
+        process = subprocess.Popen(FLYWHEEL_RUN, env=env,
                                    stdout=subprocess.PIPE, stderr=out, text=True)
         for line in process.stdout:
             out.write(line)

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from flywheel_assets.live import SAMPLE_FIRST_DAY, prepare_instance, print_leaderboards
+from flywheel_assets.live import (
+    SAMPLE_FIRST_DAY,
+    LiveFlywheel,
+    LiveFlywheelError,
+    demo_traces,
+    prepare_instance,
+    print_leaderboards,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_live(args: argparse.Namespace) -> int:
     """`flywheel live`: what a new user sees when the flywheel runs itself."""
-    from flywheel_assets.live import LiveFlywheel, LiveFlywheelError, demo_traces
-
     # `kill` stops it as Ctrl-C does: `dagster dev` runs in its own session and must be
     # stopped by us, or it outlives this command
     signal.signal(signal.SIGTERM, signal.default_int_handler)

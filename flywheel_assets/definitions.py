@@ -97,9 +97,10 @@ ASSETS = [
 # ticks every 30 s, which made a new workload wait minutes for its leaderboard. A tick over
 # this graph costs a tenth of a second, so one every 5 s is cheap.
 AUTOMATION_INTERVAL_S = 5
-# Runs, not backfills: a tick that requests several partitions of an asset would otherwise
-# submit an asset backfill, which waits for the backfill daemon's next pass (15 s and more)
-# before its runs are even queued.
+# Both sensors launch runs, not backfills (emit_backfills=False): a tick that requests
+# several partitions of an asset would otherwise submit an asset backfill, which waits for
+# the backfill daemon's next pass (15 s and more) before its runs are even queued.
+
 # every asset with an automation condition but the GPU ones (this replaces Dagster's
 # default_automation_condition_sensor, so its interval is ours); promoted_model never
 automation_sensor = dg.AutomationConditionSensorDefinition(

@@ -97,6 +97,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def sensor_selector(name: str) -> dict[str, str]:
+    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
+
+
 def prepare_instance(dagster_home: Path) -> None:
     """A DAGSTER_HOME with the local instance settings (run queue, pools), unless it has its own."""
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -198,15 +202,13 @@ class LiveFlywheel:
 
     def start_sensors(self, names: Iterable[str] = INGEST_SENSORS + AUTOMATION_SENSORS) -> None:
         for name in names:
-            selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
-            result = self.graphql(_START_SENSOR, selector=selector)["startSensor"]
+            result = self.graphql(_START_SENSOR, selector=sensor_selector(name))["startSensor"]
             if result["__typename"] != "Sensor":
                 raise LiveFlywheelError(f"could not start sensor {name}: {result.get('message', result)}")
 
     def sensor_ticks(self, sensor: str) -> list[tuple[float, str]]:
         """(time, status) of the sensor's latest ticks, newest first."""
-        selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": sensor}
-        state = self.graphql(_TICKS, selector=selector)["sensorOrError"]["sensorState"]
+        state = self.graphql(_TICKS, selector=sensor_selector(sensor))["sensorOrError"]["sensorState"]
         return [(float(t["timestamp"]), t["status"]) for t in state["ticks"]]
 
     def wait_for_ticks(self, sensor: str, *, after: float, count: int, timeout_s: float) -> None:
@@ -268,12 +270,12 @@ class LiveFlywheel:
         first failed run, or at the deadline naming the stage that did not finish."""
         wanted = sorted(workloads)
         deadline = time.monotonic() + timeout_s
-        seen: dict[str, str] = {}
+        reported: set[str] = set()
         while True:
             runs = [r for r in self.runs() if (r.start or since) >= since - 1]
             for run in sorted(runs, key=lambda r: r.end or 0):
-                if progress and run.status in FINISHED and run.run_id not in seen:
-                    seen[run.run_id] = run.status
+                if progress and run.status in FINISHED and run.run_id not in reported:
+                    reported.add(run.run_id)
                     busy = sum(r.status not in FINISHED for r in runs)
                     progress(f"+{time.time() - since:4.0f} s  {run.status.lower():<7} {run.stage:<18} "
                              f"[{run.partition}] ({run.end - run.start if run.end and run.start else 0:.0f} s; "

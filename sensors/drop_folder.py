@@ -67,8 +67,8 @@ def ingest_requests(
     results: Iterable[LandingResult], known_workloads: Iterable[str], trigger: str
 ) -> IngestRequests:
     """`raw_traces` runs for the day x workload partitions that received records: one run
-    per key range (`trace_partition_boxes`), so a dropped file
-    is ingested in one run instead of one process per partition.
+    per key range (`trace_partition_boxes`), so a dropped file is ingested in one run
+    instead of one process per partition.
 
     Partitions of days outside the day partitions (records quarantined as
     `before_start_date` / `future_timestamp`) and unattributable records are not
