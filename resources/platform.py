@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from flywheel_assets.core.candidates import DEMO_BASE_MODEL, CandidateSpec
 from flywheel_assets.core.chat import ChatBackend, ChatExample
 from flywheel_assets.core.hyperparameters import LoraHyperparameters
+from flywheel_assets.core.local_files import check_model_directory
 from resources.nemo.backend import NemoBackend, split_files
 from resources.openai_compatible import OpenAICompatibleBackend
 
@@ -115,13 +116,13 @@ class LocalPlatform(ModelPlatform):
 
     def base_model_dir(self, candidate: CandidateSpec, train: Sequence[ChatExample]) -> Path:
         if candidate.base_model != DEMO_BASE_MODEL:
-            path = Path(candidate.base_model)
-            if not (path / "config.json").exists():
+            try:
+                return check_model_directory(candidate.base_model)
+            except OSError as error:
                 raise FileNotFoundError(
-                    f"candidate {candidate.name}: base_model {path} is not a Hugging Face model "
-                    "directory (no config.json); download the weights there or use demo:tiny"
-                )
-            return path
+                    f"candidate {candidate.name}: base_model is not a usable Hugging Face model "
+                    f"directory: {error}; download the weights there or use demo:tiny"
+                ) from error
         from flywheel_assets.core.chat_template import example_texts
         from flywheel_assets.core.tiny_model import build_tiny_model
 
@@ -177,7 +178,8 @@ class LocalPlatform(ModelPlatform):
 
         require_backend(candidate, "local")
         if adapter is not None:
-            model_dir, adapter_dir = adapter.base_model_dir, adapter.adapter_dir
+            model_dir = check_model_directory(adapter.base_model_dir)
+            adapter_dir = check_model_directory(adapter.adapter_dir, required_file="adapter_config.json")
         else:
             model_dir, adapter_dir = self.base_model_dir(candidate, train), None
         yield LocalChatModel(

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS
+from flywheel_assets.core.local_files import read_config_file
 from flywheel_assets.settings import load_settings
 from partitions.keys import SAFE_KEY
 
@@ -51,6 +51,11 @@ class CandidateSpec(BaseModel):
     )
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL (…/v1).")
     model_id: str | None = Field(default=None, description="Model name sent to the endpoint.")
+    served_as: list[str] = Field(
+        default_factory=list,
+        description="Other model names production traffic names it by once promoted (the NIM model "
+        "name, the LoRA adapter's name): how production monitoring ties a served model to it.",
+    )
     api_key_env: str | None = Field(
         default=None, description="Environment variable holding the endpoint's API key."
     )
@@ -69,12 +74,30 @@ class CandidateSpec(BaseModel):
             raise ValueError(f"candidate name {name!r} must match {SAFE_KEY.pattern}")
         return name
 
+    @property
+    def served_names(self) -> list[str]:
+        """The model names a trace's `response.model` / `request.model` may carry for it."""
+        return list(dict.fromkeys(n for n in (self.name, self.model_id, *self.served_as) if n))
+
 
 class FlywheelModels(BaseModel):
     production: CostProfile = CostProfile(
         usd_per_million_prompt_tokens=0.88, usd_per_million_completion_tokens=0.88
     )
     candidates: list[CandidateSpec]
+
+    @model_validator(mode="after")
+    def _one_candidate_per_served_name(self) -> "FlywheelModels":
+        claimed: dict[str, str] = {}
+        for candidate in self.candidates:
+            for name in candidate.served_names:
+                other = claimed.setdefault(name, candidate.name)
+                if other != candidate.name:
+                    raise ValueError(
+                        f"served model name {name!r} belongs to candidates {other!r} and {candidate.name!r}: "
+                        "give each candidate its own model_id / served_as names"
+                    )
+        return self
 
 
 # hyperparameters.DEMO_HYPERPARAMETERS says why the demo model needs other hyper-parameters
@@ -91,6 +114,6 @@ def load_models(path: str | os.PathLike | None = None) -> FlywheelModels:
     if not path:
         return FlywheelModels(candidates=[DEMO_CANDIDATE])
     try:
-        return FlywheelModels.model_validate(json.loads(Path(path).read_text()))
+        return FlywheelModels.model_validate(json.loads(read_config_file(path, what="a candidates file")))
     except (OSError, ValueError) as err:
         raise ValueError(f"FLYWHEEL_CANDIDATES={path}: {err}") from err

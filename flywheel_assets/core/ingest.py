@@ -43,7 +43,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
-import errno
 import fcntl
 import functools
 import hashlib
@@ -55,7 +54,6 @@ import os
 import re
 import shutil
 import socket
-import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -65,6 +63,7 @@ from typing import Any
 import polars as pl
 import pydantic_core
 
+from flywheel_assets.core.local_files import LinkRefused, NotARegularFile, open_regular_file
 from flywheel_assets.core.schema import (
     DEFAULT_MAX_RECORD_BYTES,
     Feedback,
@@ -352,17 +351,12 @@ def open_source(path: Path) -> io.BufferedReader:
     and without blocking on a FIFO: what the folder held when it was listed may have been
     replaced since. Raises `SourceReadError` for anything else, OSError as `open` does."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            remedy = "links are never followed: copy the file itself into the drop folder"
-            raise SourceReadError(f"{path} is a symbolic link", remedy) from error
-        raise
-    mode = os.fstat(descriptor).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(descriptor)
-        raise SourceReadError(f"{path} is not a regular file", "only regular files are read")
-    return os.fdopen(descriptor, "rb")
+        return open_regular_file(path, follow_links=False)
+    except LinkRefused as error:
+        remedy = "links are never followed: copy the file itself into the drop folder"
+        raise SourceReadError(f"{path} is a symbolic link", remedy) from error
+    except NotARegularFile as error:
+        raise SourceReadError(f"{path} {error.strerror}", "only regular files are read") from error
 
 
 def content_digest(path: Path) -> str:
