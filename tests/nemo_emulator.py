@@ -39,8 +39,11 @@ Fault injection:
 Inspectable state for assertions: ``customization_jobs``, ``evaluation_jobs``,
 ``deployments_alive``, ``deployment_events``, ``repos``, ``datasets``, ``models``,
 ``requests`` (method, path, service, outcome, Authorization header). With ``api_key``
-set, every request must carry ``Authorization: Bearer <api_key>`` (LFS uploads: the
-token the batch answer handed out instead).
+set, every request must carry ``Authorization: Bearer <api_key>``, except the LFS upload
+``PUT``, which goes to the presigned URL the batch answer handed out (signature in the query,
+as with S3; no headers) and is refused with an ``Authorization`` header. The LFS protocol
+is what ``huggingface_hub`` speaks (the client NVIDIA documents for the Data Store):
+``tests/test_nemo_datastore_protocol.py`` drives it against this emulator.
 """
 
 from __future__ import annotations
@@ -113,6 +116,9 @@ class RecordedRequest:
     path: str
     authorization: str | None
     outcome: str = "ok"  # "ok" or the fault kind
+    query: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
+    body: bytes = b""
 
 
 class HTTPError(Exception):
@@ -443,7 +449,8 @@ class NemoEmulator:
         split = urlsplit(raw_path)
         path = split.path
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
-        if self.api_key and not path.startswith("/v1/hf/_lfs/"):
+        presigned = method == "PUT" and path.startswith("/v1/hf/_lfs/")
+        if self.api_key and not presigned:
             if headers.get("Authorization") != f"Bearer {self.api_key}":
                 return 401, {"detail": "missing or wrong bearer token"}, {}
         for route_method, pattern, handler in self._routes[service]:
@@ -815,23 +822,28 @@ class NemoEmulator:
         body = req.json() or {}
         if body.get("operation") != "upload":
             raise HTTPError(422, "only upload is supported")
+        if "basic" not in (body.get("transfers") or ["basic"]):
+            raise HTTPError(422, "no supported transfer adapter offered (this store speaks 'basic')")
         objects = []
         for obj in body.get("objects", []):
             oid, size = obj["oid"], int(obj["size"])
             entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
             if oid not in self.lfs_objects:
+                # a presigned upload URL (the signature is in the query, as with S3) and a
+                # verify URL on the store's API, which wants the usual token
                 href = f"{self.datastore_base_url}/v1/hf/_lfs/{oid}"
-                entry["actions"] = {"upload": {"href": href, "header": {"X-Upload-Token": _token(oid)}},
-                                    "verify": {"href": f"{href}/verify", "header": {"X-Upload-Token": _token(oid)}}}
+                entry["actions"] = {"upload": {"href": f"{href}?X-Signature={_token(oid)}", "expires_in": 3600},
+                                    "verify": {"href": f"{href}/verify"}}
             objects.append(entry)
         return 200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
 
     def _lfs_put(self, req: Request):
         oid = req.groups[0]
-        if req.headers.get("X-Upload-Token") != _token(oid):
-            raise HTTPError(403, "bad upload token")
+        if req.query.get("X-Signature") != _token(oid):
+            raise HTTPError(403, "bad or missing upload signature")
         if req.headers.get("Authorization"):
-            raise HTTPError(400, "presigned upload: unexpected Authorization header")
+            # as S3: a presigned request carries its signature only in the URL
+            raise HTTPError(400, "Only one auth mechanism allowed: the URL signature or the Authorization header")
         if hashlib.sha256(req.body).hexdigest() != oid:
             raise HTTPError(422, "content does not match oid")
         self.lfs_objects[oid] = req.body
@@ -839,7 +851,10 @@ class NemoEmulator:
 
     def _lfs_verify(self, req: Request):
         oid = req.groups[0]
-        if oid not in self.lfs_objects:
+        body = req.json() or {}
+        if body.get("oid") != oid or not isinstance(body.get("size"), int):
+            raise HTTPError(422, "verify body must be {oid, size} of the uploaded object")
+        if oid not in self.lfs_objects or len(self.lfs_objects[oid]) != body["size"]:
             raise HTTPError(404, f"object {oid} not uploaded")
         return {}
 
@@ -969,8 +984,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         emulator, service = self.server.emulator, self.server.service
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        path = urlsplit(self.path).path
-        record = RecordedRequest(service, self.command, path, self.headers.get("Authorization"))
+        split = urlsplit(self.path)
+        path = split.path
+        record = RecordedRequest(service, self.command, path, self.headers.get("Authorization"), query=split.query,
+                                 headers={k.lower(): v for k, v in self.headers.items()}, body=body)
         with emulator._lock:
             emulator.requests.append(record)
         fault = emulator._choose_fault(service, self.command, path)

@@ -116,7 +116,9 @@ def test_datastore_large_files_go_through_lfs_without_our_key(emu):
         assert store.download_file(NS, "ds", "training/big.jsonl") == big
         assert store.upload_files(NS, "ds", {"training/big.jsonl": big}) == []  # sha256 matches: skipped
     puts = [r for r in emu.requests if r.method == "PUT"]
-    assert len(puts) == 1 and puts[0].authorization is None  # the presigned upload gets only its own token
+    assert len(puts) == 1 and puts[0].authorization is None  # the presigned upload carries only its signature
+    verify = next(r for r in emu.requests if r.path.endswith("/verify"))
+    assert verify.authorization == f"Bearer {KEY}"
 
 
 def test_datastore_rejects_unsafe_paths(emu):

@@ -1,13 +1,15 @@
 """NeMo Data Store client: namespaces and dataset repos with files, through the Hugging
 Face Hub-compatible API rooted at ``{datastore_base_url}/v1/hf``.
 
-Why not ``huggingface_hub.HfApi(endpoint=...)`` as the reference does: (1) with
-``HF_HUB_OFFLINE=1`` (set by this project's tests and common on air-gapped clusters)
-``HfApi`` refuses every request, even to a custom endpoint; (2) with ``hf_xet`` installed
-(it is, as a dependency of ``huggingface_hub``) uploads may take the Xet protocol that a
-Data Store does not speak; (3) its retries and errors would differ from every other NeMo
-client here. The few Hub calls needed are implemented on `ServiceClient` instead, as the
-Hub specifies them (and as ``huggingface_hub`` sends them):
+NVIDIA documents uploads with ``huggingface_hub.HfApi(endpoint=...)``. This client speaks
+the same Hub protocol itself, and ``tests/test_nemo_datastore_protocol.py`` proves it
+sends what ``HfApi`` sends (it drives the installed ``huggingface_hub`` against the
+emulator and compares every request). Why not ``HfApi`` itself: ``HF_HUB_OFFLINE=1`` (or
+``TRANSFORMERS_OFFLINE=1``) makes it refuse every request, even to a custom endpoint, and
+the flag is process-wide: turning it off for uploads would also let the local backend's
+``transformers`` download weights in the same process; its retries and errors would differ
+from every other NeMo client here; and with ``hf_xet`` installed it may try Xet, which a
+Data Store does not speak. The calls, as ``huggingface_hub`` 2.x sends them:
 
 - ``POST /v1/datastore/namespaces`` (form field ``namespace``): create the namespace.
 - ``POST /v1/hf/api/repos/create`` ``{name, organization, type: "dataset"}``: create a
@@ -16,8 +18,9 @@ Hub specifies them (and as ``huggingface_hub`` sends them):
   -> per file ``uploadMode`` (``regular`` | ``lfs``) and the ``oid`` of the file already
   there (unchanged files are skipped).
 - LFS files: ``POST /v1/hf/datasets/{ns}/{name}.git/info/lfs/objects/batch`` (git-lfs
-  batch API, sha256 oids) -> ``PUT`` each object to the ``upload`` href it gives (with
-  its headers, without our API key), then ``POST`` its ``verify`` href.
+  batch API, sha256 oids; we offer only the ``basic`` transfer) -> a bare ``PUT`` of each
+  object to the ``upload`` href it gives (no headers, no API key: the href is presigned),
+  then ``POST {oid, size}`` to its ``verify`` href with our API key.
 - ``POST /v1/hf/api/datasets/{ns}/{name}/commit/main`` (NDJSON: a ``header`` line, then
   ``file`` lines with base64 content or ``lfsFile`` lines with the sha256 oid): one
   commit with all files. Retrying a commit is harmless: the same files again.
@@ -35,7 +38,6 @@ import json
 from typing import Literal, Mapping
 from urllib.parse import quote
 
-from pydantic import Field
 
 from resources.nemo.transport import NemoHTTPError, ServiceClient, Wire, says_exists, status_is
 
@@ -55,7 +57,6 @@ class PreuploadResponse(Wire):
 
 class LfsAction(Wire):
     href: str
-    header: dict[str, str] = Field(default_factory=dict)
 
 
 class LfsObjectError(Wire):
@@ -190,16 +191,21 @@ class DataStoreClient(ServiceClient):
                 raise self._lfs_error(obj)
             if not obj.actions or "upload" not in obj.actions:
                 continue  # the store has this object already
-            data = objects[obj.oid]
-            upload = obj.actions["upload"]
-            self.request("PUT", self._absolute(upload.href), content=data, headers=upload.header)
+            # as huggingface_hub: the upload goes to the (presigned) href as a bare PUT,
+            # without the action's headers or our key; verify is an API call with our key
+            self.request("PUT", self._absolute(obj.actions["upload"].href), content=objects[obj.oid])
             verify = obj.actions.get("verify")
             if verify is not None:
-                self.request("POST", self._absolute(verify.href), headers={**lfs_headers, **verify.header},
-                             content=json.dumps({"oid": obj.oid, "size": obj.size}).encode())
+                self.request("POST", self._own_path(verify.href), json={"oid": obj.oid, "size": obj.size})
 
     def _absolute(self, href: str) -> str:
         return href if href.startswith(("http://", "https://")) else f"{self.base_url}{href}"
+
+    def _own_path(self, href: str) -> str:
+        """A link on the store's own base URL as a path, so it gets our key; a link to
+        another host stays absolute and does not (our key goes to the store only)."""
+        absolute = self._absolute(href)
+        return absolute[len(self.base_url):] if absolute.startswith(f"{self.base_url}/") else absolute
 
     def _lfs_error(self, obj: LfsObject) -> NemoHTTPError:
         error = obj.error or LfsObjectError()
