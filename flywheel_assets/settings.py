@@ -8,6 +8,7 @@
 | FLYWHEEL_START_DATE         | 2025-01-01              | first day partition; older records are quarantined |
 | FLYWHEEL_VALIDATION_WORKERS | 0 (one per CPU, max 4)  | processes validating a large trace file (1: none) |
 | FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models                    |
+| FLYWHEEL_FOREIGN_LEFTOVER_HOURS | 24                  | temp files of a killed process on another host (pod) are removed once untouched this long |
 | FLYWHEEL_EXECUTOR           | in_process              | `in_process`, `multiprocess` (a process per step), or `k8s` (one pod per step) |
 | FLYWHEEL_WEAVE_ENTITY       | (WANDB_ENTITY)          | W&B entity of the Weave project with the traces  |
 | FLYWHEEL_WEAVE_PROJECT      | (WANDB_PROJECT)         | W&B project holding the traces (weave_trace_sensor) |
@@ -58,6 +59,8 @@ class FlywheelSettings(BaseModel):
     start_date: date = _var("FLYWHEEL_START_DATE", date(2025, 1, 1))
     validation_workers: int = Field(default=0, ge=0, alias="FLYWHEEL_VALIDATION_WORKERS")
     candidates_file: Path | None = _var("FLYWHEEL_CANDIDATES")
+    # longer than any single write or read of a step: a live writer touches its files
+    foreign_leftover_hours: float = Field(default=24.0, gt=0, alias="FLYWHEEL_FOREIGN_LEFTOVER_HOURS")
     # in_process: a run's steps share its process, so a run imports the code location (and
     # torch, for the GPU stage) once instead of once per step; its steps would mostly wait
     # for each other or for the `gpu` pool anyway

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 import signal
 import subprocess
 import sys
@@ -430,3 +431,29 @@ def test_the_sweep_tells_a_reused_pid_from_its_owner_and_leaves_other_hosts_alon
     removed = sweep_leftovers(tmp_path)
     assert [(leftover.path.name, leftover.size) for leftover in removed] == [(f".b.parquet.x{reused}", 5)]
     assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_another_hosts_leftovers_go_once_untouched_for_the_configured_time(tmp_path, monkeypatch):
+    """A step pod killed on a shared volume leaves files no process here can vouch for."""
+    old, recent = time.time() - 3 * 3600, time.time() - 60
+    abandoned_file = tmp_path / f".a.parquet.x.owner-{'0' * 12}-1-1"
+    abandoned_file.write_bytes(b"12345")
+    os.utime(abandoned_file, (old, old))
+    # a pin folder holds hard links to old files, but was made recently: still in use
+    in_use = tmp_path / f".pinned-raw_traces-x.owner-{'1' * 12}-2-2"
+    in_use.mkdir()
+    (in_use / "w.parquet").write_bytes(b"123")
+    os.utime(in_use / "w.parquet", (old, old))
+    os.utime(in_use, (recent, recent))
+    stale_staging = tmp_path / f".weave-x.owner-{'2' * 12}-3-3"
+    (stale_staging / "part").mkdir(parents=True)
+    (stale_staging / "part" / "0.parquet").write_bytes(b"1234567")
+    for path in (stale_staging / "part" / "0.parquet", stale_staging / "part", stale_staging):
+        os.utime(path, (old, old))
+    monkeypatch.setenv("FLYWHEEL_FOREIGN_LEFTOVER_HOURS", "2")
+    removed = sweep_leftovers(tmp_path)
+    assert sorted((leftover.path.name, leftover.size) for leftover in removed) == [
+        (abandoned_file.name, 5), (stale_staging.name, 7),
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == [in_use.name]
+    assert sweep_leftovers(tmp_path, foreign_after_s=30) and not list(tmp_path.iterdir())

@@ -55,6 +55,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ from typing import Any
 import polars as pl
 import pydantic_core
 
+from flywheel_assets.settings import load_settings
 from flywheel_assets.core.local_files import LinkRefused, NotARegularFile, open_regular_file
 from flywheel_assets.core.schema import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -937,9 +939,7 @@ def owner_tag() -> str:
     return f".owner-{_machine()}-{pid}-{_process_start(pid)}"
 
 
-def _owner_alive(machine: str, pid: int, start: int) -> bool:
-    if machine != _machine():
-        return True  # another host or container: its processes can't be checked from here
+def _owner_alive(pid: int, start: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -949,17 +949,39 @@ def _owner_alive(machine: str, pid: int, start: int) -> bool:
     return _process_start(pid) == start  # or a later process that was given the same pid
 
 
+def _last_touched(entry: os.DirEntry) -> float:
+    """The newest modification time of a file, or of a folder and anything in it."""
+    if not entry.is_dir(follow_symlinks=False):
+        return entry.stat(follow_symlinks=False).st_mtime
+    inside = (
+        os.lstat(os.path.join(folder, name)).st_mtime
+        for folder, dirs, names in os.walk(entry.path) for name in [*dirs, *names]
+    )
+    return max(entry.stat(follow_symlinks=False).st_mtime, *inside)
+
+
+def _abandoned(entry: os.DirEntry, machine: str, pid: int, start: int, foreign_after_s: float) -> bool:
+    if machine == _machine():
+        return not _owner_alive(pid, start)
+    # another host or pod (a step pod on a shared volume): its processes can't be asked from
+    # here, so its work counts as abandoned once nothing touched it for `foreign_after_s`
+    return time.time() - _last_touched(entry) > foreign_after_s
+
+
 def _folder_size(path: str) -> int:
     return sum(
         os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(path) for name in names
     )
 
 
-def sweep_leftovers(folder: Path) -> list[Leftover]:
+def sweep_leftovers(folder: Path, foreign_after_s: float | None = None) -> list[Leftover]:
     """Remove the temporary files and folders in `folder` (hidden, named with `owner_tag`)
     whose process is gone: what a process killed mid-write (kill -9, out of memory) left
-    behind. A live process's work is kept, and so is one whose owner can't be checked from
-    this host; a name without an owner tag is never touched."""
+    behind. A live process's work is kept. An owner on another host can't be checked from
+    here: its leftovers go once untouched for `foreign_after_s` (default
+    FLYWHEEL_FOREIGN_LEFTOVER_HOURS). A name without an owner tag is never touched."""
+    if foreign_after_s is None:
+        foreign_after_s = load_settings().foreign_leftover_hours * 3600
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -969,9 +991,9 @@ def sweep_leftovers(folder: Path) -> list[Leftover]:
         owner = _OWNER_TAG.search(entry.name)
         if not entry.name.startswith(".") or not owner:
             continue
-        if _owner_alive(owner[1], int(owner[2]), int(owner[3])):
-            continue
         try:
+            if not _abandoned(entry, owner[1], int(owner[2]), int(owner[3]), foreign_after_s):
+                continue
             if entry.is_dir(follow_symlinks=False):
                 size = _folder_size(entry.path)
                 shutil.rmtree(entry.path)
