@@ -69,21 +69,24 @@ def retry(
 ) -> T:
     """``attempt()`` until it returns, retrying `Retryable` failures under ``policy``.
 
-    After an ambiguous failure, ``recover()`` (when given) is asked first whether the
-    request took effect; a non-None answer is returned instead of attempting again.
-    Retries spent: raises ``give_up(last failure, "N attempts")``.
+    After an ambiguous failure, ``recover()`` (when given) is asked whether the request
+    took effect, after the last attempt too; a non-None answer is returned instead of
+    attempting again. Retries spent: raises ``give_up(last failure, "N attempts")``.
     """
     for number in range(policy.max_retries + 1):
         try:
             return attempt()
         except Retryable as failure:
-            if number == policy.max_retries:
-                raise give_up(failure, f"{number + 1} attempt{'s' if number else ''}") from None
-            sleep(policy.delay_s(number, failure.retry_after_s))
-            if failure.ambiguous and recover is not None:
+            spent = number == policy.max_retries
+            recoverable = failure.ambiguous and recover is not None
+            if recoverable or not spent:
+                sleep(policy.delay_s(number, failure.retry_after_s))
+            if recoverable:
                 found = recover()
                 if found is not None:
                     return found
+            if spent:
+                raise give_up(failure, f"{number + 1} attempt{'s' if number else ''}") from None
     raise AssertionError("unreachable")  # the loop always returns or raises
 
 
