@@ -18,7 +18,10 @@ from flywheel_assets.core.chat import (
     ToolCall,
 )
 from flywheel_assets.core.metrics import (
+    JUDGE_PROMPT_SHA256,
+    NO_CALL,
     RAW_ARGUMENTS_KEY,
+    standardise_string,
     build_judge_prompt,
     function_name_accuracy,
     function_name_and_args_accuracy,
@@ -117,17 +120,31 @@ def test_missing_and_unexpected_keys_named():
     assert score_tool_calls(expected, extra).reason == "arguments differ: f: unexpected key $.c"
 
 
-def test_multiple_calls_compared_as_ordered_lists():
+def test_parallel_calls_match_in_any_order():
     expected = calls(("lookup", {"id": 1}), ("book", {"id": 1}))
     assert score_tool_calls(expected, calls(("lookup", {"id": 1}), ("book", {"id": 1}))).function_name_and_args == 1.0
     swapped = score_tool_calls(expected, calls(("book", {"id": 1}), ("lookup", {"id": 1})))
-    assert (swapped.function_name, swapped.reason) == (0.0, "wrong function (call 0): got book expected lookup")
+    assert (swapped.function_name, swapped.function_name_and_args, swapped.reason) == (1.0, 1.0, None)
     fewer = score_tool_calls(expected, calls(("lookup", {"id": 1})))
     assert fewer.function_name == 0.0
     assert fewer.reason == "wrong number of tool calls: got 1 ['lookup'] expected 2 ['lookup', 'book']"
-    second_args = score_tool_calls(expected, calls(("lookup", {"id": 1}), ("book", {"id": 2})))
+    second_args = score_tool_calls(expected, calls(("book", {"id": 2}), ("lookup", {"id": 1})))
     assert (second_args.function_name, second_args.function_name_and_args) == (1.0, 0.0)
-    assert second_args.reason == "arguments differ: call 1 book: at $.id: got 2 expected 1"
+    assert second_args.reason == "arguments differ: call 0 book: at $.id: got 2 expected 1"
+    other = score_tool_calls(expected, calls(("lookup", {"id": 1}), ("cancel", {"id": 1})))
+    assert other.reason == "wrong functions: got ['cancel', 'lookup'] expected ['book', 'lookup']"
+
+
+def test_parallel_calls_of_one_tool_pair_by_arguments():
+    # the same tool twice: each candidate call finds the expected call with its arguments
+    expected = calls(("weather", {"city": "Paris", "unit": "c"}), ("weather", {"city": "Rome", "unit": "c"}))
+    candidate = calls(("weather", {"city": "Rome", "unit": "c"}), ("weather", {"city": "Paris", "unit": "f"}))
+    score = score_tool_calls(expected, candidate)
+    assert (score.function_name, score.function_name_and_args) == (1.0, 0.0)
+    # Rome pairs with Rome (2 of 2), Paris with Paris (1 of 2): 3 of 4 arguments right
+    assert score.argument_precision == score.argument_recall == 0.75
+    assert score.reason == 'arguments differ: call 1 weather: at $.unit: got "f" expected "c"'
+    assert sorted(score.confusion) == [("weather", "weather"), ("weather", "weather")]
 
 
 def test_expected_no_call_rewards_no_call():
@@ -143,6 +160,145 @@ def test_aggregates_are_means_over_records():
     assert function_name_accuracy([], []) is None
     with pytest.raises(ValueError):
         function_name_accuracy(expected, candidates[:2])
+
+
+# ------------------------------------------------ BFCL-style arguments, schema, abstention
+
+
+def tool(name: str, properties: dict | None = None, required: Sequence[str] = ()) -> dict:
+    schema = {"type": "object", "properties": properties or {}, "required": list(required)}
+    return {"type": "function", "function": {"name": name, "description": name, "parameters": schema}}
+
+
+WEATHER = tool(
+    "get_weather",
+    {
+        "city": {"type": "string"},
+        "days": {"type": "integer", "default": 1},
+        "unit": {"type": "string", "enum": ["Celsius", "Fahrenheit"], "default": "Celsius"},
+        "detail": {"type": "boolean"},
+    },
+    required=["city"],
+)
+REFUND = tool("refund", {"order_id": {"type": "string"}, "amount": {"type": "number"}}, ["order_id", "amount"])
+TOOLS = [WEATHER, REFUND]
+
+
+@pytest.mark.parametrize(
+    ("expected", "candidate", "match"),
+    [
+        ({"amount": 5}, {"amount": 5.0}, True),  # integer and float by value
+        ({"amount": 12.5}, {"amount": 12.50}, True),
+        ({"amount": 5}, {"amount": "5"}, False),  # a string never stands for a number
+        ({"amount": 1}, {"amount": True}, False),  # nor a boolean
+        ({"order_id": "ORD-1234"}, {"order_id": "ord 1234"}, True),  # BFCL's string standardisation
+        ({"order_id": "April 1, 2024"}, {"order_id": "april 1 2024"}, True),
+        ({"order_id": "ＯＲＤ１"}, {"order_id": "ord1"}, True),  # NFKC folds full width
+        ({"order_id": "ORD-1234"}, {"order_id": "ORD-1235"}, False),
+    ],
+)
+def test_type_aware_argument_comparison(expected, candidate, match):
+    score = score_tool_calls(calls(("refund", expected)), calls(("refund", candidate)), TOOLS)
+    assert score.function_name_and_args == float(match)
+    assert score.argument_precision == score.argument_recall == float(match)
+
+
+def test_standardise_string_is_bfcls():
+    assert standardise_string("New York, NY") == standardise_string("new-york ny") == "newyorkny"
+    assert standardise_string("it's") == 'it"s'
+
+
+def test_missing_optional_argument_equals_its_default():
+    expected = calls(("get_weather", {"city": "Paris", "days": 1, "unit": "Celsius"}))
+    # left out: both optional arguments have defaults equal to the expected values
+    omitted = score_tool_calls(expected, calls(("get_weather", {"city": "Paris"})), TOOLS)
+    assert (omitted.function_name_and_args, omitted.argument_precision, omitted.argument_recall) == (1.0, 1.0, 1.0)
+    # the other way round: production left them out, the candidate spelled out the defaults
+    spelled = score_tool_calls(calls(("get_weather", {"city": "Paris"})), expected, TOOLS)
+    assert spelled.function_name_and_args == 1.0 and spelled.argument_precision == 1.0
+    # a default that is not the expected value is a wrong argument
+    other = score_tool_calls(calls(("get_weather", {"city": "Paris", "days": 3})), calls(("get_weather", {"city": "Paris"})), TOOLS)
+    assert other.reason == "arguments differ: get_weather: at $.days: got 1 expected 3"
+    assert other.argument_recall == 0.5 and other.argument_precision == 0.5  # days=1 filled in on the candidate's side
+    # an optional argument without a default is simply missing
+    no_default = score_tool_calls(calls(("get_weather", {"city": "Paris", "detail": True})), calls(("get_weather", {"city": "Paris"})), TOOLS)
+    assert no_default.reason == "arguments differ: get_weather: missing key $.detail"
+    assert (no_default.argument_precision, no_default.argument_recall) == (1.0, 0.5)
+    # without the tools, nothing is known about defaults
+    assert score_tool_calls(expected, calls(("get_weather", {"city": "Paris"}))).function_name_and_args == 0.0
+
+
+def test_enum_values_compare_literally():
+    expected = calls(("get_weather", {"city": "Paris", "unit": "Fahrenheit"}))
+    assert score_tool_calls(expected, calls(("get_weather", {"city": "paris", "unit": "Fahrenheit"})), TOOLS).function_name_and_args == 1.0
+    lowered = score_tool_calls(expected, calls(("get_weather", {"city": "Paris", "unit": "fahrenheit"})), TOOLS)
+    assert lowered.function_name_and_args == 0.0 and lowered.schema_valid is False  # the tool would reject it too
+    # without a schema it is free text, compared standardised
+    assert score_tool_calls(expected, calls(("get_weather", {"city": "Paris", "unit": "fahrenheit"}))).function_name_and_args == 1.0
+
+
+def test_argument_precision_and_recall_hand_computed():
+    expected = calls(("f", {"a": 1, "b": 2, "c": 3}))
+    score = score_tool_calls(expected, calls(("f", {"a": 1, "b": 5, "d": 4})))
+    assert score.argument_precision == pytest.approx(1 / 3)  # a right, b wrong, d extra
+    assert score.argument_recall == pytest.approx(1 / 3)  # a right, b wrong, c missing
+    # a call to the wrong function: its arguments are all wrong
+    wrong = score_tool_calls(calls(("f", {"a": 1})), calls(("g", {"a": 1})))
+    assert (wrong.argument_precision, wrong.argument_recall) == (0.0, 0.0)
+    # no call: nothing to be precise about, everything expected is missed
+    none = score_tool_calls(calls(("f", {"a": 1})), text("hi"))
+    assert (none.argument_precision, none.argument_recall) == (None, 0.0)
+    both_empty = score_tool_calls(calls(("f", {})), calls(("f", {})))
+    assert (both_empty.argument_precision, both_empty.argument_recall, both_empty.function_name_and_args) == (None, None, 1.0)
+
+
+def test_schema_validity_of_the_candidates_calls():
+    assert score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A", "amount": 5})), TOOLS).schema_valid is True
+    wrong_type = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A", "amount": "5"})), TOOLS)
+    assert wrong_type.schema_valid is False
+    missing = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A"})), TOOLS)
+    assert missing.schema_valid is False and (missing.calls_checked, missing.calls_schema_valid) == (1, 0)
+    parallel = score_tool_calls(
+        calls(("refund", {"order_id": "A", "amount": 5}), ("get_weather", {"city": "X"})),
+        calls(("refund", {"order_id": "A", "amount": 5}), ("get_weather", {"city": 7})), TOOLS,
+    )
+    assert parallel.schema_valid is False and (parallel.calls_checked, parallel.calls_schema_valid) == (2, 1)
+    unparseable = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {RAW_ARGUMENTS_KEY: '{"order_id": A'})), TOOLS)
+    assert unparseable.schema_valid is False
+    assert (unparseable.argument_precision, unparseable.argument_recall) == (0.0, 0.0)
+    assert score_tool_calls(calls(("refund", {})), text("no"), TOOLS).schema_valid is None  # no call
+    bare = [{"type": "function", "function": {"name": "ping"}}]  # no parameters schema
+    assert score_tool_calls(calls(("ping", {})), calls(("ping", {})), bare).schema_valid is None
+
+
+def test_hallucinated_tool():
+    score = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("issue_voucher", {"order_id": "A"})), TOOLS)
+    assert score.hallucinated_tool is True and score.function_name == 0.0
+    assert score.schema_valid is None  # nothing to validate against
+    assert score.confusion == [("refund", "issue_voucher")]
+    offered = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("get_weather", {"city": "A"})), TOOLS)
+    assert offered.hallucinated_tool is False and offered.function_name == 0.0  # wrong, but offered
+    assert score_tool_calls(calls(("refund", {})), calls(("refund", {}))).hallucinated_tool is False  # tools unknown
+
+
+def test_abstention_errors_both_ways():
+    called = score_tool_calls(text("Your refund is on its way."), calls(("refund", {"order_id": "A", "amount": 5})), TOOLS)
+    assert called.abstention_error == "tool_call_instead_of_text"
+    assert called.confusion == [(NO_CALL, "refund")]
+    talked = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), text("I will refund you."), TOOLS)
+    assert talked.abstention_error == "text_instead_of_tool_call"
+    assert talked.confusion == [("refund", NO_CALL)]
+    assert score_tool_calls(text("hi"), text("hello"), TOOLS).abstention_error is None
+    assert score_tool_calls(calls(("refund", {})), calls(("get_weather", {})), TOOLS).abstention_error is None
+
+
+def test_invalid_tool_schema_is_reported_and_scored_on_name():
+    broken = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object", "properties": {"amount": {"type": "money"}}}}}]
+    score = score_tool_calls(calls(("refund", {"amount": 5})), calls(("refund", {"amount": 5.0})), broken)
+    assert score.function_name == 1.0 and score.function_name_and_args == 1.0
+    assert score.schema_valid is None
+    assert "refund" in score.invalid_schemas
+    assert score.reason.startswith("tool 'refund' has an invalid JSON Schema (scored on name)")
 
 
 # ------------------------------------------------------------------- chat similarity
@@ -182,18 +338,33 @@ def test_token_f1_bounded_symmetric_and_identity(a, b):
 # ----------------------------------------------------------------------------- judge
 
 
+# Replies as judges give them (GPT-4-class, Llama 3 / Mixtral instruct, reasoning models,
+# JSON mode); the score each one means, or why it is no score.
 @pytest.mark.parametrize(
     ("reply", "score"),
     [
         ("Both say it rains.\nSIMILARITY: 7", 0.7),
+        ("The candidate is equivalent.\nSIMILARITY: 10", 1.0),  # the reference's regex read "10" as 1
+        ("SIMILARITY: 10/10", 1.0),
         ("similarity = 10", 1.0),
         ("**SIMILARITY:** 3", 0.3),
         ("**Similarity**: 4.5", 0.45),
-        ("Format: SIMILARITY: n\nThey differ.\nSIMILARITY: 2", 0.2),
+        ("SIMILARITY: **8**", 0.8),
+        ("Similarity score: 9", 0.9),
+        ("SIMILARITY: [[6]]", 0.6),  # MT-Bench habit
+        ('{"reasoning": "same facts", "similarity": 8}', 0.8),  # JSON mode
+        ("SIMILARITY: 8.\n", 0.8),
+        ("Format: SIMILARITY: n\nThey differ.\nSIMILARITY: 2", 0.2),  # format restated first
+        ("SIMILARITY: 4\n\nBoth answers list 10 steps.", 0.4),  # other numbers ignored
+        ("<think>Maybe SIMILARITY: 3? No, they agree.</think>\nSIMILARITY: 9", 0.9),  # reasoning dropped
+        ("ＳＩＭＩＬＡＲＩＴＹ： ８", 0.8),  # full-width, NFKC
         ("I would give it 8/10.", 0.8),
         ("9 out of 10", 0.9),
+        ("Score: 7/10. Overall 7/10.", 0.7),  # repeated, agreeing
         ("  6  ", 0.6),
+        ("10", 1.0),
         ("0", 0.0),
+        ("SIMILARITY: 0", 0.0),
     ],
 )
 def test_judge_reply_parsed(reply, score):
@@ -206,10 +377,21 @@ def test_judge_reply_parsed(reply, score):
     ("reply", "why"),
     [
         ("On a scale of 0-10 they are close.", "no SIMILARITY score"),
+        ("The answers are similar.", "no SIMILARITY score"),
+        ("SIMILARITY: n", "no SIMILARITY score"),
+        ("SIMILARITY: ten", "no SIMILARITY score"),
+        ("SIMILARITY: 1O", "no SIMILARITY score"),  # a typo is no 1
         ("", "empty reply"),
+        ("   \n", "empty reply"),
         (None, "empty reply"),
         ("SIMILARITY: 11", "outside 0-10"),
         ("SIMILARITY: -1", "outside 0-10"),
+        ("SIMILARITY: 85", "outside 0-10"),  # a percentage
+        ("SIMILARITY: 0.8", "0-1 scale"),
+        ("SIMILARITY: 7-8", "a range"),
+        ("SIMILARITY: 7 to 8", "a range"),
+        ("Style 3/10, content 9/10.", "conflicting scores"),
+        ("<think>The reference says rain, the candidate", "reasoning never finished"),  # cut at max_tokens
     ],
 )
 def test_judge_reply_unparseable(reply, why):
@@ -244,6 +426,22 @@ def test_judge_similarity_prompts_with_both_answers_and_scales():
     assert "SIMILARITY: 8" in reason
     user = judge.prompts[0].messages[-1]["content"]
     assert "It rains in Paris." in user and "Paris: rain today." in user and "SIMILARITY" in user
+
+
+def test_failed_judgements_are_counted_apart_and_never_scored():
+    examples = [example(str(i), text(f"answer {i}"), "chat") for i in range(3)]
+    judge = ScriptedJudge([RuntimeError("HTTP 503"), "SIMILARITY: 7-8", "SIMILARITY: 6"])
+    judge.model, judge.temperature = "judge-70b", 0.0
+    result = score_records("chat", examples, [Completion(message=text("x"))] * 3, judge=judge)
+    assert result.scores == {"similarity": pytest.approx(0.6), "judge_errors": 1, "judge_unparsed": 1}
+    assert [row["similarity"] for row in result.rows] == [None, None, pytest.approx(0.6)]
+    assert result.judge["model"] == "judge-70b" and result.judge["temperature"] == 0.0
+
+
+def test_judge_prompt_hash_pins_the_prompt():
+    # a changed prompt is a new judge: its scores are not comparable with the old ones, and
+    # the gold-set calibration (judge_calibration) must be redone; update this hash knowingly
+    assert JUDGE_PROMPT_SHA256 == "549dfe9348f29b4a942269738849fd517d9e99731eea4e0bfb08932d88d6c536"
 
 
 def test_judge_error_gives_none_with_reason():
@@ -282,12 +480,15 @@ def test_tokens_per_second_uses_successful_requests_only():
 # ------------------------------------------------------------------------- records
 
 
-def example(record_id: str, expected: AssistantMessage, workload_type: str = "tool_calling") -> ChatExample:
+def example(
+    record_id: str, expected: AssistantMessage, workload_type: str = "tool_calling", tools: list | None = None
+) -> ChatExample:
     return ChatExample(
         record_id=record_id,
         workload_id="w",
         workload_type=workload_type,
         messages=[{"role": "user", "content": f"question {record_id}"}],
+        tools=tools,
         expected=expected,
     )
 
@@ -302,7 +503,8 @@ def test_score_records_tool_calling():
         Completion(error="timed out after 5s calling http://x/v1/chat/completions (model m)", latency_s=5.0),
     ]
     result = score_records("tool_calling", examples, completions, judge=None)
-    assert result.scores == {"function_name_accuracy": 0.5, "function_name_and_args_accuracy": 0.25}
+    assert result.scores["function_name_accuracy"] == 0.5
+    assert result.scores["function_name_and_args_accuracy"] == 0.25
     assert result.similarity_method is None
     assert result.error_count == 1 and result.record_count == 4
     assert result.latency_s["p50"] == pytest.approx(0.2)  # errors excluded from latency
@@ -314,8 +516,49 @@ def test_score_records_tool_calling():
     assert reasons[3].startswith("error: timed out")
     assert result.rows[3]["error"].startswith("timed out")
     frame = result.to_polars()
-    assert frame.shape == (4, 8)
+    assert frame.columns == [
+        "record_id", "function_name_accuracy", "function_name_and_args_accuracy", "argument_precision",
+        "argument_recall", "schema_valid", "hallucinated_tool", "abstention_error", "reason", "latency_s",
+        "prompt_tokens", "completion_tokens", "error",
+    ]
     assert frame["function_name_and_args_accuracy"].to_list() == [1.0, 0.0, 0.0, 0.0]
+    assert frame["argument_recall"].to_list() == [1.0, 0.0, 0.0, 0.0]  # the failed request recalls nothing
+    assert frame["argument_precision"].to_list() == [1.0, 0.0, None, None]
+    assert frame["abstention_error"].to_list() == [None, None, "text_instead_of_tool_call", None]
+    assert result.tool_confusion == {"get_weather": {"get_weather": 2, "(no call)": 1, "(error)": 1}}
+
+
+def test_score_records_tool_calling_rates_and_confusion_table():
+    refund = calls(("refund", {"order_id": "A", "amount": 5}))
+    weather = calls(("get_weather", {"city": "Paris"}))
+    cases = [
+        (refund, calls(("refund", {"order_id": "a", "amount": 5.0}))),  # right, type-aware
+        (refund, calls(("refund", {"order_id": "A", "amount": "5"}))),  # right name, invalid arguments
+        (weather, calls(("get_weather", {"city": "Paris"}), ("refund", {"order_id": "A", "amount": 1}))),  # one call too many
+        (weather, calls(("teleport", {"to": "Paris"}))),  # hallucinated
+        (weather, text("It is sunny in Paris.")),  # text instead of a call
+        (text("Hello! How can I help?"), refund),  # a call instead of text
+    ]
+    examples = [example(str(i), want, tools=TOOLS) for i, (want, _) in enumerate(cases)]
+    result = score_records("tool_calling", examples, [Completion(message=got) for _, got in cases])
+    rows = result.to_polars()
+    assert rows["function_name_accuracy"].to_list() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert rows["schema_valid"].to_list() == [True, False, True, None, None, True]
+    assert rows["hallucinated_tool"].to_list() == [False, False, False, True, False, False]
+    assert rows["abstention_error"].to_list() == [None] * 4 + ["text_instead_of_tool_call", "tool_call_instead_of_text"]
+    assert result.scores["schema_valid_rate"] == pytest.approx(4 / 5)  # over the calls: 4 of 5 offered calls valid
+    assert result.scores["hallucinated_tool_rate"] == pytest.approx(1 / 6)
+    assert result.scores["text_instead_of_tool_call_rate"] == pytest.approx(1 / 5)  # of the 5 records expecting a call
+    assert result.scores["tool_call_instead_of_text_rate"] == 1.0  # of the 1 record expecting text
+    assert result.scores["tools_with_invalid_schema"] == 0
+    assert result.scores["argument_precision"] == pytest.approx(rows["argument_precision"].mean())
+    confusion = result.tool_confusion_frame()
+    assert confusion.columns == ["expected", "(no call)", "get_weather", "refund", "teleport"]
+    assert confusion.rows() == [
+        ("(no call)", 0, 0, 2, 0),  # the extra refund and the refund instead of text
+        ("get_weather", 1, 1, 0, 1),
+        ("refund", 0, 0, 2, 0),
+    ]
 
 
 def test_score_records_chat_deterministic():
@@ -323,6 +566,7 @@ def test_score_records_chat_deterministic():
     completions = [Completion(message=text("the cat ran away"), latency_s=0.1), Completion(message=text("Yes!"))]
     result = score_records("chat", examples, completions)
     assert result.similarity_method == "token_f1"
+    assert result.judge is None and "judge_unparsed" not in result.scores
     assert result.scores["similarity"] == pytest.approx((4 / 7 + 1.0) / 2)
     assert result.rows[0]["reason"] == "token F1 0.571"
     assert list(result.rows[0]) == [
@@ -340,6 +584,8 @@ def test_score_records_chat_with_judge_excludes_unparseable_from_mean():
     # mean of 1.0, 0.5 and the failed candidate's 0.0; the unparseable reply is excluded
     assert result.scores["similarity"] == pytest.approx(0.5)
     assert result.judge_unparsed_count == 1
+    assert (result.scores["judge_unparsed"], result.scores["judge_errors"]) == (1, 0)
+    assert result.judge == {"model": "ScriptedJudge", "prompt_sha256": JUDGE_PROMPT_SHA256, "temperature": None}
     assert result.rows[1]["similarity"] is None and "unparseable" in result.rows[1]["reason"]
     assert result.rows[3]["similarity"] == 0.0 and result.rows[3]["reason"] == "error: HTTP 500"
     assert result.to_polars()["similarity"].null_count() == 1

@@ -5,18 +5,35 @@ which is only as deterministic as the judge model behind it.
 
 Metric definitions (scores are in [0, 1]):
 
-- ``function_name_accuracy`` (tool calling, per record): 1.0 when the candidate makes the
-  same tool calls as the expected answer, compared as *ordered lists* by function name
-  (same count, same name at each position); else 0.0. Ordered because the reference
-  compares the ``tool_calls`` lists position by position and because call order can carry
-  meaning (look up, then book).
-- ``function_name_and_args_accuracy`` (tool calling, per record): 1.0 when, in addition,
-  the arguments of each call equal the expected ones as parsed JSON: dict equality (key
-  order and whitespace never matter), nested values compared recursively, numbers compared
-  by value (``1 == 1.0``) but never equal to booleans (``True != 1``), and a string value
-  that holds a JSON object or array compares equal to that object or array (models often
-  double-encode nested arguments). A string holding a JSON scalar is *not* coerced
-  (``"1" != 1``): the type of a scalar argument is part of a correct call.
+Tool calling, per record (the BFCL AST checker's rules, with the production answer as
+the only possible answer):
+
+- Calls are paired in any order (BFCL's parallel checker, `scipy`'s assignment): most
+  same-name pairs first, then most pairs with matching arguments.
+- ``function_name_accuracy`` (the primary score): 1.0 when the candidate calls the same
+  functions as the expected answer, as a multiset of names (same count of each); else 0.0.
+- ``function_name_and_args_accuracy``: 1.0 when, in addition, every pair's arguments match.
+  Arguments match type-aware: parsed JSON (key order and spacing never matter, a string
+  holding a JSON object or array equals that object or array: models double-encode);
+  numbers by value (``5 == 5.0``) but never booleans (``True != 1``); a string holding a
+  scalar is not coerced (``"1" != 1``); free-text strings after `standardise_string`
+  (case, spacing and ``, . / - _ * ^`` never matter, as BFCL); a parameter with an
+  ``enum`` in the tool's schema literally (a closed vocabulary); a parameter one side left
+  out equals its schema ``default`` on the other; list order matters (as BFCL).
+- ``argument_precision`` / ``argument_recall``: matching top-level arguments (defaults
+  filled in) over the candidate's / the expected arguments, over all calls (an unpaired
+  call's arguments count as wrong; unparseable arguments as one wrong argument). Null when
+  the candidate passed no argument / nothing was expected.
+- ``schema_valid``: every candidate call's arguments validate against its tool's JSON
+  Schema (`flywheel_assets.core.tool_schema`); null when the record has no call or no tool
+  with a usable schema. The aggregate ``schema_valid_rate`` is over calls.
+- ``hallucinated_tool``: a candidate call names a tool the prompt did not offer.
+- ``abstention_error``: ``tool_call_instead_of_text`` (production answered in text),
+  ``text_instead_of_tool_call`` (production called a tool); the aggregates are rates over
+  the records where that error was possible.
+- A tool whose schema is not valid JSON Schema is named in ``reason`` and counted
+  (``tools_with_invalid_schema``); its calls are still scored on name and arguments,
+  without schema hints.
 - Aggregates are the mean over all records; a record whose candidate failed (error, no
   message) scores 0 (a failed call is a wrong call, as in the reference).
 - ``token_f1_similarity`` (chat, deterministic): token-level F1 between the normalised
@@ -29,19 +46,21 @@ Metric definitions (scores are in [0, 1]):
   score 1.0; exactly one empty text scores 0.0. It is order-insensitive (a bag of words),
   linear-time, and the same measure SQuAD uses for free-text answers.
 - ``judge similarity`` (chat, when a judge is configured): the judge model rates the
-  candidate against the reference from 0 to 10 (``SIMILARITY: n``), scaled to [0, 1]. An
-  unparseable reply scores ``None``: excluded from the mean, counted as
-  ``judge_unparsed``.
+  candidate against the reference from 0 to 10 (``SIMILARITY: n``), scaled to [0, 1]; the
+  model, temperature and the SHA-256 of the prompt are recorded with the scores
+  (`judge_record`). A failed judge call or a reply `parse_judge_reply` cannot read for sure
+  scores ``None``: excluded from the mean, counted as ``judge_errors`` / ``judge_unparsed``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import unicodedata
 from collections import Counter
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 from pydantic import BaseModel
 
@@ -54,44 +73,105 @@ from flywheel_assets.core.chat import (
     ToolCall,
     WorkloadType,
 )
+from flywheel_assets.core.tool_schema import ToolCallCheck, check_tool_call, tool_schemas
 
 SimilarityMethod = Literal["judge", "token_f1"]
 
 # --------------------------------------------------------------------------- tool calls
 
+AbstentionError = Literal["tool_call_instead_of_text", "text_instead_of_tool_call"]
+# Confusion-table labels of an answer that has no call / a candidate request that failed.
+NO_CALL = "(no call)"
+FAILED = "(error)"
+
 
 class ToolCallScore(BaseModel):
-    """One record's tool-calling scores; ``reason`` says why a score is below 1."""
+    """One record's tool-calling scores (definitions in the module docstring); ``reason``
+    says why a score is below 1, or notes a tool whose schema could not be used."""
 
     function_name: float
     function_name_and_args: float
+    argument_precision: float | None = None
+    argument_recall: float | None = None
+    schema_valid: bool | None = None
+    hallucinated_tool: bool = False
+    abstention_error: AbstentionError | None = None
+    # (expected tool, candidate tool) of every paired or unpaired call, for the confusion table
+    confusion: list[tuple[str, str]] = []
+    calls_checked: int = 0  # candidate calls whose arguments could be checked against a schema
+    calls_schema_valid: int = 0
+    invalid_schemas: dict[str, str] = {}  # offered tool -> why its schema is not JSON Schema
     reason: str | None = None
 
 
-def score_tool_calls(expected: AssistantMessage, candidate: AssistantMessage | None) -> ToolCallScore:
-    """Score one candidate answer's tool calls against the expected ones (ordered lists)."""
+def score_tool_calls(
+    expected: AssistantMessage,
+    candidate: AssistantMessage | None,
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> ToolCallScore:
+    """Score one answer's tool calls against the expected ones, calls matched in any order.
+
+    ``tools`` are the tools the prompt offered; without them (None) nothing is known about
+    schemas, so hallucination and schema validity are not judged and arguments are compared
+    without defaults or enums."""
     expected_calls = expected.tool_calls or []
     candidate_calls = (candidate.tool_calls if candidate is not None else None) or []
-    if not expected_calls:
-        # Curation keeps only records with tool calls, but a hand-made set may not:
-        # then the right answer is to call nothing.
-        if candidate_calls:
-            return _wrong(f"unexpected tool call: got {_names(candidate_calls)} expected none")
-        return ToolCallScore(function_name=1.0, function_name_and_args=1.0)
-    if not candidate_calls:
-        return _wrong("no tool call")
-    if len(candidate_calls) != len(expected_calls):
-        return _wrong(
-            f"wrong number of tool calls: got {len(candidate_calls)} {_names(candidate_calls)} "
-            f"expected {len(expected_calls)} {_names(expected_calls)}"
-        )
-    name_reason = _first_name_mismatch(expected_calls, candidate_calls)
-    if name_reason is not None:
-        return _wrong(name_reason)
-    args_reason = _first_arguments_mismatch(expected_calls, candidate_calls)
-    if args_reason is not None:
-        return ToolCallScore(function_name=1.0, function_name_and_args=0.0, reason=args_reason)
-    return ToolCallScore(function_name=1.0, function_name_and_args=1.0)
+    checks = [_check(tools, call) for call in candidate_calls] if tools is not None else []
+    hints = _schema_hints(tools, expected_calls + candidate_calls)
+    comparisons = {
+        (i, j): _compare_call(want, got, hints.get(want.function.name))
+        for i, want in enumerate(expected_calls)
+        for j, got in enumerate(candidate_calls)
+        if want.function.name == got.function.name
+    }
+    pairs = _match_calls(len(expected_calls), len(candidate_calls), comparisons)
+    paired_expected = {i for i, _ in pairs}
+    paired_candidate = {j for _, j in pairs}
+    same_name = [comparisons[pair] for pair in pairs if pair in comparisons]
+    compared_expected = {i for i, j in pairs if (i, j) in comparisons}
+    compared_candidate = {j for i, j in pairs if (i, j) in comparisons}
+    correct = sum(c.correct for c in same_name)
+    expected_args = sum(c.expected_args for c in same_name) + sum(
+        _argument_count(call) for i, call in enumerate(expected_calls) if i not in compared_expected
+    )
+    candidate_args = sum(c.candidate_args for c in same_name) + sum(
+        _argument_count(call) for j, call in enumerate(candidate_calls) if j not in compared_candidate
+    )
+    verdicts = [v for v in (_schema_verdict(check) for check in checks) if v is not None]
+    confusion = [(expected_calls[i].function.name, candidate_calls[j].function.name) for i, j in pairs]
+    confusion += [(call.function.name, NO_CALL) for i, call in enumerate(expected_calls) if i not in paired_expected]
+    confusion += [(NO_CALL, call.function.name) for j, call in enumerate(candidate_calls) if j not in paired_candidate]
+    names_right = Counter(_names(expected_calls)) == Counter(_names(candidate_calls))
+    reason = _tool_call_reason(expected_calls, candidate_calls, pairs, comparisons, names_right)
+    invalid = {name: problem for name, problem in _invalid_schemas(tools, expected_calls + candidate_calls)}
+    notes = [f"tool {name!r} has an invalid JSON Schema (scored on name): {why}" for name, why in invalid.items()]
+    return ToolCallScore(
+        function_name=float(names_right),
+        function_name_and_args=float(names_right and reason is None),
+        argument_precision=correct / candidate_args if candidate_args else None,
+        argument_recall=correct / expected_args if expected_args else None,
+        schema_valid=all(verdicts) if verdicts else None,
+        hallucinated_tool=any(not check.name_offered for check in checks),
+        abstention_error=_abstention(expected_calls, candidate_calls),
+        confusion=confusion or [(NO_CALL, NO_CALL)],
+        calls_checked=len(verdicts),
+        calls_schema_valid=sum(verdicts),
+        invalid_schemas=invalid,
+        reason="; ".join([*([reason] if reason else []), *notes]) or None,
+    )
+
+
+def failed_tool_call_score(expected: AssistantMessage, reason: str) -> ToolCallScore:
+    """A candidate request that failed: every score 0 (a failed call is a wrong call, as in
+    the reference), no call to judge for precision, schema or abstention."""
+    expected_calls = expected.tool_calls or []
+    return ToolCallScore(
+        function_name=0.0,
+        function_name_and_args=0.0,
+        argument_recall=0.0 if any(_argument_count(call) for call in expected_calls) else None,
+        confusion=[(call.function.name, FAILED) for call in expected_calls] or [(NO_CALL, FAILED)],
+        reason=reason,
+    )
 
 
 def function_name_accuracy(
@@ -108,34 +188,145 @@ def function_name_and_args_accuracy(
     return _mean([score_tool_calls(e, c).function_name_and_args for e, c in _pairs(expected, candidates)])
 
 
-def arguments_difference(expected: Any, candidate: Any) -> str | None:
-    """None when two argument values are equal as parsed JSON, else where they first differ."""
-    return _difference(_normalise_json(expected), _normalise_json(candidate), "$")
+class _CallComparison(NamedTuple):
+    """Two same-name calls; argument counts are top-level, defaults filled in."""
+
+    correct: int
+    expected_args: int
+    candidate_args: int
+    difference: str | None  # None: the whole call matches
 
 
-def _wrong(reason: str) -> ToolCallScore:
-    return ToolCallScore(function_name=0.0, function_name_and_args=0.0, reason=reason)
+def _compare_call(want: ToolCall, got: ToolCall, schema: dict[str, Any] | None) -> _CallComparison:
+    expected = _normalise_json(want.function.arguments)
+    candidate = _normalise_json(got.function.arguments)
+    if _unparseable(got):
+        return _CallComparison(
+            0, len(expected), 1, f"unparseable arguments {_short(candidate[RAW_ARGUMENTS_KEY])}"
+        )
+    properties = _properties(schema)
+    expected, candidate = _with_defaults(expected, candidate, properties)
+    correct = sum(
+        1 for key in expected
+        if key in candidate and _difference(expected[key], candidate[key], f"$.{key}", properties.get(key)) is None
+    )
+    return _CallComparison(
+        correct, len(expected), len(candidate), _dict_difference(expected, candidate, "$", properties)
+    )
+
+
+def _match_calls(
+    expected_count: int, candidate_count: int, comparisons: dict[tuple[int, int], _CallComparison]
+) -> list[tuple[int, int]]:
+    """Pair expected and candidate calls in any order (BFCL's parallel checker): most
+    same-name pairs first, then most exact pairs, then most matching arguments."""
+    if not expected_count or not candidate_count:
+        return []
+    if expected_count == candidate_count == 1:
+        return [(0, 0)]
+    from scipy.optimize import linear_sum_assignment  # only parallel calls need an assignment
+
+    big = expected_count + candidate_count + 1
+    weights = [[0.0] * candidate_count for _ in range(expected_count)]
+    for (i, j), comparison in comparisons.items():
+        # lexicographic through scale: a name match outweighs every exact pair, which
+        # outweighs every fraction of matching arguments (each below 1)
+        weights[i][j] = big * big + big * (comparison.difference is None) + comparison.correct / (comparison.correct + 1)
+    rows, columns = linear_sum_assignment(weights, maximize=True)
+    return sorted(zip(rows.tolist(), columns.tolist()))
+
+
+def _tool_call_reason(
+    expected: Sequence[ToolCall],
+    candidate: Sequence[ToolCall],
+    pairs: list[tuple[int, int]],
+    comparisons: dict[tuple[int, int], _CallComparison],
+    names_right: bool,
+) -> str | None:
+    if not expected:
+        # Curation keeps only records with tool calls, but a hand-made set may not:
+        # then the right answer is to call nothing.
+        return f"unexpected tool call: got {_names(candidate)} expected none" if candidate else None
+    if not candidate:
+        return "no tool call"
+    if len(candidate) != len(expected):
+        return (
+            f"wrong number of tool calls: got {len(candidate)} {_names(candidate)} "
+            f"expected {len(expected)} {_names(expected)}"
+        )
+    if not names_right:
+        if len(expected) == 1:
+            return f"wrong function: got {candidate[0].function.name} expected {expected[0].function.name}"
+        return f"wrong functions: got {sorted(_names(candidate))} expected {sorted(_names(expected))}"
+    for i, j in pairs:
+        difference = comparisons[(i, j)].difference
+        if difference is not None:
+            where = f"call {j} " if len(expected) > 1 else ""
+            return f"arguments differ: {where}{candidate[j].function.name}: {difference}"
+    return None
+
+
+def _abstention(expected: Sequence[ToolCall], candidate: Sequence[ToolCall]) -> AbstentionError | None:
+    if candidate and not expected:
+        return "tool_call_instead_of_text"
+    if expected and not candidate:
+        return "text_instead_of_tool_call"
+    return None
+
+
+def _check(tools: Sequence[dict[str, Any]] | None, call: ToolCall) -> ToolCallCheck:
+    # unparseable arguments go to the checker as the text the model emitted
+    arguments = call.function.arguments[RAW_ARGUMENTS_KEY] if _unparseable(call) else call.function.arguments
+    return check_tool_call(tools, call.function.name, arguments)
+
+
+def _schema_verdict(check: ToolCallCheck) -> bool | None:
+    """Did the call's arguments validate? Arguments that are not a JSON object validate
+    against no tool; None when there is nothing to validate against."""
+    if check.name_offered and not check.arguments_parse:
+        return False
+    return check.schema_valid
+
+
+def _usable_schema(check: ToolCallCheck) -> bool:
+    return check.schema_valid is not None  # offered, parsed, and a valid JSON Schema
+
+
+def _schema_hints(tools: Sequence[dict[str, Any]] | None, calls: Sequence[ToolCall]) -> dict[str, dict[str, Any]]:
+    """Tool name -> its parameters schema, for the tools whose schema is valid JSON Schema."""
+    if tools is None:
+        return {}
+    schemas = tool_schemas(tools)
+    return {
+        name: schemas[name]
+        for name in {call.function.name for call in calls}
+        if schemas.get(name) is not None and _usable_schema(check_tool_call(tools, name, {}))
+    }
+
+
+def _invalid_schemas(tools: Sequence[dict[str, Any]] | None, calls: Sequence[ToolCall]) -> list[tuple[str, str]]:
+    if tools is None:
+        return []
+    found = []
+    for name in sorted({call.function.name for call in calls}):
+        check = check_tool_call(tools, name, {})
+        # offered, arguments fine, no verdict and a problem: the schema itself is broken
+        if check.name_offered and check.schema_valid is None and check.problem is not None:
+            found.append((name, check.problem))
+    return found
 
 
 def _names(calls: Sequence[ToolCall]) -> list[str]:
     return [call.function.name for call in calls]
 
 
-def _first_name_mismatch(expected: Sequence[ToolCall], candidate: Sequence[ToolCall]) -> str | None:
-    for index, (want, got) in enumerate(zip(expected, candidate)):
-        if want.function.name != got.function.name:
-            where = f" (call {index})" if len(expected) > 1 else ""
-            return f"wrong function{where}: got {got.function.name} expected {want.function.name}"
-    return None
+def _unparseable(call: ToolCall) -> bool:
+    return set(call.function.arguments) == {RAW_ARGUMENTS_KEY}
 
 
-def _first_arguments_mismatch(expected: Sequence[ToolCall], candidate: Sequence[ToolCall]) -> str | None:
-    for index, (want, got) in enumerate(zip(expected, candidate)):
-        difference = arguments_difference(want.function.arguments, got.function.arguments)
-        if difference is not None:
-            where = f"call {index} " if len(expected) > 1 else ""
-            return f"arguments differ: {where}{got.function.name}: {difference}"
-    return None
+def _argument_count(call: ToolCall) -> int:
+    # unparseable arguments count as one (wrong) argument: the model did say something
+    return 1 if _unparseable(call) else len(call.function.arguments)
 
 
 # Key under which an inference client keeps argument text that was not valid JSON
@@ -166,19 +357,43 @@ def _parse_json_container(text: str) -> dict | list | None:
     return parsed if isinstance(parsed, (dict, list)) else None
 
 
-def _difference(expected: Any, got: Any, path: str) -> str | None:
-    if isinstance(expected, dict) and isinstance(got, dict):
-        return _dict_difference(expected, got, path)
-    if isinstance(expected, list) and isinstance(got, list):
-        return _list_difference(expected, got, path)
-    if _scalars_equal(expected, got):
-        return None
-    return f"at {path}: got {_short(got)} expected {_short(expected)}"
+def _properties(schema: Any) -> dict[str, Any]:
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return properties if isinstance(properties, dict) else {}
 
 
-def _dict_difference(expected: dict, got: dict, path: str) -> str | None:
-    if path == "$" and set(got) == {RAW_ARGUMENTS_KEY} and RAW_ARGUMENTS_KEY not in expected:
-        return f"unparseable arguments {_short(got[RAW_ARGUMENTS_KEY])}"
+def _with_defaults(expected: dict, got: dict, properties: dict[str, Any]) -> tuple[dict, dict]:
+    """Fill an optional argument one side left out with its schema default, so leaving out
+    an argument equals passing its default."""
+    def filled(side: dict, other: dict) -> dict:
+        defaults = {
+            key: _normalise_json(properties[key]["default"])
+            for key in other.keys() - side.keys()
+            if isinstance(properties.get(key), dict) and "default" in properties[key]
+        }
+        return {**side, **defaults}
+
+    return filled(expected, got), filled(got, expected)
+
+
+def _difference(expected: Any, got: Any, path: str, schema: Any = None) -> str | None:
+    schema = schema if isinstance(schema, dict) else {}
+    if "enum" in schema:
+        # a closed vocabulary the tool matches literally: no string normalisation
+        matches = _scalars_equal(expected, got)
+    elif isinstance(expected, dict) and isinstance(got, dict):
+        return _dict_difference(expected, got, path, _properties(schema))
+    elif isinstance(expected, list) and isinstance(got, list):
+        return _list_difference(expected, got, path, schema.get("items"))
+    elif isinstance(expected, str) and isinstance(got, str):
+        matches = standardise_string(expected) == standardise_string(got)
+    else:
+        matches = _scalars_equal(expected, got)
+    return None if matches else f"at {path}: got {_short(got)} expected {_short(expected)}"
+
+
+def _dict_difference(expected: dict, got: dict, path: str, properties: dict[str, Any]) -> str | None:
+    expected, got = _with_defaults(expected, got, properties)
     missing = sorted(set(expected) - set(got))
     if missing:
         return f"missing key {path}.{missing[0]}"
@@ -186,20 +401,30 @@ def _dict_difference(expected: dict, got: dict, path: str) -> str | None:
     if unexpected:
         return f"unexpected key {path}.{unexpected[0]}"
     for key in sorted(expected):
-        difference = _difference(expected[key], got[key], f"{path}.{key}")
+        difference = _difference(expected[key], got[key], f"{path}.{key}", properties.get(key))
         if difference is not None:
             return difference
     return None
 
 
-def _list_difference(expected: list, got: list, path: str) -> str | None:
+def _list_difference(expected: list, got: list, path: str, items: Any) -> str | None:
     if len(expected) != len(got):
         return f"at {path}: got {len(got)} items expected {len(expected)}"
     for index, (want, have) in enumerate(zip(expected, got)):
-        difference = _difference(want, have, f"{path}[{index}]")
+        difference = _difference(want, have, f"{path}[{index}]", items)
         if difference is not None:
             return difference
     return None
+
+
+# BFCL's standardize_string: spacing, case and these separators never make a string argument wrong
+_STRING_NOISE = re.compile(r"[\s,./\-_*^]+")
+
+
+def standardise_string(text: str) -> str:
+    """A free-text argument as compared: NFKC, case-folded, without whitespace and the
+    separators ``, . / - _ * ^``, single quotes as double ("April 1, 2024" == "april 1 2024")."""
+    return _STRING_NOISE.sub("", unicodedata.normalize("NFKC", text).casefold()).replace("'", '"')
 
 
 def _is_number(value: Any) -> bool:
@@ -272,11 +497,24 @@ JUDGE_USER_TEMPLATE = (
     "'SIMILARITY: n' where n is an integer from 0 to 10."
 )
 
-# tolerates markdown emphasis around the label: "**SIMILARITY:** 7", "SIMILARITY = 7"
-_SIMILARITY_LINE = re.compile(r"SIMILARITY[\s*:=]*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
-_OUT_OF_TEN = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:/|out\s+of)\s*10\b", re.IGNORECASE)
-_BARE_NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*\.?\s*$")
+# Recorded with every judge score: a changed prompt is a different judge.
+JUDGE_PROMPT_SHA256 = hashlib.sha256(
+    json.dumps({"system": JUDGE_SYSTEM_PROMPT, "user": JUDGE_USER_TEMPLATE}, sort_keys=True).encode()
+).hexdigest()
 JUDGE_MAX_SCORE = 10.0
+JUDGE_ERROR = "judge error"
+JUDGE_UNPARSEABLE = "judge reply unparseable"
+
+_NUMBER = r"(-?\d+(?:\.\d+)?)(?!\w)"  # a whole number: "10" never reads as "1", "1O" not at all
+# "SIMILARITY: 7", "**Similarity score:** 7", "SIMILARITY = [[7]]", '{"similarity": 7}';
+# a trailing "-8" / "to 8" marks a range, which is no score
+_LABELLED = re.compile(
+    rf"SIMILARITY(?:\s+SCORE)?[\s*_\"'#:=\[(]*{_NUMBER}(\s*(?:-|–|to)\s*\d)?", re.IGNORECASE
+)
+_OUT_OF_TEN = re.compile(rf"(?<![\w.]){_NUMBER}\s*(?:/|out\s+of)\s*10(?!\w)", re.IGNORECASE)
+_BARE_NUMBER = re.compile(rf"^\s*\**\s*{_NUMBER}\s*\**\s*\.?\s*$")
+# reasoning models think aloud first (and may try several scores there)
+_THINKING = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.IGNORECASE | re.DOTALL)
 
 
 def build_judge_prompt(expected: AssistantMessage | str, candidate: AssistantMessage | str) -> ChatPrompt:
@@ -286,30 +524,59 @@ def build_judge_prompt(expected: AssistantMessage | str, candidate: AssistantMes
     )
 
 
+def judge_record(judge: ChatBackend | None) -> dict[str, Any] | None:
+    """What produced judge scores (model, prompt hash, temperature); None without a judge."""
+    if judge is None:
+        return None
+    return {
+        "model": getattr(judge, "model", None) or type(judge).__name__,
+        "prompt_sha256": JUDGE_PROMPT_SHA256,
+        "temperature": getattr(judge, "temperature", None),
+    }
+
+
 def parse_judge_reply(text: str | None) -> tuple[float | None, str]:
     """Score in [0, 1] from a judge reply, or None with the reason it could not be read.
 
-    Looks for ``SIMILARITY: n`` (the last one wins: judges sometimes restate the format
-    first), then ``n/10`` or ``n out of 10``, then a reply that is a bare number. Any
-    other number is ignored on purpose: "on a scale of 0-10" must not read as a 0.
+    Strict on purpose: a reply it cannot read for sure is no score, never a 0.
+    Reasoning (``<think>...</think>``) is dropped and the text NFKC-normalised; then the
+    last ``SIMILARITY: n`` wins (judges sometimes restate the format first); failing that,
+    ``n/10`` or ``n out of 10`` when every such mention agrees; failing that, a reply that
+    is a bare number. Any other number is ignored ("on a scale of 0-10" is no 0). No
+    score: a range ("7-8"), a value outside 0-10, a fraction below 1 ("0.8": a 0-1 scale?),
+    conflicting ``n/10`` mentions, an unfinished ``<think>``.
     """
     if not text or not text.strip():
-        return None, "judge reply unparseable: empty reply"
-    raw = _find_judge_number(text)
-    if raw is None:
-        return None, f"judge reply unparseable: no SIMILARITY score in {_short(text.strip())}"
-    if not 0.0 <= raw <= JUDGE_MAX_SCORE:
-        return None, f"judge reply unparseable: score {raw:g} outside 0-10"
-    return raw / JUDGE_MAX_SCORE, _short(text.strip(), limit=200)
+        return None, f"{JUDGE_UNPARSEABLE}: empty reply"
+    answer = unicodedata.normalize("NFKC", _THINKING.sub(" ", text)).strip()
+    if re.search(r"<(think|thinking|reasoning)>", answer, re.IGNORECASE):
+        return None, f"{JUDGE_UNPARSEABLE}: reasoning never finished"
+    raw, problem = _find_judge_number(answer)
+    if problem is None and raw is None:
+        problem = f"no SIMILARITY score in {_short(answer)}"
+    elif problem is None and not 0.0 <= raw <= JUDGE_MAX_SCORE:
+        problem = f"score {raw:g} outside 0-10"
+    elif problem is None and 0.0 < raw < 1.0:
+        problem = f"score {raw:g} looks like a 0-1 scale, asked for 0-10"
+    if problem is not None:
+        return None, f"{JUDGE_UNPARSEABLE}: {problem}"
+    return raw / JUDGE_MAX_SCORE, _short(answer, limit=200)
 
 
-def _find_judge_number(text: str) -> float | None:
-    for pattern in (_SIMILARITY_LINE, _OUT_OF_TEN):
-        matches = pattern.findall(text)
-        if matches:
-            return float(matches[-1])
+def _find_judge_number(text: str) -> tuple[float | None, str | None]:
+    labelled = list(_LABELLED.finditer(text))
+    if labelled:
+        last = labelled[-1]
+        if last.group(2):
+            return None, f"a range, not a score: {_short(last.group(0))}"
+        return float(last.group(1)), None
+    out_of_ten = {float(value) for value in _OUT_OF_TEN.findall(text)}
+    if len(out_of_ten) > 1:
+        return None, f"conflicting scores {sorted(out_of_ten)} out of 10"
+    if out_of_ten:
+        return out_of_ten.pop(), None
     bare = _BARE_NUMBER.match(text)
-    return float(bare.group(1)) if bare else None
+    return (float(bare.group(1)) if bare else None), None
 
 
 def judge_similarity(
@@ -330,12 +597,29 @@ def judge_similarities(
     return [_judge_outcome(completion) for completion in completions]
 
 
+def similarities(
+    pairs: Sequence[tuple[AssistantMessage | str, AssistantMessage | str]], judge: ChatBackend | None
+) -> tuple[list[tuple[float | None, str | None]], SimilarityMethod]:
+    """(expected, candidate) pairs scored by the judge when there is one, else by token F1;
+    with the method used. Scores None are judgements that failed (reason says why)."""
+    if judge is not None:
+        return list(judge_similarities(judge, pairs)), "judge"
+    return [_token_f1_outcome(expected, candidate) for expected, candidate in pairs], "token_f1"
+
+
 def _judge_outcome(completion: Completion) -> tuple[float | None, str]:
     if completion.error is not None:
-        return None, f"judge error: {completion.error}"
+        return None, f"{JUDGE_ERROR}: {completion.error}"
     if completion.message is None:
-        return None, "judge reply unparseable: no message"
+        return None, f"{JUDGE_UNPARSEABLE}: no message"
     return parse_judge_reply(completion.message.content)
+
+
+def _token_f1_outcome(
+    expected: AssistantMessage | str, candidate: AssistantMessage | str
+) -> tuple[float, str | None]:
+    score = token_f1_similarity(message_text(expected), message_text(candidate))
+    return score, (None if score == 1.0 else f"token F1 {score:.3f}")
 
 
 # ------------------------------------------------------------------ latency, throughput
@@ -381,22 +665,30 @@ def tokens_per_second(completions: Sequence[Completion]) -> float | None:
 class EvalResult(BaseModel):
     """Scores of one candidate on one evaluation set.
 
-    ``scores`` holds ``function_name_accuracy`` and ``function_name_and_args_accuracy``
-    for tool calling, ``similarity`` for chat (method in ``similarity_method``).
-    ``latency_s`` summarises the successful requests only; ``error_count`` counts failed
-    candidate requests (each scored 0); ``judge_unparsed_count`` counts records the judge
-    gave no score for (unreadable reply or judge error), left out of the similarity mean.
-    ``rows`` has one dict per record with the same keys in every row (see `to_polars`).
+    ``scores`` holds, for tool calling, ``function_name_accuracy`` (the primary score),
+    ``function_name_and_args_accuracy``, ``argument_precision``, ``argument_recall``,
+    ``schema_valid_rate``, ``hallucinated_tool_rate``, ``tool_call_instead_of_text_rate``,
+    ``text_instead_of_tool_call_rate`` and ``tools_with_invalid_schema`` (a count); for
+    chat ``similarity`` (method in ``similarity_method``), plus the counts ``judge_errors``
+    and ``judge_unparsed`` when a judge scored it. ``latency_s`` summarises the successful
+    requests only; ``error_count`` counts failed candidate requests (each scored 0);
+    ``judge_unparsed_count`` counts records the judge gave no score for (unreadable reply
+    or judge error), left out of the similarity mean. ``judge`` records what produced judge
+    scores (`judge_record`). ``tool_confusion`` counts expected tool -> candidate tool over
+    the paired calls (`NO_CALL`, `FAILED` for the rest). ``rows`` has one dict per record
+    with the same keys in every row (see `to_polars`).
     """
 
     workload_type: WorkloadType
     record_count: int
-    scores: dict[str, float | None]
+    scores: dict[str, float | int | None]
     similarity_method: SimilarityMethod | None = None
+    judge: dict[str, Any] | None = None
     latency_s: dict[str, float | None]
     tokens_per_second: float | None
     error_count: int
     judge_unparsed_count: int = 0
+    tool_confusion: dict[str, dict[str, int]] = {}
     rows: list[dict[str, Any]]
 
     def to_polars(self):
@@ -407,11 +699,28 @@ class EvalResult(BaseModel):
         schema = {name: dtype for name, dtype in _ROW_SCHEMA.items() if name in _row_keys(self.workload_type)}
         return pl.DataFrame(self.rows, schema={k: getattr(pl, v) for k, v in schema.items()}, orient="row")
 
+    def tool_confusion_frame(self):
+        """The confusion table: one row per expected tool, one column per candidate tool."""
+        import polars as pl
+
+        predicted = sorted({name for row in self.tool_confusion.values() for name in row})
+        return pl.DataFrame(
+            [{"expected": tool, **{name: row.get(name, 0) for name in predicted}}
+             for tool, row in sorted(self.tool_confusion.items())],
+            schema={"expected": pl.String, **{name: pl.Int64 for name in predicted}},
+            orient="row",
+        )
+
 
 _ROW_SCHEMA = {
     "record_id": "Utf8",
     "function_name_accuracy": "Float64",
     "function_name_and_args_accuracy": "Float64",
+    "argument_precision": "Float64",
+    "argument_recall": "Float64",
+    "schema_valid": "Boolean",
+    "hallucinated_tool": "Boolean",
+    "abstention_error": "Utf8",
     "similarity": "Float64",
     "reason": "Utf8",
     "latency_s": "Float64",
@@ -420,13 +729,14 @@ _ROW_SCHEMA = {
     "error": "Utf8",
 }
 
+_TOOL_CALLING_COLUMNS = [
+    "function_name_accuracy", "function_name_and_args_accuracy", "argument_precision", "argument_recall",
+    "schema_valid", "hallucinated_tool", "abstention_error",
+]
+
 
 def _row_keys(workload_type: WorkloadType) -> list[str]:
-    scores = (
-        ["function_name_accuracy", "function_name_and_args_accuracy"]
-        if workload_type == "tool_calling"
-        else ["similarity"]
-    )
+    scores = _TOOL_CALLING_COLUMNS if workload_type == "tool_calling" else ["similarity"]
     return ["record_id", *scores, "reason", "latency_s", "prompt_tokens", "completion_tokens", "error"]
 
 
@@ -440,21 +750,17 @@ def score_records(
     if len(examples) != len(completions):
         raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
     if workload_type == "tool_calling":
-        scores, rows = _score_tool_calling(examples, completions)
-        unparsed, method = 0, None
+        scored = _score_tool_calling(examples, completions)
     else:
-        scores, rows, unparsed, method = _score_chat(examples, completions, judge)
+        scored = _score_chat(examples, completions, judge)
     successful = [c.latency_s for c in completions if c.error is None]
     return EvalResult(
         workload_type=workload_type,
         record_count=len(examples),
-        scores=scores,
-        similarity_method=method,
         latency_s=latency_summary(successful),
         tokens_per_second=tokens_per_second(completions),
         error_count=sum(1 for c in completions if c.error is not None),
-        judge_unparsed_count=unparsed,
-        rows=rows,
+        **scored,
     )
 
 
@@ -476,56 +782,81 @@ def _failure_reason(completion: Completion) -> str | None:
     return None
 
 
-def _score_tool_calling(
-    examples: Sequence[ChatExample], completions: Sequence[Completion]
-) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
-    rows = []
+def _score_tool_calling(examples: Sequence[ChatExample], completions: Sequence[Completion]) -> dict[str, Any]:
+    scored = []
     for example, completion in zip(examples, completions):
         failure = _failure_reason(completion)
-        score = _wrong(failure) if failure else score_tool_calls(example.expected, completion.message)
-        rows.append(
-            {
-                **_base_row(example, completion),
-                "function_name_accuracy": score.function_name,
-                "function_name_and_args_accuracy": score.function_name_and_args,
-                "reason": score.reason,
-            }
+        scored.append(
+            failed_tool_call_score(example.expected, failure) if failure
+            else score_tool_calls(example.expected, completion.message, example.tools)
         )
+    rows = [
+        _ordered({
+            **_base_row(example, completion),
+            "function_name_accuracy": score.function_name,
+            "function_name_and_args_accuracy": score.function_name_and_args,
+            "argument_precision": score.argument_precision,
+            "argument_recall": score.argument_recall,
+            "schema_valid": score.schema_valid,
+            "hallucinated_tool": score.hallucinated_tool,
+            "abstention_error": score.abstention_error,
+            "reason": score.reason,
+        }, "tool_calling")
+        for example, completion, score in zip(examples, completions, scored)
+    ]
+    expects_text = [not e.expected.tool_calls for e in examples]
+    confusion: dict[str, Counter] = {}
+    for score in scored:
+        for expected_tool, candidate_tool in score.confusion:
+            confusion.setdefault(expected_tool, Counter())[candidate_tool] += 1
     scores = {
-        "function_name_accuracy": _mean([r["function_name_accuracy"] for r in rows]),
-        "function_name_and_args_accuracy": _mean([r["function_name_and_args_accuracy"] for r in rows]),
+        "function_name_accuracy": _mean([s.function_name for s in scored]),
+        "function_name_and_args_accuracy": _mean([s.function_name_and_args for s in scored]),
+        "argument_precision": _mean([s.argument_precision for s in scored if s.argument_precision is not None]),
+        "argument_recall": _mean([s.argument_recall for s in scored if s.argument_recall is not None]),
+        "schema_valid_rate": _ratio(sum(s.calls_schema_valid for s in scored), sum(s.calls_checked for s in scored)),
+        "hallucinated_tool_rate": _mean([float(s.hallucinated_tool) for s in scored]),
+        "tool_call_instead_of_text_rate": _mean(
+            [float(s.abstention_error == "tool_call_instead_of_text") for s, text in zip(scored, expects_text) if text]
+        ),
+        "text_instead_of_tool_call_rate": _mean(
+            [float(s.abstention_error == "text_instead_of_tool_call") for s, text in zip(scored, expects_text) if not text]
+        ),
+        "tools_with_invalid_schema": len({name for s in scored for name in s.invalid_schemas}),
     }
-    return scores, [_ordered(row, "tool_calling") for row in rows]
+    return {"scores": scores, "rows": rows, "tool_confusion": {k: dict(v) for k, v in confusion.items()}}
 
 
 def _score_chat(
     examples: Sequence[ChatExample], completions: Sequence[Completion], judge: ChatBackend | None
-) -> tuple[dict[str, float | None], list[dict[str, Any]], int, SimilarityMethod]:
+) -> dict[str, Any]:
     failures = [_failure_reason(c) for c in completions]
     # Failed candidates score 0 without asking the judge: nothing to compare.
     to_judge = [i for i, failure in enumerate(failures) if failure is None]
     outcomes: dict[int, tuple[float | None, str | None]] = {
         i: (0.0, failure) for i, failure in enumerate(failures) if failure is not None
     }
-    pairs = [(examples[i].expected, completions[i].message) for i in to_judge]
-    if judge is not None:
-        method: SimilarityMethod = "judge"
-        outcomes.update(zip(to_judge, judge_similarities(judge, pairs)))
-    else:
-        method = "token_f1"
-        outcomes.update(zip(to_judge, (_token_f1_outcome(e, c) for e, c in pairs)))
+    judged, method = similarities([(examples[i].expected, completions[i].message) for i in to_judge], judge)
+    outcomes.update(zip(to_judge, judged))
     rows = [
         _ordered({**_base_row(example, completion), "similarity": outcomes[i][0], "reason": outcomes[i][1]}, "chat")
         for i, (example, completion) in enumerate(zip(examples, completions))
     ]
-    unparsed = sum(1 for row in rows if row["similarity"] is None)
-    scores = {"similarity": _mean([row["similarity"] for row in rows if row["similarity"] is not None])}
-    return scores, rows, unparsed, method
-
-
-def _token_f1_outcome(expected: AssistantMessage, candidate: AssistantMessage) -> tuple[float, str | None]:
-    score = token_f1_similarity(message_text(expected), message_text(candidate))
-    return score, (None if score == 1.0 else f"token F1 {score:.3f}")
+    unscored = [row["reason"] or "" for row in rows if row["similarity"] is None]
+    scores: dict[str, float | int | None] = {
+        "similarity": _mean([row["similarity"] for row in rows if row["similarity"] is not None])
+    }
+    if method == "judge":
+        # judgements that gave no score are left out of the mean, never scored 0: counted here
+        scores["judge_errors"] = sum(1 for reason in unscored if reason.startswith(JUDGE_ERROR))
+        scores["judge_unparsed"] = sum(1 for reason in unscored if reason.startswith(JUDGE_UNPARSEABLE))
+    return {
+        "scores": scores,
+        "rows": rows,
+        "similarity_method": method,
+        "judge": judge_record(judge),
+        "judge_unparsed_count": len(unscored),
+    }
 
 
 def _ordered(row: dict[str, Any], workload_type: WorkloadType) -> dict[str, Any]:
@@ -540,3 +871,7 @@ def _pairs(expected: Sequence[Any], candidates: Sequence[Any]) -> list[tuple[Any
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
