@@ -14,6 +14,7 @@ import pytest
 from flywheel_assets.core.sample_data import (
     MALFORMED_KINDS,
     TOOL_ROUTER_TOOLS,
+    Serving,
     generate_labeled_records,
     generate_records,
     main,
@@ -291,3 +292,47 @@ def test_cli(tmp_path, capsys):
     assert main(["--out", str(out), "--workloads", "bogus"]) == 2
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--format", "csv"])
+
+
+def test_default_traffic_is_unchanged_by_the_serving_options():
+    plain = list(generate_records(400, seed=5))
+    assert list(generate_records(400, seed=5, serving=Serving())) == plain
+    assert not any('"simulation"' in line for line in plain)
+
+
+def test_post_promotion_traffic_served_by_a_promoted_candidate_is_labelled_simulated():
+    records = [json.loads(line) for line in generate_records(
+        300, seed=1, malformed_rate=0, serving=Serving(served_model="tiny-demo"))]
+    assert {r["request"]["model"] for r in records} == {"tiny-demo"}
+    assert {r["response"]["model"] for r in records} == {"tiny-demo"}
+    assert all(r["simulation"]["simulated"] and r["simulation"]["served_by"] == "tiny-demo" for r in records)
+
+
+def test_a_canary_split_serves_its_share_with_its_latency_factor():
+    serving = Serving(served_model="old", canary_model="new", canary_share=0.3, canary_latency_factor=2.0)
+    records = [json.loads(line) for line in generate_records(
+        4000, seed=2, malformed_rate=0, workloads="tool_router", serving=serving)]
+    by_model = {m: [r["latency_ms"] for r in records if r["response"]["model"] == m] for m in ("old", "new")}
+    assert 0.27 < len(by_model["new"]) / len(records) < 0.33
+    ratio = sorted(by_model["new"])[len(by_model["new"]) // 2] / sorted(by_model["old"])[len(by_model["old"]) // 2]
+    assert 1.8 < ratio < 2.2
+    assert all(r["simulation"]["canary"] == (r["response"]["model"] == "new") for r in records)
+
+
+def test_drift_offers_and_calls_a_tool_never_seen_before():
+    records = [json.loads(line) for line in generate_records(
+        2000, seed=3, malformed_rate=0, workloads="tool_router", serving=Serving(drift=True))]
+    calls = Counter(r["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] for r in records)
+    assert 0.35 < calls["exchange_item"] / len(records) < 0.45
+    assert all("exchange_item" in {t["function"]["name"] for t in r["request"]["tools"]} for r in records)
+    exchange = next(r for r in records if r["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "exchange_item")
+    arguments = json.loads(exchange["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+    assert arguments["order_id"] in exchange["request"]["messages"][-1]["content"]
+
+
+def test_cli_simulated_traffic(tmp_path, capsys):
+    rc = main(["--out", str(tmp_path), "--records", "100", "--days", "1", "--served-model", "tiny-demo",
+               "--canary-model", "tiny-demo-v2", "--canary-share", "0.5", "--drift"])
+    assert rc == 0
+    assert "SIMULATED post-promotion records (served by tiny-demo, 50% by canary tiny-demo-v2" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path), "--canary-share", "0.5"]) == 2  # a share needs a canary model

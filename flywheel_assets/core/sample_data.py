@@ -78,7 +78,9 @@ Parquet files hold ``request``, ``response`` and ``feedback`` as JSON-string col
 
 Console script: ``flywheel-sample-traces --out DIR [--records N] [--days 7] [--seed 0]
 [--malformed-rate 0.03] [--end-date YYYY-MM-DD] [--workloads a,b,c]
-[--format jsonl|jsonl.gz|parquet]``.
+[--format jsonl|jsonl.gz|parquet]``, and for simulated post-promotion traffic
+``[--served-model NAME] [--canary-model NAME --canary-share 0.5 [--canary-latency-factor 2]]
+[--drift]`` (see ``Serving``; every such record carries a ``simulation`` label).
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ __all__ = [
     "TOOL_ROUTER_TOOLS",
     "WORKLOADS",
     "LabeledLine",
+    "Serving",
     "generate_labeled_records",
     "generate_records",
     "main",
@@ -319,6 +322,21 @@ _ROUTER_TEMPLATES: dict[str, list[str]] = {
 }
 _TOOL_NAMES = [t["function"]["name"] for t in TOOL_ROUTER_TOOLS]
 
+# Drifted traffic (``drift=True``): a tool the flywheel never trained on, offered and called
+# on 40% of tool_router requests, and the rest skewed towards refunds and cancellations.
+EXCHANGE_TOOL = _fn("exchange_item", "Exchange an item of an order for another size.",
+                    {"order_id": {**_S, "description": "Order id, e.g. ORD-123456."},
+                     "size": {"type": "string", "enum": ["XS", "S", "M", "L", "XL"]}},
+                    ["order_id", "size"])
+_EXCHANGE_TEMPLATES = [
+    "I'd like to exchange the item from order {order_id} for size {size}.",
+    "Exchange my order {order_id} for a size {size}, it doesn't fit.",
+    "Could you swap order {order_id} for size {size}?",
+]
+_DRIFTED_TOOLS_CUM = [0.4, 0.65, 0.85, 0.9, 0.93, 0.96, 0.98, 1.0]  # exchange, refund, cancel, the rest
+_DRIFTED_TOOL_NAMES = ["exchange_item", "issue_refund", "cancel_order", "get_order_status",
+                       "track_shipment", "search_products", "find_store", "apply_coupon"]
+
 
 # --------------------------------------------------------------------------- support_chat
 
@@ -444,6 +462,9 @@ _TOOL_ORDERS: list[list[dict]] = [
     TOOL_ROUTER_TOOLS[4:] + TOOL_ROUTER_TOOLS[:4],
     sorted(TOOL_ROUTER_TOOLS, key=lambda t: t["function"]["name"]),
 ]
+_TOOL_ORDER_VARIANTS = len(_TOOL_ORDERS)  # what near duplicates rotate through
+_DRIFTED_TOOLS_IDX = len(_TOOL_ORDERS)
+_TOOL_ORDERS.append(TOOL_ROUTER_TOOLS + [EXCHANGE_TOOL])
 _TOOLS_JSON = [json.dumps(tools) for tools in _TOOL_ORDERS]
 _TOOLS_SENTINELS = [_TOOLS_SENTINEL % i for i in range(len(_TOOL_ORDERS))]
 _TOOLS_QUOTED = [f'"{s}"' for s in _TOOLS_SENTINELS]
@@ -462,11 +483,44 @@ def _dumps(obj: Any) -> str:
     return s
 
 
+# --------------------------------------------------------------------------- serving
+
+class Serving(NamedTuple):
+    """Who serves the traffic: by default the workload's production model. Post-promotion
+    traffic (simulated, and labelled so in every record's ``simulation`` field): every
+    request served by ``served_model`` (the promoted candidate's served name), a
+    ``canary_share`` of them by ``canary_model`` with latencies times
+    ``canary_latency_factor``, and with ``drift`` a tool_router mix the flywheel never
+    trained on (the new tool ``exchange_item`` on 40% of requests)."""
+
+    served_model: str | None = None
+    canary_model: str | None = None
+    canary_share: float = 0.0
+    canary_latency_factor: float = 1.0
+    drift: bool = False
+
+    @property
+    def simulated(self) -> bool:
+        return self != Serving()
+
+    def check(self) -> None:
+        if not 0.0 <= self.canary_share <= 1.0:
+            raise ValueError("canary_share must lie in [0, 1]")
+        if self.canary_share and not self.canary_model:
+            raise ValueError("canary_share needs canary_model")
+        if self.canary_latency_factor <= 0:
+            raise ValueError("canary_latency_factor must be > 0")
+
+    def label(self, model: str) -> dict[str, Any]:
+        return {"simulated": True, "scenario": "post-promotion traffic (flywheel-sample-traces)",
+                "served_by": model, "canary": model == self.canary_model, "drifted_tool_mix": self.drift}
+
+
 # --------------------------------------------------------------------------- generator
 
 class _Generator:
     def __init__(self, seed: int, workloads: Sequence[str], malformed_rate: float,
-                 allow_invalid_json: bool) -> None:
+                 allow_invalid_json: bool, serving: Serving | None = None) -> None:
         unknown = [w for w in workloads if w not in WORKLOADS]
         if unknown or not workloads:
             raise ValueError(f"unknown or empty workloads {list(workloads)}; "
@@ -474,6 +528,7 @@ class _Generator:
         if not 0.0 <= malformed_rate <= 1.0:
             raise ValueError("malformed_rate must lie in [0, 1]")
         self.rng = random.Random(seed)
+        self.serving = serving or Serving()
         self.workloads = [WORKLOADS[w] for w in workloads]
         weights = [_DEFAULT_MIX.get(w, 1 / 3) for w in workloads]
         total = sum(weights)
@@ -526,9 +581,15 @@ class _Generator:
     # -- workload builders: return (messages, assistant message, finish_reason, pii kind)
     def _tool_router(self, wl: _Workload, pii: bool):
         rng, pick = self.rng, self._pick
-        name = _TOOL_NAMES[int(rng.random() * len(_TOOL_NAMES))]
-        tmpl = pick(_ROUTER_TEMPLATES[name])
-        if name == "get_order_status":
+        if self.serving.drift:
+            name = _DRIFTED_TOOL_NAMES[bisect(_DRIFTED_TOOLS_CUM, rng.random())]
+        else:
+            name = _TOOL_NAMES[int(rng.random() * len(_TOOL_NAMES))]
+        tmpl = pick(_EXCHANGE_TEMPLATES if name == "exchange_item" else _ROUTER_TEMPLATES[name])
+        if name == "exchange_item":
+            args = {"order_id": self._order_id(), "size": pick(["XS", "S", "M", "L", "XL"])}
+            text = tmpl.format(**args)
+        elif name == "get_order_status":
             args = {"order_id": self._order_id()}
             text = tmpl.format(**args)
         elif name == "cancel_order":
@@ -659,7 +720,7 @@ class _Generator:
             "messages": [{"role": "system", "content": system or wl.system_prompt}, *messages],
         }
         if wl.workload_id == "tool_router":
-            req["tools"] = _TOOLS_SENTINELS[tools_idx]
+            req["tools"] = _TOOLS_SENTINELS[_DRIFTED_TOOLS_IDX if self.serving.drift else tools_idx]
             req["tool_choice"] = "auto"
         req["temperature"] = wl.temperature
         req["max_tokens"] = wl.max_tokens
@@ -670,6 +731,13 @@ class _Generator:
         rng = self.rng
         client = wl.clients[int(rng.random() * len(wl.clients))]
         latency = round(rng.lognormvariate(wl.latency_mu, wl.latency_sigma), 1)
+        serving = self.serving
+        if serving.served_model or serving.canary_model:
+            canary = bool(serving.canary_model) and rng.random() < serving.canary_share
+            model = serving.canary_model if canary else (serving.served_model or request["model"])
+            request = dict(request, model=model)
+            if canary:
+                latency = round(latency * serving.canary_latency_factor, 1)
         chars = sum(len(m["content"] or "") for m in request["messages"])
         prompt_tokens = chars // 4 + 4 * len(request["messages"]) + (
             _TOOLS_TOKENS if "tools" in request else 0)
@@ -694,6 +762,8 @@ class _Generator:
                       "total_tokens": prompt_tokens + completion_tokens},
         }
         rec["latency_ms"] = latency
+        if serving.simulated:
+            rec["simulation"] = serving.label(request["model"])
         if rng.random() < _FEEDBACK_RATE:
             if rng.random() < 0.5:
                 rec["feedback"] = {"thumbs": "up" if rng.random() < 0.85 else "down"}
@@ -731,7 +801,9 @@ class _Generator:
             req = dict(old_req, messages=msgs)
             return wl, self._record(wl, ts, req, old_msg, finish), pii_kind
         # near duplicate: identical user contents, something else differs
-        options = ["system", "model", "wording"] + (["tools"] if "tools" in old_req else [])
+        # drifted traffic keeps its one tools list: another order would drop exchange_item
+        reorder = "tools" in old_req and not self.serving.drift
+        options = ["system", "model", "wording"] + (["tools"] if reorder else [])
         what = pick(options)
         req, msg = old_req, old_msg
         if what == "system":
@@ -744,8 +816,8 @@ class _Generator:
         elif what == "tools":
             current = _TOOLS_SENTINELS.index(old_req["tools"])
             req = dict(old_req, tools=_TOOLS_SENTINELS[
-                (current + 1 + int(rng.random() * (len(_TOOLS_SENTINELS) - 1)))
-                % len(_TOOLS_SENTINELS)])
+                (current + 1 + int(rng.random() * (_TOOL_ORDER_VARIANTS - 1)))
+                % _TOOL_ORDER_VARIANTS])
         elif msg.get("tool_calls"):
             tc = msg["tool_calls"][0]
             args = json.loads(tc["function"]["arguments"])
@@ -877,7 +949,7 @@ def _parse_date(value: dt.date | str | None) -> dt.date:
 
 def _iter_days(n: int, seed: int, days: int, end_date: dt.date | str | None,
                malformed_rate: float, workloads: Sequence[str] | str,
-               allow_invalid_json: bool = True):
+               allow_invalid_json: bool = True, serving: Serving | None = None):
     """Yield (date, iterator over that day's items) for each day, oldest first."""
     if n < 0:
         raise ValueError("n must be >= 0")
@@ -886,7 +958,9 @@ def _iter_days(n: int, seed: int, days: int, end_date: dt.date | str | None,
     if isinstance(workloads, str):
         workloads = [w.strip() for w in workloads.split(",") if w.strip()]
     end = _parse_date(end_date)
-    gen = _Generator(seed, list(workloads), malformed_rate, allow_invalid_json)
+    if serving:
+        serving.check()
+    gen = _Generator(seed, list(workloads), malformed_rate, allow_invalid_json, serving)
     counts = _day_counts(gen.rng, n, days)
     for d in range(days):
         date = end - dt.timedelta(days=days - 1 - d)
@@ -909,9 +983,10 @@ def generate_labeled_records(
     end_date: dt.date | str | None = DEFAULT_END_DATE,
     malformed_rate: float = 0.03,
     workloads: Sequence[str] | str = DEFAULT_WORKLOADS,
+    serving: Serving | None = None,
 ) -> Iterator[LabeledLine]:
     """Stream ``n`` JSONL lines (no newline) with their labels, oldest day first."""
-    for _, items in _iter_days(n, seed, days, end_date, malformed_rate, workloads):
+    for _, items in _iter_days(n, seed, days, end_date, malformed_rate, workloads, serving=serving):
         yield from _labeled(items)
 
 
@@ -923,6 +998,7 @@ def generate_records(
     end_date: dt.date | str | None = DEFAULT_END_DATE,
     malformed_rate: float = 0.03,
     workloads: Sequence[str] | str = DEFAULT_WORKLOADS,
+    serving: Serving | None = None,
 ) -> Iterator[str]:
     """Stream ``n`` JSONL lines (without the trailing newline), oldest day first.
 
@@ -930,7 +1006,8 @@ def generate_records(
     recent records for duplicates), so ``n = 1_000_000`` is fine.
     """
     labeled = generate_labeled_records(
-        n, seed=seed, days=days, end_date=end_date, malformed_rate=malformed_rate, workloads=workloads
+        n, seed=seed, days=days, end_date=end_date, malformed_rate=malformed_rate, workloads=workloads,
+        serving=serving,
     )
     return (item.line for item in labeled)
 
@@ -1024,6 +1101,7 @@ def write_sample_traces(
     malformed_rate: float = 0.03,
     workloads: Sequence[str] | str = DEFAULT_WORKLOADS,
     fmt: str = "jsonl",
+    serving: Serving | None = None,
 ) -> list[Path]:
     """Write ``n`` records as one file per day, ``traces-YYYY-MM-DD.<fmt>``, into ``out_dir``.
 
@@ -1031,6 +1109,7 @@ def write_sample_traces(
     file in ``out_dir`` and moved into place with ``os.replace``. Returns the paths, oldest
     day first. ``fmt`` is ``jsonl``, ``jsonl.gz`` (deterministic gzip, mtime 0) or
     ``parquet`` (no ``invalid_json`` records; a non-numeric timestamp becomes null).
+    ``serving``: simulated post-promotion traffic (see ``Serving``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -1038,7 +1117,7 @@ def write_sample_traces(
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for date, items in _iter_days(n, seed, days, end_date, malformed_rate, workloads,
-                                  allow_invalid_json=fmt != "parquet"):
+                                  allow_invalid_json=fmt != "parquet", serving=serving):
         path = out / f"traces-{date.isoformat()}.{fmt}"
         if fmt == "parquet":
             _write_parquet(path, items)
@@ -1064,21 +1143,44 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
                    help="comma-separated workload ids")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="jsonl")
+    sim = p.add_argument_group(
+        "simulated post-promotion traffic (each record carries a `simulation` label)")
+    sim.add_argument("--served-model", help="model name serving every request, e.g. the promoted "
+                     "candidate's (its name, model_id or served_as)")
+    sim.add_argument("--canary-model", help="model name serving a canary share of the requests")
+    sim.add_argument("--canary-share", type=float, default=0.0, help="share served by the canary (0)")
+    sim.add_argument("--canary-latency-factor", type=float, default=1.0,
+                     help="canary latencies times this (1: no real difference)")
+    sim.add_argument("--drift", action="store_true",
+                     help="drifted tool_router mix with a tool never trained on (exchange_item)")
     return p
+
+
+def _describe(serving: Serving) -> list[str]:
+    parts = [f"served by {serving.served_model}"] if serving.served_model else []
+    if serving.canary_model:
+        parts.append(f"{serving.canary_share:.0%} by canary {serving.canary_model} "
+                     f"at {serving.canary_latency_factor:g}x latency")
+    return parts + (["drifted tool mix"] if serving.drift else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     started = time.perf_counter()
     try:
+        serving = Serving(args.served_model, args.canary_model, args.canary_share,
+                          args.canary_latency_factor, args.drift)
         paths = write_sample_traces(
             args.out, args.records, seed=args.seed, days=args.days, end_date=args.end_date,
-            malformed_rate=args.malformed_rate, workloads=args.workloads, fmt=args.fmt)
+            malformed_rate=args.malformed_rate, workloads=args.workloads, fmt=args.fmt,
+            serving=serving)
     except ValueError as exc:
         print(f"flywheel-sample-traces: error: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - started
-    print(f"wrote {args.records} records to {len(paths)} files in {args.out} "
+    kind = f"SIMULATED post-promotion records ({', '.join(_describe(serving))})" \
+        if serving.simulated else "records"
+    print(f"wrote {args.records} {kind} to {len(paths)} files in {args.out} "
           f"({elapsed:.2f}s)")
     return 0
 
