@@ -4,8 +4,8 @@ Stdlib only: three `ThreadingHTTPServer`s sharing one state, one per base URL th
 clients are configured with, so a call sent to the wrong service gets a 404:
 
 - ``nemo_base_url``: Entity Store (``/v1/namespaces``, ``/v1/datasets``, ``/v1/models``),
-  Customizer (``/v1/customization/configs|jobs``), Evaluator (``/v1/evaluation/jobs``),
-  Deployment Management (``/v1/deployment/model-deployments``).
+  Customizer (``/v1/customization/targets|configs|jobs``), Evaluator
+  (``/v1/evaluation/jobs``), Deployment Management (``/v1/deployment/model-deployments``).
 - ``datastore_base_url``: ``/v1/datastore/namespaces`` and the Hugging Face Hub API under
   ``/v1/hf`` (repo create/delete, preupload, git-lfs batch + upload + verify, NDJSON
   commit, resolve).
@@ -16,6 +16,20 @@ clients are configured with, so a call sent to the wrong service gets a 404:
   A model is served only while a deployment of it is ready (adapters: while their base
   model is deployed and their customization has completed), and appears in
   ``/v1/models`` only ``sync_polls`` listings after that (the NIM proxy's sync delay).
+  Like any OpenAI-compatible server it answers 400 to a tool call whose ``arguments`` is
+  not a JSON string.
+
+What the services reject, as documented:
+- a customization config whose ``target`` is not one of ``targets`` (``GET
+  /v1/customization/targets``: versioned names such as
+  ``meta/llama-3.2-1b-instruct@2.0``; one disabled) or is disabled;
+- training and validation files not in the Customizer's chat format: the job fails with
+  ``Dataset validation failed: <file> line <n>: <why>`` (fields other than ``messages``
+  and ``tools``, a content that is not a string, e.g. null or missing on an assistant
+  turn that calls tools, a last turn that is not the assistant's);
+- an evaluation whose target is an ``api_endpoint`` URL outside ``cluster_nim_url``: the
+  Evaluator runs inside the cluster and cannot reach the flywheel's own NIM address;
+  ``{type: model, model: "ns/name"}`` (a served model by name) works.
 
 Jobs advance on polls, so tests are fast and deterministic: a customization job goes
 created -> pending -> running (``customization_polls`` polls, percentage rising) ->
@@ -33,12 +47,14 @@ Fault injection:
   then closed without an answer: the case that makes naive retries create duplicates) and
   ``Fault.slow(s)``;
 - remote failures: ``fail_next_customization(detail)`` (failed with a ``status_logs``
-  detail), ``fail_next_evaluation(detail)``, ``fail_next_deployment(detail)``;
+  detail), ``fail_next_evaluation(detail)``, ``fail_next_deployment(detail, status)``
+  (ends ``failed``, ``cancelled`` or ``unknown``);
 - ``Fault.body(payload)``: a 200 with any JSON (e.g. a missing field).
 
 Inspectable state for assertions: ``customization_jobs``, ``evaluation_jobs``,
 ``deployments_alive``, ``deployment_events``, ``repos``, ``datasets``, ``models``,
-``requests`` (method, path, service, outcome, Authorization header). With ``api_key``
+``configs``, ``targets``, ``requests`` (method, path, query, headers, body, service,
+outcome). With ``api_key``
 set, every request must carry ``Authorization: Bearer <api_key>``, except the LFS upload
 ``PUT``, which goes to the presigned URL the batch answer handed out (signature in the query,
 as with S3; no headers) and is refused with an ``Authorization`` header. The LFS protocol
@@ -65,6 +81,23 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import jinja2
 
 SERVICES = ("nemo", "datastore", "nim")
+CLUSTER_NIM_URL = "http://nemo-nim-proxy:8000"
+
+# customization targets as a cluster lists them (``GET /v1/customization/targets``): the
+# name carries the version; configs name a target as ``{namespace}/{name}``
+DEFAULT_TARGETS = [
+    {"namespace": "meta", "name": "llama-3.2-1b-instruct@2.0", "base_model": "meta/llama-3.2-1b-instruct",
+     "enabled": True, "status": "ready", "num_parameters": 1_000_000_000, "precision": "bf16-mixed"},
+    {"namespace": "meta", "name": "llama-3.1-8b-instruct@2.0", "base_model": "meta/llama-3.1-8b-instruct",
+     "enabled": True, "status": "ready", "num_parameters": 8_000_000_000, "precision": "bf16-mixed"},
+    {"namespace": "meta", "name": "llama-3.3-70b-instruct@2.0", "base_model": "meta/llama-3.3-70b-instruct",
+     "enabled": False, "status": "created", "num_parameters": 70_000_000_000, "precision": "bf16-mixed"},
+]
+
+# the Customizer's chat format: these fields per line, these per message
+TRAINING_LINE_FIELDS = {"messages", "tools"}
+MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name"}
+ROLES = {"system", "user", "assistant", "tool"}
 
 
 # ------------------------------------------------------------------------------- faults
@@ -263,6 +296,7 @@ class NemoEmulator:
         lfs_threshold: int = 10 * 1024 * 1024,
         exists_status: int = 409,
         deployment_exists_status: int = 500,
+        cluster_nim_url: str = CLUSTER_NIM_URL,
     ) -> None:
         self.api_key = api_key
         self.customization_polls = customization_polls
@@ -284,6 +318,10 @@ class NemoEmulator:
         self.datasets: dict[str, dict] = {}  # "ns/name" -> entity
         self.models: dict[str, dict] = {}  # "ns/name" -> entity
         self.configs: dict[str, dict] = {}
+        self.targets: dict[str, dict] = {f"{t['namespace']}/{t['name']}": dict(t) for t in DEFAULT_TARGETS}
+        # where the Evaluator (inside the cluster) reaches the NIM proxy; the URL the
+        # flywheel uses (this emulator's loopback address) is not reachable from there
+        self.cluster_nim_url = cluster_nim_url
         self.customization_jobs: list[CustomizationJob] = []
         self.evaluation_jobs: list[EvaluationJob] = []
         self.deployments: dict[str, Deployment] = {}
@@ -298,7 +336,7 @@ class NemoEmulator:
         self._rng = random.Random(0)
         self._fail_customization: list[str] = []
         self._fail_evaluation: list[str] = []
-        self._fail_deployment: list[str] = []
+        self._fail_deployment: list[tuple[str, str]] = []
         self._servers: dict[str, ThreadingHTTPServer] = {}
         self._routes = self._build_routes()
 
@@ -364,9 +402,11 @@ class NemoEmulator:
         with self._lock:
             self._fail_evaluation.append(detail)
 
-    def fail_next_deployment(self, detail: str) -> None:
+    def fail_next_deployment(self, detail: str, status: str = "failed") -> None:
+        """The next deployment goes pending -> ``status`` (``failed``, ``cancelled`` or
+        ``unknown``: the states Deployment Management ends in without getting ready)."""
         with self._lock:
-            self._fail_deployment.append(detail)
+            self._fail_deployment.append((detail, status))
 
     def _choose_fault(self, service: str, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -412,6 +452,8 @@ class NemoEmulator:
         add("nemo", "GET", f"/v1/models/{seg}/{seg}", self._model_get)
         add("nemo", "DELETE", f"/v1/models/{seg}/{seg}", self._model_delete)
         # Customizer
+        add("nemo", "GET", "/v1/customization/targets", self._targets_list)
+        add("nemo", "GET", f"/v1/customization/targets/{seg}/{seg}", self._target_get)
         add("nemo", "POST", "/v1/customization/configs", self._config_create)
         add("nemo", "GET", f"/v1/customization/configs/{seg}/{seg}", self._config_get)
         add("nemo", "POST", "/v1/customization/jobs", self._customization_create)
@@ -533,11 +575,30 @@ class NemoEmulator:
         missing = [k for k in ("name", "namespace", "target", "training_options") if not body.get(k)]
         if missing:
             raise HTTPError(422, [{"loc": ["body", k], "msg": "field required"} for k in missing])
+        target = self.targets.get(body["target"])
+        if target is None:
+            raise HTTPError(404, f"customization target {body['target']} not found")
+        if not target["enabled"]:
+            raise HTTPError(422, f"customization target {body['target']} is disabled")
         key = f"{body['namespace']}/{body['name']}"
         if key in self.configs:
             return self._exists(f"customization config {key}")
         self.configs[key] = body
         return 200, {**body, "id": f"customization_config-{next(self._seq)}"}
+
+    def _targets_list(self, req: Request):
+        page, size = int(req.query.get("page", 1)), int(req.query.get("page_size", 10))
+        targets = sorted(self.targets.values(), key=lambda t: (t["namespace"], t["name"]))
+        chunk = targets[(page - 1) * size: page * size]
+        return {"object": "list", "data": chunk,
+                "pagination": {"page": page, "page_size": size, "current_page_size": len(chunk),
+                               "total_pages": max(1, -(-len(targets) // size)), "total_results": len(targets)}}
+
+    def _target_get(self, req: Request):
+        key = "/".join(req.groups)
+        if key not in self.targets:
+            raise HTTPError(404, f"customization target {key} not found")
+        return self.targets[key]
 
     def _config_get(self, req: Request):
         key = "/".join(req.groups)
@@ -566,9 +627,10 @@ class NemoEmulator:
         job_id = f"cust-{next(self._seq):06d}"
         output = body["output_model"] if "@" in body["output_model"] else f"{body['output_model']}@{job_id}"
         failure = self._fail_customization.pop(0) if self._fail_customization else None
+        failure = failure or _invalid_training_files(files)
         script = ["created", "pending"] + (["running", "failed"] if failure else
                                            ["running"] * self.customization_polls + ["completed"])
-        base = self.configs[body["config"]]["target"].split("@")[0]
+        base = self.targets[self.configs[body["config"]]["target"]]["base_model"]
         job = CustomizationJob(job_id, body["name"], output, body["config"], dataset, hp, next(self._seq), base,
                                script, failure=failure)
         self.customization_jobs.append(job)
@@ -626,8 +688,7 @@ class NemoEmulator:
         config, target = body.get("config"), body.get("target")
         if not isinstance(config, dict) or not config.get("tasks"):
             raise HTTPError(422, [{"loc": ["body", "config", "tasks"], "msg": "field required"}])
-        model_id = (((target or {}).get("model") or {}).get("api_endpoint") or {}).get("model_id")
-        if not model_id:
+        if not _target_model(target):
             raise HTTPError(422, [{"loc": ["body", "target", "model", "api_endpoint", "model_id"], "msg": "field required"}])
         failure = self._fail_evaluation.pop(0) if self._fail_evaluation else None
         script = ["created"] + ["running"] * self.evaluation_polls + (["failed"] if failure else ["completed"])
@@ -673,7 +734,10 @@ class NemoEmulator:
         return {"message": "deleted"}
 
     def _run_evaluation(self, job: EvaluationJob) -> dict:
-        model = job.target["model"]["api_endpoint"]["model_id"]
+        model = _target_model(job.target)
+        endpoint = job.target["model"].get("api_endpoint") if isinstance(job.target["model"], dict) else None
+        if endpoint is not None and not endpoint["url"].startswith(f"{self.cluster_nim_url}/"):
+            raise HTTPError(502, f"cannot reach {endpoint['url']} from inside the cluster: connection refused")
         if model not in self._served(count_listing=False, require_sync=False):
             raise HTTPError(404, f"model {model} is not served by the NIM proxy")
         env = jinja2.Environment(undefined=jinja2.StrictUndefined)
@@ -687,6 +751,9 @@ class NemoEmulator:
                 for key, value in template.items():
                     rendered = env.from_string(value).render(item=item) if isinstance(value, str) else value
                     request[key] = json.loads(rendered) if key in ("messages", "tools") else rendered
+                problem = _chat_request_problem(request.get("messages"))
+                if problem:
+                    raise HTTPError(400, f"the model answered HTTP 400 to a replayed record: {problem}")
                 answer = self._answer(request.get("messages") or [], request.get("tools"))
                 sample = {"output_text": answer.get("content") or "",
                           "response": {"choices": [{"message": answer}]}}
@@ -742,8 +809,8 @@ class NemoEmulator:
         key = f"{body['namespace']}/{body['name']}"
         if key in self.deployments:
             return self.deployment_exists_status, {"detail": "model deployment already exists"}
-        failure = self._fail_deployment.pop(0) if self._fail_deployment else None
-        script = ["pending", "failed"] if failure else ["pending"] * self.deployment_polls + ["ready"]
+        failure, end = self._fail_deployment.pop(0) if self._fail_deployment else (None, "ready")
+        script = ["pending", end] if failure else ["pending"] * self.deployment_polls + ["ready"]
         self.deployments[key] = Deployment(body["namespace"], body["name"], config["model"], script, failure)
         self.deployment_events.append(("created", key))
         return 200, self.deployments[key].as_json()
@@ -917,6 +984,9 @@ class NemoEmulator:
         body = req.json() or {}
         if not body.get("model") or not isinstance(body.get("messages"), list):
             raise HTTPError(422, [{"loc": ["body", "model"], "msg": "field required"}])
+        problem = _chat_request_problem(body["messages"])
+        if problem:
+            return 400, {"error": {"message": problem, "type": "BadRequestError"}}
         if body["model"] not in self._served(count_listing=False, require_sync=False):
             return 404, {"error": {"message": f"The model `{body['model']}` does not exist.", "type": "NotFoundError"}}
         self.chat_requests.append(body)
@@ -937,6 +1007,73 @@ class NemoEmulator:
                 "id": "call_0", "type": "function",
                 "function": {"name": name, "arguments": json.dumps({"text": last})}}]}
         return {"role": "assistant", "content": f"echo: {last}"}
+
+
+def _training_line_problem(line: Any) -> str | None:
+    """What the Customizer's chat format rejects in one training line, or None."""
+    if not isinstance(line, dict):
+        return "not a JSON object"
+    extra = sorted(set(line) - TRAINING_LINE_FIELDS)
+    if extra:
+        return f"unexpected field(s) {extra}: a line has only {sorted(TRAINING_LINE_FIELDS)}"
+    messages = line.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return f"messages[{i}].role must be one of {sorted(ROLES)}"
+        extra = sorted(set(message) - MESSAGE_FIELDS)
+        if extra:
+            return f"messages[{i}] has unexpected field(s) {extra}"
+        if not isinstance(message.get("content"), str):
+            return (f"messages[{i}].content must be a string (an assistant message with tool_calls "
+                    f"has content \"\"), got {message.get('content', 'no content')!r}")
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                return f"messages[{i}].tool_calls entries must be {{type: function, function: {{name, arguments}}}}"
+    if messages[-1]["role"] != "assistant":
+        return "the last message must be the assistant's"
+    tools = line.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools)):
+        return "'tools' must be a list of {type: function, function: {name, ...}}"
+    return None
+
+
+def _invalid_training_files(files: dict[str, bytes]) -> str | None:
+    """The Customizer's dataset validation of ``training/`` and ``validation/`` files:
+    the first bad line, as the failed job's detail; None when all are valid."""
+    for path in sorted(p for p in files if p.startswith(("training/", "validation/"))):
+        for number, text in enumerate(files[path].decode(errors="replace").splitlines(), 1):
+            if not text.strip():
+                continue
+            try:
+                problem = _training_line_problem(json.loads(text))
+            except ValueError:
+                problem = "not valid JSON"
+            if problem:
+                return f"Dataset validation failed: {path} line {number}: {problem}"
+    return None
+
+
+def _chat_request_problem(messages: Any) -> str | None:
+    """What an OpenAI-compatible server (a NIM) rejects in request messages: tool-call
+    arguments are a JSON string, not an object."""
+    for i, message in enumerate(messages or []):
+        for j, call in enumerate(message.get("tool_calls") or []):
+            if not isinstance((call.get("function") or {}).get("arguments"), str):
+                return f"messages.{i}.tool_calls.{j}.function.arguments: Input should be a valid string"
+    return None
+
+
+def _target_model(target: Any) -> str | None:
+    """The evaluated model of an Evaluator target: ``{type: model, model: "ns/name"}`` (a
+    model the platform serves) or ``{..., model: {api_endpoint: {url, model_id}}}``."""
+    model = (target or {}).get("model")
+    if isinstance(model, str):
+        return model or None
+    return ((model or {}).get("api_endpoint") or {}).get("model_id")
 
 
 def _args(call: dict) -> Any:

@@ -13,7 +13,7 @@ from nemo_emulator import Fault, nemo_emulator
 
 from flywheel_assets.core.chat import ChatPrompt
 from flywheel_assets.core.hyperparameters import LoraHyperparameters
-from resources.nemo import NemoBackend, NemoJobFailed, NemoSchemaError, NemoTimeoutError, split_files
+from resources.nemo import EVAL_FILE, NemoBackend, NemoError, NemoJobFailed, NemoSchemaError, NemoTimeoutError, split_files
 from resources.nemo.transport import Progress
 
 KEY = "nvapi-backend-key-7"
@@ -69,7 +69,7 @@ def test_full_sequence_under_20_percent_faults_creates_one_job_and_leaves_nothin
     # one chat worker: requests arrive in a fixed order, so each seed injects the same faults
     with nemo.deployment(BASE, served_model=result.output_model, **{**FAST_CHAT, "max_concurrency": 1}) as chat:
         completions = chat.complete(prompts())
-        scores = nemo.evaluate(result.output_model, dataset, "tool_calling")
+        scores = nemo.evaluate(result.output_model, dataset, "tool_calling", eval_file=EVAL_FILE)
     # rerun of the step with the recorded id: resumes, creates nothing
     again = nemo.customize(BASE, dataset, HP, existing_job_id=job_ids[0])
     emu.set_fault_rate(0.0)
@@ -233,7 +233,7 @@ def test_missing_required_field_is_a_clear_error(emu):
 
 def test_chat_evaluation_through_the_evaluator_needs_a_judge(emu):
     with pytest.raises(ValueError, match="needs a judge"):
-        backend(emu).evaluate(BASE, "ds", "chat")
+        backend(emu).evaluate(BASE, "ds", "chat", eval_file=EVAL_FILE)
 
 
 # ------------------------------------------------------------------------ configuration
@@ -251,6 +251,59 @@ def test_hyperparameters_sent_and_those_the_customizer_does_not_take(emu):
     [config] = emu.configs.values()
     assert config["target"] == f"{BASE}@2.0" and config["max_seq_length"] == 2048
     assert result.train_loss and result.epochs_completed == 2
+
+
+def test_the_target_is_the_clusters_versioned_target_of_the_base_model(emu):
+    nemo = backend(emu)
+    dataset = nemo.upload_splits("weather-bot", FILES)
+    nemo.customize(BASE, dataset, HP)  # no customizer_target: found among the cluster's targets
+    [config] = emu.configs.values()
+    assert config["target"] == f"{BASE}@2.0"
+
+
+@pytest.mark.parametrize("base, target, problem", [
+    (BASE, BASE, r"target 'meta/llama-3.2-1b-instruct' does not exist"),
+    (BASE, "meta/llama-3.3-70b-instruct@2.0", r"target 'meta/llama-3.3-70b-instruct@2.0' is disabled"),
+    ("acme/unknown-7b", None, r"no enabled target fine-tunes 'acme/unknown-7b'"),
+])
+def test_an_unknown_target_fails_before_any_config_and_names_the_available_ones(emu, base, target, problem):
+    nemo = backend(emu)
+    dataset = nemo.upload_splits("weather-bot", FILES)
+    with pytest.raises(NemoError, match=problem + r"\. Enabled targets: meta/llama-3.1-8b-instruct@2.0, "
+                                        r"meta/llama-3.2-1b-instruct@2.0\. Set the candidate's customizer_target"):
+        nemo.customize(base, dataset, HP, target=target)
+    assert emu.configs == {} and emu.customization_jobs == []
+
+
+def test_several_targets_of_one_base_model_need_a_choice(emu):
+    emu.targets["meta/llama-3.2-1b-instruct@3.0"] = {**emu.targets[f"{BASE}@2.0"], "name": "llama-3.2-1b-instruct@3.0"}
+    nemo = backend(emu)
+    dataset = nemo.upload_splits("weather-bot", FILES)
+    with pytest.raises(NemoError, match=r"several targets fine-tune .*@2\.0, .*@3\.0\)"):
+        nemo.customize(BASE, dataset, HP)
+    assert nemo.customize(BASE, dataset, HP, target=f"{BASE}@3.0").status == "completed"
+
+
+def test_uploaded_splits_are_in_the_formats_the_services_read(emu):
+    nemo = backend(emu)
+    dataset = nemo.upload_splits("weather-bot", FILES)
+    repo = emu.repos[f"dfwbp/{dataset}"]
+    training = [json.loads(line) for line in repo["training/training.jsonl"].splitlines()]
+    assert all(set(line) == {"messages", "tools"} for line in training)
+    assert all(line["messages"][-1]["content"] == "" for line in training)  # tool-call turns: content ""
+    assert "record_id" in json.loads(repo["testing/testing.jsonl"].splitlines()[0])  # the Evaluator's file is ours
+
+
+def test_evaluate_names_its_file_and_reaches_the_nim_at_the_evaluators_address(emu):
+    nemo = backend(emu, evaluator_nim_url=emu.cluster_nim_url)
+    with pytest.raises(TypeError, match="eval_file"):  # no default: the flywheel's uploads carry no eval file
+        nemo.evaluate(BASE, "ds", "tool_calling")
+    dataset = nemo.upload_splits("weather-bot", FILES)
+    with nemo.deployment(BASE, **FAST_CHAT):
+        scores = nemo.evaluate(BASE, dataset, "tool_calling", eval_file=EVAL_FILE)
+    assert scores.scores["function_name_accuracy"] == 1.0
+    [job] = emu.evaluation_jobs
+    assert job.target["model"]["api_endpoint"]["url"] == f"{emu.cluster_nim_url}/v1/chat/completions"
 
 
 def test_resource_reads_its_key_from_an_env_var(emu, monkeypatch):

@@ -26,6 +26,7 @@ from resources.nemo.deployment import (
 )
 from resources.nemo.entity_store import EntityStoreClient
 from resources.nemo.evaluator import EvaluatorClient, JudgeEndpoint, chat_judge_config, model_target, tool_calling_config
+from resources.nemo.formats import customizer_jsonl, evaluator_jsonl
 from resources.nemo.nim import NimProxyClient
 from resources.nemo.transport import NemoError, NemoHTTPError, NemoJobFailed, NemoSchemaError, NemoTimeoutError, RetryPolicy
 
@@ -60,7 +61,7 @@ def jsonl(records) -> bytes:
 
 
 def make_dataset(emu, name="ds", files=None) -> None:
-    files = files or {"training/training.jsonl": jsonl([record(0, "weather in Paris")])}
+    files = files or {"training/training.jsonl": customizer_jsonl(jsonl([record(0, "weather in Paris")]))}
     with client(EntityStoreClient, emu) as entities, client(DataStoreClient, emu) as store:
         entities.create_namespace(NS)
         store.create_namespace(NS)
@@ -174,6 +175,48 @@ def test_customizer_config_is_created_once(emu):
     assert emu.configs[f"{NS}/cfg"]["training_options"][0]["finetuning_type"] == "lora"
 
 
+def test_customizer_targets_carry_a_version_and_configs_need_a_known_enabled_one(emu):
+    with client(CustomizerClient, emu) as customizer:
+        targets = {t.ref: t for t in customizer.list_targets(page_size=2)}  # two pages
+        assert targets[f"{BASE}@2.0"].base_model == BASE and targets[f"{BASE}@2.0"].enabled
+        assert not targets["meta/llama-3.3-70b-instruct@2.0"].enabled
+        for target, answer in [(BASE, "404: customization target meta/llama-3.2-1b-instruct not found"),
+                               ("meta/llama-3.3-70b-instruct@2.0", "422: .* is disabled")]:
+            with pytest.raises(NemoHTTPError, match=answer):
+                customizer.ensure_config(CustomizationConfigRequest(name="cfg", namespace=NS, target=target))
+    assert emu.configs == {}
+
+
+@pytest.mark.parametrize("line, problem", [
+    ({"record_id": "7", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+     r"line 2: unexpected field\(s\) \['record_id'\]"),
+    ({"messages": [{"role": "user", "content": "hi"},
+                   {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}]},
+     r"line 2: messages\[1\]\.content must be a string .*got 'no content'"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
+     r"line 2: messages\[1\]\.content must be a string .*got None"),
+    ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+     "line 2: the last message must be the assistant's"),
+])
+def test_customizer_validates_every_training_line_and_fails_the_job_with_the_line(emu, line, problem):
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}], "tools": [WEATHER]}
+    make_dataset(emu, files={"training/training.jsonl": jsonl([good, line])})
+    with client(CustomizerClient, emu) as customizer:
+        job_id = start_job(emu, customizer)
+        with pytest.raises(NemoJobFailed, match=f"Dataset validation failed: training/training.jsonl {problem}"):
+            customizer.wait(job_id, timeout_s=5, interval_s=0)
+
+
+def test_customizer_format_has_only_messages_and_tools_and_string_content():
+    lines = [record(0, "weather in Paris"), record(1, "hello", tool=None)]
+    converted = [json.loads(line) for line in customizer_jsonl(jsonl(lines)).splitlines()]
+    assert [sorted(line) for line in converted] == [["messages", "tools"], ["messages"]]
+    assert converted[0]["messages"][-1] == {"role": "assistant", "content": "", "tool_calls": lines[0]["messages"][-1]["tool_calls"]}
+    assert converted[1]["messages"] == lines[1]["messages"]
+    assert customizer_jsonl(b"") == b""
+
+
 def test_customizer_failed_job_carries_the_remote_detail(emu):
     make_dataset(emu)
     emu.fail_next_customization("CUDA out of memory: tried to allocate 2.00 GiB")
@@ -253,12 +296,12 @@ def test_evaluator_tool_calling_scores(emu):
     records = [record(0, "get_weather in Paris"),                      # right name, right args
                record(1, "get_time in Rome", tool="get_time", args={"city": "Rome"}),  # right name, wrong args
                record(2, "what now", tool="get_time")]                 # wrong name (NIM picks the first tool)
-    make_dataset(emu, files={"training/t.jsonl": jsonl(records), "testing/testing.jsonl": jsonl(records)})
+    make_dataset(emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)})
     serve(emu)
     with client(EvaluatorClient, emu) as evaluator:
         config = tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl",
                                      judge=JudgeEndpoint(url="http://judge/v1/chat/completions", model_id="judge"))
-        job = evaluator.create_job(config, model_target(emu.nim_base_url, BASE), namespace=NS, request_key="k1")
+        job = evaluator.create_job(config, model_target(BASE), namespace=NS, request_key="k1")
         evaluator.wait(job.id, timeout_s=5, interval_s=0)
         scores = evaluator.results(job.id).flywheel_scores()
     assert scores["function_name_accuracy"] == pytest.approx(2 / 3)
@@ -268,12 +311,12 @@ def test_evaluator_tool_calling_scores(emu):
 
 def test_evaluator_chat_judge_similarity_is_scaled_to_unit_interval(emu):
     records = [record(0, "hello there", tool=None), record(1, "something", tool=None)]
-    make_dataset(emu, files={"training/t.jsonl": jsonl(records), "testing/testing.jsonl": jsonl(records)})
+    make_dataset(emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)})
     serve(emu)
     with client(EvaluatorClient, emu) as evaluator:
         config = chat_judge_config("hf://datasets/dfwbp/ds/testing/testing.jsonl",
                                    judge=JudgeEndpoint(url="http://judge/v1/chat/completions", model_id="judge"), limit=1)
-        job = evaluator.create_job(config, model_target(emu.nim_base_url, BASE), namespace=NS, request_key="k2")
+        job = evaluator.create_job(config, model_target(BASE), namespace=NS, request_key="k2")
         evaluator.wait(job.id, timeout_s=5, interval_s=0)
         results = evaluator.results(job.id)
     # "echo: hello there" vs "hello there": 2 of 3 words -> judge 7/10
@@ -285,7 +328,7 @@ def test_evaluator_failed_job_surfaces_its_message(emu):
     emu.fail_next_evaluation("Judge endpoint unreachable: connection refused")
     with client(EvaluatorClient, emu) as evaluator:
         job = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
-                                   model_target(emu.nim_base_url, BASE), namespace=NS, request_key="k3")
+                                   model_target(BASE), namespace=NS, request_key="k3")
         with pytest.raises(NemoJobFailed, match="Evaluator: job .* failed: Judge endpoint unreachable"):
             evaluator.wait(job.id, timeout_s=5, interval_s=0)
 
@@ -294,17 +337,56 @@ def test_evaluator_of_a_model_not_served_fails_with_the_reason(emu):
     make_dataset(emu, files={"training/t.jsonl": jsonl([record(0, "x")]), "testing/testing.jsonl": jsonl([record(0, "x")])})
     with client(EvaluatorClient, emu) as evaluator:
         job = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
-                                   model_target(emu.nim_base_url, BASE), namespace=NS, request_key="k4")
+                                   model_target(BASE), namespace=NS, request_key="k4")
         with pytest.raises(NemoJobFailed, match="is not served by the NIM proxy"):
             evaluator.wait(job.id, timeout_s=5, interval_s=0)
         assert evaluator.delete_job(job.id) is True and evaluator.delete_job(job.id) is False
+
+
+def test_evaluator_inside_the_cluster_reaches_the_nim_at_its_cluster_address(emu):
+    records = [record(0, "get_weather in Paris")]
+    make_dataset(emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)})
+    serve(emu)
+    config = tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl")
+    with client(EvaluatorClient, emu) as evaluator:
+        # the flywheel's own NIM URL (loopback here, an ingress in a cluster) is not the Evaluator's
+        job = evaluator.create_job(config, model_target(BASE, emu.nim_base_url), namespace=NS, request_key="outside")
+        with pytest.raises(NemoJobFailed, match="cannot reach .* from inside the cluster"):
+            evaluator.wait(job.id, timeout_s=5, interval_s=0)
+        for target in (model_target(BASE, emu.cluster_nim_url), model_target(BASE)):
+            assert target["model"] == BASE or target["model"]["api_endpoint"]["url"].startswith(emu.cluster_nim_url)
+            job = evaluator.create_job(config, target, namespace=NS, request_key=json.dumps(target))
+            assert evaluator.wait(job.id, timeout_s=5, interval_s=0).state == "completed"
+
+
+def test_evaluator_replays_earlier_tool_calls_with_json_string_arguments(emu):
+    earlier = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": {"city": "Rome"}}}]}
+    line = record(0, "get_weather in Paris")
+    line["messages"][:0] = [{"role": "user", "content": "time in Rome?"}, earlier,
+                            {"role": "tool", "tool_call_id": "c1", "content": "noon"}]
+    converted = json.loads(evaluator_jsonl(jsonl([line])))
+    assert converted["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Rome"}'
+    assert converted["messages"][-1] == line["messages"][-1]  # the ground truth keeps parsed arguments
+    make_dataset(emu, files={"training/t.jsonl": customizer_jsonl(jsonl([line])),
+                             "testing/raw.jsonl": jsonl([line]), "testing/testing.jsonl": evaluator_jsonl(jsonl([line]))})
+    serve(emu)
+    with client(EvaluatorClient, emu) as evaluator:
+        raw = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/testing/raw.jsonl"), model_target(BASE),
+                                   namespace=NS, request_key="raw")
+        with pytest.raises(NemoJobFailed, match="HTTP 400 .*arguments: Input should be a valid string"):
+            evaluator.wait(raw.id, timeout_s=5, interval_s=0)
+        job = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
+                                   model_target(BASE), namespace=NS, request_key="wire")
+        evaluator.wait(job.id, timeout_s=5, interval_s=0)
+        assert evaluator.results(job.id).flywheel_scores()["function_name_and_args_accuracy"] == 1.0
 
 
 def test_evaluator_create_answer_lost_creates_one_job(emu):
     emu.add_fault(Fault.drop_after(), method="POST", path=r"^/v1/evaluation/jobs$")
     with client(EvaluatorClient, emu) as evaluator:
         job = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/t.jsonl"),
-                                   model_target(emu.nim_base_url, BASE), namespace=NS, request_key="once")
+                                   model_target(BASE), namespace=NS, request_key="once")
     assert [j.id for j in emu.evaluation_jobs] == [job.id]
 
 
@@ -330,6 +412,17 @@ def test_deployment_failure_surfaces_its_description(emu):
         deployments.create(deployment_request())
         with pytest.raises(NemoJobFailed, match="ImagePullBackOff"):
             deployments.wait_ready(NS, "nim-a", timeout_s=5, interval_s=0)
+
+
+@pytest.mark.parametrize("status", ["cancelled", "unknown"])
+def test_deployment_cancelled_or_unknown_ends_the_wait_at_once(emu, status):
+    emu.fail_next_deployment(f"deployment {status}", status=status)
+    with client(DeploymentClient, emu) as deployments:
+        deployments.create(deployment_request())
+        with pytest.raises(NemoJobFailed, match=f"deployment {NS}/nim-a {status}: deployment {status}"):
+            deployments.wait_ready(NS, "nim-a", timeout_s=5, interval_s=0.001)
+    gets = [r for r in emu.requests if r.method == "GET"]
+    assert len(gets) == 1  # the first answer is the end state: no polling until the deadline
 
 
 def run_deployment(emu, body, **kwargs):

@@ -1,9 +1,10 @@
 """`NemoBackend`: what the flywheel's assets call when ``FLYWHEEL_BACKEND=nemo``.
 
-- `upload_splits`: split files -> a Data Store dataset repo registered in the Entity
-  Store. The dataset name is content-addressed (workload key + hash of the files), so an
+- `upload_splits`: split files (`split_files`: in the formats Customizer and Evaluator
+  read) -> a Data Store dataset repo registered in the Entity Store. The dataset name is content-addressed (workload key + hash of the files), so an
   unchanged split is a no-op and a changed one never overwrites files a running job reads.
-- `customize`: a Customizer LoRA job on that dataset, polled to completion. Its name is a
+- `customize`: a Customizer LoRA job on that dataset, polled to completion. The target
+  (``namespace/name@version``) is checked against the cluster's targets first. Its name is a
   hash of everything that defines it (config, dataset, hyper-parameters, output model),
   so a retried or re-executed step finds and resumes the same job rather than starting a
   duplicate, even when the job id was never recorded; ``existing_job_id`` resumes a
@@ -36,6 +37,7 @@ from resources.nemo.customizer import (
     FAILED_STATES as CUSTOMIZATION_FAILED,
     CustomizationConfigRequest,
     CustomizationJobRequest,
+    CustomizationTarget,
     DatasetRef,
     Hyperparameters,
     LoraParameters,
@@ -56,8 +58,9 @@ from resources.nemo.evaluator import (
     model_target,
     tool_calling_config,
 )
+from resources.nemo.formats import customizer_jsonl, evaluator_jsonl
 from resources.nemo.services import NemoServices
-from resources.nemo.transport import Progress, ProgressCallback
+from resources.nemo.transport import NemoError, Progress, ProgressCallback
 from resources.openai_compatible import OpenAICompatibleBackend
 
 if TYPE_CHECKING:
@@ -73,8 +76,10 @@ SENT_HYPERPARAMETERS = ("epochs", "batch_size", "learning_rate", "adapter_dim", 
 
 def split_files(train: bytes, validation: bytes = b"", evaluation: bytes = b"") -> dict[str, bytes]:
     """The reference's repo layout for chat-format JSONL splits (empty splits left out):
-    Customizer reads ``training/`` and ``validation/``, Evaluator one file of ``testing/``."""
-    files = {TRAINING_FILE: train, VALIDATION_FILE: validation, EVAL_FILE: evaluation}
+    Customizer reads ``training/`` and ``validation/`` (in its own format), Evaluator one
+    file of ``testing/`` (earlier tool calls with string arguments); see `formats`."""
+    files = {TRAINING_FILE: customizer_jsonl(train), VALIDATION_FILE: customizer_jsonl(validation),
+             EVAL_FILE: evaluator_jsonl(evaluation)}
     return {path: data for path, data in files.items() if data}
 
 
@@ -135,6 +140,10 @@ class NemoBackend(NemoServices):
     chat_timeout_s: float = 120
     # evaluation
     evaluation_timeout_s: float = Field(default=6000, description="Deadline of one evaluation job.")
+    evaluator_nim_url: str | None = Field(default=None, description=(
+        "NIM proxy base URL as the Evaluator reaches it from inside the cluster (e.g. "
+        "http://nemo-nim-proxy:8000). Unset: jobs name the model and the platform routes "
+        "to it, as the reference does."))
 
     # ----------------------------------------------------------------------- datasets
     def dataset_name(self, workload_key: str, files: Mapping[str, bytes]) -> str:
@@ -162,6 +171,27 @@ class NemoBackend(NemoServices):
         return name
 
     # ------------------------------------------------------------------ customization
+    @staticmethod
+    def resolve_target(base_model: str, requested: str | None, targets: list[CustomizationTarget]) -> str:
+        """The Customizer target (``namespace/name@version``) to fine-tune: ``requested``
+        if the cluster has it enabled; else the one enabled target of ``base_model``.
+        Anything else is an error naming the enabled targets."""
+        enabled = sorted((t for t in targets if t.enabled), key=lambda t: t.ref)
+        available = ", ".join(t.ref for t in enabled) or "none"
+        if requested:
+            if any(t.ref == requested for t in enabled):
+                return requested
+            state = "is disabled" if any(t.ref == requested for t in targets) else "does not exist"
+            raise NemoError(f"Customizer: target {requested!r} {state}. Enabled targets: {available}. "
+                            "Set the candidate's customizer_target to one of them.", service="Customizer")
+        matches = [t for t in enabled if base_model in (t.base_model, t.ref.split("@")[0])]
+        if len(matches) == 1:
+            return matches[0].ref
+        problem = (f"several targets fine-tune {base_model!r} ({', '.join(t.ref for t in matches)})" if matches
+                   else f"no enabled target fine-tunes {base_model!r}")
+        raise NemoError(f"Customizer: {problem}. Enabled targets: {available}. "
+                        "Set the candidate's customizer_target to one of them.", service="Customizer")
+
     def customization_config(self, target: str, max_seq_length: int) -> CustomizationConfigRequest:
         options = TrainingOption(
             num_gpus=self.customization_num_gpus, num_nodes=self.customization_num_nodes,
@@ -190,10 +220,10 @@ class NemoBackend(NemoServices):
         on_progress: ProgressCallback | None = None,
         cancel_on_interrupt: bool = True,
     ) -> CustomizationResult:
-        """LoRA-fine-tune ``candidate_base_model`` (the Customizer target, unless
-        ``target`` names another, e.g. ``meta/llama-3.2-1b-instruct@2.0``) on the dataset
-        and wait for it; see the module docstring for resumption and cancellation."""
-        target = target or candidate_base_model
+        """LoRA-fine-tune ``candidate_base_model`` on the dataset and wait for it. The
+        Customizer target is ``target`` (e.g. ``meta/llama-3.2-1b-instruct@2.0``) or the
+        cluster's one enabled target of the base model (`resolve_target`); see the module
+        docstring for resumption and cancellation."""
         hyper = Hyperparameters(
             epochs=hp.epochs, batch_size=hp.batch_size, learning_rate=hp.learning_rate,
             lora=LoraParameters(adapter_dim=hp.adapter_dim, adapter_dropout=hp.adapter_dropout),
@@ -201,9 +231,10 @@ class NemoBackend(NemoServices):
         defaults = type(hp)()
         ignored = {name: getattr(hp, name) for name in type(hp).model_fields
                    if name not in SENT_HYPERPARAMETERS and getattr(hp, name) != getattr(defaults, name)}
-        config = self.customization_config(target, hp.max_seq_length)
         say = on_progress or (lambda progress: None)
         with self.customizer() as customizer:
+            target = self.resolve_target(candidate_base_model, target, customizer.list_targets())
+            config = self.customization_config(target, hp.max_seq_length)
             config_ref = customizer.ensure_config(config)
             identity = {"config": config_ref, "dataset": f"{self.namespace}/{dataset_name}",
                         "hyperparameters": hyper.model_dump(), "output_model": output_model_name}
@@ -293,7 +324,7 @@ class NemoBackend(NemoServices):
         dataset_name: str,
         workload_type: Literal["tool_calling", "chat"],
         *,
-        eval_file: str = EVAL_FILE,
+        eval_file: str,
         judge: JudgeEndpoint | None = None,
         limit: int | None = None,
         existing_job_id: str | None = None,
@@ -301,7 +332,8 @@ class NemoBackend(NemoServices):
         on_progress: ProgressCallback | None = None,
     ) -> EvaluationScores:
         """Score ``model`` (being served: call inside `deployment`) on ``eval_file`` of the
-        dataset with an Evaluator job. Tool calling: the ``tool-calling`` metric (+ judge
+        dataset (e.g. `EVAL_FILE` of splits uploaded with an ``evaluation`` file: the
+        flywheel's own uploads carry only training and validation) with an Evaluator job. Tool calling: the ``tool-calling`` metric (+ judge
         correctness when ``judge`` is given); chat: the LLM judge's similarity (needs
         ``judge``)."""
         files_url = DataStoreClient.files_url(self.namespace, dataset_name, check_repo_path(eval_file))
@@ -312,7 +344,7 @@ class NemoBackend(NemoServices):
                              "or score locally through deployment() and flywheel_assets.core.metrics")
         else:
             config = chat_judge_config(files_url, judge=judge, limit=limit)
-        target = model_target(self.nim_base_url, model)
+        target = model_target(model, self.evaluator_nim_url)
         request_key = _digest({"config": config, "target": target}, 16)
         with self.evaluator() as evaluator:
             job = evaluator.find_job_by_id(existing_job_id) if existing_job_id else None

@@ -1,7 +1,10 @@
 """NeMo Customizer client (on ``nemo_base_url``): LoRA fine-tuning jobs.
 
+- ``GET /v1/customization/targets?page=&page_size=``: the targets the cluster can
+  fine-tune, ``{namespace, name: "llama-3.2-1b-instruct@2.0", base_model, enabled}``; a
+  config names one as ``{namespace}/{name}`` (with its version).
 - ``POST /v1/customization/configs`` (409 "exists" is fine): the training config for a
-  target (base model), its GPUs and sequence length.
+  target, its GPUs and sequence length.
 - ``POST /v1/customization/jobs`` -> ``{id, output_model, ...}``.
 - ``GET /v1/customization/jobs?page=&page_size=&sort=-created_at``: find a job by its
   name (how a creation whose answer was lost, or a re-run step, finds its job).
@@ -139,6 +142,24 @@ class Pagination(Wire):
     total_pages: int | None = None
 
 
+class CustomizationTarget(Wire):
+    name: str
+    namespace: str
+    base_model: str | None = None
+    enabled: bool = True
+    status: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """How a config names it: ``meta/llama-3.2-1b-instruct@2.0``."""
+        return f"{self.namespace}/{self.name}"
+
+
+class CustomizationTargetList(Wire):
+    data: list[CustomizationTarget] = Field(default_factory=list)
+    pagination: Pagination | None = None
+
+
 class CustomizationJobList(Wire):
     data: list[CustomizationJob] = Field(default_factory=list)
     pagination: Pagination | None = None
@@ -181,11 +202,19 @@ class CustomizerClient(ServiceClient):
 
     def list_jobs(self, *, page_size: int = 100, max_pages: int = 20) -> Iterator[CustomizationJob]:
         """Jobs, newest first (pages fetched lazily)."""
+        yield from self._pages("/v1/customization/jobs", CustomizationJobList, page_size=page_size,
+                               max_pages=max_pages, sort="-created_at")
+
+    def list_targets(self, *, page_size: int = 100, max_pages: int = 20) -> list[CustomizationTarget]:
+        """Every customization target the cluster has (enabled or not)."""
+        return list(self._pages("/v1/customization/targets", CustomizationTargetList, page_size=page_size,
+                                max_pages=max_pages))
+
+    def _pages(self, path: str, listing_type: type[CustomizationJobList] | type[CustomizationTargetList], *,
+               page_size: int, max_pages: int, **params: str) -> Iterator[Any]:
         for page in range(1, max_pages + 1):
-            payload = self.request_json(
-                "GET", "/v1/customization/jobs", params={"page": page, "page_size": page_size, "sort": "-created_at"}
-            )
-            listing = self.parse(CustomizationJobList, payload, "GET /v1/customization/jobs")
+            payload = self.request_json("GET", path, params={"page": page, "page_size": page_size, **params})
+            listing = self.parse(listing_type, payload, f"GET {path}")
             yield from listing.data
             total = listing.pagination.total_pages if listing.pagination else None
             if not listing.data or total is None or page >= total:

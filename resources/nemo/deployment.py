@@ -6,7 +6,8 @@ context manager.
   create is idempotent: 409, or any error whose text says the deployment already exists
   (the reference notes the service answers 500 "model deployment already exists").
 - ``GET /v1/deployment/model-deployments/{ns}/{name}`` -> ``{status_details: {status}}``;
-  waited on until ``ready``.
+  waited on until ``ready``; ``failed``, ``cancelled`` and ``unknown`` end the wait with
+  `NemoJobFailed` (and the block's teardown deletes the deployment).
 - ``DELETE /v1/deployment/model-deployments/{ns}/{name}`` (404: already gone, fine).
 
 ``with nim_deployment(...) as model:`` deploys, waits until ready and until the NIM proxy
@@ -40,7 +41,8 @@ from resources.nemo.transport import (
     status_is,
 )
 
-FAILED_STATES = frozenset({"failed", "error"})
+# states a deployment ends in without getting ready: waiting longer cannot help
+FAILED_STATES = frozenset({"failed", "error", "cancelled", "canceled", "unknown"})
 
 
 class NimDeploymentConfig(Wire):

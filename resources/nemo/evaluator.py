@@ -1,6 +1,8 @@
 """NeMo Evaluator client (on ``nemo_base_url``): evaluation jobs with a ``custom`` config.
 
-- ``POST /v1/evaluation/jobs`` ``{namespace, config, target, custom_fields}`` -> ``{id}``
+- ``POST /v1/evaluation/jobs`` ``{namespace, config, target, custom_fields}`` -> ``{id}``;
+  the target names the model (`model_target`), or its NIM at the address the Evaluator
+  reaches inside the cluster
 - ``GET /v1/evaluation/jobs?page=&page_size=`` (find a job whose creation answer was lost,
   by the ``custom_fields.flywheel_request`` key we give every job)
 - ``GET /v1/evaluation/jobs/{id}`` -> ``{status, status_details: {progress, message}}``
@@ -8,7 +10,8 @@
 - ``DELETE /v1/evaluation/jobs/{id}``
 
 The configs replay our chat-format split files (`flywheel_assets.core.splitting.to_jsonl`:
-``messages`` ending with the expected assistant turn, plus ``tools``), so the Jinja
+``messages`` ending with the expected assistant turn, plus ``tools``; earlier tool calls
+with JSON-string arguments, see `resources.nemo.formats.evaluator_jsonl`), so the Jinja
 templates read ``item.messages[:-1]`` and ``item.messages[-1]``, not the reference's
 ``item.request`` / ``item.response`` (its files are raw traces). Metrics are the
 reference's: ``tool-calling`` (scores ``function_name_accuracy``,
@@ -160,10 +163,14 @@ def chat_judge_config(files_url: str, *, judge: JudgeEndpoint, limit: int | None
     }
 
 
-def model_target(nim_base_url: str, model_id: str) -> dict[str, Any]:
-    """The evaluated model: a model served by the NIM proxy."""
+def model_target(model_id: str, nim_url: str | None = None) -> dict[str, Any]:
+    """The evaluated model. With ``nim_url`` (the NIM proxy as the Evaluator reaches it
+    inside the cluster): its chat-completions endpoint; without: the model's name, which
+    the platform routes to the serving NIM (the reference's form)."""
+    if nim_url is None:
+        return {"type": "model", "model": model_id}
     return {"type": "model", "model": {"api_endpoint": {
-        "url": f"{nim_base_url.rstrip('/')}/v1/chat/completions", "model_id": model_id,
+        "url": f"{nim_url.rstrip('/')}/v1/chat/completions", "model_id": model_id,
     }}}
 
 
