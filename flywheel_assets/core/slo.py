@@ -66,7 +66,8 @@ class DriftThresholds(BaseModel):
     unseen_tool_share: float = Field(default=0.05, ge=0, le=1, description="Share of calls to tools never trained on.")
     prompt_length_ks: float = Field(default=0.25, ge=0, le=1, description="Kolmogorov-Smirnov statistic of prompt lengths.")
     novel_prompt_share: float = Field(
-        default=0.3, ge=0, le=1, description="Share of prompts mostly made of words absent from the train split."
+        default=0.15, ge=0, le=1,
+        description="Share of prompts unlike any train prompt (TF-IDF), beyond that of held-out prompts.",
     )
     min_requests: int = Field(default=100, ge=1, description="Recent requests needed before drift is judged.")
     recent_days: int = Field(default=3, ge=1, description="Days of recent traffic compared with the train split.")
