@@ -7,7 +7,8 @@ its own process so peak RSS is its own:
             workload partition (raw_traces), then per workload scan every day, filter,
             deduplicate, classify, redact PII and store the dataset (workload_dataset)
 and prints traces/s, peak RSS and the ratio curation / baseline. Peak RSS is the largest
-sum, sampled every 20 ms, over the phase's process and its validation workers.
+sum, sampled every 20 ms, over the phase's process and its validation workers. Last, the
+landing alone with 1, 2 and every usable CPU's validation worker, to show how it scales.
 
     python benchmarks/curation.py [--records N] [--workers W] [--keep DIR]
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import polars as pl
 import psutil
+
+from flywheel_assets.core.cpus import usable_cpus
 
 
 class TreeRssSampler(threading.Thread):
@@ -111,11 +113,25 @@ def run_curation(path: Path, work: Path, workers: int) -> dict:
     }
 
 
+def run_landing(path: Path, work: Path, workers: int) -> dict:
+    from resources.traces import FileTraceSource
+
+    source = FileTraceSource(
+        traces_dir=str(path.parent), landing_dir=str(work / f"landing-{workers}"), start_date="2020-01-01",
+        validation_workers=workers,
+    )
+    source.land([path])
+    return {}
+
+
+PHASES = {"baseline": lambda path, work, workers: run_baseline(path), "curation": run_curation, "land": run_landing}
+
+
 def phase(name: str, path: Path, work: Path, workers: int) -> None:
     sampler = TreeRssSampler()
     sampler.start()
     start = time.perf_counter()
-    result = run_baseline(path) if name == "baseline" else run_curation(path, work, workers)
+    result = PHASES[name](path, work, workers)
     result.update(seconds=time.perf_counter() - start, peak_rss_mib=sampler.stop())
     print(json.dumps(result))
 
@@ -134,9 +150,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--keep", type=Path, help="keep the generated file and landing here")
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="validation processes (default: CPUs)"
+        "--workers", type=int, default=usable_cpus(), help="validation processes (default: usable CPUs)"
     )
-    parser.add_argument("--phase", choices=["baseline", "curation"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,6 +185,12 @@ def main() -> None:
         f"curation peak RSS: {curation['peak_rss_mib'] / 1024:.2f} GiB, {args.workers} validation "
         "worker(s) included  (target <= 2 GiB)"
     )
+    for workers in sorted({1, 2, usable_cpus()}):
+        landing = measure("land", path, work, workers)
+        print(
+            f"landing with {workers} validation worker(s): {landing['seconds']:6.1f}s  "
+            f"{args.records / landing['seconds']:>10,.0f} traces/s  peak RSS {landing['peak_rss_mib']:,.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 | FLYWHEEL_HOME               | ./.flywheel_data        | root of landing area, assets, datasets, models   |
 | FLYWHEEL_TRACES_DIR         | $FLYWHEEL_HOME/traces   | drop folder of trace files                       |
 | FLYWHEEL_START_DATE         | 2025-01-01              | first day partition; older records are quarantined |
-| FLYWHEEL_VALIDATION_WORKERS | 0 (one per CPU, max 4)  | processes validating a large trace file (1: none) |
+| FLYWHEEL_VALIDATION_WORKERS | 0 (one per usable CPU)  | processes validating a large trace file (1: none); usable: affinity and cgroup CPU limit |
 | FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models                    |
 | FLYWHEEL_FOREIGN_LEFTOVER_HOURS | 24                  | temp files of a killed process on another host (pod) are removed once untouched this long |
 | FLYWHEEL_EXECUTOR           | in_process              | `in_process`, `multiprocess` (a process per step), or `k8s` (one pod per step) |

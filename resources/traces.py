@@ -51,6 +51,7 @@ from flywheel_assets.core.ingest import (
     read_unattributed,
     repair_landing,
 )
+from flywheel_assets.core.cpus import usable_cpus
 from flywheel_assets.core.schema import DEFAULT_MAX_RECORD_BYTES
 
 TRACE_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -58,14 +59,6 @@ _SCAN_BLOCK_BYTES = 8 << 20
 SourcedRecord = tuple[str, str | dict[str, Any]]  # (source, a JSON line or a decoded row)
 Batch = list[SourcedRecord]
 T = TypeVar("T")
-
-
-# A container sees the node's CPUs, not its own CPU limit: an automatic count is capped
-AUTO_WORKERS_CAP = 4
-
-
-def auto_validation_workers() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS_CAP))
 
 
 # what reading a truncated, damaged or unreadable file raises: gzip (EOFError, BadGzipFile,
@@ -240,7 +233,8 @@ class FileTraceSource(dg.ConfigurableResource):
         default=0,
         ge=0,
         description="Processes validating the batches of a file of more than one batch "
-        f"(0: one per CPU, at most {AUTO_WORKERS_CAP}; 1: in this process). Validation is "
+        "(0: one per CPU this process may use, counting its cgroup's CPU limit; 1: in this "
+        "process). Validation is "
         "CPU-bound Python; each process holds about two batches.",
     )
 
@@ -329,7 +323,7 @@ class FileTraceSource(dg.ConfigurableResource):
             "landing_dir": self.landing_path,
             "bounds": self.bounds(),
             "max_record_bytes": self.max_record_bytes,
-            "workers": self.validation_workers or auto_validation_workers(),
+            "workers": self.validation_workers or usable_cpus(),
         }
 
     def last_generation(self) -> int:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from flywheel_assets.core.torch_threads import (
+from flywheel_assets.core.cpus import (
     cgroup_cpu_quota,
     choose_thread_count,
     own_cgroups,
@@ -63,3 +63,19 @@ def test_cgroup_v1_quota_and_none(tmp_path):
     (job / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_quota(tmp_path, proc) is None
     assert cgroup_cpu_quota(tmp_path, tmp_path / "no-such-file") is None
+
+
+def test_the_landing_uses_every_usable_cpu_and_no_more(monkeypatch):
+    """A 16-CPU pod gets 16 validation workers (no fixed cap); a 2-CPU limit on a 64-core
+    node gets 2, as torch's threads do."""
+    from flywheel_assets.core import cpus
+    from resources.traces import FileTraceSource
+
+    source = FileTraceSource(traces_dir="/nonexistent", landing_dir="/nonexistent")
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: 16.0)
+    assert cpus.usable_cpus() == 16
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: 2.5)
+    assert cpus.usable_cpus() == 2
+    assert source._landing_options()["workers"] == 2
+    assert FileTraceSource(traces_dir="/x", landing_dir="/y", validation_workers=3)._landing_options()["workers"] == 3
