@@ -210,10 +210,11 @@ def test_customizer_validates_every_training_line_and_fails_the_job_with_the_lin
 
 def test_customizer_format_has_only_messages_and_tools_and_string_content():
     lines = [record(0, "weather in Paris"), record(1, "hello", tool=None)]
+    lines[1]["messages"].insert(0, {"role": "assistant", "content": "earlier", "refusal": None})
     converted = [json.loads(line) for line in customizer_jsonl(jsonl(lines)).splitlines()]
     assert [sorted(line) for line in converted] == [["messages", "tools"], ["messages"]]
     assert converted[0]["messages"][-1] == {"role": "assistant", "content": "", "tool_calls": lines[0]["messages"][-1]["tool_calls"]}
-    assert converted[1]["messages"] == lines[1]["messages"]
+    assert converted[1]["messages"] == [{"role": "assistant", "content": "earlier"}, *lines[1]["messages"][1:]]
     assert customizer_jsonl(b"") == b""
 
 

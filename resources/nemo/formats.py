@@ -3,9 +3,10 @@
 shapes the NeMo services read.
 
 - `customizer_jsonl`: the Customizer's chat format: only ``messages`` and ``tools`` per
-  line, and every message's ``content`` a string: an assistant turn that only calls
-  tools has ``content: ""`` (the blueprint's note: the Customizer rejects a null or
-  missing content).
+  line, only the OpenAI message fields per message (``role``, ``content``, ``tool_calls``,
+  ``tool_call_id``, ``name``; no ``refusal`` or other response extras), and every
+  ``content`` a string: an assistant turn that only calls tools has ``content: ""`` (the
+  blueprint's note: the Customizer rejects a null or missing content).
 - `evaluator_jsonl`: the Evaluator replays ``messages[:-1]`` to an OpenAI-compatible
   NIM, where a tool call's ``arguments`` is a JSON string; earlier tool calls in the
   prompt are serialised so (as the blueprint's ``format_evaluator``). The expected last
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
 
 def _map_lines(data: bytes, convert: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
     lines = [json.dumps(convert(json.loads(line)), ensure_ascii=False) for line in data.decode().splitlines() if line.strip()]
@@ -24,7 +27,8 @@ def _map_lines(data: bytes, convert: Callable[[dict[str, Any]], dict[str, Any]])
 
 
 def _customizer_line(record: dict[str, Any]) -> dict[str, Any]:
-    messages = [{**message, "content": message.get("content") or ""} for message in record["messages"]]
+    messages = [{**{key: message[key] for key in MESSAGE_FIELDS if key in message}, "content": message.get("content") or ""}
+                for message in record["messages"]]
     return {"messages": messages, **({"tools": record["tools"]} if record.get("tools") else {})}
 
 
