@@ -8,6 +8,7 @@ from pydantic import Field
 
 from flywheel_assets.core.ingest import TRACE_SCHEMA
 from flywheel_assets.core.curation import DEDUP_KEY_DESCRIPTION, curate, lookback_days
+from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD
 from flywheel_assets.metadata import column_hash, counts_table, table
 from partitions.defs import BY_WORKLOAD, trace_partitions, workload_partitions
 from resources.datasets import StoredAssets
@@ -23,6 +24,11 @@ class CurationConfig(dg.Config):
     min_records: int = Field(
         default=50, ge=1, description="Below this, the blocking check stops training."
     )
+    near_duplicate_threshold: float = Field(
+        default=DEFAULT_THRESHOLD, gt=0.0, le=1.0,
+        description="Prompts whose word bigrams overlap at least this much (Jaccard) form a "
+        "near-duplicate cluster, which the split keeps on one side.",
+    )
 
 
 @dg.asset(
@@ -33,7 +39,7 @@ class CurationConfig(dg.Config):
     check_specs=[dg.AssetCheckSpec("has_min_records", asset="workload_dataset", blocking=True)],
     group_name="curate",
     kinds={"polars", "parquet"},
-    code_version="2",  # records kept whole in `raw`
+    code_version="3",  # near-duplicate clusters marked
     automation_condition=refresh_when_data_changed,
     description="One workload's traffic: deduplicated, classified, PII-redacted.",
 )
@@ -49,11 +55,18 @@ def workload_dataset(
     # raw_traces partition may be re-ingested meanwhile
     with stored_assets.pinned("raw_traces", [keys[day] for day in days]) as frames:
         traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
-        dataset, stats = curate(traces, feedback_filter=config.feedback_filter, redact=config.redact_pii)
+        dataset, stats = curate(
+            traces, feedback_filter=config.feedback_filter, redact=config.redact_pii,
+            near_duplicate_threshold=config.near_duplicate_threshold,
+        )
         redaction = "redacted" if config.redact_pii else "unredacted"
+        ids_and_clusters = column_hash(stats.record_ids.to_frame()) + column_hash(
+            stats.clusters.to_frame(), "near_duplicate_cluster"
+        )
+        clusters = stats.near_duplicate_clusters
         yield dg.Output(
             dataset,  # lazy: the I/O manager streams it to the store
-            data_version=dg.DataVersion(f"{column_hash(stats.record_ids.to_frame())}-{redaction}"),
+            data_version=dg.DataVersion(f"{ids_and_clusters}-{redaction}"),
             metadata={
                 "dagster/row_count": stats.records_out,
                 "records_in": stats.records_in,
@@ -63,6 +76,12 @@ def workload_dataset(
                 "records_out": stats.records_out,
                 "workload_type": stats.workload_type,
                 "dedup_key": DEDUP_KEY_DESCRIPTION,
+                "near_duplicate_threshold": config.near_duplicate_threshold,
+                "near_duplicate_clusters": clusters.height,
+                "records_in_near_duplicate_clusters": int(clusters.get_column("records").sum()),
+                "largest_near_duplicate_clusters": table(
+                    clusters.with_columns(pl.col("record_ids").list.join(", ")), max_rows=20
+                ),
                 "days": dg.MetadataValue.json(days),
                 "redactions": counts_table(stats.redactions, key="pii_kind"),
                 "preview": table(preview(dataset)),

@@ -2,14 +2,25 @@
 
 Both assets run the same seeded split (cheap and deterministic) and keep their part, so
 each is its own asset in the UI with its own data version: retraining follows the train
-split's content, evaluation follows the eval split's.
+split's content, evaluation follows the eval split's. Both carry the blocking `no_leakage`
+check over the whole split, so neither training nor evaluation runs on a leaking split.
 """
 
 import dagster as dg
 import polars as pl
 from pydantic import Field, ValidationError
 
-from flywheel_assets.core.splitting import SplitConfig, content_hash, split_dataset, to_examples, to_jsonl
+from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD
+from flywheel_assets.core.splitting import (
+    CLUSTER_COLUMN,
+    SplitConfig,
+    content_hash,
+    leaks,
+    split_dataset,
+    to_examples,
+    to_jsonl,
+    tool_counts,
+)
 from flywheel_assets.metadata import table
 from partitions.defs import workload_partitions
 from resources.datasets import DatasetStore
@@ -21,6 +32,11 @@ class SplitAssetConfig(dg.Config):
     validation_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
     max_records: int | None = Field(default=1000, description="Sample at most this many records.")
     seed: int = Field(default=42, description="Same dataset + same seed = identical splits.")
+    leakage_threshold: float = Field(
+        default=DEFAULT_THRESHOLD, gt=0.0, le=1.0,
+        description="The no_leakage check fails when an eval prompt and a train prompt overlap "
+        "at least this much (Jaccard of word bigrams).",
+    )
 
 
 def _split_part(
@@ -30,8 +46,11 @@ def _split_part(
     dataset_store: DatasetStore,
     parts: tuple[str, ...],
 ):
-    records = workload_dataset.select("record_id", "workload_id", "workload_type", "raw").collect()
-    rows = split_dataset(records, SplitConfig(**config.model_dump()))
+    columns = ["record_id", "workload_id", "workload_type", "raw"]
+    if CLUSTER_COLUMN in workload_dataset.collect_schema():  # datasets curated before clusters
+        columns.append(CLUSTER_COLUMN)
+    records = workload_dataset.select(columns).collect()
+    rows = split_dataset(records, SplitConfig(**config.model_dump(exclude={"leakage_threshold"})))
     files = {}
     for part in parts:
         part_rows = rows.filter(pl.col("split") == part)
@@ -50,10 +69,42 @@ def _split_part(
             "seed": config.seed,
             "content_hash": content_hash(mine),
             "files": dg.MetadataValue.json(files),
+            **({"records_per_tool": table(tool_counts(rows), max_rows=50)}
+               if records.get_column("workload_type").first() == "tool_calling" else {}),
             "preview": table(mine.select("record_id", "split", "messages", "expected")),
         },
     )
     yield _chat_format_check(context.assets_def.key, mine)
+    yield _no_leakage_check(context.assets_def.key, rows, config.leakage_threshold)
+
+
+def _no_leakage_check(asset_key: dg.AssetKey, rows: pl.DataFrame, threshold: float) -> dg.AssetCheckResult:
+    found = leaks(rows, threshold)
+    pairs = pl.DataFrame(
+        [(p.eval_id, p.other_id, p.kind, p.similarity) for p in found],
+        schema={"eval_record": pl.String, "train_record": pl.String, "kind": pl.String, "similarity": pl.Float64},
+        orient="row",
+    )
+    eval_ids = sorted({p.eval_id for p in found})
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="no_leakage",
+        passed=not found,
+        description=(
+            f"no eval prompt has an exact or near duplicate (Jaccard >= {threshold}) in the train "
+            "split, which is also the ICL pool"
+            if not found
+            else f"{len(eval_ids)} eval records have {len(found)} exact or near duplicates in the "
+            "train split (the ICL pool): re-materialize workload_dataset with a "
+            f"near_duplicate_threshold at or below {threshold} so the split keeps each cluster on "
+            "one side, or raise leakage_threshold"
+        ),
+        metadata={
+            "threshold": threshold,
+            "leaking_eval_records": dg.MetadataValue.json(eval_ids),
+            "pairs": table(pairs, max_rows=50),
+        },
+    )
 
 
 def _chat_format_check(asset_key: dg.AssetKey, rows: pl.DataFrame) -> dg.AssetCheckResult:
@@ -78,10 +129,16 @@ def _chat_format_check(asset_key: dg.AssetKey, rows: pl.DataFrame) -> dg.AssetCh
 def _split_asset(name: str, description: str) -> dict:
     return dict(
         partitions_def=workload_partitions,
-        check_specs=[dg.AssetCheckSpec("valid_chat_examples", asset=name, blocking=True)],
+        check_specs=[
+            dg.AssetCheckSpec("valid_chat_examples", asset=name, blocking=True),
+            dg.AssetCheckSpec(
+                "no_leakage", asset=name, blocking=True,
+                description="No eval prompt has an exact or near duplicate in the train split (the ICL pool).",
+            ),
+        ],
         group_name="split",
         kinds={"polars", "parquet"},
-        code_version="2",  # cuts the chat parts out of whole records (`raw`)
+        code_version="3",  # stratified by first tool, near-duplicate clusters kept on one side
         automation_condition=split_with_dataset,
         description=description,
     )

@@ -488,3 +488,34 @@ def test_exact_copies_of_a_record_from_two_files_are_kept_once():
     assert out["record_id"].to_list() == ["a", "b"]
     assert out["source"][0] == "f.jsonl:1"
     assert stats.duplicates == 1 and stats.record_ids.to_list() == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- near-duplicates
+
+
+NEAR = "please check the delivery status of the blue winter coat I ordered last week for my sister"
+
+
+def test_near_duplicates_are_kept_and_marked_with_their_earliest_record():
+    rows = [
+        row("late", NEAR.replace("sister", "brother"), timestamp=T0 + 5),  # last of 17 words: 15/17
+        row("early", NEAR, timestamp=T0),
+        row("variant", NEAR.upper() + "!!", timestamp=T0 + 9),  # same words: similarity 1
+        row("other", "what are your opening hours on sunday", timestamp=T0 + 1),
+    ]
+    out, stats = run(rows)
+    assert dict(out.select("record_id", "near_duplicate_cluster").iter_rows()) == {
+        "early": "early", "other": "other", "late": "early", "variant": "early",
+    }
+    assert stats.records_out == 4 and stats.duplicates == 0
+    (cluster,) = stats.near_duplicate_clusters.iter_rows(named=True)
+    assert cluster["cluster"] == "early" and cluster["records"] == 3
+    assert cluster["record_ids"] == ["early", "late", "variant"] and cluster["prompt"] == NEAR
+    assert stats.clusters.to_list() == out["near_duplicate_cluster"].to_list()
+
+
+def test_the_threshold_decides_what_is_near():
+    rows = [row("a", NEAR, timestamp=T0), row("b", NEAR.replace("blue winter", "red summer"), timestamp=T0 + 1)]
+    # two adjacent words of 17 changed: 13 of 19 distinct bigrams shared (0.68)
+    assert run(rows, near_duplicate_threshold=0.8)[1].near_duplicate_clusters.height == 0
+    assert run(rows, near_duplicate_threshold=0.65)[1].clusters.to_list() == ["a", "a"]

@@ -247,3 +247,165 @@ def test_examples_round_trip():
     examples = to_examples(rows)
     assert [e.record_id for e in examples] == rows["record_id"].to_list()
     assert all(e.workload_type == "tool_calling" and e.tools == TOOLS for e in examples)
+
+
+# --------------------------------------------------------------------------- stratified by tool
+
+
+from collections import Counter  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from flywheel_assets.core.splitting import (  # noqa: E402
+    NO_TOOL_CALL,
+    apportion,
+    assign_splits,
+    leaks,
+    tool_counts,
+)
+
+
+def tool_dataset(tools: list[str | None], clusters: list[str] | None = None, prompts=None) -> pl.DataFrame:
+    """A tool-calling dataset whose record i first calls tools[i] (None: answers in text)."""
+    rows = []
+    for i, tool in enumerate(tools):
+        answer = (
+            {"role": "assistant", "tool_calls": [
+                {"id": f"c{i}", "type": "function", "function": {"name": tool, "arguments": "{}"}},
+                {"id": f"d{i}", "type": "function", "function": {"name": "second_call", "arguments": "{}"}},
+            ]}
+            if tool else {"role": "assistant", "content": "no tool needed"}
+        )
+        text = prompts[i] if prompts else f"question {i} about {tool}"
+        record = {"request": {"messages": [{"role": "user", "content": text}], "tools": TOOLS},
+                  "response": {"choices": [{"message": answer}]}}
+        rows.append({"record_id": f"rec{i:04d}", "workload_id": "w", "workload_type": "tool_calling",
+                     "raw": _json(record)})
+    data = pl.DataFrame(rows)
+    return data.with_columns(near_duplicate_cluster=pl.Series(clusters)) if clusters else data
+
+
+def eval_counts(rows: pl.DataFrame) -> Counter:
+    return Counter(rows.filter(pl.col("split") == "eval")["first_tool"].to_list())
+
+
+def test_each_tool_is_in_the_eval_split_in_proportion_and_a_rare_tool_gets_one():
+    tools = ["search"] * 500 + ["order"] * 300 + ["refund"] * 150 + ["cancel"] * 48 + ["rare"] * 2
+    rows = split_dataset(tool_dataset(tools), SplitConfig(eval_size=50, max_records=None))
+    # 50 of 1,000: search 25, order 15, refund 7.5, cancel 2.4, rare 0.1 -> at least 1
+    assert eval_counts(rows) == {"search": 25, "order": 15, "refund": 7, "cancel": 2, "rare": 1}
+    validation = Counter(rows.filter(pl.col("split") == "validation")["first_tool"].to_list())
+    assert validation == {"search": 48, "order": 28, "refund": 14, "cancel": 5}  # 95 of the 950 left
+
+
+def test_the_class_is_the_first_tool_called_and_no_call_is_a_class_of_its_own():
+    rows = split_dataset(tool_dataset(["search", None, None, "order"]), SplitConfig(eval_size=2))
+    assert sorted(rows["first_tool"].to_list()) == [NO_TOOL_CALL, NO_TOOL_CALL, "order", "search"]
+    assert "second_call" not in rows["first_tool"].to_list()
+    chat = split_dataset(dataset(3), SplitConfig())
+    assert chat["first_tool"].to_list() == [None, None, None]
+
+
+def test_tools_with_one_record_share_the_seats_of_one_class():
+    tools = ["main"] * 90 + [f"once{i}" for i in range(10)]
+    rows = split_dataset(tool_dataset(tools), SplitConfig(eval_size=20))
+    counts = eval_counts(rows)
+    assert counts["main"] == 18 and sum(n for t, n in counts.items() if t.startswith("once")) == 2
+
+
+def test_when_eval_is_smaller_than_the_number_of_tools_the_largest_tools_come_first():
+    tools = ["a"] * 10 + ["b"] * 8 + ["c"] * 6 + ["d"] * 4
+    assert eval_counts(split_dataset(tool_dataset(tools), SplitConfig(eval_size=3))) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_per_tool_counts_of_each_split():
+    tools = ["search"] * 60 + ["order"] * 38 + ["rare"] * 2
+    rows = split_dataset(tool_dataset(tools), SplitConfig(eval_size=10))
+    counts = {r["first_tool"]: r for r in tool_counts(rows).iter_rows(named=True)}
+    assert counts["rare"] == {"first_tool": "rare", "eval": 1, "validation": 0, "train": 1, "total": 2}
+    assert counts["search"]["eval"] == 6 and counts["search"]["total"] == 60
+    assert list(counts) == ["search", "order", "rare"]
+
+
+def test_a_near_duplicate_cluster_stays_in_one_split():
+    tools = ["search"] * 100
+    clusters = [f"rec{(i // 10) * 10:04d}" for i in range(100)]  # ten clusters of ten
+    rows = split_dataset(tool_dataset(tools, clusters), SplitConfig(eval_size=20, validation_ratio=0.2))
+    by_cluster = dict(zip(tool_dataset(tools, clusters)["record_id"], clusters))
+    splits_of = {}
+    for record_id, split in rows.select("record_id", "split").iter_rows():
+        splits_of.setdefault(by_cluster[record_id], set()).add(split)
+    assert all(len(s) == 1 for s in splits_of.values())
+    # validation asks for 16 of the 80 left: one cluster of ten fits, a second would not
+    assert Counter(rows["split"].to_list()) == {"eval": 20, "validation": 10, "train": 70}
+
+
+def test_stratified_split_with_clusters_is_byte_identical_for_the_same_seed():
+    tools = [["a", "b", "c", None][i % 4] for i in range(200)]
+    clusters = [f"rec{i - i % 3:04d}" for i in range(200)]
+    a = split_dataset(tool_dataset(tools, clusters), SplitConfig(seed=3))
+    b = split_dataset(tool_dataset(tools, clusters), SplitConfig(seed=3))
+    assert to_jsonl(a) == to_jsonl(b) and a.equals(b)
+    assert content_hash(a) != content_hash(split_dataset(tool_dataset(tools, clusters), SplitConfig(seed=4)))
+
+
+@settings(max_examples=200)
+@given(counts=st.dictionaries(st.text("abcdef", min_size=1, max_size=3), st.integers(1, 60), min_size=1, max_size=8),
+       size=st.integers(0, 120))
+def test_apportion_gives_each_class_its_share_rounded(counts, size):
+    quotas = apportion(counts, size, one_each=False)
+    total = sum(counts.values())
+    assert sum(quotas.values()) == min(size, total)
+    for name, n in counts.items():
+        assert quotas[name] <= n
+        if size <= total:
+            assert abs(quotas[name] - size * n / total) < 1
+
+
+@settings(max_examples=200)
+@given(counts=st.dictionaries(st.text("abcdef", min_size=1, max_size=3), st.integers(1, 60), min_size=1, max_size=8),
+       size=st.integers(0, 120))
+def test_apportion_gives_every_class_of_two_a_seat_when_seats_allow(counts, size):
+    quotas = apportion(counts, size, one_each=True)
+    assert sum(quotas.values()) == min(size, sum(counts.values()))
+    eligible = [c for c, n in counts.items() if n >= 2]
+    if size >= len(eligible):
+        assert all(quotas[c] >= 1 for c in eligible)
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_assign_splits_keeps_clusters_whole_and_sizes_within_bounds(data):
+    n = data.draw(st.integers(1, 120))
+    classes = data.draw(st.lists(st.sampled_from("abcd"), min_size=n, max_size=n))
+    clusters = data.draw(st.lists(st.integers(0, n // 2), min_size=n, max_size=n))
+    n_eval = data.draw(st.integers(0, n))
+    n_validation = data.draw(st.integers(0, n - n_eval))
+    labels = assign_splits(classes, [str(c) for c in clusters], n_eval, n_validation)
+    for cluster in set(clusters):
+        assert len({labels[i] for i in range(n) if clusters[i] == cluster}) == 1
+    counts = Counter(labels)
+    assert counts["eval"] <= n_eval and counts["validation"] <= n_validation
+    if len(set(clusters)) == n:  # no clusters: exact sizes, and the rare-tool guarantee
+        assert (counts["eval"], counts["validation"]) == (n_eval, n_validation)
+        eligible = [c for c, k in Counter(classes).items() if k >= 2]
+        if n_eval >= len(eligible):
+            in_eval = {classes[i] for i in range(n) if labels[i] == "eval"}
+            assert set(eligible) <= in_eval
+
+
+# --------------------------------------------------------------------------- leakage
+
+
+def test_leaks_finds_a_planted_near_copy_of_an_eval_prompt_in_train():
+    prompts = [f"please look up the opening hours of store number {i} in the city of town{i} today" for i in range(60)]
+    rows = split_dataset(tool_dataset(["search"] * 60, prompts=prompts), SplitConfig(eval_size=10))
+    assert leaks(rows, 0.8) == []
+    victim = rows.filter(pl.col("split") == "eval").row(0, named=True)
+    text = json.loads(victim["messages"])[0]["content"]
+    planted = victim | {"record_id": "planted", "split": "train",
+                        "messages": _json([{"role": "user", "content": text.replace("today", "now")}])}
+    leaking = pl.concat([rows, pl.DataFrame([planted], schema=rows.schema)])
+    (pair,) = leaks(leaking, 0.8)
+    assert (pair.eval_id, pair.other_id, pair.kind) == (victim["record_id"], "planted", "near")

@@ -7,6 +7,11 @@ so those are different examples. The system prompt is left out on purpose: promp
 revisions mostly rephrase instructions, and keeping one copy per question under every
 revision would over-weight repeated questions and leak near-copies of eval records into
 training. The earliest record of each key is kept (ties broken by record id).
+
+Near-duplicates (prompts whose word bigrams overlap by at least a Jaccard threshold,
+`core/near_duplicates.py`) are kept, not removed: each record is marked with its cluster
+(the record id of the cluster's earliest record) and the split keeps every cluster on one
+side, which prevents leakage between eval and training without losing data.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Literal
 
 import polars as pl
 import pydantic_core
+
+from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_clusters, user_key_text
 
 DEDUP_KEY = ("user_key", "tool_names")
 # one landed row: its content hash and where it was read (file and line, or row)
@@ -59,6 +66,7 @@ OUTPUT_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "source",
+    "near_duplicate_cluster",  # the record id of its cluster's earliest record (its own if alone)
     "raw",  # the record as received, PII redacted; splitting cuts the chat parts out of it
 )
 
@@ -72,8 +80,11 @@ class CurationStats:
     records_out: int = 0
     workload_type: str = "chat"
     redactions: dict[str, int] = field(default_factory=dict)
-    # the output's record ids, in its order: enough for a data version without reading it
+    # the output's record ids and clusters, in its order: a data version without reading it
     record_ids: pl.Series = field(default_factory=lambda: pl.Series("record_id", [], pl.String))
+    clusters: pl.Series = field(default_factory=lambda: pl.Series("near_duplicate_cluster", [], pl.String))
+    # clusters of two or more records: cluster, records, record_ids, prompt (its first record's)
+    near_duplicate_clusters: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 def lookback_days(days: list[str], lookback: int) -> list[str]:
@@ -176,6 +187,7 @@ def curate(
     *,
     feedback_filter: FeedbackFilter = "none",
     redact: bool = True,
+    near_duplicate_threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[pl.LazyFrame, CurationStats]:
     """Filter, classify, deduplicate and redact one workload's traces.
 
@@ -200,12 +212,16 @@ def curate(
     winners = (
         kept.sort("timestamp", "record_id", maintain_order=True)
         .unique(subset=list(DEDUP_KEY), keep="first", maintain_order=True)
-        .select("row", *ROW_KEY)
+        .select("row", *ROW_KEY, "user_key")
     )
+    winners, stats.near_duplicate_clusters = mark_near_duplicates(winners, near_duplicate_threshold)
     stats.duplicates = kept.height - winners.height
     stats.records_out = winners.height
     stats.record_ids = winners.get_column("record_id")
-    records = traces.join(winners.lazy().select(ROW_KEY), on=ROW_KEY, how="semi", maintain_order="left")
+    stats.clusters = winners.get_column("near_duplicate_cluster")
+    records = traces.join(
+        winners.lazy().select(*ROW_KEY, "near_duplicate_cluster"), on=ROW_KEY, how="inner", maintain_order="left"
+    )
     if redact:
         redacted, stats.redactions = _redact_candidates(records)
         records = records.join(
@@ -215,6 +231,24 @@ def curate(
         # stored partitions come in (timestamp, record_id) order already
         records = records.sort("timestamp", "record_id")
     return records.with_columns(workload_type=pl.lit(stats.workload_type)).select(OUTPUT_COLUMNS), stats
+
+
+def mark_near_duplicates(records: pl.DataFrame, threshold: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`records` (earliest first, with `record_id` and `user_key`) with their
+    `near_duplicate_cluster`, and the clusters of two or more records, largest first."""
+    texts = [user_key_text(key) for key in records.get_column("user_key")]
+    first = near_duplicate_clusters(texts, threshold)
+    ids = records.get_column("record_id")
+    marked = records.with_columns(near_duplicate_cluster=ids.gather(first))
+    clusters = (
+        marked.with_columns(prompt=pl.Series(texts, dtype=pl.String))
+        .group_by("near_duplicate_cluster", maintain_order=True)
+        .agg(records=pl.len(), record_ids=pl.col("record_id"), prompt=pl.col("prompt").first())
+        .filter(pl.col("records") > 1)
+        .sort("records", "near_duplicate_cluster", descending=[True, False])
+        .rename({"near_duplicate_cluster": "cluster"})
+    )
+    return marked, clusters
 
 
 def _redact_candidates(records: pl.LazyFrame) -> tuple[pl.DataFrame, dict[str, int]]:

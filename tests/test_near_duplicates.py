@@ -1,0 +1,88 @@
+"""near_duplicates: shingles, clusters of near-copies, leaked pairs confirmed exactly."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+
+from flywheel_assets.core.near_duplicates import (
+    jaccard,
+    leaked_pairs,
+    near_duplicate_clusters,
+    prompt_text,
+    shingles,
+    user_key_text,
+)
+
+WORDS = "order refund parcel address store hours coat size colour return label invoice".split()
+
+
+def prompt(rng: random.Random, words: int = 20) -> str:
+    return " ".join(f"{rng.choice(WORDS)}{rng.randint(0, 999)}" for _ in range(words))
+
+
+def test_case_whitespace_and_punctuation_variants_have_the_same_shingles():
+    assert shingles("Where is my ORDER 12?") == shingles("where  is my order, 12")
+    assert jaccard(shingles("a b c d"), shingles("a b c e")) == 2 / 4
+    assert shingles("hi") == {b"hi"} and shingles("") == {b""}
+
+
+def test_prompt_text_is_the_user_contents_as_the_dedup_key_has_them():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "text", "text": "sec"}, {"type": "text", "text": "ond"}]},
+    ]
+    assert prompt_text(messages) == "first\nsecond"
+    assert user_key_text(json.dumps(["first", "second"])) == prompt_text(messages)
+
+
+def test_clusters_join_near_copies_under_their_earliest_record():
+    rng = random.Random(0)
+    originals = [prompt(rng) for _ in range(200)]
+    texts = list(originals)
+    # a near-copy of every tenth prompt (one word changed of 20: Jaccard 17/21 = 0.81),
+    # a case and punctuation variant of every 25th
+    for i in range(0, 200, 10):
+        words = originals[i].split()
+        words[10] = "changed"
+        texts.append(" ".join(words))
+    for i in range(0, 200, 25):
+        texts.append(originals[i].upper() + "!")
+    clusters = near_duplicate_clusters(texts, threshold=0.8)
+    for k, i in enumerate(range(0, 200, 10)):
+        assert clusters[200 + k] == i
+    for k, i in enumerate(range(0, 200, 25)):
+        assert clusters[220 + k] == i
+    assert (clusters[:200] == np.arange(200)).all()  # unrelated prompts stay alone
+
+
+def test_a_stricter_threshold_leaves_a_looser_copy_alone():
+    rng = random.Random(1)
+    original = prompt(rng)
+    words = original.split()
+    words[3], words[12] = "x", "y"  # two words of 20: Jaccard 15/23 = 0.65
+    texts = [original, " ".join(words)]
+    assert near_duplicate_clusters(texts, threshold=0.6).tolist() == [0, 0]
+    assert near_duplicate_clusters(texts, threshold=0.8).tolist() == [0, 1]
+    assert near_duplicate_clusters([], threshold=0.8).tolist() == []
+
+
+def test_templated_prompts_with_different_values_are_not_near_duplicates():
+    texts = [f"What is the status of order ORD-{n:06d}?" for n in range(300)]
+    assert (near_duplicate_clusters(texts) == np.arange(300)).all()
+
+
+def test_leaked_pairs_are_confirmed_by_their_exact_similarity():
+    rng = random.Random(2)
+    train = [(f"t{i}", prompt(rng)) for i in range(300)]
+    words = train[7][1].split()
+    words[0] = "planted"
+    held_out = [("e0", " ".join(words)), ("e1", train[42][1].lower()), ("e2", prompt(rng))]
+    found = leaked_pairs(held_out, train, threshold=0.8)
+    assert [(p.eval_id, p.other_id, p.kind) for p in found] == [("e0", "t7", "near"), ("e1", "t42", "exact")]
+    assert found[0].similarity == round(18 / 20, 4)
+    assert leaked_pairs(held_out, [], 0.8) == [] and leaked_pairs([], train, 0.8) == []
