@@ -7,8 +7,9 @@ calls, write the JSONL file, land it, build the run requests) that finds 1,000 n
 - `history`: the same 1,000 calls after 1,000,000 calls the cursor has already passed.
 
 The fake server keeps the history as 1M synthetic calls generated on demand (16 bytes a
-call) and finds the `started_at` bound by bisection, so it costs the same in both cases
-unless the client asks for history. Each case is timed `--repeat` times from a fresh
+call) and finds the `started_at` bound (the client's look-back, an hour before its
+cursor) by bisection, so it costs the same in both cases unless the client asks for
+history (beyond that hour). Each case is timed `--repeat` times from a fresh
 landing folder; the median counts. Pass: history <= 2x fresh.
 
     .venv/bin/python benchmarks/sensor.py [--history 1000000] [--new 1000] [--repeat 5]
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         first_micros = to_micros(new_from) - args.history * step
         server.add_synthetic("acme/hist", args.history, first_micros, step, history_call, id_prefix="h-")
         last_seen = first_micros + (args.history - 1) * step
-        history_cursor = WeaveCursor(started_at=last_seen, ids=(f"h-{args.history - 1:012d}",))
+        # the cursor after the last history call, which ended 0.2 s after it started
+        history_cursor = WeaveCursor(ended_at=last_seen + 200_000, ids=(f"h-{args.history - 1:012d}",))
         server.add_calls(new_calls("hist", args.new, new_from))
         server.add_calls(new_calls("fresh", args.new, new_from))
         print(f"fake server: {args.history:,} history calls + 2 x {args.new:,} new calls "

@@ -2,18 +2,29 @@
 
 `WeaveTraceSource` reads the calls of one Weave project through the `weave` package's own
 trace-server binding (`RemoteHTTPTraceServer.calls_query_stream`, i.e.
-``POST /calls/stream_query`` answered as JSON Lines), filtered server-side by op and by
-``started_at``, sorted by (started_at, id) and paged. Each call becomes one record of the
-trace schema (`flywheel_assets/core/schema.py`):
+``POST /calls/stream_query`` answered as JSON Lines, ``latest_only``), filtered
+server-side, sorted by (ended_at, id) and paged. Which calls are traces, by default:
 
-- a call whose **output is a trace document** (has `request` and `response`, as the
-  reference's logging op returns) is that document; missing `timestamp`/`workload_id`/
-  `client_id` are filled from the call;
-- any other call is read as a **raw chat call** (the Weave OpenAI integration's
-  `openai.chat.completions.create`, or any op whose inputs are a chat request): its
-  inputs (`model`, `messages`, `tools`, ...) are the request, its output the chat
-  completion response, `attributes.workload_id` the workload, `attributes.client_id` the
-  client. Reactions (👍/👎) become `feedback.thumbs`.
+- calls whose **output is a trace document** (`request` and `response`, as the Data
+  Flywheel Blueprint's documented `@weave.op() log_chat(...)` returns), whatever the op;
+- calls of the **Weave OpenAI integration** (`openai.chat.completions.create`) that carry
+  the workload attribute (`weave.attributes({"workload_id": ...})`), unless one of their
+  ancestors is a document call: that document is the record of the exchange.
+
+(`op_names` replaces that choice by every call of the named ops.) Each call becomes one
+record of the trace schema (`flywheel_assets/core/schema.py`): a document is taken as it
+is (missing `timestamp`/`workload_id`/`client_id` filled from the call); any other call
+is read as a **raw chat call**: its inputs (`model`, `messages`, `tools`, ...) are the
+request, its output the chat completion response, `attributes.workload_id` the workload,
+`attributes.client_id` the client. Reactions (👍/👎, any skin tone) on either become
+`feedback.thumbs`.
+
+**When a call is read.** weave uploads a call when it ends (``calls_complete``), with its
+original `started_at`, so the cursor follows `ended_at`: each poll reads the calls that
+ended after the cursor and at least `settle_seconds` ago (uploads arrive late), however
+long they ran. The server's index is `started_at`, so the query also bounds `started_at`
+to `unfinished_wait_seconds` before the cursor (the bounded look-back): a call that runs
+longer than that is not read. A call that never ends has no response and is not a trace.
 
 A call that cannot be mapped still becomes a record (without the missing fields), so
 landing quarantines it with a reason instead of losing it; every record keeps its call
@@ -26,6 +37,7 @@ validation / quarantine / landing path as dropped files.
 
 from __future__ import annotations
 
+import configparser
 import datetime as dt
 import hashlib
 import json
@@ -42,10 +54,13 @@ import dagster as dg
 from pydantic import Field
 
 DEFAULT_TRACE_SERVER_URL = "https://trace.wandb.ai"
+SAAS_API_URL = "https://api.wandb.ai"
 CHAT_COMPLETIONS_OP = "openai.chat.completions.create"
 # what a call query returns per call (id, project_id, trace_id, op_name, started_at always)
-CALL_COLUMNS = ["inputs", "output", "attributes", "ended_at", "exception", "summary"]
+CALL_COLUMNS = ["inputs", "output", "attributes", "ended_at", "exception", "summary", "parent_id"]
+ANCESTOR_COLUMNS = ["output", "ended_at", "parent_id"]
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# reactions are read by their `detoned` emoji (the server strips skin tones: 👍🏽 -> 👍)
 _THUMBS = {"👍": "up", "👎": "down", ":+1:": "up", ":-1:": "down", "+1": "up", "-1": "down"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -72,15 +87,16 @@ def iso_micros(micros: int) -> str:
 # --------------------------------------------------------------------------------- cursor
 @dataclass(frozen=True)
 class WeaveCursor:
-    """Where the Weave sensor is: every call up to `started_at` has been written.
+    """Where the Weave sensor is: every call that ended up to `ended_at` has been taken.
 
-    `ids` are the calls written that started exactly at `started_at` (ties: a later call
-    with the same timestamp is still new). `pending` are calls seen unfinished (no
-    `ended_at` yet) -> their `started_at`; they are re-read by id until they finish or
-    their wait runs out. Serialized as JSON in the sensor's cursor.
+    `ids` are the calls taken that ended exactly at `ended_at` (ties: a later call with the
+    same end is still new). `pending` are OpenAI calls taken whose ancestors were not all
+    visible and finished yet (one may be a document call, which would be their record) ->
+    their `ended_at`; they are re-read by id until that is known or their wait runs out.
+    Serialized as JSON in the sensor's cursor.
     """
 
-    started_at: int | None = None  # epoch microseconds of the last written call
+    ended_at: int | None = None  # epoch microseconds of the end of the last call taken
     ids: tuple[str, ...] = ()
     pending: Mapping[str, int] = field(default_factory=dict)
 
@@ -89,17 +105,21 @@ class WeaveCursor:
         if not text:
             return cls()
         data = json.loads(text)
+        # a v1 cursor followed started_at: go on from that time by ended_at. Long calls v1
+        # passed by are read (up to the look-back); the few calls running at that instant,
+        # which v1 wrote, are read again once (the datasets' dedup key drops the copy)
+        end = data.get("ended_at") or data.get("started_at")
         return cls(
-            started_at=to_micros(data["started_at"]) if data.get("started_at") else None,
-            ids=tuple(sorted(data.get("ids", []))),
-            pending={k: to_micros(v) for k, v in sorted(data.get("pending", {}).items())},
+            ended_at=to_micros(end) if end else None,
+            ids=tuple(sorted(data.get("ids", []))) if data.get("v") == 2 else (),
+            pending={k: to_micros(v) for k, v in sorted(data.get("pending", {}).items())} if data.get("v") == 2 else {},
         )
 
     def to_json(self) -> str:
         return json.dumps(
             {
-                "v": 1,
-                "started_at": iso_micros(self.started_at) if self.started_at is not None else None,
+                "v": 2,
+                "ended_at": iso_micros(self.ended_at) if self.ended_at is not None else None,
                 "ids": sorted(self.ids),
                 "pending": {k: iso_micros(v) for k, v in sorted(self.pending.items())},
             },
@@ -109,15 +129,15 @@ class WeaveCursor:
     def key(self) -> str:
         """A file-name-safe id of this cursor: readable time + hash of the whole cursor."""
         digest = hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
-        if self.started_at is None:
+        if self.ended_at is None:
             return f"start-{digest}"
-        stamp = iso_micros(self.started_at).replace("-", "").replace(":", "")
+        stamp = iso_micros(self.ended_at).replace("-", "").replace(":", "")
         return f"{stamp}-{digest}"
 
-    def already_written(self, micros: int, call_id: str) -> bool:
-        if self.started_at is None:
+    def already_taken(self, micros: int, call_id: str) -> bool:
+        if self.ended_at is None:
             return False
-        return micros < self.started_at or (micros == self.started_at and call_id in self.ids)
+        return micros < self.ended_at or (micros == self.ended_at and call_id in self.ids)
 
 
 @dataclass
@@ -128,7 +148,7 @@ class WeavePoll:
     cursor: WeaveCursor
     calls_read: int = 0  # calls the server sent (including ones already written)
     requests: int = 0
-    pending_written_unfinished: int = 0  # calls that never finished, written as they were
+    covered: int = 0  # OpenAI calls left out: an ancestor's trace document is their record
     truncated: bool = False  # max_calls_per_tick reached: more calls wait for the next tick
 
 
@@ -151,7 +171,7 @@ def call_fields(call: Any) -> dict[str, Any]:
     if isinstance(call, Mapping):
         return dict(call)
     names = ("id", "project_id", "op_name", "started_at", "ended_at", "attributes", "inputs",
-             "output", "exception", "summary")
+             "output", "exception", "summary", "parent_id")
     return {name: getattr(call, name, None) for name in names}
 
 
@@ -162,9 +182,14 @@ def _feedback(summary: Any) -> dict[str, Any] | None:
     for item in items or []:
         payload = item.get("payload") if isinstance(item, Mapping) else None
         if isinstance(payload, Mapping) and item.get("feedback_type") == "wandb.reaction.1":
-            if (mark := _THUMBS.get(str(payload.get("emoji", "")))) is not None:
+            if (mark := _THUMBS.get(str(payload.get("detoned") or payload.get("emoji", "")))) is not None:
                 thumbs.add(mark)
     return {"thumbs": thumbs.pop()} if len(thumbs) == 1 else None
+
+
+def is_trace_document(output: Any) -> bool:
+    """The reference's record (`request` + `response`), as a logging op returns it."""
+    return isinstance(output, Mapping) and "request" in output and "response" in output
 
 
 def call_to_trace(
@@ -183,13 +208,14 @@ def call_to_trace(
     latency_ms = round((ended - started) / 1000, 3) if ended is not None else None
     workload_id = attributes.get(workload_attribute)
     client_id = attributes.get(client_attribute) or default_client_id
-    if isinstance(output, Mapping) and "request" in output and "response" in output:
+    if is_trace_document(output):
         record = dict(output)  # a trace document: the reference's format, kept as it is
         for key, value in (
             ("timestamp", started // 1_000_000),
             ("workload_id", workload_id),
             ("client_id", client_id),
             ("latency_ms", latency_ms),
+            ("feedback", _feedback(_plain(c.get("summary")))),
         ):
             if record.get(key) is None and value is not None:
                 record[key] = value
@@ -251,10 +277,11 @@ class WeaveTraceSource(dg.ConfigurableResource):
         default=DEFAULT_TRACE_SERVER_URL,
         description="Weave trace server URL (dedicated / self-managed: <host>/traces).",
     )
-    op_names: list[str] = Field(
-        default=[CHAT_COMPLETIONS_OP],
-        description="Ops whose calls are traces: names (every version) or weave:/// op refs. "
-        "Empty: every call of the project.",
+    op_names: list[str] | None = Field(
+        default=None,
+        description="None: calls whose output is a trace document, and OpenAI calls with the "
+        "workload attribute. Else the ops whose calls are traces: names (every version) or "
+        "weave:/// op refs; empty: every call of the project.",
     )
     workload_attribute: str = Field(default="workload_id", description="Call attribute naming the workload.")
     client_attribute: str = Field(default="client_id", description="Call attribute naming the client.")
@@ -265,12 +292,12 @@ class WeaveTraceSource(dg.ConfigurableResource):
     page_size: int = Field(default=1000, ge=1, le=10_000)
     max_calls_per_tick: int = Field(default=50_000, ge=1, description="The rest waits for the next tick.")
     settle_seconds: float = Field(
-        default=120.0, ge=0, description="Only calls started at least this long ago are read, so "
-        "calls that reach the server late (batched uploads, calls stored when they end) are not skipped.",
+        default=120.0, ge=0, description="Only calls that ended at least this long ago are read, "
+        "so calls whose upload reaches the server late (batched, retried) are not skipped.",
     )
     unfinished_wait_seconds: float = Field(
-        default=3600.0, ge=0, description="How long an unfinished call is waited for; then it is "
-        "written as it is (landing quarantines it: no response).",
+        default=3600.0, ge=0, description="The look-back: calls that ran up to this long are read "
+        "when they end; an OpenAI call waits this long for its ancestors to be known.",
     )
     include_feedback: bool = Field(default=True, description="Ask for reactions (-> feedback.thumbs).")
     timeout_s: float = Field(default=60.0, gt=0)
@@ -292,9 +319,23 @@ class WeaveTraceSource(dg.ConfigurableResource):
     def _op_refs(self) -> list[str] | None:
         refs = [
             n if n.startswith("weave:///") else f"weave:///{self.entity}/{self.project}/op/{n}:*"
-            for n in self.op_names
+            for n in self.op_names or []
         ]
         return refs or None
+
+    def _default_selection(self) -> dict[str, Any]:
+        """Trace-document calls (any op) or OpenAI calls with the workload attribute."""
+
+        def exists(path: str) -> dict[str, Any]:
+            return {"$convert": {"input": {"$getField": path}, "to": "exists"}}
+
+        return {"$or": [
+            {"$and": [exists("output.request"), exists("output.response")]},
+            {"$and": [
+                exists(f"attributes.{self.workload_attribute}"),
+                {"$contains": {"input": {"$getField": "op_name"}, "substr": {"$literal": CHAT_COMPLETIONS_OP}}},
+            ]},
+        ]}
 
     def _binding(self):
         # imported here: `import weave` takes seconds, and only polls need it
@@ -311,114 +352,153 @@ class WeaveTraceSource(dg.ConfigurableResource):
 
         return _Binding(self.base_url, should_batch=False, password=self.api_key or "")
 
-    def _query(self, server, *, call_ids=None, since_s=None, until_s=None, offset=0, limit=None) -> list:
-        terms = []
-        if since_s is not None:
-            terms.append({"$gte": [{"$getField": "started_at"}, {"$literal": since_s}]})
-        if until_s is not None:
-            terms.append({"$lt": [{"$getField": "started_at"}, {"$literal": until_s}]})
+    def _query(self, server, *, call_ids=None, terms=(), offset=0, limit=None, columns=CALL_COLUMNS) -> list:
+        """One page of calls. By id (`call_ids`): any op, no selection. Else the traces
+        (op filter or the default selection) matching `terms`, in (ended_at, id) order."""
+        terms = list(terms)
         flt: dict[str, Any] = {}
-        if (refs := self._op_refs()) is not None:
-            flt["op_names"] = refs
         if call_ids is not None:
             flt["call_ids"] = list(call_ids)
+        elif (refs := self._op_refs()) is not None:
+            flt["op_names"] = refs
+        elif self.op_names is None:
+            terms.append(self._default_selection())
         req: dict[str, Any] = {
             "project_id": self.project_id,
             "filter": flt,
             "query": {"$expr": {"$and": terms}} if terms else None,
-            "sort_by": [{"field": "started_at", "direction": "asc"}, {"field": "id", "direction": "asc"}],
+            "sort_by": [{"field": "ended_at", "direction": "asc"}, {"field": "id", "direction": "asc"}],
             "limit": limit,
             "offset": offset,
-            "columns": CALL_COLUMNS,
+            "columns": columns,
             "include_feedback": self.include_feedback,
+            # collapse the physical versions of an updated call (calls_complete) into one
+            "latest_only": True,
         }
         # list(): a page is used only once it arrived whole (a cut stream raises here)
         return list(server.calls_query_stream({k: v for k, v in req.items() if v is not None}))
 
-    def iter_calls(self, server, since_us: int, until_s: int, stats: WeavePoll) -> Iterator[tuple[Any, int]]:
-        """(call, started_at micros) in (started_at, id) order, from
-        `since_us` (floored to a second) to `until_s`, paged by keyset + offset.
+    def _by_ids(self, server, ids, stats: WeavePoll, columns=CALL_COLUMNS) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        ids = sorted(ids)
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            calls = self._query(server, call_ids=chunk, columns=columns)
+            stats.requests += 1
+            stats.calls_read += len(calls)
+            found.update((c.id, c) for c in calls)
+        return found
 
-        Each page asks `started_at >= <second of the last call received>` with an offset
-        of the calls already received in that second, so a page costs the server
-        O(page), however long the tick's backlog (a plain offset re-skips it all).
+    def iter_calls(
+        self, server, since_us: int, until_s: int, started_from_s: int, stats: WeavePoll
+    ) -> Iterator[tuple[Any, int]]:
+        """(call, ended_at micros) in (ended_at, id) order, for calls that ended from
+        `since_us` (floored to a second) to `until_s` and started from `started_from_s`
+        (the server's index: it keeps each page's scan to the look-back plus the new
+        calls), paged by keyset + offset.
+
+        Each page asks `ended_at >= <second of the last call received>` with an offset of
+        the calls already received in that second, so a page costs O(page), however long
+        the tick's backlog (a plain offset re-skips it all).
         """
         lower_s = since_us // 1_000_000
         received: list[int] = []  # micros of every call received this tick, in order
         while lower_s < until_s:
             offset = len(received) - bisect_left(received, lower_s * 1_000_000)
-            page = self._query(server, since_s=lower_s, until_s=until_s, offset=offset, limit=self.page_size)
+            terms = [
+                {"$gte": [{"$getField": "started_at"}, {"$literal": started_from_s}]},
+                {"$gte": [{"$getField": "ended_at"}, {"$literal": lower_s}]},
+                {"$lt": [{"$getField": "ended_at"}, {"$literal": until_s}]},
+            ]
+            page = self._query(server, terms=terms, offset=offset, limit=self.page_size)
             stats.requests += 1
             stats.calls_read += len(page)
             for call in page:
-                micros = to_micros(call.started_at)
+                micros = to_micros(call.ended_at)
                 received.append(micros)
                 yield call, micros
             if len(page) < self.page_size:
                 return
             lower_s = max(lower_s, received[-1] // 1_000_000)
 
+    def covered_by_documents(self, server, calls: Sequence[Any], stats: WeavePoll) -> dict[str, bool | None]:
+        """For each call: True when an ancestor's output is a trace document (that call is
+        the record of the exchange), False when none is, None while an ancestor is not
+        visible or not finished yet. One request per level of the call tree."""
+        result = {c.id: False for c in calls if not c.parent_id}
+        looking = {c.id: c.parent_id for c in calls if c.parent_id}
+        while looking:
+            ancestors = self._by_ids(server, set(looking.values()), stats, columns=ANCESTOR_COLUMNS)
+            higher = {}
+            for call_id, ancestor_id in looking.items():
+                ancestor = ancestors.get(ancestor_id)
+                if ancestor is None or ancestor.ended_at is None:
+                    result[call_id] = None
+                elif is_trace_document(_plain(ancestor.output)):
+                    result[call_id] = True
+                elif ancestor.parent_id:
+                    higher[call_id] = ancestor.parent_id
+                else:
+                    result[call_id] = False
+            looking = higher
+        return result
+
     def poll(self, cursor: WeaveCursor, now: dt.datetime | None = None) -> WeavePoll:
-        """The calls after `cursor`, mapped to records, and the cursor after them.
+        """The calls that ended after `cursor`, mapped to records, and the cursor after them.
 
         Raises on any server or transport error (after the binding's retries): the caller
         then writes nothing and keeps its cursor, so the next poll reads the same calls.
         """
         now_us = to_micros(now or dt.datetime.now(dt.timezone.utc))
         until_s = (now_us - round(self.settle_seconds * 1_000_000)) // 1_000_000
-        give_up_before = now_us - round(self.unfinished_wait_seconds * 1_000_000)
+        lookback_us = round(self.unfinished_wait_seconds * 1_000_000)
+        give_up_before = now_us - lookback_us
         server = self._binding()
-        records: list[dict[str, Any]] = []
+        result = WeavePoll(records=[], cursor=cursor)
         pending = dict(cursor.pending)
-        result = WeavePoll(records=records, cursor=cursor)
 
-        def take(call: Any, micros: int) -> bool:
-            """Map a finished (or given-up) call; False when it must wait, unfinished."""
-            if call.ended_at is None and micros >= give_up_before:
-                return False
-            if call.ended_at is None:
-                result.pending_written_unfinished += 1
-            records.append(self.to_trace(call))
-            return True
+        # 1. OpenAI calls waiting for their ancestors, re-read by id
+        waiting = self._by_ids(server, pending, result) if pending else {}
+        for call_id in [i for i in pending if i not in waiting]:  # deleted meanwhile
+            del pending[call_id]
 
-        # 1. calls that were unfinished at an earlier tick, re-read by id
-        ids = sorted(pending)
-        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
-            calls = {c.id: c for c in self._query(server, call_ids=chunk)}
-            result.requests += 1
-            result.calls_read += len(calls)
-            for call_id in chunk:
-                call = calls.get(call_id)
-                if call is None:  # deleted meanwhile: nothing to write
-                    if pending[call_id] < give_up_before:
-                        del pending[call_id]
-                elif take(call, pending[call_id]):
-                    del pending[call_id]
-
-        # 2. calls started after the cursor (server-side: started_at >= its second)
-        last_us, last_ids = cursor.started_at, set(cursor.ids)
-        since_us = cursor.started_at if cursor.started_at is not None else to_micros(
+        # 2. calls that ended after the cursor (server-side: ended_at >= its second)
+        since_us = cursor.ended_at if cursor.ended_at is not None else to_micros(
             dt.datetime.fromisoformat(self.start_date).replace(tzinfo=dt.timezone.utc)
         )
-        seen: set[str] = set()
-        taken = 0
-        for call, micros in self.iter_calls(server, since_us, until_s, result):
-            if call.id in seen:  # a page boundary shifted by a late insert: read twice
+        started_from_s = (since_us - lookback_us) // 1_000_000
+        last_us, last_ids = cursor.ended_at, set(cursor.ids)
+        taken: dict[str, Any] = {}
+        for call, micros in self.iter_calls(server, since_us, until_s, started_from_s, result):
+            if call.id in taken or call.id in pending or cursor.already_taken(micros, call.id):
+                continue  # a page boundary shifted by a late insert: read twice
+            if micros >= until_s * 1_000_000:
                 continue
-            seen.add(call.id)
-            if cursor.already_written(micros, call.id) or call.id in pending or micros >= until_s * 1_000_000:
-                continue
-            if not take(call, micros):
-                pending[call.id] = micros
+            taken[call.id] = call
             if last_us is None or micros > last_us:
                 last_us, last_ids = micros, {call.id}
             else:
                 last_ids.add(call.id)
-            taken += 1
-            if taken >= self.max_calls_per_tick:
+            if len(taken) >= self.max_calls_per_tick:
                 result.truncated = True
                 break
-        result.cursor = WeaveCursor(started_at=last_us, ids=tuple(sorted(last_ids)), pending=pending)
+
+        # 3. an OpenAI call is written unless a document call above it is its record
+        calls = [*waiting.values(), *taken.values()]
+        chats = [c for c in calls if not is_trace_document(_plain(c.output))]
+        covered = self.covered_by_documents(server, chats, result) if chats else {}
+        for call in calls:
+            known = covered.get(call.id, False)
+            if known is None and to_micros(call.ended_at) >= give_up_before:
+                pending[call.id] = to_micros(call.ended_at)
+                continue
+            pending.pop(call.id, None)
+            if known:
+                result.covered += 1
+            else:
+                result.records.append(self.to_trace(call))
+        result.cursor = WeaveCursor(
+            ended_at=last_us, ids=tuple(sorted(last_ids)), pending=dict(sorted(pending.items()))
+        )
         return result
 
     def to_trace(self, call: Any) -> dict[str, Any]:
@@ -435,18 +515,39 @@ class WeaveTraceSource(dg.ConfigurableResource):
         return Path(traces_dir) / "weave" / f"{self.file_stem()}-{cursor.key()}.jsonl"
 
 
+def trace_server_url(env: Mapping[str, str] | None = None) -> str:
+    """The trace server as weave finds it (`weave.trace.env.weave_trace_server_url`, not
+    imported: `import weave` takes seconds): WF_TRACE_SERVER_URL; else, for a dedicated or
+    self-managed W&B (WANDB_PUBLIC_BASE_URL, else WANDB_BASE_URL, else the `base_url` that
+    `wandb login --host` saved, other than api.wandb.ai), `<that URL>/traces`; else the
+    multi-tenant https://trace.wandb.ai."""
+    env = os.environ if env is None else env
+    base = (env.get("WANDB_PUBLIC_BASE_URL") or "").rstrip("/")
+    if not base:
+        settings = configparser.ConfigParser()
+        settings.read([
+            os.path.join(env.get("WANDB_CONFIG_DIR") or os.path.expanduser("~/.config/wandb"), "settings"),
+            os.path.join(os.getcwd(), "wandb", "settings"),
+        ])
+        saved = settings.get("default", "base_url", fallback=SAAS_API_URL)
+        base = env.get("WANDB_BASE_URL", saved).rstrip("/")
+    default = DEFAULT_TRACE_SERVER_URL if base == SAAS_API_URL else f"{base}/traces"
+    return env.get("WF_TRACE_SERVER_URL", default)
+
+
 def weave_source_from_env() -> WeaveTraceSource:
     """The resource as `definitions.py` registers it, from the environment: the project from
     FLYWHEEL_WEAVE_ENTITY / FLYWHEEL_WEAVE_PROJECT or W&B's WANDB_ENTITY / WANDB_PROJECT, the
-    key WANDB_API_KEY (an EnvVar: never in config or logs), the server WF_TRACE_SERVER_URL
-    (weave's own variable), the ops FLYWHEEL_WEAVE_OPS (comma-separated)."""
+    key WANDB_API_KEY (an EnvVar: never in config or logs), the server as weave finds it
+    (`trace_server_url`), the ops FLYWHEEL_WEAVE_OPS (comma-separated; unset: trace
+    documents and OpenAI calls with the workload attribute)."""
     ops = os.environ.get("FLYWHEEL_WEAVE_OPS")
     return WeaveTraceSource(
         # FLYWHEEL_WEAVE_ENTITY/PROJECT (flywheel settings) win over W&B's own variables
         entity=os.environ.get("FLYWHEEL_WEAVE_ENTITY") or dg.EnvVar("WANDB_ENTITY"),
         project=os.environ.get("FLYWHEEL_WEAVE_PROJECT") or dg.EnvVar("WANDB_PROJECT"),
         api_key=dg.EnvVar("WANDB_API_KEY"),
-        base_url=os.environ.get("WF_TRACE_SERVER_URL", DEFAULT_TRACE_SERVER_URL),
-        op_names=[o.strip() for o in ops.split(",") if o.strip()] if ops is not None else [CHAT_COMPLETIONS_OP],
+        base_url=trace_server_url(),
+        op_names=[o.strip() for o in ops.split(",") if o.strip()] if ops is not None else None,
         start_date=os.environ.get("FLYWHEEL_START_DATE", "2025-01-01"),
     )

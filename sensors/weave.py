@@ -1,8 +1,9 @@
 """Weave-polling sensor: new calls of a W&B Weave project -> landed traces + `raw_traces` runs.
 
 One tick:
-1. reads the calls started after the cursor (`WeaveTraceSource.poll`: server-side filter
-   `started_at >= <cursor's second>`, keyset-paged, so the cost follows the new traffic);
+1. reads the calls that ended after the cursor (`WeaveTraceSource.poll`: server-side filter
+   `ended_at >= <cursor's second>`, `started_at` bounded by the look-back, keyset-paged, so
+   the cost follows the new traffic);
 2. writes them as ONE JSONL file named after the cursor the tick started from,
    `<traces_dir>/weave/<entity>__<project>-<cursor key>.jsonl` (temp file + fsync +
    rename), and lands that file only (`FileTraceSource.land([path])`: the same
@@ -40,7 +41,7 @@ def poll_weave(
     poll = weave_source.poll(cursor, now=now)
     summary = (
         f"{poll.calls_read} calls read in {poll.requests} requests, {len(poll.records)} new, "
-        f"{len(poll.cursor.pending)} unfinished waiting"
+        f"{len(poll.cursor.pending)} OpenAI calls waiting for their parent calls"
         + (" (max_calls_per_tick reached: more next tick)" if poll.truncated else "")
     )
     if not poll.records:

@@ -7,10 +7,24 @@ trace server's HTTP API for `WeaveTraceSource` (which uses weave's own
 - ``POST /calls/stream_query``: JSON Lines, one call per line, as the real route. It
   honours ``project_id``; ``filter.op_names`` (op refs ``weave:///e/p/op/name:digest``,
   ``...:*`` for every version, or a bare op name) and ``filter.call_ids``; a mongo-like
-  ``query`` (``$and``/``$or``/``$not``/``$eq``/``$gt``/``$gte``/``$lt``/``$lte``/``$in``
-  over ``$getField`` paths and ``$literal`` values, timestamps as epoch seconds);
-  ``sort_by`` ``started_at`` then ``id`` (ascending); ``limit``/``offset``; ``columns``.
+  ``query`` (``$and``/``$or``/``$not``/``$eq``/``$gt``/``$gte``/``$lt``/``$lte``/``$in``/
+  ``$contains`` over ``$getField`` paths and ``$literal`` values, timestamps as epoch
+  seconds, ``$convert`` ``to: "exists"``); ``sort_by`` ``started_at`` or ``ended_at``, then
+  ``id`` (ascending); ``limit``/``offset``; ``columns``; ``include_feedback``;
+  ``latest_only``.
 - ``GET /health`` and ``GET /server_info``.
+
+Like the real server (weave >= 0.54 writes through ``calls_complete``):
+
+- **a call becomes visible when it ends**, keeping its original ``started_at``
+  (`start_call` / `end_call`); `add_calls` stores calls as they are (an unfinished one is
+  visible unfinished, as weave's eager ops and the legacy start/end path make them);
+- **an updated call has several physical versions** (the ``calls_complete`` table is a
+  ReplacingMergeTree) until merged: a query without ``latest_only`` matches and returns
+  each version, one with ``latest_only: true`` only the newest;
+- **reactions** (`add_reaction`) are stored as ``wandb.reaction.1`` feedback with the
+  payload the server writes (``emoji``, ``alias``, ``detoned``, ``detoned_alias``) and
+  returned in ``summary.weave.feedback`` only when the query asks ``include_feedback``.
 
 Calls are kept per project in one array of ``started_at`` microseconds, sorted by
 (started_at, id), so a ``started_at`` bound is a bisection and a query costs
@@ -98,7 +112,7 @@ class _Store:
         self.starts = array("q")  # started_at, epoch microseconds
         self.refs = array("q")  # >= 0: synthetic call number; < 0: -1 - index into explicit
         self.explicit: list[dict[str, Any]] = []
-        self.by_id: dict[str, int] = {}  # explicit call id -> its index in `explicit`
+        self.by_id: dict[str, int] = {}  # explicit call id -> index of its newest version
         self.synthetic: Callable[[int], dict[str, Any]] | None = None
         self.synthetic_ids: Callable[[str], int | None] | None = None
         self.synthetic_count = 0
@@ -113,6 +127,10 @@ class _Store:
     def id_at(self, position: int) -> str:
         return self.call_at(position)["id"]
 
+    def is_latest(self, position: int) -> bool:
+        ref = self.refs[position]
+        return ref >= 0 or self.by_id[self.explicit[-1 - ref]["id"]] == -1 - ref
+
     def add(self, call: dict[str, Any]) -> None:
         micros = call["_micros"]
         lo = bisect.bisect_left(self.starts, micros)
@@ -124,17 +142,17 @@ class _Store:
         self.refs.insert(lo, -1 - len(self.explicit))
         self.explicit.append(call)
 
-    def find(self, call_id: str) -> int | None:
-        """The position of a call, by id."""
+    def find(self, call_id: str) -> list[int]:
+        """The positions of a call's versions, by id."""
         if call_id in self.by_id:
             micros = self.explicit[self.by_id[call_id]]["_micros"]
         elif self.synthetic_ids and (number := self.synthetic_ids(call_id)) is not None:
             micros = self.synthetic(number)["_micros"]  # type: ignore[misc]
         else:
-            return None
+            return []
         lo = bisect.bisect_left(self.starts, micros)
         hi = bisect.bisect_right(self.starts, micros)
-        return next((p for p in range(lo, hi) if self.id_at(p) == call_id), None)
+        return [p for p in range(lo, hi) if self.id_at(p) == call_id]
 
 
 class FakeWeaveServer:
@@ -143,6 +161,8 @@ class FakeWeaveServer:
         self._stores: dict[str, _Store] = {}
         self._lock = threading.Lock()
         self._faults: deque[Fault] = deque()
+        self._running: dict[str, dict[str, Any]] = {}  # started, not visible until they end
+        self._feedback: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.requests: list[RecordedRequest] = []
         self.calls_served = 0
         self._httpd = _Server((host, port), _Handler)
@@ -177,7 +197,9 @@ class FakeWeaveServer:
         return self._stores.setdefault(project_id, _Store())
 
     def add_calls(self, calls: Iterable[dict[str, Any]]) -> None:
-        """Add calls (`id`, `project_id`, `op_name`, `started_at`, ... as the wire format)."""
+        """Store calls (`id`, `project_id`, `op_name`, `started_at`, ... as the wire format),
+        visible at once. A call already stored gets a new version (the old one stays, as in
+        the real table before a merge)."""
         with self._lock:
             for call in calls:
                 call = dict(call)
@@ -187,22 +209,37 @@ class FakeWeaveServer:
                 if call.get("ended_at") is not None:
                     call["ended_at"] = iso(to_micros(call["ended_at"]))
                 call.setdefault("trace_id", call["id"])
+                call.setdefault("parent_id", None)
                 call.setdefault("attributes", {})
                 call.setdefault("inputs", {})
-                store = self._store(call["project_id"])
-                old = store.find(call["id"])
-                if old is not None:  # a call updated in place (e.g. its end arrived)
-                    del store.starts[old]
-                    del store.refs[old]
-                store.add(call)
+                self._store(call["project_id"]).add(call)
 
-    def finish_call(self, project_id: str, call_id: str, **fields: Any) -> None:
-        """Set fields of an existing call (its `ended_at`, `output`, ...)."""
+    def start_call(self, call: dict[str, Any]) -> None:
+        """A call that started and runs: weave (calls_complete) uploads it only when it
+        ends, so no query sees it until `end_call`."""
         with self._lock:
-            store = self._store(project_id)
-            call = store.explicit[store.by_id[call_id]]
-            for key, value in fields.items():
-                call[key] = iso(to_micros(value)) if key == "ended_at" and value is not None else value
+            self._running[call["id"]] = {k: v for k, v in call.items() if k not in ("ended_at", "output")}
+
+    def end_call(self, call_id: str, ended_at: Any, **fields: Any) -> None:
+        """The call ends: it becomes visible, with its original `started_at`."""
+        with self._lock:
+            call = self._running.pop(call_id)
+        self.add_calls([{**call, **fields, "ended_at": ended_at}])
+
+    def add_reaction(self, project_id: str, call_id: str, emoji: str) -> None:
+        """A reaction on a call, stored with the payload the real server writes."""
+        detoned = "".join(ch for ch in emoji if not 0x1F3FB <= ord(ch) <= 0x1F3FF)
+        if not detoned or len(detoned) > 2:  # the real server: "exactly one emoji"
+            raise ValueError("Value of emoji key in payload must be exactly one emoji")
+        aliases = {"👍": ":thumbs_up:", "👎": ":thumbs_down:"}
+        payload = {"emoji": emoji, "alias": aliases.get(emoji, emoji), "detoned": detoned,
+                   "detoned_alias": aliases.get(detoned, detoned)}
+        with self._lock:
+            self._feedback.setdefault((project_id, call_id), []).append({
+                "feedback_type": "wandb.reaction.1",
+                "weave_ref": f"weave:///{project_id}/call/{call_id}",
+                "payload": payload,
+            })
 
     def add_synthetic(
         self,
@@ -255,39 +292,51 @@ class FakeWeaveServer:
             return
         flt = body.get("filter") or {}
         expr = (body.get("query") or {}).get("$expr")
-        _check_sort(body.get("sort_by"))
+        by_end = _check_sort(body.get("sort_by"))
         lo_us, hi_us = _started_at_bounds(expr)
         offset, limit = body.get("offset") or 0, body.get("limit")
         columns = body.get("columns")
         op_match = _op_matcher(flt.get("op_names"))
+        latest_only = body.get("latest_only") is True
         with self._lock:
             if flt.get("call_ids"):
-                found = (store.find(i) for i in flt["call_ids"])
-                positions: Iterable[int] = sorted(p for p in found if p is not None)
+                positions: Iterable[int] = sorted(p for i in flt["call_ids"] for p in store.find(i))
             else:
                 lo = 0 if lo_us is None else bisect.bisect_left(store.starts, lo_us)
                 hi = len(store.starts) if hi_us is None else bisect.bisect_right(store.starts, hi_us)
                 positions = range(lo, hi)
+            rows = (store.call_at(p) for p in positions if not latest_only or store.is_latest(p))
+            matches = (c for c in rows if op_match(c["op_name"]) and (expr is None or _evaluate(expr, c)))
+            if by_end:  # every match of the started_at range, then ordered by end
+                matches = iter(sorted(matches, key=lambda c: (to_micros(c["ended_at"]) if c.get("ended_at") else -1, c["id"])))
             out = []
-            for position in positions:
-                call = store.call_at(position)
-                if not op_match(call["op_name"]) or (expr is not None and not _evaluate(expr, call)):
-                    continue
+            for call in matches:
                 if offset:
                     offset -= 1
                     continue
-                out.append(_project(call, columns))
+                out.append(self._with_feedback(_project(call, columns), body.get("include_feedback")))
                 if limit is not None and len(out) >= limit:
                     break
         self.calls_served += len(out)
         yield from out
 
+    def _with_feedback(self, call: dict[str, Any], include: bool | None) -> dict[str, Any]:
+        items = self._feedback.get((call["project_id"], call["id"]))
+        if not include or not items:
+            return call
+        summary = dict(call.get("summary") or {})
+        summary["weave"] = {**summary.get("weave", {}), "feedback": items}
+        return {**call, "summary": summary}
 
-def _check_sort(sort_by: Any) -> None:
+
+def _check_sort(sort_by: Any) -> bool:
+    """True when the query sorts by ended_at (else by started_at, the table's order)."""
     fields = [(s["field"], s.get("direction", "asc")) for s in sort_by or []]
-    allowed = [("started_at", "asc"), ("id", "asc")]
-    if fields and fields != allowed[: len(fields)]:
-        raise ValueError(f"the fake sorts by started_at then id, ascending only; got {fields}")
+    for first in ("started_at", "ended_at"):
+        allowed = [(first, "asc"), ("id", "asc")]
+        if not fields or fields == allowed[: len(fields)]:
+            return bool(fields) and first == "ended_at"
+    raise ValueError(f"the fake sorts by started_at or ended_at, then id, ascending only; got {fields}")
 
 
 def _op_matcher(op_names: list[str] | None) -> Callable[[str], bool]:
@@ -331,7 +380,8 @@ def _operand(op: Any, call: dict[str, Any]) -> Any:
     if isinstance(op, dict) and "$literal" in op:
         return op["$literal"]
     if isinstance(op, dict) and "$convert" in op:
-        return _operand(op["$convert"]["input"], call)
+        value = _operand(op["$convert"]["input"], call)
+        return value is not None if op["$convert"]["to"] == "exists" else value
     return _evaluate(op, call)
 
 
@@ -344,6 +394,11 @@ def _compare(op: str, a: Any, b: Any) -> bool:
 
 def _evaluate(expr: dict[str, Any], call: dict[str, Any]) -> Any:
     (op, args), = expr.items()
+    if op == "$convert":
+        return _operand(expr, call)
+    if op == "$contains":
+        text, part = _operand(args["input"], call), _operand(args["substr"], call)
+        return isinstance(text, str) and part in text
     if op == "$and":
         return all(_evaluate(e, call) for e in args)
     if op == "$or":
@@ -486,6 +541,7 @@ class CallFactory:
         call_id: str | None = None,
         client_id: str | None = "shop-web",
         tools: list[dict[str, Any]] | None = None,
+        parent: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         self.counter += 1
         n = self.counter
@@ -507,6 +563,8 @@ class CallFactory:
             "attributes": attributes,
             "inputs": inputs,
         }
+        if parent is not None:
+            call.update(parent_id=parent["id"], trace_id=parent.get("trace_id", parent["id"]))
         if ended:
             call["ended_at"] = iso(micros + 250_000)
             call["output"] = {
@@ -519,7 +577,9 @@ class CallFactory:
             call["summary"] = {"weave": {"status": "success", "latency_ms": 250}}
         return call
 
-    def document(self, started_at: Any, document: dict[str, Any], call_id: str | None = None) -> dict[str, Any]:
+    def document(
+        self, started_at: Any, document: dict[str, Any], call_id: str | None = None, duration_s: float = 0.001
+    ) -> dict[str, Any]:
         self.counter += 1
         micros = to_micros(started_at)
         return {
@@ -527,8 +587,28 @@ class CallFactory:
             "project_id": self.project_id,
             "op_name": op_ref(self.entity, self.project, self.doc_op, self.digest),
             "started_at": iso(micros),
-            "ended_at": iso(micros + 1000),
-            "attributes": {},
+            "ended_at": iso(micros + round(duration_s * 1_000_000)),
+            "attributes": {"weave": {"client_version": "0.54.0"}},
             "inputs": {"record": "..."},
             "output": document,
         }
+
+    def logged_chat(
+        self, started_at: Any, workload_id: str = "tool_router", attributes: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The blueprint's logging pattern: the user's `@weave.op() log_chat(...)` calls
+        OpenAI (weave's integration logs that as a child call) and returns the trace
+        document. `attributes` are those of an enclosing `weave.attributes(...)` block,
+        which weave puts on both calls. Returns (document call, OpenAI child call)."""
+        start = to_micros(started_at)
+        child = self.chat(iso(start + 1000), workload_id=None, client_id=None)
+        child["attributes"].update(attributes or {})
+        request = {**child["inputs"], "temperature": 0.3, "max_tokens": 1024}
+        document = {"timestamp": start // 1_000_000, "workload_id": workload_id, "client_id": "my_demo_app",
+                    "request": request, "response": child["output"]}
+        parent = self.document(iso(start), document, duration_s=0.5)
+        parent["op_name"] = op_ref(self.entity, self.project, "log_chat", self.digest)
+        parent["inputs"] = {"workload_id": workload_id, "messages": request["messages"]}
+        parent["attributes"].update(attributes or {})
+        child.update(parent_id=parent["id"], trace_id=parent["id"])
+        return parent, child

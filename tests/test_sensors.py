@@ -108,7 +108,7 @@ def test_a_weave_tick_lands_the_calls_and_requests_their_partitions(tmp_path, se
     valid = landed_valid(tmp_path)
     assert valid.height == 9 and set(valid["workload_id"]) == {"tool_router", "Support Chat/EU"}
     cursor = WeaveCursor.parse(result.cursor)
-    assert cursor.started_at is not None and cursor.ids == ("call-000009",)
+    assert cursor.ended_at is not None and cursor.ids == ("call-000009",)
 
 
 def test_repeated_ticks_add_no_duplicates_and_only_new_calls(tmp_path, server, instance):
@@ -139,7 +139,7 @@ def test_a_tick_retried_from_the_same_cursor_rewrites_its_file(tmp_path, server,
     crashed = tick(weave_trace_sensor, instance, res, cursor)  # its cursor is never committed
     server.add_calls(calls.chat(T0 + 200 + i) for i in range(2))
     retried = tick(weave_trace_sensor, instance, res, cursor)
-    assert WeaveCursor.parse(retried.cursor).started_at > WeaveCursor.parse(crashed.cursor).started_at
+    assert WeaveCursor.parse(retried.cursor).ended_at > WeaveCursor.parse(crashed.cursor).ended_at
     assert len(list((tmp_path / "traces" / "weave").iterdir())) == 2  # the retry replaced the file
     valid = landed_valid(tmp_path)
     assert valid.height == 10 and valid["record_id"].n_unique() == 10
@@ -165,7 +165,8 @@ def test_a_failed_tick_writes_nothing_and_the_next_one_loses_nothing(tmp_path, s
 def test_bad_calls_are_quarantined_and_never_block_the_cursor(tmp_path, server, instance):
     calls = CallFactory()
     server.add_calls([calls.chat(T0, workload_id=None), calls.chat(T0 + 1), calls.chat(T0 + 2, workload_id="../etc")])
-    res = resources(tmp_path, server)
+    # named ops: every call of them is read, with or without the workload attribute
+    res = resources(tmp_path, server, op_names=["openai.chat.completions.create"])
     result = tick(weave_trace_sensor, instance, res)
     assert partitions(result, instance) == {f"{day_of(int(T0))}|tool_router", f"{day_of(int(T0))}|{workload_key('../etc')}"}
     assert landed_valid(tmp_path).height == 2
