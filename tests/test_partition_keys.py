@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flywheel_assets.core.ingest import TimeBounds, land_file, read_partition
-from partitions.keys import SAFE_KEY, workload_key
+from partitions.keys import SAFE_WORKLOAD_KEY, workload_key
 
 HOSTILE_IDS = [
     "../x",
@@ -46,7 +46,7 @@ HOSTILE_IDS = [
 
 def is_safe(key: str) -> bool:
     # fullmatch: `$` alone would also accept a key ending with "\n"
-    return SAFE_KEY.fullmatch(key) is not None
+    return SAFE_WORKLOAD_KEY.fullmatch(key) is not None
 
 
 @pytest.mark.parametrize("workload_id", HOSTILE_IDS)
@@ -71,9 +71,17 @@ def test_hostile_keys_stay_readable():
     assert workload_key("../../etc/passwd").startswith("etc-passwd-")
 
 
-@pytest.mark.parametrize("workload_id", ["tool_router", "support-chat", "a", "q1", "z" * 64])
+@pytest.mark.parametrize("workload_id", [
+    "tool_router", "support-chat", "a", "q1", "z" * 64, "support.router", "agent.tool_router", "v1.2.3",
+])
 def test_safe_ids_are_their_own_key(workload_id):
     assert workload_key(workload_id) == workload_id
+
+
+@pytest.mark.parametrize("workload_id", [".hidden", "trailing.", "a..b", "..", "."])
+def test_dots_that_are_unsafe_in_a_file_name_are_hashed(workload_id):
+    key = workload_key(workload_id)
+    assert key != workload_id and is_safe(key) and not key.startswith(".")
 
 
 def test_a_safe_id_that_looks_like_a_hashed_key_does_not_collide():
@@ -160,6 +168,29 @@ def test_landing_hostile_ids_stays_inside_the_landing_dir_and_keeps_the_original
         [pl.read_parquet(p) for p in written if p.name.startswith("valid-")]
     )
     assert sorted(all_valid["workload_id"].to_list()) == sorted(ids)
+
+
+def test_a_workload_landed_before_dots_were_allowed_keeps_its_key(tmp_path, monkeypatch):
+    """`support.router` was landed as `support-router-<hash>` by an older version; its new
+    records join that partition (and a landing area from before the key registry is read
+    from its manifests), while a workload first seen now gets its readable dotted key."""
+    from flywheel_assets.core import ingest
+
+    landing = tmp_path / "landing"
+    bounds = TimeBounds(dt.date(2025, 1, 1), dt.date(2025, 2, 1))
+    old_key = "support-router-694f0b2819"
+    monkeypatch.setattr(ingest, "workload_key", lambda w: old_key if w == "support.router" else workload_key(w))
+    land_file(iter([[("old:1", _trace("support.router", 1))]]), source_id="old", fingerprint="1",
+              landing_dir=landing, bounds=bounds)
+    monkeypatch.undo()
+    (landing / ingest.WORKLOAD_KEYS).unlink()  # as an older version left it
+    result = land_file(
+        iter([[("new:1", _trace("support.router", 2)), ("new:2", _trace("billing.refunds", 3))]]),
+        source_id="new", fingerprint="1", landing_dir=landing, bounds=bounds,
+    )
+    assert result.workload_ids == {old_key: "support.router", "billing.refunds": "billing.refunds"}
+    assert read_partition(landing, "2025-01-01", old_key)[0]["source"].to_list() == ["old:1", "new:1"]
+    assert ingest.read_workload_keys(landing) == {"support.router": old_key, "billing.refunds": "billing.refunds"}
 
 
 def test_ids_with_lone_surrogates_get_distinct_safe_keys():

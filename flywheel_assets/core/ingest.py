@@ -80,6 +80,7 @@ MANIFEST = "manifest.json"
 SOURCE_INDEX = "sources.json"  # path -> stat signature and content digest, per source file
 LAST_GENERATION = "last_generation"  # the counter of landings
 FAILED_SOURCES = "failed_sources.json"  # path -> stat signature and error, per unreadable file
+WORKLOAD_KEYS = "workload_keys.json"  # workload id -> the partition key its records landed under
 
 # a valid trace: typed columns for filtering, keys and metadata, plus the record verbatim
 # (`raw`); curation cuts messages, tools and the answer out of `raw` for the records it keeps
@@ -306,6 +307,39 @@ def _new_generation(landing_dir: Path) -> int:
     generation = last_generation(landing_dir) + 1
     _write_atomic(landing_dir / LAST_GENERATION, str(generation))
     return generation
+
+
+def read_workload_keys(landing_dir: Path) -> dict[str, str]:
+    """Every workload id landed so far -> its partition key."""
+    try:
+        return json.loads((landing_dir / WORKLOAD_KEYS).read_text())
+    except FileNotFoundError:
+        # a landing area older than this file: gathered from its manifests once
+        keys = {}
+        for folder in sorted(landing_dir.iterdir()):
+            manifest = read_manifest(folder) if folder.is_dir() and not folder.name.startswith(".") else None
+            if manifest:
+                keys.update({workload_id: key for key, workload_id in manifest["workload_ids"].items()})
+        return keys
+
+
+def pinned_workload_keys(landing_dir: Path) -> dict[str, str]:
+    """Workload ids landed under a key other than `workload_key`'s today (an id with a dot,
+    landed before dots were allowed): they keep that key, so a workload's data never moves
+    to another partition silently."""
+    return {
+        workload_id: key for workload_id, key in read_workload_keys(landing_dir).items()
+        if workload_key(workload_id) != key
+    }
+
+
+def _pin_keys(frame: pl.DataFrame, pinned: dict[str, str]) -> pl.DataFrame:
+    if not pinned or frame.is_empty():
+        return frame
+    pinned_key = pl.col("workload_id").replace_strict(pinned, default=pl.col("workload_key"), return_dtype=pl.String)
+    return frame.with_columns(
+        workload_key=pl.when(pl.col("workload_key") == UNATTRIBUTED).then(pl.col("workload_key")).otherwise(pinned_key)
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -685,13 +719,16 @@ def _stage_and_swap(
 ) -> dict[str, Any]:
     """Land into a staging folder, then retire the landings it replaces and rename it into
     place: readers may miss those records for a moment, never count them twice."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=owner_tag(), dir=target.parent))
+    landing_dir = target.parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=owner_tag(), dir=landing_dir))
     try:
         counts: dict[str, dict[str, int]] = {}
         workload_ids: dict[str, str] = {}
         parts: dict[str, dict[str, Any]] = {}
+        known_keys = read_workload_keys(landing_dir)
         land = functools.partial(
-            _land_batch, staging=staging, bounds=bounds, max_record_bytes=max_record_bytes
+            _land_batch, staging=staging, bounds=bounds, max_record_bytes=max_record_bytes,
+            pinned_keys=pinned_workload_keys(landing_dir),
         )
         # closed (its pool shut down) before the staging folder is removed
         with contextlib.closing(_map_batches(land, batches, workers)) as landed_batches:
@@ -713,6 +750,8 @@ def _stage_and_swap(
         (staging / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
         _retire(retired)
         os.replace(staging, target)
+        known_keys.update({workload_id: key for key, workload_id in workload_ids.items()})
+        _write_atomic(landing_dir / WORKLOAD_KEYS, json.dumps(known_keys, sort_keys=True))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
@@ -733,11 +772,12 @@ def _land_batch(
     staging: Path,
     bounds: TimeBounds,
     max_record_bytes: int,
+    pinned_keys: dict[str, str],
 ) -> tuple[dict[str, dict[str, int]], dict[str, str], dict[str, dict[str, Any]]]:
     """Validate one batch and write its parts; return its counts, workload ids and parts
     (their checksums, computed here while the parts are in the page cache)."""
     batch_no, batch = numbered
-    valid, quarantined = validate_batch(batch, bounds, max_record_bytes)
+    valid, quarantined = (_pin_keys(frame, pinned_keys) for frame in validate_batch(batch, bounds, max_record_bytes))
     parts = [
         *_write_by_partition(valid, staging, "valid", batch_no),
         *_write_by_partition(quarantined, staging, "quarantine", batch_no),
