@@ -292,13 +292,17 @@ def test_abstention_errors_both_ways():
     assert score_tool_calls(calls(("refund", {})), calls(("get_weather", {})), TOOLS).abstention_error is None
 
 
-def test_invalid_tool_schema_is_reported_and_scored_on_name():
+def test_invalid_tool_schema_is_reported_and_the_call_still_scored():
     broken = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object", "properties": {"amount": {"type": "money"}}}}}]
     score = score_tool_calls(calls(("refund", {"amount": 5})), calls(("refund", {"amount": 5.0})), broken)
     assert score.function_name == 1.0 and score.function_name_and_args == 1.0
     assert score.schema_valid is None
     assert "refund" in score.invalid_schemas
-    assert score.reason.startswith("tool 'refund' has an invalid JSON Schema (scored on name)")
+    assert score.reason.startswith("tool 'refund' has an invalid JSON Schema (scored without it)")
+    result = score_records("tool_calling", [example("a", calls(("refund", {"amount": 5})), tools=broken)],
+                           [Completion(message=calls(("refund", {"amount": 5})))])
+    assert result.scores["tools_with_invalid_schema"] == 1 and result.scores["function_name_accuracy"] == 1.0
+    assert result.scores["schema_valid_rate"] is None
 
 
 # ------------------------------------------------------------------- chat similarity

@@ -143,8 +143,8 @@ def score_tool_calls(
     confusion += [(NO_CALL, call.function.name) for j, call in enumerate(candidate_calls) if j not in paired_candidate]
     names_right = Counter(_names(expected_calls)) == Counter(_names(candidate_calls))
     reason = _tool_call_reason(expected_calls, candidate_calls, pairs, comparisons, names_right)
-    invalid = {name: problem for name, problem in _invalid_schemas(tools, expected_calls + candidate_calls)}
-    notes = [f"tool {name!r} has an invalid JSON Schema (scored on name): {why}" for name, why in invalid.items()]
+    invalid = dict(_invalid_schemas(tools, expected_calls + candidate_calls))
+    notes = [f"tool {name!r} has an invalid JSON Schema (scored without it): {why}" for name, why in invalid.items()]
     return ToolCallScore(
         function_name=float(names_right),
         function_name_and_args=float(names_right and reason is None),
