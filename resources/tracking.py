@@ -25,9 +25,11 @@ together under `$FLYWHEEL_HOME/wandb`.
 """
 
 
+import hashlib
 import io
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ from typing import Any, Literal
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
+from pydantic import Field, field_validator
 
 # asset -> W&B artifact type; other assets (raw traces, promotions) are not logged here
 TRACKED_ASSETS = {
@@ -53,12 +55,22 @@ TABLE_NAMES = {"evaluation": "results", "leaderboard": "leaderboard"}
 MAX_TABLE_ROWS = 10_000
 
 WANDB_METADATA_KEY = "wandb_artifact"
+# W&B refuses longer artifact (and registry collection) names
+ARTIFACT_NAME_MAX = 128
+REGISTRY_PREFIX = "wandb-registry-"
+_REGISTRY = re.compile(rf"{REGISTRY_PREFIX}[^/\\#?%:\s]+")
 
 
 def artifact_name(asset: str, partition: str | None) -> str:
     """`lora_adapter.tiny-demo.tool_router`: partition keys hold [a-z0-9_-] only, so `.`
-    separates the parts without collisions (W&B names allow letters, digits, `-_.`)."""
-    return asset if not partition else f"{asset}.{partition.replace('|', '.')}"
+    separates the parts without collisions (W&B names allow letters, digits, `-_.`).
+    A name over W&B's 128 characters (two 64-character keys) keeps its first 115 and ends
+    with `-` and 12 hex of the full name's SHA-256: the same every time, distinct."""
+    name = asset if not partition else f"{asset}.{partition.replace('|', '.')}"
+    if len(name) <= ARTIFACT_NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[: ARTIFACT_NAME_MAX - len(digest) - 1]}-{digest}"
 
 
 @dataclass
@@ -106,6 +118,18 @@ class WandbTracker(Tracker):
         default=None,
         description="Promotions are also linked here when online, e.g. `wandb-registry-model`.",
     )
+
+    @field_validator("registry")
+    @classmethod
+    def _a_wandb_registry(cls, registry: str | None) -> str | None:
+        # W&B reads `<registry>/<name>` as a project path unless it starts with the prefix
+        if registry is not None and not _REGISTRY.fullmatch(registry):
+            raise ValueError(
+                f"FLYWHEEL_WANDB_REGISTRY={registry!r} is not a W&B registry: write it as "
+                f"{REGISTRY_PREFIX}<name>, e.g. wandb-registry-model for the Model registry "
+                "(without the prefix W&B would link promotions to a project of that name)"
+            )
+        return registry
     wandb: dg.ResourceDependency[dict] = Field(
         description="dagster-wandb's `wandb_resource` (or the same handle for keyless offline mode)."
     )

@@ -19,7 +19,7 @@ from flywheel_assets.promote import promote_job, rollback_job
 from flywheel_assets.runner import run_flywheel
 from partitions.defs import candidate_workload_key
 from resources.datasets import ParquetIOManager
-from resources.tracking import NoOpTracker, WandbTracker, build_tracker, read_offline_runs, tracked
+from resources.tracking import NoOpTracker, WandbTracker, artifact_name, build_tracker, read_offline_runs, tracked
 
 WL = "tool_router"
 CW = f"tiny-demo.{WL}"
@@ -228,3 +228,26 @@ def test_tracking_is_off_unless_wandb_is_configured(tmp_path):
     assert online.mode == "online"
     # the key is read from the run's environment when W&B logs in, never held in config
     assert "secret-key" not in repr(online)
+
+
+def test_artifact_names_of_the_longest_partitions_are_within_wandbs_limit_stable_and_distinct():
+    """A 64-character candidate and a 64-character workload: `customized_eval.` + both is
+    145 characters, and W&B refuses names over 128 (after the asset's file was written)."""
+    from wandb.sdk.artifacts._validators import NAME_MAXLEN
+
+    candidate, workload = "c" * 64, "w" * 64
+    name = artifact_name("customized_eval", f"{candidate}|{workload}")
+    assert len(name) <= NAME_MAXLEN and name.startswith(f"customized_eval.{candidate}.www")
+    assert wandb.Artifact(name, type="evaluation").name == name  # what the tracker builds
+    assert artifact_name("customized_eval", f"{candidate}|{workload}") == name  # stable
+    neighbour = artifact_name("customized_eval", f"{candidate}|{'w' * 63}x")  # differs past the cut
+    assert neighbour != name and len(neighbour) <= NAME_MAXLEN
+    assert artifact_name("lora_adapter", f"tiny-demo|{WL}") == f"lora_adapter.{CW}"  # short: as it was
+
+
+@pytest.mark.parametrize("registry", ["model", "wandb-registry-", "acme/wandb-registry-model", "wandb-registry-a/b"])
+def test_a_registry_that_is_not_a_wandb_registry_is_refused_naming_the_form(tmp_path, registry):
+    with pytest.raises(ValueError, match="FLYWHEEL_WANDB_REGISTRY.*wandb-registry-model"):
+        build_tracker(tmp_path, {"WANDB_API_KEY": KEY, "FLYWHEEL_WANDB_REGISTRY": registry})
+    tracker = build_tracker(tmp_path, {"WANDB_API_KEY": KEY, "FLYWHEEL_WANDB_REGISTRY": "wandb-registry-model"})
+    assert tracker.registry == "wandb-registry-model"
