@@ -31,55 +31,67 @@ from resources.traces import FileTraceSource
 )
 def raw_traces(context: dg.AssetExecutionContext, trace_source: FileTraceSource):
     landings = trace_source.land_report()
+    _log_landings(context, landings)
+    unattributed = trace_source.read_unattributed().height
+    frames = {
+        partition: trace_source.read_partition(*_day_and_workload(partition)) for partition in context.partition_keys
+    }
+    for partition, (valid, quarantined) in frames.items():
+        _record_partition(context, partition, valid, quarantined, landings, unattributed)
+    valid_frames = {partition: valid for partition, (valid, _) in frames.items()}
+    quarantined_frames = {partition: quarantined for partition, (_, quarantined) in frames.items()}
+    # Dagster records one data version for every partition of a run: it hashes the content of
+    # all of them, so an identical re-ingest keeps it and any change moves it
+    yield dg.Output(valid_frames, output_name="raw_traces", data_version=dg.DataVersion(frames_hash(valid_frames)))
+    yield dg.Output(
+        quarantined_frames, output_name="quarantined_traces",
+        data_version=dg.DataVersion(frames_hash(quarantined_frames, "source")),
+    )
+
+
+def _day_and_workload(partition: str) -> tuple[str, str]:
+    key = trace_partitions.get_partition_key_from_str(partition)
+    return key.keys_by_dimension["day"], key.keys_by_dimension["workload"]
+
+
+def _log_landings(context: dg.AssetExecutionContext, landings: Landings) -> None:
     landed = landings.results
-    partitions = context.partition_keys
     context.log.info(
         f"{len(landed)} source files, {sum(r.landed for r in landed)} landed now; "
-        f"reading {len(partitions)} day x workload partitions"
+        f"reading {len(context.partition_keys)} day x workload partitions"
     )
     for line in landings.log_lines():
         context.log.warning(line)
-    unattributed = trace_source.read_unattributed().height
-    valid_frames, quarantined_frames = {}, {}
-    for partition in partitions:
-        key = trace_partitions.get_partition_key_from_str(partition)
-        valid, quarantined = trace_source.read_partition(
-            key.keys_by_dimension["day"], key.keys_by_dimension["workload"]
-        )
-        valid_frames[partition], quarantined_frames[partition] = valid, quarantined
-        reasons = dict(quarantined.group_by("reason").len().sort("reason").iter_rows())
-        context.log.info(f"{partition}: {valid.height} valid, {quarantined.height} quarantined {reasons or ''}")
-        context.add_asset_metadata(
-            {
-                "dagster/row_count": valid.height,
-                "workload_id": ", ".join(valid.get_column("workload_id").unique().to_list()) or "(no records)",
-                "quarantined": quarantined.height,
-                "source_files": len(landed),
-                "unattributed_quarantined_all_files": dg.MetadataValue.int(unattributed),
-                "preview": table(valid.select("timestamp", "client_id", "user_key", "has_tool_calls")),
-                **files_not_landed(landings),
-            },
-            asset_key="raw_traces",
-            partition_key=partition,
-        )
-        context.add_asset_metadata(
-            {
-                "dagster/row_count": quarantined.height,
-                "by_reason": counts_table(reasons),
-                **{f"quarantined_{reason}": n for reason, n in reasons.items()},
-            },
-            asset_key="quarantined_traces",
-            partition_key=partition,
-        )
-    # Dagster records one data version for every partition of a run: it hashes the content of
-    # all of them, so an identical re-ingest keeps it and any change moves it
-    yield dg.Output(
-        valid_frames, output_name="raw_traces", data_version=dg.DataVersion(frames_hash(valid_frames))
+
+
+def _record_partition(
+    context: dg.AssetExecutionContext, partition: str, valid: pl.DataFrame, quarantined: pl.DataFrame,
+    landings: Landings, unattributed: int,
+) -> None:
+    """Log one partition's counts and record its metadata on both assets."""
+    reasons = dict(quarantined.group_by("reason").len().sort("reason").iter_rows())
+    context.log.info(f"{partition}: {valid.height} valid, {quarantined.height} quarantined {reasons or ''}")
+    context.add_asset_metadata(
+        {
+            "dagster/row_count": valid.height,
+            "workload_id": ", ".join(valid.get_column("workload_id").unique().to_list()) or "(no records)",
+            "quarantined": quarantined.height,
+            "source_files": len(landings.results),
+            "unattributed_quarantined_all_files": dg.MetadataValue.int(unattributed),
+            "preview": table(valid.select("timestamp", "client_id", "user_key", "has_tool_calls")),
+            **files_not_landed(landings),
+        },
+        asset_key="raw_traces",
+        partition_key=partition,
     )
-    yield dg.Output(
-        quarantined_frames,
-        output_name="quarantined_traces",
-        data_version=dg.DataVersion(frames_hash(quarantined_frames, "source")),
+    context.add_asset_metadata(
+        {
+            "dagster/row_count": quarantined.height,
+            "by_reason": counts_table(reasons),
+            **{f"quarantined_{reason}": n for reason, n in reasons.items()},
+        },
+        asset_key="quarantined_traces",
+        partition_key=partition,
     )
 
 

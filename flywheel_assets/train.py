@@ -9,8 +9,9 @@ from flywheel_assets.core.splitting import to_examples
 from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
 from flywheel_assets.core.hyperparameters import LoraHyperparameters
 from partitions.defs import BY_WORKLOAD, candidate_workload_partitions
-from resources.platform import ModelPlatform
+from resources.platform import ModelPlatform, Trained
 from sensors.automation import retrain_when_dataset_changed
+
 
 class LoraConfig(dg.Config):
     """Overrides of the candidate's hyper-parameters (reference defaults underneath)."""
@@ -21,6 +22,9 @@ class LoraConfig(dg.Config):
     adapter_dim: int | None = Field(default=None, description="LoRA rank, reference default 32")
     adapter_dropout: float | None = Field(default=None, description="reference default 0.1")
     seed: int | None = None
+
+    def overrides(self) -> dict:
+        return {name: value for name, value in self.model_dump().items() if value is not None}
 
 
 def candidate_of(context: dg.AssetExecutionContext):
@@ -51,32 +55,30 @@ def lora_adapter(
     platform: ModelPlatform,
 ) -> dg.Output[dict]:
     candidate = candidate_of(context)
-    overrides = {k: v for k, v in config.model_dump().items() if v is not None}
-    hp = LoraHyperparameters(**{**candidate.hyperparameters, **overrides})
+    hp = LoraHyperparameters(**{**candidate.hyperparameters, **config.overrides()})
     trained = platform.train(
-        candidate,
-        split_examples(train_dataset, "train"),
-        split_examples(train_dataset, "validation"),
-        hp,
-        workload_key=context.partition_key.keys_by_dimension["workload"],
-        log=context.log.info,
+        candidate, split_examples(train_dataset, "train"), split_examples(train_dataset, "validation"), hp,
+        workload_key=context.partition_key.keys_by_dimension["workload"], log=context.log.info,
     )
-    adapter = trained.adapter
-    if not adapter.trained:
-        context.log.info(f"{candidate.name}: not fine-tuned ({adapter.reason})")
+    if not trained.adapter.trained:
+        context.log.info(f"{candidate.name}: not fine-tuned ({trained.adapter.reason})")
+    return dg.Output(
+        trained.adapter.model_dump(),
+        data_version=dg.DataVersion(trained.adapter.fingerprint or "untrained"),
+        metadata=_training_metadata(hp, trained),
+    )
+
+
+def _training_metadata(hp: LoraHyperparameters, trained: Trained) -> dict:
     details = dict(trained.metadata)
     curve = details.pop("loss_curve", [])
-    return dg.Output(
-        adapter.model_dump(),
-        data_version=dg.DataVersion(adapter.fingerprint or "untrained"),
-        metadata={
-            "trained": adapter.trained,
-            "hyperparameters": dg.MetadataValue.json(hp.model_dump()),
-            "loss_curve": dg.MetadataValue.md(_curve_md(curve)),
-            "final_loss": curve[-1][2] if curve else None,
-            **{k: _metadata_value(v) for k, v in details.items()},
-        },
-    )
+    return {
+        "trained": trained.adapter.trained,
+        "hyperparameters": dg.MetadataValue.json(hp.model_dump()),
+        "loss_curve": dg.MetadataValue.md(_curve_md(curve)),
+        "final_loss": curve[-1][2] if curve else None,
+        **{k: _metadata_value(v) for k, v in details.items()},
+    }
 
 
 def _metadata_value(value):
