@@ -349,3 +349,11 @@ def test_the_trace_server_url_is_found_as_weave_finds_it(tmp_path, monkeypatch, 
     monkeypatch.setenv("WANDB_PROJECT", "prod")
     assert weave_trace_server_url() == expected  # weave's own answer
     assert weave_source_from_env().base_url == expected
+
+
+def test_a_cursor_of_the_started_at_version_goes_on_from_its_time_by_end(server, calls):
+    old = '{"v": 1, "started_at": "%s", "ids": ["call-000001"], "pending": {"call-9": "%s"}}' % (iso(to_micros(T0)), iso(to_micros(T0)))
+    cursor = WeaveCursor.parse(old)
+    assert cursor == WeaveCursor(ended_at=to_micros(T0))
+    server.add_calls([calls.chat(T0 - 100), calls.chat(T0 + 10)])  # ended before / after it
+    assert [r["weave_call"][-11:] for r in source(server).poll(cursor, now=NOW).records] == ["call-000002"]
