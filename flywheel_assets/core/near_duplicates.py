@@ -6,17 +6,17 @@ when the Jaccard similarity of their shingle sets reaches the threshold (default
 word changed in a 20-word prompt still counts, "status of order A" vs "... order B" does
 not). Whitespace, case and punctuation variants have the same shingles (similarity 1).
 
-Curation clusters a whole workload (`near_duplicate_clusters`): the signatures of all
-records are banded the way datasketch's `MinHashLSH` bands them (its `b` x `r` for the
-threshold), each LSH bucket links its records to its first one, a link is kept when the
-signatures agree on at least `threshold` of their values, and clusters are the connected
-components. The split's leakage check (`leaked_pairs`) is small (hundreds of records), so
-it queries a `MinHashLSH` index of the other side and confirms every candidate with the
-exact Jaccard similarity of the shingle sets.
+Curation clusters a whole workload (`near_duplicate_clusters`): the records' signatures are
+banded as datasketch's `MinHashLSH` bands them (its bands x rows, tuned for recall), records
+sharing a band value are candidates, a candidate pair is confirmed by the exact Jaccard
+similarity of its shingle sets, and clusters are the connected components of the confirmed
+pairs. The split's leakage check (`leaked_pairs`) is small (hundreds of records), so it
+queries a `MinHashLSH` index of the other side and confirms every candidate the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -65,15 +65,25 @@ def jaccard(a: set[bytes], b: set[bytes]) -> float:
     return len(a & b) / len(a | b)
 
 
-def _minhashes(shingle_sets: Iterable[set[bytes]]) -> Iterable[MinHash]:
+def _minhash() -> MinHash:
     # xxh32: stable across versions and machines (the split's bytes depend on it), 4x sha1's speed
+    return MinHash(num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
+
+
+def _minhashes(shingle_sets: Iterable[set[bytes]]) -> Iterable[MinHash]:
     return MinHash.generator(shingle_sets, num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
 
 
-def signatures(texts: Iterable[str]) -> np.ndarray:
-    """One MinHash signature per text: an (n, NUM_PERM) uint32 array."""
-    rows = [m.hashvalues for m in _minhashes(shingles(t) for t in texts)]
-    return np.array(rows, dtype=np.uint32).reshape(len(rows), NUM_PERM)
+def signatures(texts: Sequence[str]) -> np.ndarray:
+    """One MinHash signature per text: an (n, NUM_PERM) uint32 array. One sketch is cleared
+    and refilled per text: building a sketch per text costs as much as filling it."""
+    out = np.empty((len(texts), NUM_PERM), dtype=np.uint32)
+    sketch = _minhash()
+    for i, text in enumerate(texts):
+        sketch.clear()
+        sketch.update_batch(shingles(text))
+        out[i] = sketch.hashvalues
+    return out
 
 
 def _lsh(threshold: float) -> MinHashLSH:
@@ -90,6 +100,11 @@ _ALL_PAIRS_BUCKET = 64
 _CHUNK = 1 << 18  # pairs compared at once: 64 MiB of signature values
 
 
+@functools.cache
+def _pairs_of(size: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(size, k=1)
+
+
 def _bucket_pairs(bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (i < j) of records sharing a band value: every record with its
     bucket's first record, and all pairs of the small buckets."""
@@ -101,7 +116,7 @@ def _bucket_pairs(bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small = (sizes > 2) & (sizes <= _ALL_PAIRS_BUCKET)
     for start, size in zip(starts[small].tolist(), sizes[small].tolist()):
         members = order[start : start + size]
-        i, j = np.triu_indices(size, k=1)
+        i, j = _pairs_of(size)
         left.append(members[i])
         right.append(members[j])
     a, b = np.concatenate(left), np.concatenate(right)
