@@ -90,6 +90,46 @@ def retry(
     raise AssertionError("unreachable")  # the loop always returns or raises
 
 
+def send_once(
+    request: Callable[[], httpx.Response],
+    *,
+    timeout_s: float,
+    where: str = "",
+    detail: Callable[[httpx.Response], str] = lambda response: response.text[:200].strip(),
+    accept: Callable[[httpx.Response], bool] | None = None,
+) -> httpx.Response:
+    """One HTTP attempt: the response, unless it is worth another attempt (`Retryable`).
+
+    A connection that never reached the server is safe to send again (not ambiguous); a
+    timeout or a connection broken mid-request may have been acted on (ambiguous); so may a
+    5xx, while a 429 was refused. A response ``accept`` takes is returned whatever its status
+    (a repeated create answered "already exists"). ``where`` names the call in messages when
+    the caller's own error does not; ``detail`` is what of an error response may be shown.
+    """
+    calling = f" calling {where}" if where else ""
+    try:
+        response = request()
+    except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+        to = f" to {where}" if where else ""
+        raise Retryable(f"cannot connect{to}: {type(error).__name__}: {error}", ambiguous=False) from None
+    except httpx.TimeoutException:
+        raise Retryable(f"timed out after {timeout_s:g}s{calling}") from None
+    except httpx.TransportError as error:
+        raise Retryable(f"connection error{calling}: {type(error).__name__}: {error}") from None
+    if accept is not None and accept(response):
+        return response
+    if response.status_code in RETRYABLE_STATUS:
+        shown = detail(response)
+        raise Retryable(
+            f"HTTP {response.status_code}" + (f" from {where}" if where else "") + (f": {shown}" if shown else ""),
+            retry_after_s=retry_after_s(response),
+            ambiguous=response.status_code != 429,
+            status_code=response.status_code,
+            detail=shown,
+        )
+    return response
+
+
 def retry_after_s(response: httpx.Response) -> float | None:
     """Retry-After as seconds: either a number of seconds or an HTTP date."""
     value = response.headers.get("Retry-After")

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flywheel_assets.core.chat import AssistantMessage, ChatPrompt, Completion, FunctionCall, ToolCall
 from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY  # the metric recognises such calls
-from resources.http import RETRYABLE_STATUS, Retryable, RetryPolicy, retry, retry_after_s, shared_ssl_context
+from resources.http import RetryPolicy, retry, send_once, shared_ssl_context
 
 
 T = TypeVar("T")
@@ -240,14 +240,7 @@ class OpenAICompatibleBackend:
     def _send(self, client: httpx.Client, method: str, url: str, body: Any) -> Any:
         """One HTTP attempt: the JSON payload, or Retryable / EndpointError."""
         where = f"{url} (model {self.model})"
-        try:
-            response = client.request(method, url, json=body)
-        except httpx.TimeoutException:
-            raise Retryable(f"timed out after {self.timeout_s:g}s calling {where}") from None
-        except httpx.TransportError as error:
-            raise Retryable(f"connection error calling {where}: {type(error).__name__}: {error}") from None
-        if response.status_code in RETRYABLE_STATUS:
-            raise Retryable(_status_message(response, where), retry_after_s=retry_after_s(response))
+        response = send_once(lambda: client.request(method, url, json=body), timeout_s=self.timeout_s, where=where)
         if response.status_code >= 400:
             raise EndpointError(_status_message(response, where))
         try:

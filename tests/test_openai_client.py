@@ -207,7 +207,8 @@ def test_connection_refused_is_retried_then_reported():
         port = probe.getsockname()[1]
     dead = OpenAICompatibleBackend(f"http://127.0.0.1:{port}/v1", "m", max_retries=1, backoff_s=0.001)
     [completion] = dead.complete([user("hi")])
-    assert completion.error.startswith(f"connection error calling http://127.0.0.1:{port}/v1/chat/completions (model m)")
+    # never reached the server: safe to send again, and said so
+    assert completion.error.startswith(f"cannot connect to http://127.0.0.1:{port}/v1/chat/completions (model m)")
     assert completion.error.endswith("(2 attempts)")
 
 

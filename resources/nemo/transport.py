@@ -42,7 +42,7 @@ from resources.http import (  # noqa: F401  Retryable, RetryPolicy: part of this
     Retryable,
     RetryPolicy,
     retry,
-    retry_after_s,
+    send_once,
     shared_ssl_context,
 )
 
@@ -239,28 +239,14 @@ class ServiceClient:
             send_headers.setdefault("Authorization", f"Bearer {self._api_key}")
 
         def attempt() -> httpx.Response:
-            try:
-                response = self._http.request(
+            response = send_once(
+                lambda: self._http.request(
                     method, url, json=json, content=content, data=data, params=params, headers=send_headers
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-                # never reached the server: safe to send again
-                raise Retryable(f"cannot connect: {type(error).__name__}: {error}", ambiguous=False) from None
-            except httpx.TimeoutException:
-                raise Retryable(f"no answer within {self.timeout_s:g}s") from None
-            except httpx.TransportError as error:
-                raise Retryable(f"connection error: {type(error).__name__}: {error}") from None
+                ),
+                timeout_s=self.timeout_s, detail=lambda r: self._redact(error_detail(r)), accept=accept,
+            )
             if accept is not None and accept(response):
                 return response
-            if response.status_code in RETRYABLE_STATUS:
-                detail = self._redact(error_detail(response))
-                raise Retryable(
-                    f"HTTP {response.status_code}" + (f": {detail}" if detail else ""),
-                    retry_after_s=retry_after_s(response),
-                    ambiguous=response.status_code != 429,
-                    status_code=response.status_code,
-                    detail=detail,
-                )
             if response.status_code >= 400:
                 detail = self._redact(error_detail(response))
                 raise NemoHTTPError(
