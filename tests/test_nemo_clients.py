@@ -509,25 +509,6 @@ def test_deployment_vanishing_while_waited_on_is_an_error(emu):
         deployments.wait_ready(NS, "never-created", timeout_s=1, interval_s=0)
 
 
-# ------------------------------------------------------------------ DatasetStore interface
-
-
-def test_nemo_dataset_store_implements_the_dataset_store_interface(emu):
-    from resources.datasets import DatasetStore
-    from resources.nemo.dataset_store import NemoDatasetStore
-
-    store = NemoDatasetStore(datastore_base_url=emu.datastore_base_url, token=KEY, backoff_s=0.001)
-    assert isinstance(store, DatasetStore)
-    uri = store.write_file("weather-splits/training/training.jsonl", b'{"x": 1}\n')
-    assert uri == "hf://datasets/dfwbp/weather-splits/training/training.jsonl"
-    assert store.read_file("weather-splits/training/training.jsonl") == b'{"x": 1}\n'
-    store.write_file("weather-splits/training/training.jsonl", b'{"x": 1}\n')
-    assert emu.commits["dfwbp/weather-splits"] == 1  # unchanged: not committed again
-    for bad in ("../x/y.jsonl", "repo", "repo/../y", "bad repo/x.jsonl"):
-        with pytest.raises(ValueError):
-            store.write_file(bad, b"")
-
-
 def test_customizer_wait_survives_an_outage_longer_than_one_calls_retries(emu):
     make_dataset(emu)
     events = []
