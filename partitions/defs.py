@@ -1,7 +1,7 @@
 """The slices of the flywheel's data: day, workload and candidate.
 
-Multi-partition dimensions are ordered by name (dagster-facts.md #1), so keys read
-`<day>|<workload>` and `<candidate>|<workload>`.
+Dagster orders a multi-partition's dimensions by name, whatever the order they are given
+in, so keys read `<day>|<workload>` and `<candidate>|<workload>`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The ingest sensors, called as functions with `build_sensor_context` (dagster-facts.md #5):
-Weave polling (fake Weave trace server on loopback) and the drop folder."""
+"""The ingest sensors, called as functions with `build_sensor_context`: Weave polling (fake
+Weave trace server on loopback) and the drop folder. Called as functions because Dagster's
+`evaluate_tick` cannot see a dynamic partition the same tick adds (it fails to load
+partitions), while under the daemon the run of a partition added in its tick succeeds."""
 
 from __future__ import annotations
 
