@@ -10,6 +10,7 @@ import dagster as dg
 from flywheel_assets.curate import workload_dataset
 from flywheel_assets.evaluate import base_eval, customized_eval, icl_eval
 from flywheel_assets.ingest import raw_traces
+from flywheel_assets.monitor import production_metrics, serving_telemetry, serving_telemetry_job
 from flywheel_assets.jobs import (
     GPU_ASSETS,
     GPU_RUN_TAGS,
@@ -26,11 +27,13 @@ from flywheel_assets.train import lora_adapter
 from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManager, StoredAssets
 from resources.nemo.backend import NemoBackend
 from resources.platform import LocalPlatform, ModelPlatform, NemoPlatform
+from resources.telemetry import telemetry_from_env
 from resources.traces import FileTraceSource
 from resources.tracking import build_tracker, tracked
 from resources.weave_source import weave_source_from_env
 from sensors.automation import weekly_schedules
 from sensors.drop_folder import drop_folder_sensor
+from sensors.telemetry import serving_telemetry_sensor
 from sensors.weave import weave_trace_sensor
 
 
@@ -53,6 +56,7 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
             validation_workers=settings.validation_workers,
         ),
         "platform": build_platform(settings, home),
+        "telemetry": telemetry_from_env(home),  # off unless FLYWHEEL_TELEMETRY_URL is set
     }
 
 
@@ -91,6 +95,8 @@ ASSETS = [
     customized_eval,
     leaderboard,
     promoted_model,
+    production_metrics,
+    serving_telemetry,
 ]
 
 # Each stage waits for an automation tick after its upstream ends; Dagster's default sensor
@@ -126,9 +132,11 @@ def executor_for(settings: FlywheelSettings) -> dg.ExecutorDefinition | None:
 
 defs = dg.Definitions(
     assets=ASSETS,
-    jobs=[ingest_job, curate_and_split_job, train_and_evaluate_job, report_job, promote_job, rollback_job],
+    jobs=[ingest_job, curate_and_split_job, train_and_evaluate_job, report_job, promote_job, rollback_job,
+          serving_telemetry_job],
     resources={**build_resources(), "weave_source": weave_source_from_env()},
-    sensors=[drop_folder_sensor, weave_trace_sensor, automation_sensor, gpu_automation_sensor],
+    sensors=[drop_folder_sensor, weave_trace_sensor, automation_sensor, gpu_automation_sensor,
+             serving_telemetry_sensor],
     schedules=weekly_schedules(),
     executor=executor_for(load_settings()),
 )

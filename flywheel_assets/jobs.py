@@ -13,10 +13,11 @@ from partitions.defs import candidate_workload_partitions, trace_partitions, wor
 
 ingest_job = dg.define_asset_job(
     "ingest",
-    selection=dg.AssetSelection.assets("raw_traces", "quarantined_traces"),
+    # production_metrics rides along: always current, no run of its own
+    selection=dg.AssetSelection.assets("raw_traces", "quarantined_traces", "production_metrics"),
     partitions_def=trace_partitions,
-    description="Validated raw_traces (+ quarantined_traces) of day x workload partitions; "
-    "what the ingest sensors request and what `dagster job backfill -j ingest` backfills.",
+    description="Validated raw_traces (+ quarantined_traces, production_metrics) of day x workload "
+    "partitions; what the ingest sensors request and what `dagster job backfill -j ingest` backfills.",
 )
 
 curate_and_split_job = dg.define_asset_job(

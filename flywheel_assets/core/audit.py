@@ -15,9 +15,10 @@ and forth.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+import polars as pl
 from pydantic import BaseModel, Field
 
 Action = Literal["promote", "rollback"]
@@ -154,14 +155,65 @@ def rollback_target(current: AuditRecord | None, history: Sequence[AuditRecord])
     return restored
 
 
+def served_models(by_day: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """Which models served the workload's production traffic on these days (`production_metrics`
+    partitions by day), one row each: the candidate and promotions behind it, its days and
+    requests, and how many of them no promotion had approved."""
+    frames = [frame.select("served_model", "candidate", "promotion", "approved", "requests")
+              .with_columns(day=pl.lit(day)) for day, frame in by_day.items()]
+    if not frames:
+        return pl.DataFrame(schema={
+            "served_model": pl.String, "candidate": pl.String, "promotions": pl.List(pl.String),
+            "first_day": pl.String, "last_day": pl.String, "days": pl.UInt32, "requests": pl.Int64,
+            "unapproved_requests": pl.Int64, "unapproved_days": pl.List(pl.String),
+        })
+    return (
+        pl.concat(frames)
+        .group_by("served_model")
+        .agg(
+            pl.col("candidate").drop_nulls().last(),
+            pl.col("promotion").drop_nulls().unique().sort().alias("promotions"),
+            pl.col("day").min().alias("first_day"),
+            pl.col("day").max().alias("last_day"),
+            pl.col("day").n_unique().alias("days"),
+            pl.col("requests").sum(),
+            pl.col("requests").filter(~pl.col("approved")).sum().alias("unapproved_requests"),
+            pl.col("day").filter(~pl.col("approved")).unique().sort().alias("unapproved_days"),
+        )
+        .sort("last_day", "requests", descending=True)
+    )
+
+
+def format_served(served: pl.DataFrame) -> list[str]:
+    """Lines for `format_chain`: each served model, flagged when no promotion approved
+    (some of) its traffic."""
+    if served.is_empty():
+        return ["  served     no production_metrics yet: ingest the workload's traffic"]
+    lines = []
+    for row in served.iter_rows(named=True):
+        behind = f"candidate {row['candidate']}" if row["candidate"] else "no candidate serves under this name"
+        approved_by = f", promotions {', '.join(row['promotions'])}" if row["promotions"] else ""
+        lines.append(f"  served     {row['served_model']}: {row['requests']} requests on {row['days']} days "
+                     f"{row['first_day']}..{row['last_day']}, {behind}{approved_by}")
+        if row["unapproved_requests"]:
+            days = row["unapproved_days"]
+            shown = ", ".join(days[:5]) + (f" (+{len(days) - 5} more)" if len(days) > 5 else "")
+            lines.append(f"  {'UNAPPROVED':<10}   {row['unapproved_requests']} requests served by "
+                         f"{row['served_model']} with no promotion approving it (days {shown}): promote it "
+                         "through the `promote` job, or take it out of production")
+    return lines
+
+
 def format_chain(
     workload_key: str,
     workload_id: str | None,
     latest: Sequence[Materialization],
     promotions: Sequence[AuditRecord],
+    served: pl.DataFrame | None = None,
 ) -> str:
     """The audit chain of one workload as text: traces -> dataset -> splits -> adapter ->
-    evals -> leaderboard -> promotions (newest first)."""
+    evals -> leaderboard -> promotions (newest first) -> the models that served production
+    (`served_models`)."""
     lines = [f"workload {workload_key}" + (f" (id {workload_id!r})" if workload_id and workload_id != workload_key else "")]
     current = promotions[0] if promotions else None
     promoted_at = {m.label: m for m in current.upstream} if current else {}
@@ -194,6 +246,8 @@ def format_chain(
         )
         if record.wandb_artifact:
             lines.append(f"  {'':<10}   wandb {_wandb(record.wandb_artifact)}")
+    if served is not None:
+        lines += format_served(served)
     return "\n".join(lines)
 
 
