@@ -35,7 +35,7 @@ class CurationConfig(dg.Config):
     partitions_def=workload_partitions,
     # deps, not ins: loading through the mapping would ask for every day since the start
     # date (dagster-facts.md #3); the asset reads only the existing days of its window
-    deps=[dg.AssetDep("raw_traces", partition_mapping=BY_WORKLOAD)],
+    deps=[dg.AssetDep("raw_traces", partition_mapping=BY_WORKLOAD), dg.AssetDep("traffic_drift")],
     check_specs=[dg.AssetCheckSpec("has_min_records", asset="workload_dataset", blocking=True)],
     group_name="curate",
     kinds={"polars", "parquet"},

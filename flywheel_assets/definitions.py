@@ -19,6 +19,7 @@ from flywheel_assets.jobs import (
     report_job,
     train_and_evaluate_job,
 )
+from flywheel_assets.production import MONITORING_ASSETS
 from flywheel_assets.promote import promote_job, promoted_model, rollback_job
 from flywheel_assets.settings import FlywheelSettings, load_settings
 from flywheel_assets.report import leaderboard
@@ -97,6 +98,7 @@ ASSETS = [
     promoted_model,
     production_metrics,
     serving_telemetry,
+    *MONITORING_ASSETS,
 ]
 
 # Each stage waits for an automation tick after its upstream ends; Dagster's default sensor
@@ -111,7 +113,7 @@ AUTOMATION_INTERVAL_S = 5
 # default_automation_condition_sensor, so its interval is ours); promoted_model never
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
-    target=dg.AssetSelection.assets(workload_dataset, eval_dataset, train_dataset, leaderboard),
+    target=dg.AssetSelection.assets(workload_dataset, eval_dataset, train_dataset, leaderboard, *MONITORING_ASSETS),
     minimum_interval_seconds=AUTOMATION_INTERVAL_S, emit_backfills=False,
 )
 # the GPU assets, so that their runs carry the GPU run tag

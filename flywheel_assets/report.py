@@ -7,6 +7,7 @@ from pydantic import Field
 from flywheel_assets.core.candidates import load_models
 from flywheel_assets.core.leaderboard import build_leaderboard, production_tokens
 from flywheel_assets.metadata import table
+from flywheel_assets.production import turn_started_by
 from partitions.defs import BY_WORKLOAD, workload_partitions
 from sensors.automation import refresh_when_evaluations_changed
 
@@ -67,5 +68,6 @@ def leaderboard(
             "recommendation": dg.MetadataValue.md(recommendation),
             "leaderboard": table(board.with_columns(pl.col(pl.Float64).round(3)), max_rows=50),
             "dagster/row_count": board.height,
+            **turn_started_by(context.instance, context.partition_key),
         },
     )

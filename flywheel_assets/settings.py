@@ -8,6 +8,7 @@
 | FLYWHEEL_START_DATE         | 2025-01-01              | first day partition; older records are quarantined |
 | FLYWHEEL_VALIDATION_WORKERS | 0 (one per usable CPU)  | processes validating a large trace file (1: none); usable: affinity and cgroup CPU limit |
 | FLYWHEEL_CANDIDATES         | (demo candidate)        | JSON file of candidate models                    |
+| FLYWHEEL_MONITORING         | (defaults)              | JSON file of SLOs, drift thresholds and canary policy per workload |
 | FLYWHEEL_FOREIGN_LEFTOVER_HOURS | 24                  | temp files of a killed process on another host (pod) are removed once untouched this long |
 | FLYWHEEL_EXECUTOR           | in_process              | `in_process`, `multiprocess` (a process per step), or `k8s` (one pod per step) |
 | FLYWHEEL_WEAVE_ENTITY       | (WANDB_ENTITY)          | W&B entity of the Weave project with the traces  |
@@ -59,6 +60,7 @@ class FlywheelSettings(BaseModel):
     start_date: date = _var("FLYWHEEL_START_DATE", date(2025, 1, 1))
     validation_workers: int = Field(default=0, ge=0, alias="FLYWHEEL_VALIDATION_WORKERS")
     candidates_file: Path | None = _var("FLYWHEEL_CANDIDATES")
+    monitoring_file: Path | None = _var("FLYWHEEL_MONITORING")
     # longer than any single write or read of a step: a live writer touches its files
     foreign_leftover_hours: float = Field(default=24.0, gt=0, alias="FLYWHEEL_FOREIGN_LEFTOVER_HOURS")
     # in_process: a run's steps share its process, so a run imports the code location (and
@@ -79,7 +81,7 @@ class FlywheelSettings(BaseModel):
     def _absolute(cls, path: Path | None) -> Path | None:
         return path.expanduser().resolve() if path is not None else None
 
-    @field_validator("candidates_file")
+    @field_validator("candidates_file", "monitoring_file")
     @classmethod
     def _exists(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():

@@ -7,7 +7,8 @@ unchanged dataset never triggers retraining.
 
 Who evaluates the conditions: Dagster's automation condition sensors. The GPU assets are
 targeted by `gpu_automation_sensor` (definitions.py, so their runs carry the GPU run tag);
-every other asset with a condition (workload_dataset, eval/train_dataset, leaderboard) by
+every other asset with a condition (workload_dataset, eval/train_dataset, leaderboard, the
+monitoring assets) by
 `automation_sensor`, which takes the place of Dagster's default one. Both
 start STOPPED: turn them on in the UI (Automation tab), with the ingest sensor.
 """
@@ -27,12 +28,27 @@ _on_changed_data = AC.eager().replace(
     "any_deps_updated", AC.any_deps_match(AC.data_version_changed())
 )
 
-# A workload dataset reads every day of its workload; days without traffic are missing
-# partitions, which must not block it (eager alone never fires for such a workload). Without
-# eager's missing-deps guard a new workload would be requested as soon as its partition
-# exists, before any day is ingested: at least one day must be there.
-refresh_when_data_changed = _on_changed_data.without(~AC.any_deps_missing()) & AC.any_deps_match(
-    ~AC.missing()
+# A workload-level asset over the days of its workload (its dataset, its monitoring): days
+# without traffic are missing partitions, which must not block it (eager alone never fires
+# for such a workload). Without eager's missing-deps guard a new workload would be requested
+# as soon as its partition exists, before any day is ingested: at least one day must be there.
+_present = AC.any_deps_match(~AC.missing())
+refresh_when_traffic_changed = _on_changed_data.without(~AC.any_deps_missing()) & _present
+
+# Drift starts the next turn. `traffic_drift`'s data version changes when a breach starts
+# (not while it lasts, see core/drift.py) and its WARN check fails while it lasts: the
+# workload's dataset is requested once per breach, with its splits in the same run; the
+# turn goes on through training as far as the data changed. Its other data version
+# changes (a breach ending) start nothing.
+_DRIFT = dg.AssetSelection.assets("traffic_drift")
+drift_breach_started = AC.any_deps_match(AC.data_version_changed() & AC.any_checks_match(AC.check_failed())).allow(
+    _DRIFT
+)
+refresh_when_data_changed = (
+    AC.eager()
+    .replace("any_deps_updated", AC.any_deps_match(AC.data_version_changed()).ignore(_DRIFT) | drift_breach_started)
+    .without(~AC.any_deps_missing())
+    & _present
 )
 
 # Training and evaluation: only when a split really changed and its blocking checks passed.

@@ -31,6 +31,9 @@ import polars as pl
 from pydantic import BaseModel, Field
 from scipy import stats
 
+from flywheel_assets.core.candidates import CostProfile
+from flywheel_assets.core.production_metrics import _tool_call_checks, offered_tools, served_model_expr
+
 Verdict = Literal["promote_fully", "keep_watching", "roll_back"]
 
 
@@ -103,6 +106,60 @@ class CanaryResult:
             schema={"metric": pl.String, "baseline": pl.Float64, "canary": pl.Float64, "p_value": pl.Float64,
                     "p_adjusted": pl.Float64, "regression": pl.Boolean, "interval": pl.String, "note": pl.String},
         )
+
+
+def request_values(traces: pl.DataFrame | pl.LazyFrame, costs: dict[str, CostProfile], other: CostProfile) -> pl.DataFrame:
+    """One row per `raw_traces` record with the per-request values `VersionTraffic` reads,
+    tool calls judged as `production_metrics` judges them. `costs`: served model name -> its
+    candidate's cost profile; `other` prices the rest (the production model a promotion
+    replaced)."""
+    traces = traces.lazy().collect()
+    frame = traces.select(
+        served_model_expr(),
+        (pl.col("latency_ms") / 1000).alias("latency_s"),
+        pl.col("feedback_thumbs").alias("thumbs"),
+        "prompt_tokens", "completion_tokens",
+        offered_tools(traces).alias("tools"),
+        pl.col("raw").str.json_path_match("$.response.choices[0].message.tool_calls").alias("calls"),
+    )
+    checks = _tool_call_checks(frame.select("tools", "calls").drop_nulls().unique())
+    models = frame.get_column("served_model").unique().to_list()
+    prices = pl.DataFrame(
+        {"served_model": models,
+         "_prompt_usd": [costs.get(m, other).usd_per_million_prompt_tokens / 1e6 for m in models],
+         "_completion_usd": [costs.get(m, other).usd_per_million_completion_tokens / 1e6 for m in models]},
+        schema={"served_model": pl.String, "_prompt_usd": pl.Float64, "_completion_usd": pl.Float64},
+    )
+    return (
+        frame.join(checks, on=["tools", "calls"], how="left", nulls_equal=False)
+        .join(prices, on="served_model", how="left")
+        .select(
+            "served_model", "latency_s", "thumbs",
+            pl.col("schemas_valid").fill_null(0).alias("tool_calls_valid"),
+            (pl.col("call_count") - pl.col("schemas_valid")).fill_null(0).alias("tool_calls_invalid"),
+            (pl.col("prompt_tokens") * pl.col("_prompt_usd") + pl.col("completion_tokens") * pl.col("_completion_usd"))
+            .alias("cost_usd"),
+        )
+    )
+
+
+def pick_versions(metrics: pl.DataFrame) -> tuple[str, str] | str:
+    """(baseline, canary) served models from `production_metrics` rows of the window: the
+    canary is the model of the newest promotion (record ids sort by time), the baseline the
+    busiest other model; or why there is no canary to analyse."""
+    served = (
+        metrics.group_by("served_model")
+        .agg(pl.col("requests").sum(), pl.col("promotion").drop_nulls().max())
+        .sort("requests", descending=True)
+    )
+    if served.height < 2:
+        return f"one version serves the workload ({', '.join(served.get_column('served_model')) or 'no traffic'})"
+    promoted = served.filter(pl.col("promotion").is_not_null()).sort("promotion", descending=True)
+    if promoted.is_empty():
+        return f"no promotion approved any of {', '.join(served.get_column('served_model'))}"
+    canary = promoted.get_column("served_model")[0]
+    baseline = served.filter(pl.col("served_model") != canary).get_column("served_model")[0]
+    return baseline, canary
 
 
 def _latency(v: VersionTraffic) -> np.ndarray:

@@ -54,13 +54,14 @@ def _requests(frame: pl.LazyFrame, prompt: pl.Expr, calls: pl.Expr, offered: pl.
 
 
 def recent_requests(traces: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """From `raw_traces` rows: one row per request with `prompt` (its user messages),
-    `tools_called` and `tools_offered` (names)."""
+    """From `raw_traces` rows: one row per request with its `record_id`, `prompt` (its user
+    messages), `tools_called` and `tools_offered` (names)."""
     return _requests(
         traces.lazy(),
         pl.col("user_key").str.json_decode(pl.List(pl.String)).list.join("\n"),
         pl.col("raw").str.json_path_match("$.response.choices[0].message.tool_calls"),
         pl.col("raw").str.json_path_match("$.request.tools"),
+        "record_id",
     )
 
 
@@ -72,7 +73,7 @@ def split_requests(split: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         pl.col("messages").str.json_decode(_MESSAGES).list.eval(users).list.join("\n"),
         pl.col("expected").str.json_path_match("$.tool_calls"),
         pl.col("tools"),
-        "split",
+        "record_id", "split",
     )
 
 
@@ -126,7 +127,10 @@ def _novel_shares(train: pl.Series, *prompts: pl.Series) -> list[float | None]:
 
 
 def measure_drift(recent: pl.DataFrame, reference: pl.DataFrame, thresholds: DriftThresholds) -> DriftResult:
-    """Compare `recent_requests` rows with `split_requests` rows (train + validation)."""
+    """Compare `recent_requests` rows with `split_requests` rows (train + validation). The
+    split's records of the recent traffic itself are left out: a split rebuilt since the
+    traffic arrived must not hide the drift from itself."""
+    reference = reference.filter(~pl.col("record_id").is_in(recent.get_column("record_id").implode()))
     train = reference.filter(pl.col("split") == "train")
     held_out = reference.filter(pl.col("split") == "validation")
     limits = {m: getattr(thresholds, m) for m in MEASURES}

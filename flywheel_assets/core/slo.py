@@ -19,6 +19,8 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from flywheel_assets.core.canary import CanaryPolicy
+
 
 @dataclass(frozen=True)
 class Objective:
@@ -33,8 +35,8 @@ OBJECTIVES = (
     Objective("latency_p95_s", "latency_p95_s", "max", "s", "production_metrics"),
     Objective("ttft_p95_s", "ttft_p95_s", "max", "s", "serving_telemetry"),
     Objective("error_rate", "error_rate", "max", "", "serving_telemetry"),
-    Objective("tokens_per_s", "tokens_per_s", "min", "tokens/s", "serving_telemetry"),
-    Objective("queue_depth", "queue_depth", "max", "requests", "serving_telemetry"),
+    Objective("tokens_per_s", "generation_tokens_per_s", "min", "tokens/s", "serving_telemetry"),
+    Objective("queue_depth", "requests_waiting_max", "max", "requests", "serving_telemetry"),
     Objective("thumbs_down_rate", "thumbs_down_rate", "max", "", "production_metrics"),
     Objective("tool_call_validity", "tool_call_schema_valid_rate", "min", "", "production_metrics"),
 )
@@ -78,6 +80,9 @@ class WorkloadMonitoring(BaseModel):
 
     slo: SLO = SLO()
     drift: DriftThresholds = DriftThresholds()
+    canary: CanaryPolicy = CanaryPolicy()
+    window_days: int = Field(default=1, ge=1, description="Days of traffic the SLOs' newest day and the canary read.")
+    history_days: int = Field(default=14, ge=1, description="Days looked back to date the start of a breach.")
 
 
 class MonitoringConfig(BaseModel):
@@ -93,7 +98,10 @@ class MonitoringConfig(BaseModel):
         """The settings of a workload, looked up by its id or its partition key."""
         override = next((self.workloads[n] for n in names if n and n in self.workloads), {})
         base = self.default.model_dump()
-        merged = {part: base[part] | override.get(part, {}) for part in base}
+        merged = {
+            part: value | override.get(part, {}) if isinstance(value, dict) else override.get(part, value)
+            for part, value in base.items()
+        }
         return WorkloadMonitoring.model_validate(merged)
 
 
@@ -138,6 +146,24 @@ class Breach:
 
 
 OBSERVATION_KEYS = ("day", "served_model", "candidate", "promotion", "requests")
+TELEMETRY_COLUMNS = tuple(o.column for o in OBJECTIVES if o.source == "serving_telemetry")
+
+
+def daily_observations(metrics: dict[str, pl.DataFrame], telemetry: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """One row per day and served model: `production_metrics` rows by day, with the day's
+    `serving_telemetry` row of the same model (its `model` label) where there is one."""
+    frames = [frame.with_columns(pl.lit(day).alias("day")) for day, frame in metrics.items()]
+    if not frames:
+        return pl.DataFrame(schema={k: pl.String for k in OBSERVATION_KEYS} | {"requests": pl.Int64})
+    observed = pl.concat(frames, how="diagonal_relaxed")
+    engine = [
+        frame.select(pl.lit(day).alias("day"), pl.col("model").alias("served_model"),
+                     *(pl.col(c).cast(pl.Float64) for c in TELEMETRY_COLUMNS))
+        for day, frame in telemetry.items() if frame.height
+    ]
+    if engine:
+        observed = observed.join(pl.concat(engine), on=["day", "served_model"], how="left")
+    return observed
 
 
 def find_breaches(observations: pl.DataFrame, slo: SLO) -> dict[str, list[Breach]]:
