@@ -19,6 +19,7 @@ from flywheel_assets.core.production_metrics import (
     empty_answers_by_model,
     metrics_by_served_model,
 )
+from resources.tracking import Tracker
 
 DAY = "2026-11-20"
 T0 = int(dt.datetime(2026, 11, 20, 8, tzinfo=dt.timezone.utc).timestamp())
@@ -153,6 +154,23 @@ def test_tool_calls_are_checked_against_the_offered_tools_and_their_schemas():
     assert row["tool_call_schema_valid_rate"] == pytest.approx(3 / 6)
 
 
+def test_each_record_is_checked_against_the_tools_it_offered():
+    """Same tool names, another schema (a new version of the agent) or other formatting:
+    each record is judged by its own tools, not by the first record's."""
+    v2 = json.loads(json.dumps(TOOLS))
+    v2[0]["function"]["parameters"]["required"] = ["order_number"]
+    compact = json.dumps(json.loads(trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')])),
+                         separators=(",", ":"))
+    rows = metrics([
+        trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')]),
+        trace("llama-1b", content=None, tools=v2, calls=[("get_order_status", '{"order_id": "A1"}')]),  # misses order_number
+        compact,
+    ])
+    row = rows["llama-1b"]
+    assert row["tool_calls"] == 3 and row["tool_call_name_valid_rate"] == 1.0
+    assert row["tool_call_schema_valid_rate"] == pytest.approx(2 / 3)
+
+
 def test_empty_and_refused_answers():
     rows = metrics([
         trace("llama-1b", content="I'm sorry, but I can't help with that."),
@@ -184,6 +202,21 @@ def test_sample_traffic_one_row_per_served_model():
 
 
 # ------------------------------------------------------------------------- the asset
+LOGGED = []
+
+
+class RecordingTracker(Tracker):
+    """W&B on, recording what would be logged."""
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def log(self, request):
+        LOGGED.append(request)
+        return {"name": request.name, "type": request.type, "digest": "e" * 32}
+
+
 def test_the_ingest_job_records_production_metrics_per_partition_with_promotions(tmp_path, monkeypatch, capsys):
     """A real instance: one promotion recorded for workload `router`, an ingest run over two
     days; the adapter's traffic is tied to it, the old production model is flagged, and
@@ -196,6 +229,7 @@ def test_the_ingest_job_records_production_metrics_per_partition_with_promotions
     from flywheel_assets.definitions import ASSETS, build_resources
     from flywheel_assets.jobs import ingest_job
     from flywheel_assets.promote import AUDIT_METADATA_KEY
+    from resources.tracking import WANDB_METADATA_KEY
 
     today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     days = [(today - dt.timedelta(days=2 - d)) for d in range(2)]
@@ -208,14 +242,18 @@ def test_the_ingest_job_records_production_metrics_per_partition_with_promotions
         (tmp_path / "traces" / f"{day.date()}.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
     record = promotion("20261120T000000Z-abcd1234", CandidateSpec(name="tiny-demo", served_as=["llama-1b-router-lora"]),
                        (days[1] + dt.timedelta(hours=1)).isoformat())
-    defs = dg.Definitions(assets=ASSETS, jobs=[ingest_job], resources=build_resources(tmp_path, tmp_path / "traces"))
+    tracker = RecordingTracker()
+    defs = dg.Definitions(assets=ASSETS, jobs=[ingest_job],
+                          resources={**build_resources(tmp_path, tmp_path / "traces"), "tracker": tracker})
+    promoted_ref = {"name": "promoted_model.router", "type": "model", "digest": "d" * 32}
     first, last = (f"{day.date()}|router" for day in days)
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         instance.add_dynamic_partitions("workload", ["router"])
         instance.report_runless_asset_event(dg.AssetMaterialization(
-            "promoted_model", partition="router", metadata={AUDIT_METADATA_KEY: dg.MetadataValue.json(record.model_dump(mode="json"))},
+            "promoted_model", partition="router", metadata={AUDIT_METADATA_KEY: dg.MetadataValue.json(record.model_dump(mode="json")),
+                                                          WANDB_METADATA_KEY: dg.MetadataValue.json(promoted_ref)},
         ))
         run = defs.resolve_job_def("ingest").execute_in_process(
             instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last})
@@ -236,6 +274,11 @@ def test_the_ingest_job_records_production_metrics_per_partition_with_promotions
     assert events[first]["unapproved_models"].value == "llama-1b-router-lora, prod-70b"  # promoted the day after
     assert events[last]["unapproved_models"].value == "prod-70b"
     assert events[last]["promotions"].value == record.id
+    # W&B: only the day a promotion approved traffic, in a run that uses the promoted model
+    (logged,) = LOGGED
+    assert logged.partition == last and logged.inputs == [promoted_ref] and logged.type == "production-metrics"
+    assert logged.tables["production_metrics"].height == 2
+    assert events[last]["wandb_artifact_version"].value.startswith("offline")
     stored = pl.read_parquet(tmp_path / "assets" / "production_metrics" / str(days[1].date()) / "router.parquet")
     rows = {r["served_model"]: r for r in stored.to_dicts()}
     assert rows["llama-1b-router-lora"]["candidate"] == "tiny-demo" and rows["llama-1b-router-lora"]["approved"]

@@ -115,16 +115,19 @@ def metrics_by_served_model(
         "feedback_thumbs",
         "has_tool_calls",
         offered_tools(traces).alias("tools"),
+    ).with_columns(
+        pl.col("response").str.json_path_match(_MESSAGE).alias("message"),
+        pl.col("response").str.json_path_match("$.choices[0].finish_reason").alias("finish_reason"),
     ).select(
         served_model_expr("response", "request_model", path="$.model"),
         "latency_ms",
         "prompt_tokens",
         "completion_tokens",
         "feedback_thumbs",
-        _refused(pl.col("response").str.json_path_match("$.choices[0]")).alias("refused"),
+        _refused().alias("refused"),
         "tools",
         pl.when(pl.col("tools").is_not_null())
-        .then(pl.col("response").str.json_path_match(f"{_MESSAGE}.tool_calls"))
+        .then(pl.col("message").str.json_path_match("$.tool_calls"))
         .alias("calls"),
     ).collect()
     checks = _tool_call_checks(frame.select("tools", "calls").drop_nulls().unique())
@@ -203,14 +206,14 @@ def _verbatim_tools(raw: str) -> str | None:
     return None
 
 
-def _refused(choice: pl.Expr) -> pl.Expr:
-    """`choice`: the response's first choice as JSON text."""
-    message = choice.str.json_path_match("$.message")
-    refusal = message.str.json_path_match("$.refusal")
+def _refused() -> pl.Expr:
+    """From the answer's `message` (JSON text) and `finish_reason` columns."""
+    refusal = pl.col("message").str.json_path_match("$.refusal")
+    content = pl.col("message").str.json_path_match("$.content")
     return (
         (refusal.is_not_null() & (refusal.str.strip_chars() != ""))
-        | (choice.str.json_path_match("$.finish_reason") == "content_filter")
-        | (~pl.col("has_tool_calls") & message.str.json_path_match("$.content").str.contains(REFUSAL_OPENING))
+        | (pl.col("finish_reason") == "content_filter")
+        | (~pl.col("has_tool_calls") & content.str.contains(REFUSAL_OPENING))
     ).fill_null(False)
 
 
