@@ -10,6 +10,7 @@ import dagster as dg
 from flywheel_assets.curate import workload_dataset
 from flywheel_assets.evaluate import base_eval, customized_eval, icl_eval
 from flywheel_assets.ingest import raw_traces
+from flywheel_assets.judge import judge_calibration
 from flywheel_assets.monitor import production_metrics, serving_telemetry, serving_telemetry_job
 from flywheel_assets.jobs import (
     GPU_ASSETS,
@@ -26,6 +27,7 @@ from flywheel_assets.report import leaderboard
 from flywheel_assets.split import eval_dataset, train_dataset
 from flywheel_assets.train import lora_adapter
 from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManager, StoredAssets
+from resources.embeddings import EmbeddingsResource
 from resources.nemo.backend import NemoBackend
 from resources.platform import LocalPlatform, ModelPlatform, NemoPlatform
 from resources.telemetry import telemetry_from_env
@@ -58,6 +60,14 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
         ),
         "platform": build_platform(settings, home),
         "telemetry": telemetry_from_env(home),  # off unless FLYWHEEL_TELEMETRY_URL is set
+        "embeddings": EmbeddingsResource(
+            base_url=settings.embeddings_base_url,
+            model=settings.embeddings_model,
+            api_key=_secret("FLYWHEEL_EMBEDDINGS_API_KEY"),
+            input_type=settings.embeddings_input_type,
+            dimensions=settings.embeddings_dimensions,
+            cache_path=str(home / "cache" / "embeddings.sqlite"),
+        ),
     }
 
 
@@ -95,6 +105,7 @@ ASSETS = [
     icl_eval,
     customized_eval,
     leaderboard,
+    judge_calibration,
     promoted_model,
     production_metrics,
     serving_telemetry,

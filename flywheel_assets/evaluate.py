@@ -1,9 +1,14 @@
 """Stage `evaluate`: replay the eval split's prompts against each candidate, three ways.
 
 `base_eval` asks the candidate as it is, `icl_eval` with 1-3 examples from the train split
-in the prompt (within the token budget), `customized_eval` with its LoRA adapter. Each
-returns one row per eval record (scores, reason when it failed, latency, tokens), so a
-person can see which records failed and why.
+in the prompt (within the token budget; chosen by `core/icl.py`), `customized_eval` with
+its LoRA adapter. Each returns one row per eval record (scores, reason when it failed,
+latency, tokens), so a person can see which records failed and why.
+
+An evaluation's data version is its result (`core/versions.py`): a hash of its rows and of
+what produced them (experiment, ICL strategy and examples, judge, adapter), so base and
+ICL results never share a version and a re-evaluation that changed a score refreshes the
+leaderboard, while one that did not triggers nothing.
 """
 
 from collections.abc import Sequence
@@ -13,12 +18,15 @@ import polars as pl
 from pydantic import Field
 
 from flywheel_assets.core.chat import ChatBackend, ChatExample, ChatPrompt
-from flywheel_assets.core.icl import build_icl_prompt, select_icl_examples
+from flywheel_assets.core.icl import IclOptions, IclPlan, SelectionStrategy, plan_icl_prompts
 from flywheel_assets.core.metrics import score_records
+from flywheel_assets.core.versions import evaluation_version
 from flywheel_assets.metadata import table
+from flywheel_assets.settings import load_settings
 from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
 from flywheel_assets.train import candidate_of, split_examples
 from partitions.defs import BY_WORKLOAD, candidate_workload_partitions
+from resources.embeddings import EmbeddingsResource
 from resources.platform import Adapter, ModelPlatform
 from sensors.automation import retrain_when_dataset_changed
 
@@ -34,12 +42,10 @@ EVAL_ASSET = dict(
 BY_WORKLOAD_IN = dg.AssetIn(partition_mapping=BY_WORKLOAD)
 
 
-class IclConfig(dg.Config):
-    max_context_tokens: int = Field(default=32768, description="context of the candidate")
-    reserved_tokens: int = Field(default=4096, description="kept free for the answer")
-    min_examples: int = 1
-    max_examples: int = 3
-    seed: int = 0
+class IclConfig(dg.Config, IclOptions):
+    strategy: SelectionStrategy = Field(
+        default=load_settings().icl_strategy, description="uniform, lexical or embedding (FLYWHEEL_ICL_STRATEGY)"
+    )
 
 
 def _score(
@@ -50,6 +56,7 @@ def _score(
     prompts: Sequence[ChatPrompt],
     platform: ModelPlatform,
     extra_metadata: dict | None = None,
+    produced_by: dict | None = None,
 ) -> dg.Output[pl.DataFrame]:
     context.log.info(f"{experiment}: replaying {len(prompts)} eval prompts")
     completions = backend.complete(list(prompts))
@@ -57,8 +64,10 @@ def _score(
     result = score_records(workload_type, examples, completions, judge=platform.judge())
     rows = result.to_polars()
     failing = rows.filter(pl.col("reason").is_not_null() | pl.col("error").is_not_null())
+    version = evaluation_version(rows, {"experiment": experiment, "judge": result.judge, **(produced_by or {})})
     return dg.Output(
         rows,
+        data_version=dg.DataVersion(version),
         metadata={
             "experiment": experiment,
             **result.scores,
@@ -70,6 +79,7 @@ def _score(
             "errors": result.error_count,
             "dagster/row_count": rows.height,
             "failing_records": table(failing.select("record_id", "reason", "error")),
+            **({"tool_confusion": table(result.tool_confusion_frame(), max_rows=50)} if result.tool_confusion else {}),
             **(extra_metadata or {}),
         },
     )
@@ -86,28 +96,23 @@ def base_eval(context, eval_dataset: pl.LazyFrame, train_dataset: pl.LazyFrame, 
 
 @dg.asset(ins={"eval_dataset": BY_WORKLOAD_IN, "train_dataset": BY_WORKLOAD_IN}, **EVAL_ASSET,
           description="The candidate with 1-3 train examples in its prompt (in-context learning).")
-def icl_eval(context, config: IclConfig, eval_dataset: pl.LazyFrame, train_dataset: pl.LazyFrame, platform: ModelPlatform):
+def icl_eval(context, config: IclConfig, eval_dataset: pl.LazyFrame, train_dataset: pl.LazyFrame,
+             platform: ModelPlatform, embeddings: EmbeddingsResource):
     candidate = candidate_of(context)
     examples = to_eval_examples(eval_dataset)
     pool = split_examples(train_dataset, "train")
     with platform.serving(candidate, pool) as backend:
         count_tokens, model_limit = token_counter(backend)
-        # never beyond what the model can read: its own context limit, less room for the answer
-        budget_context = min(config.max_context_tokens, model_limit + config.reserved_tokens - candidate.max_new_tokens)
-        prompts, shots = [], []
-        for example in examples:
-            chosen = select_icl_examples(
-                example, pool, count_tokens=count_tokens, max_context_tokens=budget_context,
-                reserved_tokens=config.reserved_tokens, min_examples=config.min_examples,
-                max_examples=config.max_examples, seed=config.seed,
-            )
-            shots.append(len(chosen))
-            prompts.append(build_icl_prompt(example, chosen))
-        return _score(context, "icl", backend, examples, prompts, platform, {
-            "examples_per_prompt_mean": sum(shots) / max(len(shots), 1),
-            "prompts_without_examples": shots.count(0),
-            "token_budget": budget_context - config.reserved_tokens,
-        })
+        embedder = embeddings.client() if config.strategy == "embedding" else None
+        plan = plan_icl_prompts(
+            examples, pool, config, count_tokens=count_tokens,
+            model_limit=model_limit, max_new_tokens=candidate.max_new_tokens,
+            embed=embedder.embed if embedder else None,
+        )
+        if embedder:
+            context.log.info(f"embeddings: {embedder.requests_made} requests to {embedder.embeddings_url} (the rest cached)")
+        return _score(context, "icl", backend, examples, plan.prompts, platform,
+                      {**plan.summary(), "icl_choices": icl_choices_table(plan)}, {"icl": plan.provenance()})
 
 
 @dg.asset(ins={"eval_dataset": BY_WORKLOAD_IN}, **EVAL_ASSET,
@@ -117,15 +122,30 @@ def customized_eval(context, eval_dataset: pl.LazyFrame, lora_adapter: dict, pla
     adapter = Adapter.model_validate(lora_adapter)
     if not adapter.trained:
         context.log.info(f"{candidate.name}: no adapter ({adapter.reason}); nothing to evaluate")
-        return dg.Output(pl.DataFrame(), metadata={"experiment": "customized", "skipped": adapter.reason or ""})
+        skipped = {"experiment": "customized", "skipped": adapter.reason or ""}
+        return dg.Output(pl.DataFrame(), metadata=skipped,
+                         data_version=dg.DataVersion(evaluation_version(pl.DataFrame(), skipped)))
     examples = to_eval_examples(eval_dataset)
+    trained = adapter.adapter_dir or adapter.output_model or ""
     with platform.serving(candidate, [], adapter) as backend:
         return _score(context, "customized", backend, examples, examples, platform,
-                      {"adapter": adapter.adapter_dir or adapter.output_model or ""})
+                      {"adapter": trained}, {"adapter": trained})
 
 
 def to_eval_examples(eval_dataset: pl.LazyFrame) -> list[ChatExample]:
     return split_examples(eval_dataset, "eval")
+
+
+def icl_choices_table(plan: IclPlan) -> dg.MetadataValue:
+    """Per eval record: the chosen example ids and their similarity to the prompt."""
+    return table(pl.DataFrame(
+        {
+            "record_id": [c.record_id for c in plan.choices],
+            "examples": [", ".join(c.example_ids) for c in plan.choices],
+            "similarity": [", ".join("" if v is None else f"{v:.3f}" for v in c.scores) for c in plan.choices],
+        },
+        schema={"record_id": pl.String, "examples": pl.String, "similarity": pl.String},
+    ), max_rows=50)
 
 
 def token_counter(backend: ChatBackend):

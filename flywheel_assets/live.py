@@ -350,8 +350,10 @@ def demo_traces(folder: Path, records: int, seed: int) -> tuple[list[Path], str,
 def print_leaderboards(home: Path, workloads: Iterable[str]) -> None:
     import polars as pl
 
+    from flywheel_assets.core.leaderboard import printable
+
     with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=200, float_precision=3):
         for workload in workloads:
             path = home / "assets" / "leaderboard" / f"{workload}.parquet"
             print(f"\nleaderboard [{workload}] ({path})")
-            print(pl.read_parquet(path))
+            print(printable(pl.read_parquet(path)))

@@ -15,12 +15,17 @@
 | FLYWHEEL_WEAVE_PROJECT      | (WANDB_PROJECT)         | W&B project holding the traces (weave_trace_sensor) |
 | FLYWHEEL_JUDGE_BASE_URL     |                         | OpenAI-compatible endpoint of an LLM judge        |
 | FLYWHEEL_JUDGE_MODEL        |                         | model name sent to the judge                      |
+| FLYWHEEL_ICL_STRATEGY       | lexical                 | ICL example choice: `uniform`, `lexical` (TF-IDF), `embedding` |
+| FLYWHEEL_EMBEDDINGS_BASE_URL |                        | OpenAI-compatible `/v1` endpoint of an embedding model (`embedding`) |
+| FLYWHEEL_EMBEDDINGS_MODEL   |                         | embedding model name, e.g. nvidia/llama-3.2-nv-embedqa-1b-v2 |
+| FLYWHEEL_EMBEDDINGS_INPUT_TYPE |                      | sent as `input_type` (NIM retrieval models need `query`) |
+| FLYWHEEL_EMBEDDINGS_DIMENSIONS |                      | expected vector size, checked on every response   |
 | FLYWHEEL_NEMO_BASE_URL      |                         | NeMo gateway: Entity Store, Customizer, Evaluator, Deployment Mgmt (`nemo`) |
 | FLYWHEEL_NEMO_DATASTORE_URL |                         | NeMo Data Store (`nemo`)                          |
 | FLYWHEEL_NIM_BASE_URL       |                         | NIM proxy, OpenAI-compatible (`nemo`)             |
 | FLYWHEEL_NEMO_NAMESPACE     | flywheel                | namespace of everything the flywheel creates in NeMo |
 
-Secrets are never read here, only named: FLYWHEEL_JUDGE_API_KEY, NGC_API_KEY, WANDB_API_KEY
+Secrets are never read here, only named: FLYWHEEL_JUDGE_API_KEY, FLYWHEEL_EMBEDDINGS_API_KEY, NGC_API_KEY, WANDB_API_KEY
 reach resources through `dagster.EnvVar`, so they stay out of settings, metadata and logs.
 
 An empty variable counts as unset (Kubernetes and compose files often carry `VAR: ""`).
@@ -71,6 +76,11 @@ class FlywheelSettings(BaseModel):
     weave_project: str | None = _var("FLYWHEEL_WEAVE_PROJECT")
     judge_base_url: str | None = _var("FLYWHEEL_JUDGE_BASE_URL")
     judge_model: str | None = _var("FLYWHEEL_JUDGE_MODEL")
+    icl_strategy: Literal["uniform", "lexical", "embedding"] = _var("FLYWHEEL_ICL_STRATEGY", "lexical")
+    embeddings_base_url: str | None = _var("FLYWHEEL_EMBEDDINGS_BASE_URL")
+    embeddings_model: str | None = _var("FLYWHEEL_EMBEDDINGS_MODEL")
+    embeddings_input_type: str | None = _var("FLYWHEEL_EMBEDDINGS_INPUT_TYPE")
+    embeddings_dimensions: int | None = Field(default=None, gt=0, alias="FLYWHEEL_EMBEDDINGS_DIMENSIONS")
     nemo_base_url: str | None = _var("FLYWHEEL_NEMO_BASE_URL")
     nemo_datastore_url: str | None = _var("FLYWHEEL_NEMO_DATASTORE_URL")
     nim_base_url: str | None = _var("FLYWHEEL_NIM_BASE_URL")
@@ -88,7 +98,7 @@ class FlywheelSettings(BaseModel):
             raise ValueError("is not a file")
         return path
 
-    @field_validator("judge_base_url", "nemo_base_url", "nemo_datastore_url", "nim_base_url")
+    @field_validator("judge_base_url", "embeddings_base_url", "nemo_base_url", "nemo_datastore_url", "nim_base_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
         if url is None:
@@ -112,6 +122,14 @@ class FlywheelSettings(BaseModel):
             missing = [_alias(f) for f in endpoints if getattr(self, f) is None]
             if missing:
                 raise ValueError(f"FLYWHEEL_BACKEND=nemo needs {', '.join(missing)} (unset)")
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_needs_its_endpoint(self) -> FlywheelSettings:
+        if self.icl_strategy == "embedding":
+            missing = [_alias(f) for f in ("embeddings_base_url", "embeddings_model") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"FLYWHEEL_ICL_STRATEGY=embedding needs {', '.join(missing)} (unset)")
         return self
 
     @property

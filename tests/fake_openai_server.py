@@ -8,6 +8,10 @@ keep-alive, so a client holding 32 connections gets 32 requests served at once.
   with arguments ``{"text": <last user message>}``; without tools it answers
   ``"echo: <last user message>"``. Pass ``responder`` to script any other answer.
 - ``GET /v1/models``: the configured model.
+- ``POST /v1/embeddings``: OpenAI's embeddings wire format (``input`` a string or a list
+  of strings; 400 without it, as OpenAI answers). Each vector is ``embedder(text)``;
+  the default hashes the text's lower-cased words into ``embedding_dimensions`` buckets
+  (a bag of words), so texts sharing words get similar vectors.
 - Faults are scripted per request in arrival order (`FakeOpenAIServer.add_faults`):
   `Fault.status(429, retry_after=0)`, `Fault.status(503, message=...)`,
   `Fault.hang(seconds)` (waits, then answers normally, unless the client gave up),
@@ -30,6 +34,7 @@ import argparse
 import json
 import sys
 import threading
+import zlib
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 Responder = Callable[[dict[str, Any]], dict[str, Any]]
+Embedder = Callable[[str], list[float]]
 HOLD_TIMEOUT_S = 30.0
 
 
@@ -78,6 +84,7 @@ class _State:
     latency_s: float
     api_key: str | None
     responder: Responder | None
+    embedder: Embedder | None = None
     hold_until_in_flight: int | None = None
     faults: deque = field(default_factory=deque)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -100,10 +107,13 @@ class FakeOpenAIServer:
         latency_s: float = 0.0,
         api_key: str | None = None,
         responder: Responder | None = None,
+        embedder: Embedder | None = None,
+        embedding_dimensions: int = 32,
         hold_until_in_flight: int | None = None,
     ) -> None:
         self._state = _State(
             model=model, latency_s=latency_s, api_key=api_key, responder=responder,
+            embedder=embedder or (lambda text: bag_of_words_vector(text, embedding_dimensions)),
             hold_until_in_flight=hold_until_in_flight,
         )
         self._httpd: ThreadingHTTPServer | None = None
@@ -247,8 +257,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"object": "list", "data": [{"id": self.state.model, "object": "model"}]})
         elif self.command == "POST" and path == "/v1/chat/completions" and isinstance(body, dict):
             self._send_json(200, chat_response(body, self.state.model, self.state.responder))
+        elif self.command == "POST" and path == "/v1/embeddings" and isinstance(body, dict):
+            self._embeddings(body)
         else:
             self._send_json(404, {"error": {"message": f"no route {self.command} {path}"}})
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            self._send_json(400, {"error": {"message": "'input' must be a string or a non-empty list of strings",
+                                            "type": "invalid_request_error", "param": "input"}})
+            return
+        tokens = sum(len(text.split()) for text in texts)
+        self._send_json(200, {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": self.state.embedder(t)} for i, t in enumerate(texts)],
+            "model": body.get("model", self.state.model),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -281,6 +308,14 @@ def default_answer(request: dict[str, Any]) -> dict[str, Any]:
     name = next((n for n in names if n and n in text), names[0])
     call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": json.dumps({"text": text})}}
     return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def bag_of_words_vector(text: str, dimensions: int) -> list[float]:
+    """Word counts hashed into `dimensions` buckets (crc32: stable across processes)."""
+    vector = [0.0] * dimensions
+    for word in text.lower().split():
+        vector[zlib.crc32(word.encode()) % dimensions] += 1.0
+    return vector
 
 
 def chat_response(request: dict[str, Any], model: str, responder: Responder | None = None) -> dict[str, Any]:

@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flywheel_assets.core.chat import AssistantMessage, ChatExample, ChatPrompt, FunctionCall, ToolCall
-from flywheel_assets.core.icl import EXAMPLE_TOOL_RESULT, build_icl_prompt, select_icl_examples
+from flywheel_assets.core.icl import (
+    EXAMPLE_TOOL_RESULT,
+    IclOptions,
+    build_icl_prompt,
+    context_budget,
+    plan_icl_prompts,
+)
 
 TOOLS = [{"type": "function", "function": {"name": name}} for name in ("get_weather", "get_time", "book")]
 
@@ -49,8 +55,10 @@ FUNCTIONS = ["get_weather", "get_time", "book"]
 POOL = [tool_example(f"r{i:02d}", FUNCTIONS[i % 3] if i < 3 else "get_weather") for i in range(20)]
 
 
-def select(prompt, pool, **kwargs):
-    return select_icl_examples(prompt, pool, count_tokens=count_tokens, **kwargs)
+def select(prompt, pool, strategy="uniform", **options):
+    """The examples chosen for one prompt (uniform unless asked: these tests are about the budget)."""
+    plan = plan_icl_prompts([prompt], pool, IclOptions(strategy=strategy, **options), count_tokens=count_tokens)
+    return plan.choices[0].examples
 
 
 def test_three_examples_by_default_covering_distinct_functions():
@@ -118,7 +126,7 @@ def test_reserved_tokens_reduce_the_budget():
 
 
 def test_unknown_strategy_rejected():
-    with pytest.raises(ValueError, match="unknown ICL selection strategy"):
+    with pytest.raises(ValueError, match="strategy"):
         select(POOL[0], POOL, strategy="semantic")
 
 
@@ -219,3 +227,111 @@ def test_a_min_above_the_max_never_tops_up_past_the_max():
     ]
     chosen = select(prompt, pool, max_context_tokens=31, reserved_tokens=0, min_examples=3, max_examples=2, seed=0)
     assert len(chosen) <= 2
+
+
+# ------------------------------------------------------------------ similarity strategies
+
+TOPICS = {
+    "t_weather": "what is the weather forecast in Paris tomorrow",
+    "t_flight": "book a flight from Berlin to Rome on Friday",
+    "t_hotel": "find a cheap hotel near the station in Madrid",
+    "t_time": "what time is it now in Tokyo",
+    "t_train": "which train goes to Lyon this evening",
+}
+
+
+def topic_example(record_id: str, text: str, function: str = "lookup", answer: str = "") -> ChatExample:
+    return ChatExample(
+        record_id=record_id, workload_id="w", workload_type="tool_calling",
+        messages=[{"role": "system", "content": "You are a travel agent."}, {"role": "user", "content": text}],
+        tools=TOOLS,
+        expected=AssistantMessage(tool_calls=[ToolCall(function=FunctionCall(name=function, arguments={"q": answer}))]),
+    )
+
+
+TOPIC_POOL = [topic_example(rid, text, function=rid.removeprefix("t_")) for rid, text in TOPICS.items()]
+
+
+def test_lexical_picks_the_most_similar_prompt_first():
+    prompt = topic_example("p", "will it rain in Paris tomorrow? weather please")
+    plan = plan_icl_prompts([prompt], TOPIC_POOL, IclOptions(strategy="lexical", max_examples=1), count_tokens=count_tokens)
+    (choice,) = plan.choices
+    assert choice.example_ids == ["t_weather"]
+    assert choice.scores[0] > 0
+    hotel = topic_example("q", "is there a hotel in Madrid near the station")
+    assert select(hotel, TOPIC_POOL, strategy="lexical", max_examples=1)[0].record_id == "t_hotel"
+
+
+def test_similarity_order_and_scores_recorded_in_the_plan():
+    prompt = topic_example("p", "weather in Paris")
+    plan = plan_icl_prompts([prompt], TOPIC_POOL, IclOptions(strategy="lexical", max_examples=3), count_tokens=count_tokens)
+    choice = plan.choices[0]
+    assert choice.scores == sorted(choice.scores, reverse=True)
+    assert plan.provenance() == {
+        "strategy": "lexical", "cover_tools": True, "token_budget": 32768 - 4096,
+        "examples": {"p": choice.example_ids},
+    }
+    summary = plan.summary()
+    assert summary["icl_strategy"] == "lexical" and summary["top_similarity_mean"] == choice.scores[0]
+    uniform = plan_icl_prompts([prompt], TOPIC_POOL, IclOptions(strategy="uniform"), count_tokens=count_tokens)
+    assert uniform.choices[0].scores == [None] * 3 and uniform.summary()["top_similarity_mean"] is None
+
+
+def test_the_choice_never_looks_at_the_expected_answer():
+    for strategy in ("uniform", "lexical"):
+        chosen = {
+            tuple(e.record_id for e in select(topic_example("p", "weather in Paris", function=f, answer=a), TOPIC_POOL,
+                                              strategy=strategy, max_examples=2))
+            for f, a in (("weather", "Paris"), ("hotel", "Madrid station hotel"), ("flight", "Berlin Rome"))
+        }
+        assert len(chosen) == 1, strategy
+
+
+def test_cover_tools_prefers_distinct_functions_among_similar_examples():
+    pool = [
+        topic_example("w1", "weather in Paris today", "weather"),
+        topic_example("w2", "weather in Paris tomorrow", "weather"),
+        topic_example("w3", "weather in Paris this week", "weather"),
+        topic_example("h1", "hotel in Paris", "hotel"),
+        topic_example("f1", "flight to Rome", "flight"),
+    ]
+    prompt = topic_example("p", "weather in Paris")
+    similar = select(prompt, pool, strategy="lexical", cover_tools=False)
+    assert {e.record_id for e in similar} == {"w1", "w2", "w3"}
+    covering = select(prompt, pool, strategy="lexical", cover_tools=True)
+    assert covering[0].record_id in {"w1", "w2", "w3"}
+    assert [e.expected.tool_calls[0].function.name for e in covering] == ["weather", "hotel", "flight"]
+
+
+def test_lexical_ties_fall_back_to_the_seeded_uniform_order():
+    pool = [chat_example(f"c{i:02d}") for i in range(30)]  # no word shared with the prompt
+    prompt = ChatExample(record_id="p", workload_id="w", workload_type="chat",
+                         messages=[{"role": "user", "content": "zzz"}], expected=AssistantMessage(content="a"))
+    for seed in range(3):
+        lexical = [e.record_id for e in select(prompt, pool, strategy="lexical", seed=seed)]
+        assert lexical == [e.record_id for e in select(prompt, pool, strategy="uniform", seed=seed)]
+
+
+def test_lexical_is_deterministic_and_never_selects_the_prompt():
+    prompts = [topic_example(f"p{i}", text) for i, text in enumerate(TOPICS.values())]
+    pool = TOPIC_POOL + prompts
+    shuffled = list(pool)
+    random.Random(3).shuffle(shuffled)
+    options = IclOptions(strategy="lexical")
+    first = plan_icl_prompts(prompts, pool, options, count_tokens=count_tokens)
+    again = plan_icl_prompts(prompts, shuffled, options, count_tokens=count_tokens)
+    assert [c.example_ids for c in first.choices] == [c.example_ids for c in again.choices]
+    assert all(c.record_id not in c.example_ids for c in first.choices)
+
+
+def test_context_budget_never_exceeds_the_model_limit():
+    options = IclOptions(max_context_tokens=32768, reserved_tokens=4096)
+    assert context_budget(options) == 32768 - 4096
+    # a 2,048-token model generating up to 128 new tokens: the prompt may take 1,920
+    assert context_budget(options, model_limit=2048, max_new_tokens=128) == 2048 - 128
+    assert context_budget(options, model_limit=10**9, max_new_tokens=128) == 32768 - 4096
+
+
+def test_embedding_strategy_without_an_endpoint_is_refused_not_replaced():
+    with pytest.raises(ValueError, match="FLYWHEEL_EMBEDDINGS_BASE_URL"):
+        plan_icl_prompts([TOPIC_POOL[0]], TOPIC_POOL, IclOptions(strategy="embedding"), count_tokens=count_tokens)
