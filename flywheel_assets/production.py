@@ -35,6 +35,7 @@ from flywheel_assets.core.slo import (
     WorkloadMonitoring,
     daily_observations,
     find_breaches,
+    has_figures,
     load_monitoring,
     rollback_proposal,
 )
@@ -107,7 +108,9 @@ def production_slos(context: dg.AssetExecutionContext, stored_assets: StoredAsse
             description=(
                 "; ".join(b.describe() for b in found) if found
                 else f"not watched (no limit for {key})" if limit is None
-                else f"within {limit:g} on {newest}" if newest else "no production metrics yet"
+                else "no production metrics yet" if newest is None
+                else f"within {limit:g} on {newest}" if has_figures(observations, objective)
+                else f"no {objective.column} on {newest} (from {objective.source}): nothing judged"
             ),
             metadata=_breach_metadata(found, proposals) if found else {"limit": limit},
         )

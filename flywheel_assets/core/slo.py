@@ -166,6 +166,14 @@ def daily_observations(metrics: dict[str, pl.DataFrame], telemetry: dict[str, pl
     return observed
 
 
+def has_figures(observations: pl.DataFrame, objective: Objective) -> bool:
+    """Whether the newest day of `observations` carries a figure for `objective`."""
+    if objective.column not in observations.columns or observations.is_empty():
+        return False
+    newest = observations.filter(pl.col("day") == observations.get_column("day").max())
+    return newest.get_column(objective.column).drop_nulls().len() > 0
+
+
 def find_breaches(observations: pl.DataFrame, slo: SLO) -> dict[str, list[Breach]]:
     """Objective name -> breaches on the newest day of `observations` (one row per day and
     served model: OBSERVATION_KEYS and the objectives' columns; a missing figure is null and
