@@ -62,7 +62,8 @@ def shingles(text: str) -> set[bytes]:
 
 
 def jaccard(a: set[bytes], b: set[bytes]) -> float:
-    return len(a & b) / len(a | b)
+    shared = len(a & b)
+    return shared / (len(a) + len(b) - shared)
 
 
 def _minhash() -> MinHash:
@@ -145,7 +146,9 @@ def near_duplicate_clusters(texts: Sequence[str], threshold: float = DEFAULT_THR
             plausible = (sig[ca] == sig[cb]).mean(axis=1) >= threshold - _ESTIMATE_MARGIN
             left.append(ca[plausible])
             right.append(cb[plausible])
-    pairs = np.unique(np.stack([np.concatenate(left), np.concatenate(right)], axis=1), axis=0)
+    # each pair once (a band's pairs recur in others), as one integer: a 1-d unique is fast
+    pairs = np.unique(np.concatenate(left) * n + np.concatenate(right))
+    pairs = np.stack([pairs // n, pairs % n], axis=1)
     shingle_sets: dict[int, set[bytes]] = {}
 
     def shingles_of(i: int) -> set[bytes]:
