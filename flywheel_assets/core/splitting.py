@@ -211,7 +211,8 @@ def tool_counts(rows: pl.DataFrame) -> pl.DataFrame:
         rows.filter(pl.col("first_tool").is_not_null())
         .group_by("first_tool", "split")
         .len()
-        .pivot(on="split", index="first_tool", values="len", on_columns=present)
+        .pivot(on="split", index="first_tool", values="len")
+        .select("first_tool", *present)
         .fill_null(0)
     )
     return counts.with_columns(total=pl.sum_horizontal(present)).sort(
