@@ -518,3 +518,16 @@ def test_customizer_wait_survives_an_outage_longer_than_one_calls_retries(emu):
         status = customizer.wait(job_id, timeout_s=5, interval_s=0, on_progress=events.append)
     assert status.state == "completed"
     assert events[0].status == "unreachable" and "gateway restarting" in events[0].message
+
+
+@pytest.mark.parametrize(("reply", "score"), [
+    ("8", 8), (" 10\n", 10), ("1", 1),
+    ("Score: 7", None), ("7-8", None), ("8/10", None), ("0", None), ("11", None), ("I'd say 3, maybe 10", None),
+])
+def test_the_evaluator_judge_reads_only_a_reply_that_is_the_score(reply, score):
+    import re
+
+    from resources.nemo.evaluator import JUDGE_SCORE_PATTERN
+
+    match = re.search(JUDGE_SCORE_PATTERN, reply)
+    assert (int(match[1]) if match else None) == score

@@ -54,6 +54,10 @@ Score similarity on a scale of 1 to 10 using this rubric:
 
 Return ONLY the integer (1-10). No other text."""
 
+# the prompt asks for the integer alone: a reply that is anything else (reasoning, "8/10",
+# a range) is no score, rather than whichever number it happens to start with
+JUDGE_SCORE_PATTERN = r"^\s*(10|[1-9])\s*$"
+
 JUDGE_USER_PROMPT = """TASK / QUESTION
 <<<
 {{ item.messages[:-1] | tojson }}
@@ -154,7 +158,7 @@ def chat_judge_config(files_url: str, *, judge: JudgeEndpoint, limit: int | None
                                 {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
                                 {"role": "user", "content": JUDGE_USER_PROMPT},
                             ]},
-                            "scores": {"similarity": {"type": "int", "parser": {"type": "regex", "pattern": r"(\d+)"}}},
+                            "scores": {"similarity": {"type": "int", "parser": {"type": "regex", "pattern": JUDGE_SCORE_PATTERN}}},
                         },
                     }
                 },
