@@ -4,7 +4,8 @@ Builds a pool of POOL tool-calling examples and PROMPTS eval prompts from the sa
 traces (tool_router workload), then times `plan_icl_prompts` for each strategy in the same
 run, with the endpoint token estimate (`evaluate.token_counter`'s chars/4). Printed per
 strategy: the one-off cost of vectorising the pool, the cost per prompt, and the ratio
-lexical / uniform. Each strategy runs REPEATS times; the fastest run counts (the machine
+lexical / uniform; then, as a measure of the choice itself, how often the first example
+calls the tool the prompt's production answer called. Each strategy runs REPEATS times; the fastest run counts (the machine
 is shared).
 
 With ``--demo-home DIR`` (the FLYWHEEL_HOME of a finished `flywheel demo`) it measures what
@@ -19,7 +20,6 @@ the primary scores.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
@@ -29,27 +29,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flywheel_assets.core.chat import ChatExample, ChatPrompt  # noqa: E402
-from flywheel_assets.core.icl import IclOptions, plan_icl_prompts, rank_pool  # noqa: E402
+from flywheel_assets.core.icl import IclOptions, plan_icl_prompts, prompt_text, rank_pool  # noqa: E402
 from flywheel_assets.core.sample_data import generate_records  # noqa: E402
 from resources.openai_compatible import WireMessage, to_assistant_message  # noqa: E402
 
 
 def sample_examples(count: int, seed: int) -> list[ChatExample]:
-    """`count` well-formed tool-calling examples from the sample traces."""
-    examples = []
-    for number, line in enumerate(generate_records(count * 2, seed=seed, workloads="tool_router")):
+    """`count` well-formed tool-calling examples from the sample traces, one per prompt text
+    (as curation deduplicates: an exact copy of an eval prompt in the pool would make the
+    similarity strategies look better than they are)."""
+    examples: dict[str, ChatExample] = {}
+    for number, line in enumerate(generate_records(count * 3, seed=seed, workloads="tool_router")):
         try:
             record = json.loads(line)
             message = to_assistant_message(WireMessage.model_validate(record["response"]["choices"][0]["message"]))
-            examples.append(ChatExample(
+            example = ChatExample(
                 record_id=f"r{number:06d}", workload_id="tool_router", workload_type="tool_calling",
                 messages=record["request"]["messages"], tools=record["request"].get("tools"), expected=message,
-            ))
+            )
         except (ValueError, KeyError, IndexError, TypeError):
             continue  # the sample traces hold a few malformed records on purpose
+        examples.setdefault(prompt_text(example), example)
         if len(examples) == count:
-            return examples
+            return list(examples.values())
     raise RuntimeError(f"only {len(examples)} usable records")
+
+
+def first_tool(example: ChatExample) -> str | None:
+    calls = example.expected.tool_calls or []
+    return calls[0].function.name if calls else None
 
 
 def estimate_tokens(prompt: ChatPrompt) -> int:
@@ -121,6 +129,15 @@ def main(argv: list[str] | None = None) -> None:
               f"{per_prompt_ms:6.2f} ms ({per_prompt_ms - index_s / len(prompts) * 1000:5.2f} ms without vectorising)")
     ratio = results["lexical"][1] / results["uniform"][1]
     print(f"ratio lexical / uniform (per prompt, vectorising included): {ratio:.2f}")
+    # what the choice is worth without a model: how often the nearest example calls the tool
+    # the prompt's production answer called (the selection itself never sees that answer)
+    for strategy in ("uniform", "lexical"):
+        plan = plan_icl_prompts(prompts, pool, IclOptions(strategy=strategy, cover_tools=False), count_tokens=estimate_tokens)
+        same = sum(
+            bool(choice.examples) and first_tool(choice.examples[0]) == first_tool(prompt)
+            for prompt, choice in zip(prompts, plan.choices)
+        )
+        print(f"{strategy:8s} first example calls the answer's tool: {same / len(prompts):.0%}")
 
 
 if __name__ == "__main__":

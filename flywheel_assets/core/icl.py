@@ -31,7 +31,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -39,7 +39,6 @@ from pydantic import BaseModel, Field
 from flywheel_assets.core.chat import AssistantMessage, ChatExample, ChatPrompt
 
 SelectionStrategy = Literal["uniform", "lexical", "embedding"]
-STRATEGIES: tuple[str, ...] = get_args(SelectionStrategy)
 TokenCounter = Callable[[ChatPrompt], int]
 # texts -> one row per text (n x dimensions); `resources.embeddings.EmbeddingClient.embed`
 Embed = Callable[[list[str]], np.ndarray]
@@ -305,8 +304,6 @@ def rank_pool(
     prompts: Sequence[ChatExample], pool: Sequence[ChatExample], options: IclOptions, embed: Embed | None = None
 ) -> PoolRanking:
     """A `PoolRanking` for `options.strategy`: vectorises the pool and the prompts once."""
-    if options.strategy not in STRATEGIES:
-        raise ValueError(f"unknown ICL selection strategy {options.strategy!r}; known: {', '.join(STRATEGIES)}")
     pool = unique_by_record_id(pool)
     if options.strategy == "uniform" or not pool or not prompts:
         return PoolRanking(pool, options)
