@@ -79,3 +79,24 @@ def test_a_misspelled_setting_fails_naming_the_file(tmp_path):
     path.write_text(json.dumps({"workloads": {"wa": {"slo": {"latency_p59_s": 2.0}}}}))
     with pytest.raises(ValueError, match=r"FLYWHEEL_MONITORING=.*latency_p59_s"):
         load_monitoring(path)
+
+
+def test_engine_slos_are_judged_on_the_days_serving_telemetry_of_the_same_model():
+    from flywheel_assets.core.slo import daily_observations
+    from flywheel_assets.core.telemetry import TELEMETRY_SCHEMA
+
+    def telemetry(**figures):
+        row = dict.fromkeys(TELEMETRY_SCHEMA) | {"model": "tiny-demo"} | figures
+        return pl.DataFrame([row], schema=TELEMETRY_SCHEMA)
+
+    metrics = {day: OBS.filter((pl.col("day") == day) & (pl.col("served_model") == "tiny-demo"))
+               .drop("day") for day in ("2026-11-19", "2026-11-20")}
+    observations = daily_observations(metrics, {
+        "2026-11-19": telemetry(ttft_p95_s=2.0, error_rate=0.0),
+        "2026-11-20": telemetry(ttft_p95_s=3.0, error_rate=0.0, generation_tokens_per_s=5.0, requests_waiting_max=90.0),
+    })
+    breaches = find_breaches(observations, SLO(tokens_per_s=10))
+    assert [(b.observed, b.since) for b in breaches["ttft_p95_s"]] == [(3.0, "2026-11-19")]
+    assert [b.observed for b in breaches["tokens_per_s"]] == [5.0] and "below the limit 10" in breaches["tokens_per_s"][0].describe()
+    assert [b.observed for b in breaches["queue_depth"]] == [90.0]
+    assert breaches["error_rate"] == []
