@@ -66,7 +66,9 @@ def _production(instance: dg.DagsterInstance, key: str) -> AuditRecord | None:
 # ----------------------------------------------------------------------------- SLOs
 @dg.asset(
     partitions_def=workload_partitions,
-    deps=[dg.AssetDep("production_metrics", partition_mapping=BY_WORKLOAD), dg.AssetDep("promoted_model")],
+    deps=[dg.AssetDep("production_metrics", partition_mapping=BY_WORKLOAD), dg.AssetDep("promoted_model"),
+          # every workload reads the day's engine telemetry (its rows are keyed by served model)
+          dg.AssetDep("serving_telemetry", partition_mapping=dg.AllPartitionMapping())],
     check_specs=[
         dg.AssetCheckSpec(f"slo_{o.name}", asset="production_slos", partitions_def=workload_partitions,
                           description=f"{o.name} ({o.kind} limit, from {o.source})")

@@ -113,6 +113,11 @@ def test_an_slo_breach_fails_its_warn_check_with_a_rollback_proposal_and_starts_
     # proposes, never acts: no rollback (or promotion) run, now or on any automation tick
     for _ in range(3):
         assert "promoted_model" not in fw.tick()
+    # new engine telemetry of the day: the SLOs are judged again, still nothing acts
+    fw.instance.report_runless_asset_event(dg.AssetMaterialization(
+        "serving_telemetry", partition=DAY2, tags={"dagster/data_version": "telemetry-1"}))
+    requested = fw.tick()
+    assert requested.get("production_slos") == {"wa"} and "promoted_model" not in requested
     assert fw.instance.get_runs(dg.RunsFilter(job_name="rollback")) == []
     assert fw.instance.get_runs(dg.RunsFilter(job_name="promote")) == []
 
