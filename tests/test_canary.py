@@ -7,8 +7,9 @@ import math
 
 import numpy as np
 import polars as pl
+import pytest
 
-from flywheel_assets.core.canary import CanaryPolicy, VersionTraffic, analyse_canary, verdict
+from flywheel_assets.core.canary import CanaryPolicy, VersionTraffic, analyse_canary, request_values, verdict
 
 POLICY = CanaryPolicy()
 
@@ -89,3 +90,22 @@ def test_from_requests_reads_one_row_per_request():
     assert traffic.requests == 3 and np.isnan(traffic.latency_s[1])
     assert (traffic.thumbs_down, traffic.thumbs_up, traffic.tool_calls_invalid) == (1, 1, 1)
     assert len(traffic.cost_usd) == 0  # a partly unknown cost is not compared
+
+
+def test_request_values_judge_each_tool_call_and_price_each_request():
+    import datetime as dt
+    import json
+
+    from flywheel_assets.core.candidates import CostProfile
+    from flywheel_assets.core.ingest import TimeBounds, validate_batch
+    from flywheel_assets.core.sample_data import Serving, generate_records
+
+    records = [json.loads(line) for line in generate_records(
+        20, seed=7, days=1, malformed_rate=0, workloads="tool_router", serving=Serving(served_model="tiny-demo"))]
+    call = records[0]["response"]["choices"][0]["message"]["tool_calls"][0]["function"]
+    call["arguments"] = "{}"  # every tool requires arguments: invalid against its schema
+    valid, _ = validate_batch((("t", r) for r in records), TimeBounds(dt.date(2025, 1, 1), dt.date(2030, 1, 1)))
+    values = request_values(valid, {"tiny-demo": CostProfile(usd_per_million_prompt_tokens=1.0)}, CostProfile())
+    assert values.height == 20 and set(values["served_model"]) == {"tiny-demo"}
+    assert (values["tool_calls_invalid"].sum(), values["tool_calls_valid"].sum()) == (1, 19)
+    assert values["cost_usd"][0] == pytest.approx(valid["prompt_tokens"][0] / 1e6)

@@ -32,7 +32,8 @@ from pydantic import BaseModel, Field
 from scipy import stats
 
 from flywheel_assets.core.candidates import CostProfile
-from flywheel_assets.core.production_metrics import _tool_call_checks, offered_tools, served_model_expr
+# the same judgement of a tool call as production_metrics (one place for it)
+from flywheel_assets.core.production_metrics import _check_calls, served_model_expr
 
 Verdict = Literal["promote_fully", "keep_watching", "roll_back"]
 
@@ -110,19 +111,25 @@ class CanaryResult:
 
 def request_values(traces: pl.DataFrame | pl.LazyFrame, costs: dict[str, CostProfile], other: CostProfile) -> pl.DataFrame:
     """One row per `raw_traces` record with the per-request values `VersionTraffic` reads,
-    tool calls judged as `production_metrics` judges them. `costs`: served model name -> its
-    candidate's cost profile; `other` prices the rest (the production model a promotion
-    replaced)."""
-    traces = traces.lazy().collect()
-    frame = traces.select(
+    tool calls judged as `production_metrics` judges them (each distinct pair of offered
+    tools and calls once). `costs`: served model name -> its candidate's cost profile;
+    `other` prices the rest (the production model a promotion replaced)."""
+    with_calls = pl.col("has_tools") & pl.col("has_tool_calls")
+    frame = traces.lazy().select(
         served_model_expr(),
         (pl.col("latency_ms") / 1000).alias("latency_s"),
         pl.col("feedback_thumbs").alias("thumbs"),
         "prompt_tokens", "completion_tokens",
-        offered_tools(traces).alias("tools"),
-        pl.col("raw").str.json_path_match("$.response.choices[0].message.tool_calls").alias("calls"),
+        pl.when(with_calls).then(pl.col("raw").str.json_path_match("$.request.tools")).alias("tools"),
+        pl.when(with_calls).then(pl.col("raw").str.json_path_match("$.response.choices[0].message.tool_calls"))
+        .alias("calls"),
+    ).collect()
+    pairs = frame.select("tools", "calls").drop_nulls().unique()
+    judged = [_check_calls(tools, calls) for tools, calls in pairs.iter_rows()]
+    checks = pairs.with_columns(
+        pl.Series("call_count", [j[0] for j in judged], dtype=pl.Int64),
+        pl.Series("schemas_valid", [j[2] for j in judged], dtype=pl.Int64),
     )
-    checks = _tool_call_checks(frame.select("tools", "calls").drop_nulls().unique())
     models = frame.get_column("served_model").unique().to_list()
     prices = pl.DataFrame(
         {"served_model": models,
