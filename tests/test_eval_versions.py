@@ -59,6 +59,10 @@ def test_the_leaderboard_refreshes_when_only_a_result_changed(tmp_path):
         assert first.success
         versions = data_versions(first)
         assert versions["base_eval"] != versions["icl_eval"]  # one version per result
+        (icl,) = [e for e in first.get_asset_materialization_events() if e.asset_key.to_user_string() == "icl_eval"]
+        metadata = {k: v.value for k, v in icl.materialization.metadata.items()}
+        assert metadata["icl_strategy"] == "lexical" and metadata["top_similarity_mean"] > 0
+        assert "| record_id | examples | similarity |" in metadata["icl_choices"]
         assert fw.materialize(["leaderboard"], workload).success
         fw.tick()  # records the state
 
