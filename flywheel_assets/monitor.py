@@ -15,13 +15,13 @@ import dagster as dg
 import polars as pl
 
 from flywheel_assets.core.candidates import load_models
-from flywheel_assets.core.telemetry import summarize
 from flywheel_assets.core.production_metrics import (
     approvals,
     day_end,
     empty_answers_by_model,
     metrics_by_served_model,
 )
+from flywheel_assets.core.telemetry import summarize
 from flywheel_assets.metadata import table
 from flywheel_assets.promote import promotion_history
 from partitions.defs import BY_WORKLOAD, day_partitions, trace_partitions

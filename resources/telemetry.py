@@ -67,10 +67,10 @@ class TelemetrySource(dg.ConfigurableResource):
     def enabled(self) -> bool:
         return bool(self.url.strip())
 
-    def collect(self, since: float | None, now: float, transport: httpx.BaseTransport | None = None) -> Collected:
+    def collect(self, since: float | None, now: float) -> Collected:
         """Samples from `since` (prometheus; default: the start of today) up to `now`."""
         check_engines(self.engines)
-        with httpx.Client(timeout=self.timeout_s, transport=transport) as client:
+        with httpx.Client(timeout=self.timeout_s) as client:
             if self.kind == "prometheus":
                 start = since if since is not None else _day_start(now)
                 end = min(now, start + self.max_window_s)

@@ -185,6 +185,15 @@ def test_empty_and_refused_answers():
     assert row["empty_or_refused_rate"] == pytest.approx(4 / 6)
 
 
+def test_an_answer_field_of_another_type_falls_back_to_lookups_by_path():
+    """A refusal given as an object makes the typed decoding of the whole column fail:
+    every figure is still computed, the odd record included."""
+    lines = [trace("llama-1b", content="I cannot help with that."), trace("llama-1b", content="Sure."),
+             trace("llama-1b", content="Fine", refusal={"category": "violence"})]
+    row = metrics(lines)["llama-1b"]
+    assert row["requests"] == 3 and row["empty_or_refused_rate"] == pytest.approx(2 / 3)
+
+
 def test_served_names_must_not_be_claimed_twice():
     with pytest.raises(ValueError, match="belongs to candidates"):
         FlywheelModels(candidates=[ADAPTER, CandidateSpec(name="other", model_id="meta/llama-3.2-1b-instruct")])

@@ -66,10 +66,10 @@ REFUSAL_OPENING = (
 _MESSAGE = "$.choices[0].message"
 
 
-def served_model_expr(raw: str = "raw", request_model: str = "model", path: str = "$.response.model") -> pl.Expr:
-    """The model that answered: `response.model` (at `path` of column `raw`), else the request's `model`."""
+def served_model_expr() -> pl.Expr:
+    """The model that answered a `raw_traces` record: `response.model`, else the request's `model`."""
     return pl.coalesce(
-        pl.col(raw).str.json_path_match(path), pl.col(request_model), pl.lit(UNKNOWN_MODEL)
+        pl.col("raw").str.json_path_match("$.response.model"), pl.col("model"), pl.lit(UNKNOWN_MODEL)
     ).alias("served_model")
 
 
@@ -103,10 +103,10 @@ def metrics_by_served_model(
     """One row per served model of `traces` (columns of `raw_traces`), in
     PRODUCTION_METRICS_SCHEMA; `empty_answers`: quarantined empty answers per served model."""
     # each json_path_match parses its whole document: the long record (request, tools,
-    # messages) is parsed once, for its response; the rest comes from the short response
-    # text, and the offered tools from `offered_tools`
+    # messages) is parsed once, for its response; the answer's fields come from the short
+    # response text (`answer_fields`), the offered tools from `offered_tools`
     traces = traces.lazy().collect()
-    frame = traces.lazy().select(
+    frame = traces.select(
         pl.col("raw").str.json_path_match("$.response").alias("response"),
         pl.col("model").alias("request_model"),
         pl.col("latency_ms") / 1000,
@@ -115,21 +115,18 @@ def metrics_by_served_model(
         "feedback_thumbs",
         "has_tool_calls",
         offered_tools(traces).alias("tools"),
-    ).with_columns(
-        pl.col("response").str.json_path_match(_MESSAGE).alias("message"),
-        pl.col("response").str.json_path_match("$.choices[0].finish_reason").alias("finish_reason"),
-    ).select(
-        served_model_expr("response", "request_model", path="$.model"),
+    )
+    frame = pl.concat([frame, answer_fields(frame.get_column("response"), frame.get_column("tools").is_not_null())],
+                      how="horizontal").select(
+        pl.coalesce("response_model", "request_model", pl.lit(UNKNOWN_MODEL)).alias("served_model"),
         "latency_ms",
         "prompt_tokens",
         "completion_tokens",
         "feedback_thumbs",
         _refused().alias("refused"),
         "tools",
-        pl.when(pl.col("tools").is_not_null())
-        .then(pl.col("message").str.json_path_match("$.tool_calls"))
-        .alias("calls"),
-    ).collect()
+        "calls",
+    )
     checks = _tool_call_checks(frame.select("tools", "calls").drop_nulls().unique())
     by_model = (
         frame.lazy()
@@ -206,14 +203,53 @@ def _verbatim_tools(raw: str) -> str | None:
     return None
 
 
+_ANSWER = pl.Struct({
+    "model": pl.String,
+    "choices": pl.List(pl.Struct({
+        "finish_reason": pl.String,
+        "message": pl.Struct({"content": pl.String, "refusal": pl.String}),
+    })),
+})
+
+
+def answer_fields(response: pl.Series, with_tools: pl.Series) -> pl.DataFrame:
+    """From each response's JSON text: `response_model`, `finish_reason`, the message's
+    `content` and `refusal`, and, where `with_tools`, its `calls` (tool_calls as JSON text).
+    Decoded into typed fields in one pass; where a field holds another type (a number for
+    `model`, an object for `refusal`) polars refuses the whole column, so each field is then
+    looked up by path."""
+    rows = with_tools.arg_true()
+    calls = pl.repeat(None, len(response), dtype=pl.String, eager=True).alias("calls")
+    if len(rows):
+        calls = calls.scatter(rows, response.gather(rows).str.json_path_match(f"{_MESSAGE}.tool_calls"))
+    try:
+        decoded = response.str.json_decode(_ANSWER)
+    except pl.exceptions.PolarsError:
+        message = response.str.json_path_match(_MESSAGE)
+        return pl.DataFrame([
+            response.str.json_path_match("$.model").alias("response_model"),
+            response.str.json_path_match("$.choices[0].finish_reason").alias("finish_reason"),
+            message.str.json_path_match("$.content").alias("content"),
+            message.str.json_path_match("$.refusal").alias("refusal"),
+            calls,
+        ])
+    first = decoded.struct.field("choices").list.first()
+    message = first.struct.field("message")
+    return pl.DataFrame([
+        decoded.struct.field("model").alias("response_model"),
+        first.struct.field("finish_reason"),
+        message.struct.field("content"),
+        message.struct.field("refusal"),
+        calls,
+    ])
+
+
 def _refused() -> pl.Expr:
-    """From the answer's `message` (JSON text) and `finish_reason` columns."""
-    refusal = pl.col("message").str.json_path_match("$.refusal")
-    content = pl.col("message").str.json_path_match("$.content")
+    """From the answer's `content`, `refusal` and `finish_reason` columns."""
     return (
-        (refusal.is_not_null() & (refusal.str.strip_chars() != ""))
+        (pl.col("refusal").is_not_null() & (pl.col("refusal").str.strip_chars() != ""))
         | (pl.col("finish_reason") == "content_filter")
-        | (~pl.col("has_tool_calls") & content.str.contains(REFUSAL_OPENING))
+        | (~pl.col("has_tool_calls") & pl.col("content").str.contains(REFUSAL_OPENING))
     ).fill_null(False)
 
 
