@@ -153,7 +153,8 @@ def serving_telemetry(context: dg.AssetExecutionContext, telemetry: TelemetrySou
     })
 
 
+# named apart from the asset: a job and an op of one name collide in the repository
 serving_telemetry_job = dg.define_asset_job(
-    "serving_telemetry", selection=[serving_telemetry], partitions_def=day_partitions,
+    "refresh_serving_telemetry", selection=[serving_telemetry], partitions_def=day_partitions,
     description="A day's serving-engine telemetry per served model (what serving_telemetry_sensor requests).",
 )

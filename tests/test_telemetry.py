@@ -194,6 +194,13 @@ def test_prometheus_rejects_bad_queries_as_documented(tmp_path):
     assert status == 400 and "parse error" in body["error"]
 
 
+def test_the_code_location_with_telemetry_loads():
+    from flywheel_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)  # e.g. no job named like an asset
+    assert defs.get_sensor_def("serving_telemetry_sensor").job_name == "refresh_serving_telemetry"
+
+
 def test_telemetry_is_off_without_a_url(tmp_path):
     telemetry = telemetry_from_env(tmp_path, {}.get)
     with dg.instance_for_test() as instance:
