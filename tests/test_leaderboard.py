@@ -153,3 +153,17 @@ def test_printable_board_shows_the_interval_beside_the_score():
     shown = printable(report(evals).board)
     assert shown.columns[:5] == ["candidate", "experiment", "score", "95% CI", "n"]
     assert shown["95% CI"][0] == "[0.84, 1.00]" and "cost_vs_prod" in shown.columns
+
+
+def test_a_chat_record_the_judge_could_not_score_is_left_out_and_counted_not_scored_zero():
+    judged = pl.DataFrame({
+        "record_id": ["r0", "r1", "r2", "r3"],
+        "similarity": [0.9, 0.8, None, 0.0],  # r2: judge reply unparseable; r3: the candidate failed (0)
+        "reason": [None, None, "judge reply unparseable: 7-8", "HTTP 500"],
+        "latency_s": [0.1] * 4, "prompt_tokens": [100] * 4, "completion_tokens": [20] * 4,
+        "error": [None, None, None, "HTTP 500"],
+    })
+    chat = pl.DataFrame({"workload_type": ["chat"], "prompt_tokens": [100], "completion_tokens": [20]})
+    row = report({("small", "base"): judged}, workload=chat).board.row(0, named=True)
+    assert (row["n"], row["unscored"]) == (3, 1)
+    assert row["score"] == pytest.approx((0.9 + 0.8 + 0.0) / 3)

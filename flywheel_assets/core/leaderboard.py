@@ -61,6 +61,7 @@ LEADERBOARD_SCHEMA = {
     "ci_low": pl.Float64,
     "ci_high": pl.Float64,
     "n": pl.Int64,
+    "unscored": pl.Int64,
     "function_name_and_args_accuracy": pl.Float64,
     **{column: pl.Float64 for column in TOOL_COLUMNS},
     "errors": pl.Int64,
@@ -203,13 +204,16 @@ def summarize_eval(
         rows["prompt_tokens"].fill_null(0).mean() or 0.0,
         rows["completion_tokens"].fill_null(0).mean() or 0.0,
     )
-    scores = rows[primary].fill_null(0.0).to_numpy()
+    # a failed candidate scores 0 (core/metrics); a record without a score (the judge failed
+    # or gave no readable score) is no evidence either way: left out and counted
+    scores = rows[primary].drop_nulls().to_numpy()
     low, high = score_interval(scores, seed=seed)
     summary = {
-        "score": float(scores.mean()) if rows.height else None,
+        "score": float(scores.mean()) if scores.size else None,
         "ci_low": low,
         "ci_high": high,
-        "n": rows.height,
+        "n": int(scores.size),
+        "unscored": rows.height - int(scores.size),
         "errors": rows.height - ok.height,
         "latency_p50_s": ok["latency_s"].quantile(0.5) if ok.height else None,
         "latency_p95_s": ok["latency_s"].quantile(0.95) if ok.height else None,
@@ -274,9 +278,9 @@ def paired_difference(
     reference: pl.DataFrame, other: pl.DataFrame, primary: str, *, seed: int = 0
 ) -> tuple[int, float, float, float] | None:
     """Mean of reference - other per shared record id, with a seeded bootstrap interval."""
-    joined = reference.select("record_id", pl.col(primary).fill_null(0.0).alias("a")).join(
-        other.select("record_id", pl.col(primary).fill_null(0.0).alias("b")), on="record_id"
-    )
+    joined = reference.select("record_id", pl.col(primary).alias("a")).join(
+        other.select("record_id", pl.col(primary).alias("b")), on="record_id"
+    ).drop_nulls()
     if not joined.height:
         return None
     differences = (joined["a"] - joined["b"]).to_numpy()
