@@ -160,7 +160,7 @@ def main() -> None:
         phase(args.phase, args.file, args.work, args.workers)
         return
 
-    from flywheel_assets.core.sample_data import generate_records
+    from flywheel_assets.sample_data import generate_records
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from flywheel_assets.core.chat import ChatExample, ChatPrompt  # noqa: E402
 from flywheel_assets.core.icl import IclOptions, plan_icl_prompts, prompt_text, rank_pool  # noqa: E402
-from flywheel_assets.core.sample_data import generate_records  # noqa: E402
+from flywheel_assets.sample_data import generate_records  # noqa: E402
 from resources.openai_compatible import WireMessage, to_assistant_message  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def compare_on_demo(home: Path) -> None:
     import dagster as dg
 
     from flywheel_assets.definitions import ASSETS, defs
-    from partitions.defs import candidate_partitions, candidate_workload_key, workload_partitions
+    from partitions.slices import candidate_partitions, candidate_workload_key, workload_partitions
 
     with dg.DagsterInstance.get() as instance:
         workloads = instance.get_dynamic_partitions(workload_partitions.name)

@@ -67,7 +67,7 @@ def measure(name: str, path: Path, threshold: float) -> dict:
 
 def write_dedup_columns(records: int, path: Path) -> int:
     """The generator's valid traces as curation's narrow columns; returns how many."""
-    from flywheel_assets.core.sample_data import generate_records
+    from flywheel_assets.sample_data import generate_records
 
     rows = {"record_id": [], "timestamp": [], "user_key": [], "tool_names": []}
     for i, line in enumerate(generate_records(records, seed=0, malformed_rate=0.0)):

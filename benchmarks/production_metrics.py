@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from flywheel_assets.core.candidates import CandidateSpec  # noqa: E402
 from flywheel_assets.core.ingest import TimeBounds, validate_batch  # noqa: E402
 from flywheel_assets.core.production_metrics import metrics_by_served_model, served_model_expr  # noqa: E402
-from flywheel_assets.core.sample_data import generate_records  # noqa: E402
+from flywheel_assets.sample_data import generate_records  # noqa: E402
 
 
 def traces(records: int, base: int) -> pl.DataFrame:

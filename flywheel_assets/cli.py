@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(flywheel_home() / "dagster_home"))
     prepare_instance(Path(os.environ["DAGSTER_HOME"]))
     if args.command == "demo":
-        from flywheel_assets.core.sample_data import write_sample_traces
+        from flywheel_assets.sample_data import write_sample_traces
 
         files = write_sample_traces(traces_dir(), n=args.records, seed=args.seed)
         print(f"wrote {args.records} sample traces to {traces_dir()} ({len(files)} files)")

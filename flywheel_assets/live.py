@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from flywheel_assets.core.sample_data import DEFAULT_END_DATE, DEFAULT_WORKLOADS, write_sample_traces
+from flywheel_assets.sample_data import DEFAULT_END_DATE, DEFAULT_WORKLOADS, write_sample_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_INSTANCE_YAML = ROOT / "deploy" / "dagster.local.yaml"

@@ -98,7 +98,7 @@ def test_request_values_judge_each_tool_call_and_price_each_request():
 
     from flywheel_assets.core.candidates import CostProfile
     from flywheel_assets.core.ingest import TimeBounds, validate_batch
-    from flywheel_assets.core.sample_data import Serving, generate_records
+    from flywheel_assets.sample_data import Serving, generate_records
 
     records = [json.loads(line) for line in generate_records(
         20, seed=7, days=1, malformed_rate=0, workloads="tool_router", serving=Serving(served_model="tiny-demo"))]

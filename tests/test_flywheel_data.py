@@ -6,13 +6,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from flywheel_assets.core.sample_data import write_sample_traces
 from flywheel_assets.curate import workload_dataset
 from flywheel_assets.definitions import ASSETS, build_resources, defs
 from flywheel_assets.ingest import raw_traces
 from flywheel_assets.runner import run_flywheel
+from flywheel_assets.sample_data import write_sample_traces
 from flywheel_assets.split import eval_dataset, train_dataset
-from partitions.defs import trace_partition_key
+from partitions.slices import trace_partition_key
 
 
 def make_resources(tmp_path):

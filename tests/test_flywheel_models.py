@@ -5,9 +5,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from flywheel_assets.core.sample_data import write_sample_traces
 from flywheel_assets.definitions import ASSETS, build_resources
-from partitions.defs import candidate_workload_key, trace_partition_key
+from flywheel_assets.sample_data import write_sample_traces
+from partitions.slices import candidate_workload_key, trace_partition_key
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 

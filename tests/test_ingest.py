@@ -32,7 +32,7 @@ from flywheel_assets.core.ingest import (
     read_unattributed,
     validate_batch,
 )
-from flywheel_assets.core.sample_data import generate_labeled_records, write_sample_traces
+from flywheel_assets.sample_data import generate_labeled_records, write_sample_traces
 from partitions.keys import workload_key
 import resources.traces as traces_module
 from resources.traces import FileTraceSource, iter_jsonl_batches, iter_parquet_batches

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS
-from flywheel_assets.core.sample_data import write_sample_traces
 from flywheel_assets.live import FINISHED, LiveFlywheel
+from flywheel_assets.sample_data import write_sample_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ["support_chat", "tool_router"]

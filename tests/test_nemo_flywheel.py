@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from flywheel_assets.core.leaderboard import LEADERBOARD_SCHEMA
-from flywheel_assets.core.sample_data import write_sample_traces
+from flywheel_assets.sample_data import write_sample_traces
 from nemo_emulator import nemo_emulator
 
 CANDIDATES = {

@@ -200,7 +200,7 @@ def test_served_names_must_not_be_claimed_twice():
 
 
 def test_sample_traffic_one_row_per_served_model():
-    from flywheel_assets.core.sample_data import generate_records
+    from flywheel_assets.sample_data import generate_records
 
     valid, _ = traces(list(generate_records(400, seed=3, days=1, end_date=DAY, workloads="tool_router")))
     frame = metrics_by_served_model(valid, candidates=[ADAPTER], approved={})

@@ -1,4 +1,4 @@
-"""Tests of the seeded production-traffic generator (flywheel_assets.core.sample_data)."""
+"""Tests of the seeded production-traffic generator (flywheel_assets.sample_data)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from flywheel_assets.core.sample_data import (
+from flywheel_assets.sample_data import (
     MALFORMED_KINDS,
     TOOL_ROUTER_TOOLS,
     Serving,

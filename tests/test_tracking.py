@@ -13,11 +13,11 @@ import pytest
 import wandb
 from wandb.errors import term
 
-from flywheel_assets.core.sample_data import write_sample_traces
 from flywheel_assets.definitions import ASSETS, build_resources
 from flywheel_assets.promote import promote_job, rollback_job
 from flywheel_assets.runner import run_flywheel
-from partitions.defs import candidate_workload_key
+from flywheel_assets.sample_data import write_sample_traces
+from partitions.slices import candidate_workload_key
 from resources.datasets import ParquetIOManager
 from resources.tracking import NoOpTracker, WandbTracker, artifact_name, build_tracker, read_offline_runs, tracked
 

@@ -15,11 +15,11 @@ import dagster as dg
 import httpx
 import pytest
 
-from flywheel_assets.core.sample_data import write_sample_traces
 from flywheel_assets.definitions import ASSETS, build_resources
 from flywheel_assets.promote import promote_job, rollback_job
 from flywheel_assets.runner import run_flywheel
-from partitions.defs import candidate_workload_key
+from flywheel_assets.sample_data import write_sample_traces
+from partitions.slices import candidate_workload_key
 
 ROOT = Path(__file__).resolve().parent.parent
 WL = "tool_router"
