@@ -14,7 +14,7 @@
 | FLYWHEEL_WEAVE_ENTITY       | (WANDB_ENTITY)          | W&B entity of the Weave project with the traces  |
 | FLYWHEEL_WEAVE_PROJECT      | (WANDB_PROJECT)         | W&B project holding the traces (weave_trace_sensor) |
 | FLYWHEEL_JUDGE_BASE_URL     |                         | OpenAI-compatible endpoint of an LLM judge        |
-| FLYWHEEL_JUDGE_MODEL        |                         | model name sent to the judge                      |
+| FLYWHEEL_JUDGE_MODEL        |                         | model name sent to the judge (required with FLYWHEEL_JUDGE_BASE_URL) |
 | FLYWHEEL_ICL_STRATEGY       | lexical                 | ICL example choice: `uniform`, `lexical` (TF-IDF), `embedding` |
 | FLYWHEEL_EMBEDDINGS_BASE_URL |                        | OpenAI-compatible `/v1` endpoint of an embedding model (`embedding`) |
 | FLYWHEEL_EMBEDDINGS_MODEL   |                         | embedding model name, e.g. nvidia/llama-3.2-nv-embedqa-1b-v2 |
@@ -122,6 +122,14 @@ class FlywheelSettings(BaseModel):
             missing = [_alias(f) for f in endpoints if getattr(self, f) is None]
             if missing:
                 raise ValueError(f"FLYWHEEL_BACKEND=nemo needs {', '.join(missing)} (unset)")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_is_named(self) -> FlywheelSettings:
+        # every judge score records the judge's model: an unnamed one would be recorded as
+        # "judge", so two different judges would look like one
+        if self.judge_base_url is not None and self.judge_model is None:
+            raise ValueError("FLYWHEEL_JUDGE_BASE_URL is set but FLYWHEEL_JUDGE_MODEL (the judge's model name) is unset")
         return self
 
     @model_validator(mode="after")

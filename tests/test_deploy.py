@@ -587,6 +587,7 @@ def test_settings_default_to_the_embedded_local_flywheel(tmp_path, monkeypatch):
     ({"FLYWHEEL_BACKEND": "foo"}, "FLYWHEEL_BACKEND='foo' is not one of local, nemo"),
     ({"FLYWHEEL_EXECUTOR": "celery"}, "FLYWHEEL_EXECUTOR='celery' is not one of multiprocess, in_process, k8s"),
     ({"FLYWHEEL_JUDGE_BASE_URL": "judge:8000"}, "FLYWHEEL_JUDGE_BASE_URL='judge:8000' is not an http(s) URL"),
+    ({"FLYWHEEL_JUDGE_BASE_URL": "http://judge:8000/v1"}, "FLYWHEEL_JUDGE_MODEL (the judge's model name) is unset"),
     ({"FLYWHEEL_START_DATE": "2025-13-01"}, "FLYWHEEL_START_DATE='2025-13-01' is invalid"),
     ({"FLYWHEEL_NEMO_NAMESPACE": "../x"}, "FLYWHEEL_NEMO_NAMESPACE='../x' must match"),
     ({"FLYWHEEL_VALIDATION_WORKERS": "-1"}, "FLYWHEEL_VALIDATION_WORKERS='-1' is invalid"),
