@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from flywheel_assets.promote import latest_materializations, promotion_history
     from flywheel_assets.settings import flywheel_home
     from resources.datasets import StoredAssets
-    from partitions.defs import candidate_partitions, workload_partitions
     from partitions.keys import workload_key
+    from partitions.slices import candidate_partitions, workload_partitions
 
     os.environ.setdefault("DAGSTER_HOME", str(flywheel_home() / "dagster_home"))
     with dg.DagsterInstance.get() as instance:

@@ -10,7 +10,7 @@ from flywheel_assets.core.ingest import TRACE_SCHEMA
 from flywheel_assets.core.curation import DEDUP_KEY_DESCRIPTION, curate, lookback_days
 from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD
 from flywheel_assets.metadata import column_hash, counts_table, table
-from partitions.defs import BY_WORKLOAD, trace_partitions, workload_partitions
+from partitions.slices import BY_WORKLOAD, trace_partitions, workload_partitions
 from resources.datasets import StoredAssets
 from sensors.automation import refresh_when_data_changed
 

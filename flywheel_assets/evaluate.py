@@ -25,7 +25,7 @@ from flywheel_assets.metadata import table
 from flywheel_assets.settings import load_settings
 from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
 from flywheel_assets.train import candidate_of, split_examples
-from partitions.defs import BY_WORKLOAD, candidate_workload_partitions
+from partitions.slices import BY_WORKLOAD, candidate_workload_partitions
 from resources.embeddings import EmbeddingsResource
 from resources.platform import Adapter, ModelPlatform
 from sensors.automation import retrain_when_dataset_changed

@@ -5,7 +5,7 @@ import polars as pl
 
 from flywheel_assets.core.ingest import Landings
 from flywheel_assets.metadata import counts_table, frames_hash, table
-from partitions.defs import trace_partitions
+from partitions.slices import trace_partitions
 from resources.traces import FileTraceSource
 
 

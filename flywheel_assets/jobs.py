@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from partitions.defs import candidate_workload_partitions, trace_partitions, workload_partitions
+from partitions.slices import candidate_workload_partitions, trace_partitions, workload_partitions
 
 ingest_job = dg.define_asset_job(
     "ingest",

@@ -24,7 +24,7 @@ from flywheel_assets.core.production_metrics import (
 from flywheel_assets.core.telemetry import summarize
 from flywheel_assets.metadata import table
 from flywheel_assets.promote import promotion_history
-from partitions.defs import BY_WORKLOAD, day_partitions, trace_partitions
+from partitions.slices import BY_WORKLOAD, day_partitions, trace_partitions
 from resources.datasets import StoredAssets
 from resources.telemetry import TelemetrySource
 from resources.tracking import ArtifactRequest, Tracker, artifact_name, latest_wandb_ref, wandb_metadata

@@ -44,7 +44,7 @@ from flywheel_assets.metadata import table
 from flywheel_assets.monitor import stored_production_metrics
 from flywheel_assets.promote import latest_materialization, promotion_history
 from flywheel_assets.settings import load_settings
-from partitions.defs import BY_WORKLOAD, workload_partitions
+from partitions.slices import BY_WORKLOAD, workload_partitions
 from resources.datasets import StoredAssets
 from resources.tracking import ArtifactRequest, Tracker, artifact_name, latest_wandb_ref, wandb_metadata
 from sensors.automation import refresh_when_traffic_changed

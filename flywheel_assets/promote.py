@@ -37,8 +37,8 @@ from flywheel_assets.core.audit import (
     rollback_target,
 )
 from flywheel_assets.core.candidates import load_models
-from partitions.defs import candidate_workload_key, trace_partition_key, workload_partitions
 from partitions.keys import workload_key
+from partitions.slices import candidate_workload_key, trace_partition_key, workload_partitions
 from resources.datasets import DatasetStore
 from resources.tracking import WANDB_METADATA_KEY, ArtifactRequest, Tracker, artifact_name, wandb_metadata
 

@@ -10,7 +10,7 @@ from flywheel_assets.core.candidates import load_models
 from flywheel_assets.core.leaderboard import gather_evals, leaderboard_report
 from flywheel_assets.metadata import table
 from flywheel_assets.production import turn_started_by
-from partitions.defs import BY_WORKLOAD, workload_partitions
+from partitions.slices import BY_WORKLOAD, workload_partitions
 from sensors.automation import refresh_when_evaluations_changed
 
 EVAL_IN = dg.AssetIn(partition_mapping=BY_WORKLOAD, metadata={"allow_missing_partitions": True})

@@ -18,7 +18,7 @@ import dagster as dg
 import polars as pl
 
 from flywheel_assets.jobs import curate_and_split_job, ingest_job, report_job, train_and_evaluate_job
-from partitions.defs import (
+from partitions.slices import (
     candidate_partitions,
     candidate_workload_key,
     trace_partition_boxes,

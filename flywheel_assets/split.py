@@ -22,7 +22,7 @@ from flywheel_assets.core.splitting import (
     tool_counts,
 )
 from flywheel_assets.metadata import table
-from partitions.defs import workload_partitions
+from partitions.slices import workload_partitions
 from resources.datasets import DatasetStore
 from sensors.automation import split_with_dataset
 

@@ -8,7 +8,7 @@ from flywheel_assets.core.candidates import load_models
 from flywheel_assets.core.splitting import to_examples
 from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
 from flywheel_assets.core.hyperparameters import LoraHyperparameters
-from partitions.defs import BY_WORKLOAD, candidate_workload_partitions
+from partitions.slices import BY_WORKLOAD, candidate_workload_partitions
 from resources.platform import ModelPlatform, Trained
 from sensors.automation import retrain_when_dataset_changed
 

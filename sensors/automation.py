@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import dagster as dg
 
 from flywheel_assets.jobs import curate_and_split_job, report_job, train_and_evaluate_job
-from partitions.defs import candidate_partitions, candidate_workload_key, workload_partitions
+from partitions.slices import candidate_partitions, candidate_workload_key, workload_partitions
 
 AC = dg.AutomationCondition
 

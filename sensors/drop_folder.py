@@ -36,7 +36,7 @@ from pathlib import Path
 import dagster as dg
 
 from flywheel_assets.core.ingest import UNATTRIBUTED, LandingResult
-from partitions.defs import day_partitions, trace_partition_boxes, trace_range_tags, workload_partitions
+from partitions.slices import day_partitions, trace_partition_boxes, trace_range_tags, workload_partitions
 from resources.traces import FileTraceSource, scan_drop_folder
 from flywheel_assets.jobs import ingest_job
 

@@ -24,7 +24,7 @@ import datetime as dt
 
 import dagster as dg
 
-from partitions.defs import workload_partitions
+from partitions.slices import workload_partitions
 from resources.traces import FileTraceSource
 from resources.weave_source import WeaveCursor, WeaveTraceSource, write_jsonl_atomic
 from flywheel_assets.jobs import ingest_job

@@ -12,7 +12,7 @@ import pytest
 
 from flywheel_assets.definitions import ASSETS, build_resources, defs
 from flywheel_assets.production import MONITORING_ASSETS
-from partitions.defs import trace_partition_key
+from partitions.slices import trace_partition_key
 
 DAY = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).date()
 T0 = int(dt.datetime(DAY.year, DAY.month, DAY.day, 9, tzinfo=dt.timezone.utc).timestamp())

@@ -19,7 +19,7 @@ from flywheel_assets.core.versions import evaluation_version
 from resources.openai_compatible import OpenAICompatibleBackend
 from resources.platform import Adapter, LocalPlatform, Trained
 from test_automation import DAY, GPU, INGEST, SPLITS, Flywheel, write_workload
-from partitions.defs import candidate_workload_key, trace_partition_key
+from partitions.slices import candidate_workload_key, trace_partition_key
 
 
 class EndpointPlatform(LocalPlatform):

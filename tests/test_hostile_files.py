@@ -30,7 +30,7 @@ from flywheel_assets.core.ingest import (
     sweep_leftovers,
 )
 from flywheel_assets.ingest import raw_traces
-from partitions.defs import trace_partition_key
+from partitions.slices import trace_partition_key
 from resources.datasets import ParquetIOManager, atomic_path
 from resources.traces import FileTraceSource
 from sensors.drop_folder import drop_folder_sensor

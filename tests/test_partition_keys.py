@@ -207,7 +207,7 @@ def test_trace_partition_boxes_cover_exactly_the_asked_partitions():
 
     import dagster as dg
 
-    from partitions.defs import trace_partition_boxes, trace_partitions
+    from partitions.slices import trace_partition_boxes, trace_partitions
 
     order = ["wa", "wb", "wc"]
     days = [f"2025-01-0{d}" for d in range(1, 8)]

@@ -16,7 +16,7 @@ from flywheel_assets import audit_cli
 from flywheel_assets.core.audit import AuditRecord, Refused, promotion_refusals, rollback_target
 from flywheel_assets.definitions import build_resources
 from flywheel_assets.promote import promote_job, promoted_model, rollback_job
-from partitions.defs import candidate_workload_key, candidate_workload_partitions, workload_partitions
+from partitions.slices import candidate_workload_key, candidate_workload_partitions, workload_partitions
 
 CANDIDATE = "tiny-demo"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

@@ -17,7 +17,7 @@ from flywheel_assets.runner import (
     run_flywheel,
     was_interrupted,
 )
-from partitions.defs import trace_partitions, workload_partitions
+from partitions.slices import trace_partitions, workload_partitions
 from resources.traces import FileTraceSource
 
 calls = []

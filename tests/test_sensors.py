@@ -20,8 +20,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as START
 
 from fake_weave_server import CallFactory, Fault, fake_weave_server
 from flywheel_assets.core.ingest import day_of
-from partitions.defs import trace_partitions
 from partitions.keys import workload_key
+from partitions.slices import trace_partitions
 from resources.traces import FileTraceSource
 from resources.weave_source import WeaveCursor, WeaveTraceSource
 from sensors import drop_folder

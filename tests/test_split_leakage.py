@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from flywheel_assets.definitions import ASSETS, build_resources
-from partitions.defs import trace_partition_key
+from partitions.slices import trace_partition_key
 
 WORDS = "order refund parcel address store hours coat size colour return label invoice".split()
 
