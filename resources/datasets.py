@@ -28,30 +28,7 @@ import polars as pl
 from pydantic import Field
 from upath import UPath
 
-from flywheel_assets.core.ingest import owner_tag, sweep_leftovers
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[str]:
-    """A temporary file in `path`'s folder, renamed to `path` when the block succeeds and
-    removed when it fails: readers never see half a file.
-
-    The file sits in a private hidden folder that a failure removes whole: polars' streaming
-    sink can still create its file just after it raised (seen in 27 of 200 failed sinks on a
-    busy machine), which would leave a stray file beside `path`; in a removed folder it can't."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=owner_tag(), dir=path.parent))
-    tmp = folder / path.name
-    try:
-        yield str(tmp)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
+from flywheel_assets.core.atomic import atomic_path, atomic_write_bytes, owner_tag, sweep_leftovers
 
 
 class DatasetStore(dg.ConfigurableResource):

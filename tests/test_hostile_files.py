@@ -20,18 +20,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
+import flywheel_assets.core.atomic as atomic_module
 import flywheel_assets.core.ingest as ingest_module
-from flywheel_assets.core.ingest import (
-    FAILED_SOURCES,
-    LandingLost,
-    damaged_parts,
-    owner_tag,
-    read_manifest,
-    sweep_leftovers,
-)
+from flywheel_assets.core.atomic import atomic_path, owner_tag, sweep_leftovers
+from flywheel_assets.core.ingest import FAILED_SOURCES, LandingLost, damaged_parts, read_manifest
 from flywheel_assets.ingest import raw_traces
 from partitions.slices import trace_partition_key
-from resources.datasets import ParquetIOManager, atomic_path
+from resources.datasets import ParquetIOManager
 from resources.traces import FileTraceSource
 from sensors.drop_folder import drop_folder_sensor
 
@@ -330,7 +325,7 @@ KILLED_WHILE_LANDING = """
 LIVE_IN_FOLDER = """
     import sys
     from pathlib import Path
-    from flywheel_assets.core.ingest import owner_tag
+    from flywheel_assets.core.atomic import owner_tag
     work = Path(sys.argv[1]) / f".in-progress{owner_tag()}"
     work.mkdir()
     (work / "part.parquet").write_bytes(b"not done yet")
@@ -360,14 +355,15 @@ def test_a_landing_sweeps_what_a_killed_lander_left_and_keeps_a_live_ones(tmp_pa
 
 
 def owner_tag_of(pid: int) -> str:
-    return f".owner-{ingest_module._machine()}-{pid}-{ingest_module._process_start(pid)}"
+    return f".owner-{atomic_module._machine()}-{pid}-{atomic_module._process_start(pid)}"
 
 
 KILLED_WHILE_WRITING = """
     import os, signal, sys
     import dagster as dg
     from pathlib import Path
-    from resources.datasets import StoredAssets, atomic_path
+    from flywheel_assets.core.atomic import atomic_path
+    from resources.datasets import StoredAssets
     base = Path(sys.argv[1])
     key = dg.MultiPartitionKey({"day": "2025-11-20", "workload": "w"})
     with StoredAssets(base_dir=str(base)).pinned("raw_traces", [key]):
@@ -379,7 +375,7 @@ KILLED_WHILE_WRITING = """
 LIVE_WRITER = """
     import sys
     from pathlib import Path
-    from resources.datasets import atomic_path
+    from flywheel_assets.core.atomic import atomic_path
     with atomic_path(Path(sys.argv[1]) / "raw_traces" / "2025-11-20" / "other.parquet") as tmp:
         Path(tmp).write_bytes(b"still writing")
         print("ready", flush=True)
@@ -424,7 +420,7 @@ def test_an_io_manager_write_sweeps_a_killed_writers_temp_files_and_pins_and_kee
 
 def test_the_sweep_tells_a_reused_pid_from_its_owner_and_leaves_other_hosts_alone(tmp_path):
     own = owner_tag()
-    reused = own.rsplit("-", 1)[0] + f"-{ingest_module._process_start(os.getpid()) + 1}"  # same pid, later start
+    reused = own.rsplit("-", 1)[0] + f"-{atomic_module._process_start(os.getpid()) + 1}"  # same pid, later start
     other_host = f".owner-{'0' * 12}-1-1"
     for name in (f".a.parquet.x{own}", f".b.parquet.x{reused}", f".c.parquet.x{other_host}", ".d.parquet.untagged"):
         (tmp_path / name).write_bytes(b"12345")

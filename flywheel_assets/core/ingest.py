@@ -32,8 +32,8 @@ alone: it is reported with its error and what to do (`FailedSource`), the other 
 and it is read again only once its stat signature changes (`failed_sources.json`). Each
 landed part's size and SHA-256 are in the manifest: a part that fails to read is checked
 against them and its landing landed again from a file that still holds its content
-(`repair_landing`). Temporary files and folders carry their owner's pid (`owner_tag`), so
-what a killed process left is swept (`sweep_leftovers`) and a live one's work is kept.
+(`repair_landing`). Temporary files and folders carry their owner's pid (`core.atomic.owner_tag`),
+so what a killed process left is swept (`sweep_leftovers`) and a live one's work is kept.
 """
 
 from __future__ import annotations
@@ -53,9 +53,7 @@ import multiprocessing
 import os
 import re
 import shutil
-import socket
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +62,7 @@ from typing import Any
 import polars as pl
 import pydantic_core
 
-from flywheel_assets.settings import load_settings
+from flywheel_assets.core.atomic import Leftover, atomic_write_text, owner_tag, sweep_leftovers
 from flywheel_assets.core.local_files import LinkRefused, NotARegularFile, open_regular_file
 from flywheel_assets.core.schema import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -305,7 +303,7 @@ def _new_generation(landing_dir: Path) -> int:
     """The next generation, recorded before it is used so that no two landings share one,
     even across a crash. Called under the landing lock."""
     generation = last_generation(landing_dir) + 1
-    _write_atomic(landing_dir / LAST_GENERATION, str(generation))
+    atomic_write_text(landing_dir / LAST_GENERATION, str(generation))
     return generation
 
 
@@ -340,19 +338,6 @@ def _pin_keys(frame: pl.DataFrame, pinned: dict[str, str]) -> pl.DataFrame:
     return frame.with_columns(
         workload_key=pl.when(pl.col("workload_key") == UNATTRIBUTED).then(pl.col("workload_key")).otherwise(pinned_key)
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers, who take no lock, see the old text or the new one, never a part."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}-", suffix=owner_tag(), dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 class SourceReadError(Exception):
@@ -431,7 +416,7 @@ class SourceIndex:
         return index
 
     def write(self, landing_dir: Path) -> None:
-        _write_atomic(landing_dir / SOURCE_INDEX, json.dumps(self.files, sort_keys=True))
+        atomic_write_text(landing_dir / SOURCE_INDEX, json.dumps(self.files, sort_keys=True))
 
     def digest_of(self, path: str) -> str | None:
         entry = self.files.get(path)
@@ -513,7 +498,7 @@ class FailedSources:
 
     def write(self, landing_dir: Path) -> None:
         present = {path: entry for path, entry in self.files.items() if os.path.lexists(path)}
-        _write_atomic(landing_dir / FAILED_SOURCES, json.dumps(present, sort_keys=True))
+        atomic_write_text(landing_dir / FAILED_SOURCES, json.dumps(present, sort_keys=True))
 
     def unchanged(self, path: str, signature: list[int]) -> FailedSource | None:
         entry = self.files.get(path)
@@ -642,7 +627,7 @@ def _land_content(
             # the file changed to content landed for another file: its partitions changed,
             # so they are ingested again under a new generation
             manifest = {**manifest, "generation": _new_generation(landing_dir)}
-            _write_atomic(folder / MANIFEST, json.dumps(manifest, sort_keys=True))
+            atomic_write_text(folder / MANIFEST, json.dumps(manifest, sort_keys=True))
     index.record(key, signature, digest)
     index.forget_missing(digest)
     if previous is not None:
@@ -751,7 +736,7 @@ def _stage_and_swap(
         _retire(retired)
         os.replace(staging, target)
         known_keys.update({workload_id: key for key, workload_id in workload_ids.items()})
-        _write_atomic(landing_dir / WORKLOAD_KEYS, json.dumps(known_keys, sort_keys=True))
+        atomic_write_text(landing_dir / WORKLOAD_KEYS, json.dumps(known_keys, sort_keys=True))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
@@ -939,108 +924,3 @@ def repair_landing(
         f"drop the original file into the drop folder again; to give them up, remove {folder}. "
         "Then materialize raw_traces for those partitions again."
     ) from damage
-
-
-# ------------------------------------------------------------------ leftovers of killed processes
-
-_OWNER_TAG = re.compile(r"\.owner-([0-9a-f]{12})-(\d+)-(\d+)$")
-
-
-@dataclass(frozen=True)
-class Leftover:
-    path: Path
-    size: int  # bytes freed
-
-
-@functools.cache
-def _machine() -> str:
-    """This host and pid namespace: a pid names a process only where it was recorded."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return hashlib.sha256(f"{socket.gethostname()} {namespace}".encode()).hexdigest()[:12]
-
-
-def _process_start(pid: int) -> int:
-    """When a process started (field 22 of /proc/<pid>/stat, clock ticks since boot), to
-    tell it from a later process given the same pid; 0 where there is no /proc."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(status.rsplit(")", 1)[1].split()[19])  # fields after "(command)" start at 3
-
-
-def owner_tag() -> str:
-    """A suffix for the name of a temporary file or folder naming the process that made it
-    (host, pid, start time), so that `sweep_leftovers` can tell when that process is gone."""
-    pid = os.getpid()
-    return f".owner-{_machine()}-{pid}-{_process_start(pid)}"
-
-
-def _owner_alive(pid: int, start: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, and another user's
-    return _process_start(pid) == start  # or a later process that was given the same pid
-
-
-def _last_touched(entry: os.DirEntry) -> float:
-    """The newest modification time of a file, or of a folder and anything in it."""
-    if not entry.is_dir(follow_symlinks=False):
-        return entry.stat(follow_symlinks=False).st_mtime
-    inside = (
-        os.lstat(os.path.join(folder, name)).st_mtime
-        for folder, dirs, names in os.walk(entry.path) for name in [*dirs, *names]
-    )
-    return max(entry.stat(follow_symlinks=False).st_mtime, *inside)
-
-
-def _abandoned(entry: os.DirEntry, machine: str, pid: int, start: int, foreign_after_s: float) -> bool:
-    if machine == _machine():
-        return not _owner_alive(pid, start)
-    # another host or pod (a step pod on a shared volume): its processes can't be asked from
-    # here, so its work counts as abandoned once nothing touched it for `foreign_after_s`
-    return time.time() - _last_touched(entry) > foreign_after_s
-
-
-def _folder_size(path: str) -> int:
-    return sum(
-        os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(path) for name in names
-    )
-
-
-def sweep_leftovers(folder: Path, foreign_after_s: float | None = None) -> list[Leftover]:
-    """Remove the temporary files and folders in `folder` (hidden, named with `owner_tag`)
-    whose process is gone: what a process killed mid-write (kill -9, out of memory) left
-    behind. A live process's work is kept. An owner on another host can't be checked from
-    here: its leftovers go once untouched for `foreign_after_s` (default
-    FLYWHEEL_FOREIGN_LEFTOVER_HOURS). A name without an owner tag is never touched."""
-    if foreign_after_s is None:
-        foreign_after_s = load_settings().foreign_leftover_hours * 3600
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        owner = _OWNER_TAG.search(entry.name)
-        if not entry.name.startswith(".") or not owner:
-            continue
-        try:
-            if not _abandoned(entry, owner[1], int(owner[2]), int(owner[3]), foreign_after_s):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                size = _folder_size(entry.path)
-                shutil.rmtree(entry.path)
-            else:
-                size = entry.stat(follow_symlinks=False).st_size
-                os.unlink(entry.path)
-        except FileNotFoundError:
-            continue  # removed by another sweeper meanwhile
-        removed.append(Leftover(Path(entry.path), size))
-    return removed
