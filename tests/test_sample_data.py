@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from flywheel_assets.sample_data import (
+    FORMATS,
     MALFORMED_KINDS,
     TOOL_ROUTER_TOOLS,
     Serving,
@@ -19,6 +20,7 @@ from flywheel_assets.sample_data import (
     generate_records,
     main,
     write_sample_traces,
+    writers,
 )
 
 N = 5000
@@ -239,7 +241,27 @@ def test_days_span_and_files(tmp_path):
             if isinstance(rec.get("timestamp"), int):
                 assert dt.datetime.fromtimestamp(rec["timestamp"], dt.timezone.utc).date() == day
     assert total == 1400
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert sorted(tmp_path.iterdir()) == paths  # no temporary leftovers
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_interrupted_write_keeps_the_old_file_and_leaves_nothing(tmp_path, monkeypatch, fmt):
+    paths = write_sample_traces(tmp_path, 300, seed=1, days=1, fmt=fmt)
+    before = paths[0].read_bytes()
+    whole_days = writers.iter_days
+
+    def failing_midway(items):
+        for i, item in enumerate(items):
+            if i == 100:
+                raise RuntimeError("disk gone")
+            yield item
+
+    monkeypatch.setattr(writers, "iter_days", lambda *a, **kw: (
+        (date, failing_midway(items)) for date, items in whole_days(*a, **kw)))
+    with pytest.raises(RuntimeError, match="disk gone"):
+        write_sample_traces(tmp_path, 300, seed=2, days=1, fmt=fmt)
+    assert paths[0].read_bytes() == before
+    assert sorted(tmp_path.iterdir()) == paths
 
 
 def test_gzip_output_readable_with_polars(tmp_path):

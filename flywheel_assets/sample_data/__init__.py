@@ -78,7 +78,7 @@ Outputs
 ``generate_records`` streams JSONL lines (constant memory, fine for n = 1,000,000),
 ``generate_labeled_records`` streams the same lines with their labels (malformed kind,
 duplicate variant, PII kind) and ``write_sample_traces`` writes one file per day,
-``traces-YYYY-MM-DD.{jsonl,jsonl.gz,parquet}``, atomically (temp file + ``os.replace``).
+``traces-YYYY-MM-DD.{jsonl,jsonl.gz,parquet}``, atomically (``flywheel_assets.core.atomic``).
 Parquet files hold ``request``, ``response`` and ``feedback`` as JSON-string columns.
 
 Console script: ``flywheel-sample-traces --out DIR [--records N] [--days 7] [--seed 0]

@@ -7,10 +7,10 @@ import datetime as dt
 import gzip
 import json
 import os
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from flywheel_assets.core.atomic import atomic_path
 from flywheel_assets.sample_data.generator import (
     DEFAULT_END_DATE,
     Serving,
@@ -23,36 +23,20 @@ from flywheel_assets.sample_data.workloads import DEFAULT_WORKLOADS
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
 
 
-def _atomic_target(path: Path):
-    """A new hidden temp file next to ``path`` (mode from the umask), to os.replace later."""
-    while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
-        try:
-            return open(tmp, "xb"), tmp
-        except FileExistsError:  # pragma: no cover - astronomically rare
-            continue
-
-
 def _write_lines(path: Path, items, gz: bool) -> None:
-    raw, tmp = _atomic_target(path)
-    try:
-        with raw:
-            out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                compresslevel=6) if gz else raw
-            buf: list[str] = []
-            for item in labeled_lines(items):
-                buf.append(item.line)
-                if len(buf) >= 2048:
-                    out.write(("\n".join(buf) + "\n").encode())
-                    buf.clear()
-            if buf:
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                            compresslevel=6) if gz else raw
+        buf: list[str] = []
+        for item in labeled_lines(items):
+            buf.append(item.line)
+            if len(buf) >= 2048:
                 out.write(("\n".join(buf) + "\n").encode())
-            if gz:
-                out.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+                buf.clear()
+        if buf:
+            out.write(("\n".join(buf) + "\n").encode())
+        if gz:
+            out.close()
 
 
 def _parquet_schema():
@@ -77,27 +61,25 @@ def _write_parquet(path: Path, items) -> None:
         for v in cols.values():
             v.clear()
 
-    raw, tmp = _atomic_target(path)
-    try:
-        with raw, pq.ParquetWriter(raw, schema, compression="zstd") as writer:
-            for _, rec, _, _, _ in items:
-                ts = rec.get("timestamp")
-                cols["timestamp"].append(ts if isinstance(ts, int) else None)
-                cols["workload_id"].append(rec.get("workload_id"))
-                cols["client_id"].append(rec.get("client_id"))
-                cols["workload_description"].append(rec.get("workload_description"))
-                cols["request"].append(dumps(rec["request"]))
-                cols["response"].append(dumps(rec["response"]))
-                cols["latency_ms"].append(rec.get("latency_ms"))
-                fb = rec.get("feedback")
-                cols["feedback"].append(json.dumps(fb) if fb is not None else None)
-                if len(cols["request"]) >= 8192:
-                    flush(writer)
-            flush(writer)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as raw,
+        pq.ParquetWriter(raw, schema, compression="zstd") as writer,
+    ):
+        for _, rec, _, _, _ in items:
+            ts = rec.get("timestamp")
+            cols["timestamp"].append(ts if isinstance(ts, int) else None)
+            cols["workload_id"].append(rec.get("workload_id"))
+            cols["client_id"].append(rec.get("client_id"))
+            cols["workload_description"].append(rec.get("workload_description"))
+            cols["request"].append(dumps(rec["request"]))
+            cols["response"].append(dumps(rec["response"]))
+            cols["latency_ms"].append(rec.get("latency_ms"))
+            fb = rec.get("feedback")
+            cols["feedback"].append(json.dumps(fb) if fb is not None else None)
+            if len(cols["request"]) >= 8192:
+                flush(writer)
+        flush(writer)
 
 
 def write_sample_traces(
@@ -114,8 +96,8 @@ def write_sample_traces(
 ) -> list[Path]:
     """Write ``n`` records as one file per day, ``traces-YYYY-MM-DD.<fmt>``, into ``out_dir``.
 
-    Every day of the range gets a file (possibly empty). Each file is written to a temp
-    file in ``out_dir`` and moved into place with ``os.replace``. Returns the paths, oldest
+    Every day of the range gets a file (possibly empty), written atomically (a hidden
+    temporary folder in ``out_dir``, then a rename: ``core.atomic``). Returns the paths, oldest
     day first. ``fmt`` is ``jsonl``, ``jsonl.gz`` (deterministic gzip, mtime 0) or
     ``parquet`` (no ``invalid_json`` records; a non-numeric timestamp becomes null).
     ``serving``: simulated post-promotion traffic (see ``Serving``).
