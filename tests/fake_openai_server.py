@@ -1,7 +1,7 @@
 """An OpenAI-compatible fake chat server on loopback, for tests and benchmarks.
 
-Stdlib only (`http.server.ThreadingHTTPServer`): one thread per connection, HTTP/1.1
-keep-alive, so a client holding 32 connections gets 32 requests served at once.
+Stdlib only (`loopback.LoopbackServer`): one thread per connection, HTTP/1.1 keep-alive,
+so a client holding 32 connections gets 32 requests served at once.
 
 - ``POST /v1/chat/completions``: a deterministic answer. With ``tools`` in the request it
   calls the first tool whose name appears in the last user message (else the first tool)
@@ -12,11 +12,11 @@ keep-alive, so a client holding 32 connections gets 32 requests served at once.
   of strings; 400 without it, as OpenAI answers). Each vector is ``embedder(text)``;
   the default hashes the text's lower-cased words into ``embedding_dimensions`` buckets
   (a bag of words), so texts sharing words get similar vectors.
-- Faults are scripted per request in arrival order (`FakeOpenAIServer.add_faults`):
-  `Fault.status(429, retry_after=0)`, `Fault.status(503, message=...)`,
-  `Fault.hang(seconds)` (waits, then answers normally, unless the client gave up),
-  `Fault.body({...})` (a 200 with any JSON, e.g. missing fields). Requests beyond the
-  script are answered normally.
+- Faults are scripted per request in arrival order (`FakeOpenAIServer.add_faults`), any
+  of `loopback.Fault`'s, e.g. `Fault.status(429, retry_after=0)`, `Fault.status(503,
+  message=...)`, `Fault.hang(seconds)` (waits, then answers normally, unless the client
+  gave up), `Fault.body({...})` (a 200 with any JSON, e.g. missing fields). Requests
+  beyond the script are answered normally.
 - ``latency_s`` is slept before every answer; ``in_flight``/``max_in_flight`` count the
   requests being handled at once; with ``hold_until_in_flight=N`` every request waits until
   N requests have been in flight at once (at most ``HOLD_TIMEOUT_S``), so a test can see a
@@ -35,47 +35,23 @@ import json
 import sys
 import threading
 import zlib
-from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from loopback import (
+    Answer,
+    Fault,
+    FaultScript,
+    LoopbackFake,
+    LoopbackHandler,
+    LoopbackServer,
+    RecordedRequest,
+    json_answer,
+)
 
 Responder = Callable[[dict[str, Any]], dict[str, Any]]
 Embedder = Callable[[str], list[float]]
 HOLD_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class Fault:
-    """What the server does instead of answering normally, for one request."""
-
-    kind: str  # "status" | "hang" | "body"
-    status_code: int = 200
-    retry_after: float | None = None
-    message: str | None = None
-    hang_s: float = 0.0
-    payload: Any = None
-
-    @classmethod
-    def status(cls, code: int, retry_after: float | None = None, message: str | None = None) -> "Fault":
-        return cls(kind="status", status_code=code, retry_after=retry_after, message=message)
-
-    @classmethod
-    def hang(cls, seconds: float) -> "Fault":
-        return cls(kind="hang", hang_s=seconds)
-
-    @classmethod
-    def body(cls, payload: Any) -> "Fault":
-        return cls(kind="body", payload=payload)
-
-
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    body: Any
-    authorization: str | None
 
 
 @dataclass
@@ -86,7 +62,7 @@ class _State:
     responder: Responder | None
     embedder: Embedder | None = None
     hold_until_in_flight: int | None = None
-    faults: deque = field(default_factory=deque)
+    faults: FaultScript = field(default_factory=FaultScript)
     requests: list[RecordedRequest] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -97,7 +73,7 @@ class _State:
         self.more_in_flight = threading.Condition(self.lock)
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackFake):
     """Start with ``with FakeOpenAIServer(...) as server:``; ``server.base_url`` ends in /v1."""
 
     def __init__(
@@ -116,42 +92,14 @@ class FakeOpenAIServer:
             embedder=embedder or (lambda text: bag_of_words_vector(text, embedding_dimensions)),
             hold_until_in_flight=hold_until_in_flight,
         )
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self.loopback_servers = [LoopbackServer(_Handler, wake=self._state.stopping, state=self._state)]
 
-    # -- lifecycle
-    def start(self) -> "FakeOpenAIServer":
-        httpd = _Server(("127.0.0.1", 0), _Handler)
-        httpd.state = self._state  # type: ignore[attr-defined]
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._state.stopping.set()  # wakes hanging handlers
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "FakeOpenAIServer":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # -- configuration and observation
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"{self.loopback_servers[0].base_url}/v1"
 
     def add_faults(self, *faults: Fault) -> None:
-        with self._state.lock:
-            self._state.faults.extend(faults)
+        self._state.faults.extend(faults)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -167,55 +115,37 @@ class FakeOpenAIServer:
         return self._state.in_flight
 
 
-@contextmanager
-def fake_openai_server(**kwargs: Any) -> Iterator[FakeOpenAIServer]:
-    """Context manager form, for pytest fixtures: ``with fake_openai_server() as s: yield s``."""
-    with FakeOpenAIServer(**kwargs) as server:
-        yield server
+fake_openai_server = FakeOpenAIServer  # the name tests use: ``with fake_openai_server() as s: yield s``
 
 
 # ------------------------------------------------------------------------------ handler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a hung handler must not block shutdown
-    # listen() backlog, read when the socket is bound (so a class attribute): the default
-    # 5 overflows when 32 clients connect at once, and each overflowed connect waits a
-    # 1 s SYN retransmit.
-    request_queue_size = 256
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: one connection serves many requests
-    # Headers and body go out in two writes; without TCP_NODELAY, Nagle plus the
-    # client's delayed ACK can add ~40 ms to every response.
-    disable_nagle_algorithm = True
-
+class _Handler(LoopbackHandler):
     @property
     def state(self) -> _State:
         return self.server.state  # type: ignore[attr-defined]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-        pass  # quiet: tests and the benchmark make thousands of requests
+    def error_payload(self, message: str) -> Any:
+        return {"error": {"message": message}}
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self._serve(body=None)
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self.read_body()
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
-            self._send_json(400, {"error": {"message": "request body is not JSON"}})
+            self.send_json(400, self.error_payload("request body is not JSON"))
             return
         self._serve(body=body)
 
     def _serve(self, body: Any) -> None:
         state = self.state
         with state.lock:
-            state.requests.append(RecordedRequest(self.command, self.path, body, self.headers.get("Authorization")))
-            fault = state.faults.popleft() if state.faults else None
+            state.requests.append(self.record(body))
+            fault = state.faults.take()
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
             state.more_in_flight.notify_all()
@@ -227,65 +157,39 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if state.latency_s:
                 state.stopping.wait(state.latency_s)
-            self._answer(body, fault)
+            self.respond(fault, lambda: self._answer(body))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout): nothing to answer
         finally:
             with state.lock:
                 state.in_flight -= 1
 
-    def _answer(self, body: Any, fault: Fault | None) -> None:
+    def _answer(self, body: Any) -> Answer:
         state = self.state
-        if fault is not None and fault.kind == "hang":
-            state.stopping.wait(fault.hang_s)
-        if fault is not None and fault.kind == "status":
-            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-            message = fault.message or f"scripted {fault.status_code}"
-            self._send_json(fault.status_code, {"error": {"message": message}}, headers)
-            return
-        if fault is not None and fault.kind == "body":
-            self._send_json(200, fault.payload)
-            return
         if state.api_key is not None and self.headers.get("Authorization") != f"Bearer {state.api_key}":
-            self._send_json(401, {"error": {"message": "invalid api key"}})
-            return
-        self._route(body)
-
-    def _route(self, body: Any) -> None:
+            return json_answer(401, self.error_payload("invalid api key"))
         path = self.path.split("?", 1)[0].rstrip("/")
         if self.command == "GET" and path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [{"id": self.state.model, "object": "model"}]})
-        elif self.command == "POST" and path == "/v1/chat/completions" and isinstance(body, dict):
-            self._send_json(200, chat_response(body, self.state.model, self.state.responder))
-        elif self.command == "POST" and path == "/v1/embeddings" and isinstance(body, dict):
-            self._embeddings(body)
-        else:
-            self._send_json(404, {"error": {"message": f"no route {self.command} {path}"}})
+            return json_answer(200, {"object": "list", "data": [{"id": state.model, "object": "model"}]})
+        if self.command == "POST" and path == "/v1/chat/completions" and isinstance(body, dict):
+            return json_answer(200, chat_response(body, state.model, state.responder))
+        if self.command == "POST" and path == "/v1/embeddings" and isinstance(body, dict):
+            return self._embeddings(body)
+        return json_answer(404, self.error_payload(f"no route {self.command} {path}"))
 
-    def _embeddings(self, body: dict[str, Any]) -> None:
+    def _embeddings(self, body: dict[str, Any]) -> Answer:
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            self._send_json(400, {"error": {"message": "'input' must be a string or a non-empty list of strings",
-                                            "type": "invalid_request_error", "param": "input"}})
-            return
+            return json_answer(400, {"error": {"message": "'input' must be a string or a non-empty list of strings",
+                                               "type": "invalid_request_error", "param": "input"}})
         tokens = sum(len(text.split()) for text in texts)
-        self._send_json(200, {
+        return json_answer(200, {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": self.state.embedder(t)} for i, t in enumerate(texts)],
             "model": body.get("model", self.state.model),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
-
-    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
 
 
 # ------------------------------------------------------------------------------ answers

@@ -24,16 +24,16 @@ per series; injected `timeout` (503, errorType "timeout"), `internal` (500) or `
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
+from loopback import Fault, LoopbackHandler, LoopbackServer, json_answer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # vllm/v1/metrics/loggers.py
@@ -45,16 +45,10 @@ TGI_DURATION_BUCKETS = [0.1 * 1.5**i for i in range(16)]
 
 
 @contextmanager
-def _serving(handler_factory) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_factory)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def _serving(handler_class: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Any handler on loopback; yields its base URL (benchmarks/production_metrics.py uses it)."""
+    with LoopbackServer(handler_class) as server:
+        yield server.base_url
 
 
 class FakeEngine:
@@ -175,31 +169,21 @@ class FakeEngine:
     @contextmanager
     def running_server(self) -> Iterator[str]:
         """The engine on loopback; yields its metrics URL."""
-        engine = self
+        with LoopbackServer(_EngineHandler, engine=self) as server:
+            yield server.base_url + self.path
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
 
-            def do_GET(self):
-                if urlparse(self.path).path != engine.path:
-                    return self._send(404, "text/plain", b"404 page not found\n")
-                if engine.fault == "http500":
-                    return self._send(500, "text/plain", b"internal error\n")
-                body = engine.exposition()
-                if engine.fault == "malformed":  # a proxy's error page, cut mid-sample
-                    body = body[: len(body) // 2] + 'broken{le="0.1" 3\n'
-                self._send(200, "text/plain; version=0.0.4; charset=utf-8", body.encode())
-
-            def _send(self, status, content_type, body):
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        with _serving(Handler) as base:
-            yield base + self.path
+class _EngineHandler(LoopbackHandler):
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        engine: FakeEngine = self.server.engine  # type: ignore[attr-defined]
+        if urlparse(self.path).path != engine.path:
+            return self.send(404, b"404 page not found\n", {"Content-Type": "text/plain"})
+        if engine.fault == "http500":
+            return self.send(500, b"internal error\n", {"Content-Type": "text/plain"})
+        body = engine.exposition()
+        if engine.fault == "malformed":  # a proxy's error page, cut mid-sample
+            body = body[: len(body) // 2] + 'broken{le="0.1" 3\n'
+        self.send(200, body.encode(), {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 # ------------------------------------------------------------------------------ Prometheus
@@ -282,44 +266,31 @@ class FakePrometheus:
 
     @contextmanager
     def running_server(self) -> Iterator[str]:
-        prometheus = self
+        with LoopbackServer(_PrometheusHandler, wake=self.release, prometheus=self) as server:
+            yield server.base_url
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
 
-            def do_GET(self):
-                url = urlparse(self.path)
-                params = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                prometheus.requests.append(params)
-                if url.path != "/api/v1/query_range":
-                    return self._json(404, _error("not_found", "404 page not found"))
-                if prometheus.fault == "hang":
-                    prometheus.release.wait()
-                    return
-                if prometheus.fault == "timeout":
-                    return self._json(503, _error("timeout", "query timed out in expression evaluation"))
-                if prometheus.fault == "internal":
-                    return self._json(500, _error("internal", "unexpected error: storage unavailable"))
-                self._json(*prometheus.query_range(params))
-
-            def _json(self, status, payload):
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        try:
-            with _serving(Handler) as base:
-                yield base
-        finally:
-            self.release.set()
+class _PrometheusHandler(LoopbackHandler):
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        prometheus: FakePrometheus = self.server.prometheus  # type: ignore[attr-defined]
+        url = urlparse(self.path)
+        params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        prometheus.requests.append(params)
+        if url.path != "/api/v1/query_range":
+            return self.send_json(404, _error("not_found", "404 page not found"))
+        self.respond(FAULTS.get(prometheus.fault), lambda: json_answer(*prometheus.query_range(params)))
 
 
 def _error(kind: str, message: str) -> dict:
     return {"status": "error", "errorType": kind, "error": message}
+
+
+# `FakePrometheus.fault` names: Prometheus' error answers, or no answer until released
+FAULTS = {
+    "timeout": Fault.body(_error("timeout", "query timed out in expression evaluation"), status_code=503),
+    "internal": Fault.body(_error("internal", "unexpected error: storage unavailable"), status_code=500),
+    "hang": Fault.hang(),
+}
 
 
 def _time(text: str) -> float:

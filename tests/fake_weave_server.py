@@ -32,10 +32,11 @@ O(log history + calls returned), not O(history). A benchmark can add millions of
 synthetic calls (`add_synthetic`): they are generated on demand from their index, so
 history costs 16 bytes a call.
 
-Faults are scripted per request in arrival order (`add_faults`): `Fault.status(500)` (an
-error answer), `Fault.cut(n)` (a 200 whose stream stops after n lines, as a dropped
-connection) and `Fault.ok()` (a normal answer, to aim a fault at a later request). `requests` keeps every request's path, body and Authorization header;
-`calls_served` counts the calls sent.
+Faults (`loopback.Fault`) are scripted per ``stream_query`` request in arrival order
+(`add_faults`): e.g. `Fault.status(500)` (an error answer), `Fault.cut(n)` (a 200 whose
+stream stops after n lines, as a dropped connection) and `Fault.ok()` (a normal answer, to
+aim a fault at a later request). `requests` keeps every request's path, body and
+Authorization header; `calls_served` counts the calls sent.
 """
 
 from __future__ import annotations
@@ -45,12 +46,20 @@ import datetime as dt
 import json
 import threading
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from loopback import (
+    Answer,
+    Fault,
+    FaultScript,
+    LoopbackFake,
+    LoopbackHandler,
+    LoopbackServer,
+    RecordedRequest,
+    json_answer,
+)
 
 ALWAYS_INCLUDED = ("id", "project_id", "trace_id", "op_name", "started_at")
 
@@ -75,34 +84,6 @@ def iso(micros: int) -> str:
 
 def op_ref(entity: str, project: str, name: str, digest: str = "v0digest") -> str:
     return f"weave:///{entity}/{project}/op/{name}:{digest}"
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: str  # "ok" | "status" | "cut"
-    status_code: int = 500
-    lines: int = 0
-
-    @classmethod
-    def ok(cls) -> "Fault":
-        """Answer this request normally (to place a fault on a later request)."""
-        return cls(kind="ok")
-
-    @classmethod
-    def status(cls, code: int = 500) -> "Fault":
-        return cls(kind="status", status_code=code)
-
-    @classmethod
-    def cut(cls, lines: int) -> "Fault":
-        return cls(kind="cut", lines=lines)
-
-
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    body: Any
-    authorization: str | None
 
 
 class _Store:
@@ -155,42 +136,21 @@ class _Store:
         return [p for p in range(lo, hi) if self.id_at(p) == call_id]
 
 
-class FakeWeaveServer:
-    def __init__(self, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0):
+class FakeWeaveServer(LoopbackFake):
+    def __init__(self, api_key: str | None = None):
         self.api_key = api_key
         self._stores: dict[str, _Store] = {}
         self._lock = threading.Lock()
-        self._faults: deque[Fault] = deque()
+        self._faults = FaultScript()
         self._running: dict[str, dict[str, Any]] = {}  # started, not visible until they end
         self._feedback: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.requests: list[RecordedRequest] = []
         self.calls_served = 0
-        self._httpd = _Server((host, port), _Handler)
-        self._httpd.fake = self  # type: ignore[attr-defined]
-        self._thread: threading.Thread | None = None
-
-    # lifecycle -------------------------------------------------------------------------
-    def start(self) -> "FakeWeaveServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "FakeWeaveServer":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.loopback_servers = [LoopbackServer(_Handler, fake=self)]
 
     @property
     def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.loopback_servers[0].base_url
 
     # data ------------------------------------------------------------------------------
     def _store(self, project_id: str) -> _Store:
@@ -278,12 +238,7 @@ class FakeWeaveServer:
             store.refs.extend(range(count))
 
     def add_faults(self, *faults: Fault) -> None:
-        with self._lock:
-            self._faults.extend(faults)
-
-    def take_fault(self) -> Fault | None:
-        with self._lock:
-            return self._faults.popleft() if self._faults else None
+        self._faults.extend(faults)
 
     # query -----------------------------------------------------------------------------
     def stream_query(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -435,69 +390,43 @@ def _started_at_bounds(expr: dict[str, Any] | None) -> tuple[int | None, int | N
     return lo, hi
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class _Handler(LoopbackHandler):
     @property
     def fake(self) -> FakeWeaveServer:
         return self.server.fake  # type: ignore[attr-defined]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-        pass
-
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        self.fake.requests.append(RecordedRequest("GET", self.path, None, self.headers.get("Authorization")))
+        self.fake.requests.append(self.record(None))
         if self.path in ("/health", "/server_info"):
-            self._send(200, b'{"min_required_weave_python_version": "0.0.0"}', "application/json")
+            self.send_json(200, {"min_required_weave_python_version": "0.0.0"})
         else:
-            self._send(404, b'{"detail": "not found"}', "application/json")
+            self.send_json(404, {"detail": "not found"})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
+        raw = self.read_body()
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             body = raw.decode(errors="replace")
         auth = self.headers.get("Authorization")
-        self.fake.requests.append(RecordedRequest("POST", self.path, body, auth))
+        self.fake.requests.append(self.record(body))
         if self.fake.api_key is not None and auth != _basic(self.fake.api_key):
-            return self._send(401, b'{"detail": "unauthorized"}', "application/json")
+            return self.send_json(401, {"detail": "unauthorized"})
         if self.path != "/calls/stream_query":
-            return self._send(404, b'{"detail": "not found"}', "application/json")
-        fault = self.fake.take_fault()
-        if fault and fault.kind == "status":
-            return self._send(fault.status_code, b'{"detail": "injected fault"}', "application/json")
+            return self.send_json(404, {"detail": "not found"})
+        self.respond(self.fake._faults.take(), lambda: self._stream_query(body))
+
+    def _stream_query(self, body: Any) -> Answer:
         try:
             lines = [json.dumps(c).encode() + b"\n" for c in self.fake.stream_query(body)]
         except (ValueError, KeyError, TypeError) as err:
-            return self._send(400, json.dumps({"detail": str(err)}).encode(), "application/json")
-        payload = b"".join(lines)
-        if fault and fault.kind == "cut":
-            sent = b"".join(lines[: fault.lines])
-            self.send_response(200)
-            self.send_header("Content-Type", "application/jsonl")
-            self.send_header("Content-Length", str(len(payload) + 1))
-            self.end_headers()
-            self.wfile.write(sent)
-            self.wfile.flush()
-            self.close_connection = True
-            return None
-        self._send(200, payload, "application/jsonl")
+            return json_answer(400, {"detail": str(err)})
+        return 200, b"".join(lines), {"Content-Type": "application/jsonl"}
 
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        if status >= 500:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
+    def send(self, status: int, body: bytes, headers: dict[str, str], length: int | None = None) -> None:
+        if status >= 500:  # an error answer also closes the connection
+            headers = {**headers, "Connection": "close"}
+        super().send(status, body, headers, length)
 
 
 def _basic(api_key: str) -> str:
@@ -506,13 +435,7 @@ def _basic(api_key: str) -> str:
     return "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
 
 
-@contextmanager
-def fake_weave_server(**kwargs: Any) -> Iterator[FakeWeaveServer]:
-    server = FakeWeaveServer(**kwargs).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+fake_weave_server = FakeWeaveServer  # the name tests use: ``with fake_weave_server() as server:``
 
 
 @dataclass

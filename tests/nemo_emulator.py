@@ -1,6 +1,6 @@
 """An in-process emulator of the NeMo microservices APIs the flywheel uses, on loopback.
 
-Stdlib only: three `ThreadingHTTPServer`s sharing one state, one per base URL the
+Three loopback servers (`loopback.LoopbackServer`) sharing one state, one per base URL the
 clients are configured with, so a call sent to the wrong service gets a 404:
 
 - ``nemo_base_url``: Entity Store (``/v1/namespaces``, ``/v1/datasets``, ``/v1/models``),
@@ -39,13 +39,13 @@ for ``evaluation_polls`` polls, then completed with results computed for real: i
 the dataset file from the emulated Data Store, renders the config's Jinja templates,
 asks the emulated NIM and scores ``tool-calling`` / ``llm-judge`` metrics.
 
-Fault injection:
+Fault injection (`loopback.Fault`, `loopback.FaultScript`):
 - scripted, in arrival order: ``add_fault(Fault.status(503), method="POST", path=r"/v1/customization/jobs$", times=1)``;
 - random: ``set_fault_rate(0.2, seed=1)`` gives each request that chance of one of
   ``Fault.status(500|502|503)``, ``Fault.status(429, retry_after=0)``, ``Fault.drop()``
   (connection closed before the request is processed), ``Fault.drop_after()`` (processed,
   then closed without an answer: the case that makes naive retries create duplicates) and
-  ``Fault.slow(s)``;
+  ``Fault.hang(0.05)`` (a slow answer);
 - remote failures: ``fail_next_customization(detail)`` (failed with a ``status_logs``
   detail), ``fail_next_evaluation(detail)``, ``fail_next_deployment(detail, status)``
   (ends ``failed``, ``cancelled`` or ``unknown``);
@@ -68,17 +68,14 @@ import base64
 import hashlib
 import itertools
 import json
-import random
 import re
 import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import jinja2
+from loopback import Answer, Fault, FaultScript, LoopbackFake, LoopbackHandler, LoopbackServer, RecordedRequest
 
 SERVICES = ("nemo", "datastore", "nim")
 CLUSTER_NIM_URL = "http://nemo-nim-proxy:8000"
@@ -98,60 +95,6 @@ DEFAULT_TARGETS = [
 TRAINING_LINE_FIELDS = {"messages", "tools"}
 MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name"}
 ROLES = {"system", "user", "assistant", "tool"}
-
-
-# ------------------------------------------------------------------------------- faults
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: str  # "status" | "drop" | "drop_after" | "slow" | "body"
-    status_code: int = 503
-    retry_after: float | None = None
-    message: str = "injected fault"
-    delay_s: float = 0.0
-    payload: Any = None
-
-    @classmethod
-    def status(cls, code: int, *, retry_after: float | None = None, message: str = "injected fault") -> "Fault":
-        return cls("status", status_code=code, retry_after=retry_after, message=message)
-
-    @classmethod
-    def drop(cls) -> "Fault":
-        return cls("drop")
-
-    @classmethod
-    def drop_after(cls) -> "Fault":
-        return cls("drop_after")
-
-    @classmethod
-    def slow(cls, seconds: float) -> "Fault":
-        return cls("slow", delay_s=seconds)
-
-    @classmethod
-    def body(cls, payload: Any, status_code: int = 200) -> "Fault":
-        return cls("body", status_code=status_code, payload=payload)
-
-
-@dataclass
-class _Scripted:
-    fault: Fault
-    method: str | None
-    path: re.Pattern
-    service: str | None
-    remaining: int
-
-
-@dataclass
-class RecordedRequest:
-    service: str
-    method: str
-    path: str
-    authorization: str | None
-    outcome: str = "ok"  # "ok" or the fault kind
-    query: str = ""
-    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
-    body: bytes = b""
 
 
 class HTTPError(Exception):
@@ -284,7 +227,7 @@ class Deployment:
 # ----------------------------------------------------------------------------- emulator
 
 
-class NemoEmulator:
+class NemoEmulator(LoopbackFake):
     def __init__(
         self,
         *,
@@ -328,42 +271,17 @@ class NemoEmulator:
         self.deployment_events: list[tuple[str, str]] = []  # ("created"|"deleted", "ns/name")
         self.requests: list[RecordedRequest] = []
         self.chat_requests: list[dict] = []
-        # faults
-        self._scripted: list[_Scripted] = []
-        self._fault_rate = 0.0
-        self._fault_choices: list[Fault] = []
-        self._fault_services: set[str] = set(SERVICES)
-        self._rng = random.Random(0)
+        self._faults = FaultScript()
         self._fail_customization: list[str] = []
         self._fail_evaluation: list[str] = []
         self._fail_deployment: list[tuple[str, str]] = []
-        self._servers: dict[str, ThreadingHTTPServer] = {}
+        self._servers = {service: LoopbackServer(_Handler, emulator=self, service=service) for service in SERVICES}
+        self.loopback_servers = list(self._servers.values())
         self._routes = self._build_routes()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "NemoEmulator":
-        for service in SERVICES:
-            server = _Server(("127.0.0.1", 0), _Handler)
-            server.emulator, server.service = self, service
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
-                             name=f"nemo-emulator-{service}").start()
-            self._servers[service] = server
-        return self
-
-    def stop(self) -> None:
-        # shut the three down at once: each shutdown waits up to one serve_forever poll
-        stoppers = [threading.Thread(target=server.shutdown) for server in self._servers.values()]
-        for stopper in stoppers:
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join()
-        for server in self._servers.values():
-            server.server_close()
-        self._servers.clear()
-
     def url(self, service: str) -> str:
-        host, port = self._servers[service].server_address[:2]
-        return f"http://{host}:{port}"
+        return self._servers[service].base_url
 
     @property
     def nemo_base_url(self) -> str:
@@ -380,19 +298,11 @@ class NemoEmulator:
     # ---------------------------------------------------------------- fault control
     def add_fault(self, fault: Fault, *, method: str | None = None, path: str = ".*", service: str | None = None,
                   times: int = 1) -> None:
-        with self._lock:
-            self._scripted.append(_Scripted(fault, method, re.compile(path), service, times))
+        self._faults.add(fault, method=method, path=path, service=service, times=times)
 
     def set_fault_rate(self, rate: float, *, seed: int = 0, kinds: list[Fault] | None = None,
                        services: tuple[str, ...] = SERVICES) -> None:
-        with self._lock:
-            self._fault_rate = rate
-            self._rng = random.Random(seed)
-            self._fault_choices = kinds or [
-                Fault.status(500), Fault.status(502), Fault.status(503), Fault.status(429, retry_after=0),
-                Fault.drop(), Fault.drop_after(), Fault.slow(0.05),
-            ]
-            self._fault_services = set(services)
+        self._faults.set_rate(rate, seed=seed, kinds=kinds, services=services)
 
     def fail_next_customization(self, detail: str) -> None:
         with self._lock:
@@ -407,17 +317,6 @@ class NemoEmulator:
         ``unknown``: the states Deployment Management ends in without getting ready)."""
         with self._lock:
             self._fail_deployment.append((detail, status))
-
-    def _choose_fault(self, service: str, method: str, path: str) -> Fault | None:
-        with self._lock:
-            for scripted in self._scripted:
-                if scripted.remaining > 0 and (scripted.method in (None, method)) \
-                        and (scripted.service in (None, service)) and scripted.path.search(path):
-                    scripted.remaining -= 1
-                    return scripted.fault
-            if self._fault_rate and service in self._fault_services and self._rng.random() < self._fault_rate:
-                return self._rng.choice(self._fault_choices)
-        return None
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -1097,75 +996,24 @@ def _token(oid: str) -> str:
 # ------------------------------------------------------------------------------- server
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 64
-    emulator: NemoEmulator
-    service: str
-
-    def handle_error(self, request, client_address) -> None:  # a client that hung up: not our problem
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # headers and body go out in two writes: without TCP_NODELAY, Nagle plus the client's
-    # delayed ACK add ~40 ms to every response
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
+class _Handler(LoopbackHandler):
     def _serve(self) -> None:
-        emulator, service = self.server.emulator, self.server.service
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        emulator, service = self.server.emulator, self.server.service  # type: ignore[attr-defined]
+        body = self.read_body()
         split = urlsplit(self.path)
-        path = split.path
-        record = RecordedRequest(service, self.command, path, self.headers.get("Authorization"), query=split.query,
-                                 headers={k.lower(): v for k, v in self.headers.items()}, body=body)
+        record = self.record(body, path=split.path, query=split.query, service=service)
         with emulator._lock:
             emulator.requests.append(record)
-        fault = emulator._choose_fault(service, self.command, path)
+        fault = emulator._faults.take(self.command, split.path, service)
         if fault is not None:
             record.outcome = fault.kind
-            if fault.kind == "drop":
-                self.close_connection = True
-                return
-            if fault.kind == "status":
-                headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-                self._send(fault.status_code, {"detail": fault.message}, headers)
-                return
-            if fault.kind == "body":
-                self._send(fault.status_code, fault.payload, {})
-                return
-            if fault.kind == "slow":
-                time.sleep(fault.delay_s)
-        status, payload, headers = emulator.handle(service, self.command, self.path, body, self.headers)
-        if fault is not None and fault.kind == "drop_after":
-            self.close_connection = True
-            return
-        self._send(status, payload, headers)
+        self.respond(fault, lambda: self._answer(emulator, service, body))
 
-    def _send(self, status: int, payload: Any, headers: dict) -> None:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def _answer(self, emulator: NemoEmulator, service: str, body: bytes) -> Answer:
+        status, payload, headers = emulator.handle(service, self.command, self.path, body, self.headers)
+        return status, payload if isinstance(payload, bytes) else json.dumps(payload).encode(), headers
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
 
-@contextmanager
-def nemo_emulator(**options: Any) -> Iterator[NemoEmulator]:
-    """A started emulator, stopped afterwards (see `NemoEmulator` for the options)."""
-    emulator = NemoEmulator(**options).start()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
+nemo_emulator = NemoEmulator  # the name tests use: ``with nemo_emulator(**options) as emulator:``
