@@ -104,8 +104,9 @@ class FaultScript:
 
     def add(self, fault: Fault, *, method: str | None = None, path: str = ".*", service: str | None = None,
             times: int = 1) -> None:
-        with self._lock:
-            self._aimed.append(_Aimed(fault, method, re.compile(path), service, times))
+        if times > 0:
+            with self._lock:
+                self._aimed.append(_Aimed(fault, method, re.compile(path), service, times))
 
     def extend(self, faults: Iterable[Fault]) -> None:
         """One fault a request, in this order, whatever the request."""
@@ -126,7 +127,7 @@ class FaultScript:
             for aimed in self._aimed:
                 if aimed.method in (None, method) and aimed.service in (None, service) and aimed.path.search(path):
                     aimed.remaining -= 1
-                    if not aimed.remaining:
+                    if aimed.remaining == 0:
                         self._aimed.remove(aimed)
                     return aimed.fault
             if self._rate and (self._services is None or service in self._services) \
