@@ -20,7 +20,7 @@ import shutil
 import typing
 import tempfile
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -86,8 +86,32 @@ def _wants_dict(context: dg.InputContext) -> bool:
     return typing.get_origin(context.dagster_type.typing_type) is dict
 
 
+def partition_file(
+    base: Path, asset_key: Sequence[str], partition_key: str | dg.MultiPartitionKey, extension: str = ".parquet"
+) -> Path:
+    """Where `ParquetIOManager` stores one partition of an asset, and `StoredAssets` finds
+    it: `<base>/<asset key path>/<partition key><extension>`; a multi-dimensional key is
+    one folder level per dimension, ordered by dimension name (`<day>/<workload>.parquet`),
+    as Dagster's `UPathIOManager` lays it out."""
+    parts = (
+        [partition_key.keys_by_dimension[d] for d in sorted(partition_key.keys_by_dimension)]
+        if isinstance(partition_key, dg.MultiPartitionKey)
+        else [partition_key]
+    )
+    return base.joinpath(*asset_key, *parts[:-1], f"{parts[-1]}{extension}")
+
+
 class _PolarsParquetUPathIOManager(dg.UPathIOManager):
     extension = ".parquet"
+
+    def _get_paths_for_partitions(self, context: dg.InputContext | dg.OutputContext) -> dict[str, UPath]:
+        if not context.has_asset_partitions:
+            return super()._get_paths_for_partitions(context)  # raises Dagster's own error
+        # the layout is `partition_file`'s, which `StoredAssets` reads by
+        return {
+            key: partition_file(self._base_path, context.asset_key.path, key, self.extension)
+            for key in context.asset_partition_keys
+        }
 
     def _load_partitions(self, context: dg.InputContext):
         # UPathIOManager hands over a bare value when the mapping yields one partition (one
@@ -155,12 +179,7 @@ class StoredAssets(dg.ConfigurableResource):
     base_dir: str = Field(description="The ParquetIOManager's base_dir.")
 
     def path(self, asset: str, partition_key: str | dg.MultiPartitionKey) -> Path:
-        parts = (
-            [partition_key.keys_by_dimension[d] for d in sorted(partition_key.keys_by_dimension)]
-            if isinstance(partition_key, dg.MultiPartitionKey)
-            else [partition_key]
-        )
-        path = Path(self.base_dir, asset, *parts[:-1], f"{parts[-1]}.parquet")
+        path = partition_file(Path(self.base_dir), [asset], partition_key)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: materialize {asset} [{partition_key}]")
         return path

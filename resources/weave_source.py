@@ -43,7 +43,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from flywheel_assets.core.atomic import atomic_path
+
+# <traces_dir>/weave/: the files the Weave sensor writes and lands itself (the drop-folder sensor skips it)
+WEAVE_FOLDER = "weave"
 DEFAULT_TRACE_SERVER_URL = "https://trace.wandb.ai"
 SAAS_API_URL = "https://api.wandb.ai"
 CHAT_COMPLETIONS_OP = "openai.chat.completions.create"
@@ -241,28 +244,12 @@ def call_to_trace(
 
 # ----------------------------------------------------------------------------- file output
 def write_jsonl_atomic(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
-    """Write records as JSON lines: a hidden temp file, fsync, rename (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str))
-                out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """Write records as JSON lines, atomically and durably (never half a file, and the
+    file survives a crash once written: the cursor moves past its records next)."""
+    with atomic_path(path, durable=True) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str))
+            out.write("\n")
     return path
 
 
@@ -512,7 +499,7 @@ class WeaveTraceSource(dg.ConfigurableResource):
     def window_file(self, traces_dir: str | Path, cursor: WeaveCursor) -> Path:
         """Where the records read after `cursor` go: one name per starting cursor, so a
         retried tick (same cursor) rewrites the same file instead of adding a second one."""
-        return Path(traces_dir) / "weave" / f"{self.file_stem()}-{cursor.key()}.jsonl"
+        return Path(traces_dir) / WEAVE_FOLDER / f"{self.file_stem()}-{cursor.key()}.jsonl"
 
 
 def trace_server_url(env: Mapping[str, str] | None = None) -> str:

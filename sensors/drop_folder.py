@@ -38,9 +38,9 @@ import dagster as dg
 from flywheel_assets.core.ingest import UNATTRIBUTED, LandingResult
 from partitions.slices import day_partitions, trace_partition_boxes, trace_range_tags, workload_partitions
 from resources.traces import FileTraceSource, scan_drop_folder
+from resources.weave_source import WEAVE_FOLDER
 from flywheel_assets.jobs import ingest_job
 
-WEAVE_FOLDER = "weave"  # <traces_dir>/weave/: files written and landed by the Weave sensor
 GRACE_NS = 120 * 1_000_000_000
 FULL_SCAN_EVERY = 60
 

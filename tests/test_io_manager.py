@@ -96,3 +96,24 @@ def test_pinned_partitions_keep_their_content_while_the_asset_is_stored_again(tm
         assert frame.collect()["n"].to_list() == [1, 2]
         assert assets.scan("raw_traces", key).collect()["n"].to_list() == [7, 8, 9]
     assert not list(tmp_path.glob(".pinned-*"))  # the pins are gone afterwards
+
+
+@dg.asset(partitions_def=dg.StaticPartitionsDefinition(["support.router"]))
+def single(context) -> pl.DataFrame:
+    return pl.DataFrame({"key": [context.partition_key]})
+
+
+def test_stored_assets_finds_each_partition_where_the_io_manager_wrote_it(tmp_path):
+    from resources.datasets import StoredAssets
+
+    resources = {"io_manager": ParquetIOManager(base_dir=str(tmp_path))}
+    multi_key = dg.MultiPartitionKey({"workload": "w1", "day": "d2"})
+    assert dg.materialize([daily], partition_key=multi_key, resources=resources).success
+    assert dg.materialize([single], partition_key="support.router", resources=resources).success
+    stored = StoredAssets(base_dir=str(tmp_path))
+    assert stored.path("daily", multi_key) == tmp_path / "daily" / "d2" / "w1.parquet"
+    assert stored.scan("daily", multi_key).collect()["day"].to_list() == ["d2"]
+    assert stored.path("single", "support.router") == tmp_path / "single" / "support.router.parquet"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.parquet")) == [
+        "daily/d2/w1.parquet", "single/support.router.parquet",
+    ]

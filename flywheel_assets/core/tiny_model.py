@@ -15,17 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from flywheel_assets.core import torch_threads  # noqa: F401  (first: it sets OpenMP's environment for torch)
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from flywheel_assets.core.atomic import atomic_directory
 from flywheel_assets.core.chat_template import (
     CHAT_TEMPLATE,
     CONTROL_TOKENS,
@@ -153,29 +151,3 @@ def build_tiny_model(
         if _cached_fingerprint(out_dir) != fingerprint:
             raise
     return out_dir
-
-
-@contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `target`; when the block succeeds, it
-    replaces `target` (whatever was there before is removed), else it is deleted. Readers
-    of `target` see the old directory or the complete new one (or, for the instant between
-    two renames, none), never a half-written one. Raises FileExistsError (and keeps the
-    other writer's directory) when another process put a `target` in place meanwhile."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            stale = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
-            os.rename(target, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError as exc:
-            if not target.exists():
-                raise
-            raise FileExistsError(f"{target} was written by someone else meanwhile") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

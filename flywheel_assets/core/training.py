@@ -29,10 +29,10 @@ from peft import LoraConfig, get_peft_model
 from pydantic import BaseModel, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from flywheel_assets.core.atomic import atomic_directory
 from flywheel_assets.core.chat import ChatExample
 from flywheel_assets.core.chat_template import ensure_chat_template, render_example
 from flywheel_assets.core.hyperparameters import LoraHyperparameters
-from flywheel_assets.core.tiny_model import atomic_directory
 
 IGNORE_INDEX = -100
 RESULT_FILE = "training_result.json"
