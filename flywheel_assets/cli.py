@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     # (data versions, partition mappings) are for developers and repeated on every run
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    quiet_model_progress_bars()
 
     if args.command == "demo":  # day partitions start at the sample data, not years before it
         os.environ.setdefault("FLYWHEEL_START_DATE", SAMPLE_FIRST_DAY)
@@ -76,10 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         + (f"FLYWHEEL_START_DATE={start} " if start else "")
         + ".venv/bin/dagster dev -w workspace.yaml"
     )
+    if result.held_back:
+        print(f"{len(result.held_back)} runs held back by a blocking check (normal for a small workload; see `skip` above)")
     if result.failed:
         print(f"{len(result.failed)} runs failed")
         return 1
     return 0
+
+
+def quiet_model_progress_bars() -> None:
+    """The runner's numbered lines are the one progress display: no "Loading weights" /
+    "Writing model shards" bar for every model a step loads or saves."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 def run_live(args: argparse.Namespace) -> int:

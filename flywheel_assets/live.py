@@ -18,10 +18,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from flywheel_assets.sample_data import DEFAULT_END_DATE, DEFAULT_WORKLOADS, write_sample_traces
+
+if TYPE_CHECKING:
+    import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_INSTANCE_YAML = ROOT / "deploy" / "dagster.local.yaml"
@@ -350,10 +354,43 @@ def demo_traces(folder: Path, records: int, seed: int) -> tuple[list[Path], str,
 def print_leaderboards(home: Path, workloads: Iterable[str]) -> None:
     import polars as pl
 
-    from flywheel_assets.core.leaderboard import printable
-
-    with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=200, float_precision=3):
+    with pl.Config(
+        tbl_rows=50, tbl_width_chars=120, tbl_formatting="ASCII_MARKDOWN",
+        tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+    ):
         for workload in workloads:
             path = home / "assets" / "leaderboard" / f"{workload}.parquet"
-            print(f"\nleaderboard [{workload}] ({path})")
-            print(printable(pl.read_parquet(path)))
+            board = pl.read_parquet(path)
+            print(f"\nleaderboard [{workload}] (all {board.width} columns: {path})")
+            print(decision_table(board))
+
+
+def decision_table(board: pl.DataFrame) -> pl.DataFrame:
+    """What a person needs to decide on a workload, one row per candidate x experiment: the
+    score with its 95% interval, argument accuracy (tool-calling workloads), latency, cost
+    against production and the verdict; the stored board has every column."""
+    import polars as pl
+
+    def shown(value: float | None, template: str) -> str:
+        return "-" if value is None else template.format(value)
+
+    def verdict(row: dict) -> str:
+        if row["best"]:
+            return "recommended"
+        return "meets threshold" if row["meets_threshold"] else "below threshold"
+
+    tool_calling = board["function_name_and_args_accuracy"].is_not_null().any()
+    return pl.DataFrame([
+        {
+            "candidate": row["candidate"],
+            "experiment": row["experiment"],
+            "score [95% CI]": "not scored" if row["score"] is None
+            else f"{row['score']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}] n={row['n']}",
+            # chat workloads have no tool calls whose arguments could be checked
+            **({"name+args": shown(row["function_name_and_args_accuracy"], "{:.2f}")} if tool_calling else {}),
+            "p50 latency": shown(row["latency_p50_s"], "{:.2f} s"),
+            "cost vs prod": shown(row["cost_vs_production"], "{:.1%}"),
+            "verdict": verdict(row),
+        }
+        for row in board.iter_rows(named=True)
+    ])

@@ -8,8 +8,10 @@ DAGSTER_HOME shows the history, lineage and metadata afterwards.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -77,6 +79,48 @@ def was_interrupted(run: dg.ExecuteInProcessResult) -> bool:
     )
 
 
+def failed_blocking_checks(run: dg.ExecuteInProcessResult) -> list[dg.AssetCheckEvaluation]:
+    return [check for check in run.get_asset_check_evaluations() if check.blocking and not check.passed]
+
+
+def was_held_back(run: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run stopped only because a blocking check failed: its data is not good
+    enough to go on with (a workload with too few records), which is normal, not a crash."""
+    failures = run.get_step_failure_events()
+    return bool(failed_blocking_checks(run)) and all(
+        event.step_failure_data.error is not None
+        and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+        for event in failures
+    )
+
+
+def run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The warnings the run's steps logged (they stay in its event log; the console counts them)."""
+    return [
+        entry.user_message for entry in instance.all_logs(run_id)
+        if entry.dagster_event is None and entry.level >= logging.WARNING
+    ]
+
+
+def run_report(instance: dg.DagsterInstance, run: dg.ExecuteInProcessResult, job: str, target: str, progress: str) -> str:
+    """What the console says about one run: one line (`ok`, or `skip` with the blocking
+    check's reason and remedy), or `FAIL` followed by the stack traces of a real failure."""
+    if run.success:
+        found = run_warnings(instance, run.run_id)
+        more = f", {len(found)} warnings in its run log, first: {found[0].splitlines()[0]}" if found else ""
+        return f"ok   {job} [{target}] ({progress}{more})"
+    if was_held_back(run):
+        return f"skip {job} [{target}] ({progress}): " + "; ".join(
+            f"{check.description} (check {check.check_name})" for check in failed_blocking_checks(run)
+        )
+    errors = [
+        f"  step {event.step_key}: {event.step_failure_data.error.to_string()}"
+        for event in run.get_step_failure_events()
+        if event.step_failure_data.error is not None
+    ]
+    return "\n".join([f"FAIL {job} [{target}] ({progress}, run {run.run_id})", *errors])
+
+
 @dataclass
 class FlywheelRun:
     workloads: list[str] = field(default_factory=list)
@@ -85,7 +129,11 @@ class FlywheelRun:
 
     @property
     def failed(self) -> list[dg.ExecuteInProcessResult]:
-        return [r for r in self.runs if not r.success]
+        return [r for r in self.runs if not r.success and not was_held_back(r)]
+
+    @property
+    def held_back(self) -> list[dg.ExecuteInProcessResult]:
+        return [r for r in self.runs if not r.success and was_held_back(r)]
 
 
 def run_flywheel(
@@ -108,6 +156,14 @@ def run_flywheel(
     )
     result = FlywheelRun(workloads=workloads)
     staged = dg.Definitions(assets=defs.assets, resources=resources, jobs=STAGE_JOBS)
+    order = instance.get_dynamic_partitions(workload_partitions.name)
+    boxes = trace_partition_boxes([tuple(p.split("|")) for p in partitions], order)
+    candidates = candidate_partitions.get_partition_keys()
+    # the one progress display: each run numbered against the runs still planned (a
+    # workload held back or not ingested takes its later runs off the plan)
+    later_runs_per_workload = 0 if through == "split" else len(candidates) + 1
+    planned = len(boxes) + len(workloads) * (1 + later_runs_per_workload)
+    started = time.monotonic()
 
     def materialize(job: str, partition_key: str | None = None, window: dict | None = None) -> dg.ExecuteInProcessResult:
         """One run of a stage's job, for a partition or a key range (`window`'s tags)."""
@@ -116,33 +172,37 @@ def run_flywheel(
             instance=instance,
             raise_on_error=False,
             tags={**(window or {}), **RUNNER_TAGS, RUNNER_PID_TAG: str(os.getpid())},
-            # the console shows warnings only; the full log is in the run's event log
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            # the runner reports each run below; the full log is in the run's event log
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         )
         result.runs.append(run)
         target = partition_key or "...".join((window or {}).values())
-        log(f"{'ok  ' if run.success else 'FAIL'} {job} [{target}]")
+        elapsed = int(time.monotonic() - started)
+        log(run_report(instance, run, job, target, f"{len(result.runs)}/{planned}, {elapsed // 60}:{elapsed % 60:02}"))
         if was_interrupted(run):  # stop the whole flywheel, not just this run
             raise FlywheelInterrupted(f"interrupted during {job} [{target}]")
         return run
 
     log(f"{len(landed)} trace files, {len(partitions)} day x workload partitions, workloads {workloads}")
     # as the drop-folder sensor does: one ingest run per box of day x workload partitions
-    order = instance.get_dynamic_partitions(workload_partitions.name)
     not_ingested: set[str] = set()
-    for box in trace_partition_boxes([tuple(p.split("|")) for p in partitions], order):
+    for box in boxes:
         if not materialize(ingest_job.name, window=trace_range_tags(box)).success:
             not_ingested |= {workload for _, workload in box}
     # a workload whose ingest failed keeps its previous dataset: rebuilding it now would
     # quietly leave the new traffic out (automation under the daemon waits the same way)
     for workload in sorted(not_ingested):
         log(f"skip {curate_and_split_job.name} [{workload}]: its ingest failed (see that run)")
-    ready = [
-        w for w in workloads if w not in not_ingested and materialize(curate_and_split_job.name, w).success
-    ]
+    planned -= len(not_ingested) * (1 + later_runs_per_workload)
+    ready = []
+    for workload in workloads:
+        if workload not in not_ingested:
+            if materialize(curate_and_split_job.name, workload).success:
+                ready.append(workload)
+            else:
+                planned -= later_runs_per_workload
     if through == "split":
         return result
-    candidates = candidate_partitions.get_partition_keys()
     for workload in ready:
         for candidate in candidates:
             materialize(train_and_evaluate_job.name, candidate_workload_key(candidate, workload))

@@ -1,14 +1,21 @@
-"""run_flywheel: a stop signal during one run stops the whole flywheel, not just that run."""
+"""run_flywheel: a stop signal during one run stops the whole flywheel, not just that run;
+what it reports of each run (a held-back workload in one line, a real failure with its stack);
+the leaderboards printed at the end."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import dagster as dg
+import polars as pl
 import pytest
 from dagster._core.errors import DagsterExecutionInterruptedError
 
+from flywheel_assets.core.leaderboard import LEADERBOARD_SCHEMA
+from flywheel_assets.definitions import ASSETS, build_resources
+from flywheel_assets.live import print_leaderboards
 from flywheel_assets.runner import (
     RUNNER_PID_TAG,
     RUNNER_TAGS,
@@ -131,3 +138,80 @@ def test_a_workload_whose_ingest_failed_is_not_curated_from_stale_data(tmp_path)
         result = run_flywheel(defs, instance, log=lines.append, through="split")
     assert calls == [] and len(result.failed) == 1
     assert any("skip curate_and_split [a]: its ingest failed" in line for line in lines)
+
+
+def test_a_workload_below_the_minimum_is_one_line_with_reason_and_remedy(tmp_path):
+    """Seen in the demo: a small workload printed ERROR lines and a stack trace, although a
+    blocked small workload is normal. The real curation asset and its `has_min_records` check."""
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    small = [json.dumps({**json.loads(record(0, "small")), "request": {"messages": [
+        {"role": "user", "content": f"question number {i}"}]}}) for i in range(12)]
+    (traces / "t.jsonl").write_text("\n".join(small) + "\n")
+    resources = {
+        **build_resources(tmp_path, traces),
+        "trace_source": FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), start_date="2025-01-01"),
+    }
+    lines = []
+    with dg.instance_for_test() as instance:
+        result = run_flywheel(dg.Definitions(assets=ASSETS, resources=resources), instance, log=lines.append, through="split")
+    (held,) = result.held_back
+    assert result.failed == [] and not held.success
+    (line,) = [line for line in lines if "curate_and_split" in line]
+    assert "\n" not in line and "Traceback" not in line
+    assert re.match(r"skip curate_and_split \[small\] \(2/2, \d+:\d\d\): workload has 12 records after curation, needs 50", line)
+    assert "collect 38 more" in line and "min_records" in line and "(check has_min_records)" in line
+
+
+def test_a_real_failure_keeps_its_stack_trace(tmp_path):
+    @dg.multi_asset(
+        outs={"raw_traces": dg.AssetOut(), "quarantined_traces": dg.AssetOut()},
+        partitions_def=trace_partitions,
+    )
+    def failing_ingest(context):
+        raise ValueError("a landed part is damaged")
+
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "t.jsonl").write_text(record(0, "a") + "\n")
+    source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), start_date="2025-01-01")
+    lines = []
+    with dg.instance_for_test() as instance:
+        result = run_flywheel(
+            dg.Definitions(assets=[failing_ingest], resources={"trace_source": source}), instance,
+            log=lines.append, through="split",
+        )
+    assert len(result.failed) == 1 and result.held_back == []
+    (report,) = [line for line in lines if "FAIL ingest" in line]
+    assert "ValueError: a landed part is damaged" in report and 'File "' in report  # the stack
+
+
+def test_the_printed_leaderboard_has_the_columns_to_decide_on_and_points_to_the_full_board(tmp_path, capsys):
+    """Seen in the demo: every column, cut at 200 characters."""
+    row = {column: None for column in LEADERBOARD_SCHEMA} | {
+        "candidate": "tiny-demo", "experiment": "customized", "score": 1.0, "ci_low": 0.8389, "ci_high": 1.0,
+        "n": 20, "function_name_and_args_accuracy": 0.0, "latency_p50_s": 0.123, "cost_vs_production": 0.0125,
+        "meets_threshold": False, "best": False,
+    }
+    board = pl.DataFrame(
+        [row, row | {"experiment": "base", "score": None, "best": True, "meets_threshold": True}],
+        schema=LEADERBOARD_SCHEMA,
+    )
+    path = tmp_path / "assets" / "leaderboard" / "tool_router.parquet"
+    path.parent.mkdir(parents=True)
+    board.write_parquet(path)
+    chat = board.with_columns(function_name_and_args_accuracy=None)
+    chat.write_parquet(path.with_name("chat.parquet"))
+
+    print_leaderboards(tmp_path, ["tool_router", "chat"])
+    printed = capsys.readouterr().out
+    assert f"leaderboard [tool_router] (all {board.width} columns: {path})" in printed
+    tool_table, chat_table = (part.splitlines() for part in printed.split("leaderboard [")[1:])
+    header = [cell.strip() for cell in tool_table[1].strip("|").split("|")]
+    assert header == ["candidate", "experiment", "score [95% CI]", "name+args", "p50 latency", "cost vs prod", "verdict"]
+    assert [cell.strip() for cell in tool_table[3].strip("|").split("|")] == [
+        "tiny-demo", "customized", "1.00 [0.84, 1.00] n=20", "0.00", "0.12 s", "1.2%", "below threshold",
+    ]
+    assert "not scored" in tool_table[4] and "recommended" in tool_table[4]
+    assert "name+args" not in chat_table[1]  # a chat workload has no tool calls
+    assert max(len(line) for line in printed.splitlines() if line.startswith("|")) <= 120

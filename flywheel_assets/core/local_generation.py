@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from flywheel_assets.core import torch_threads  # noqa: F401  (first: it sets OpenMP's environment for torch)
 import torch
@@ -63,7 +65,8 @@ class LocalChatModel:
         if self.adapter_dir is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, self.adapter_dir)
+            with peft_deprecation_quieted():
+                model = PeftModel.from_pretrained(model, self.adapter_dir)
         self.model = model.to(self.device).eval()
 
     def count_tokens(self, prompt: ChatPrompt) -> int:
@@ -149,3 +152,13 @@ def _generated_length(row: list[int], stop_ids: set[int], pad_id: int | None) ->
     while row and row[-1] == pad_id and pad_id not in stop_ids:
         row = row[:-1]
     return len(row)
+
+
+@contextmanager
+def peft_deprecation_quieted() -> Iterator[None]:
+    """Wraps a peft adapter's creation or loading: peft 0.21 reads the model's
+    `is_gradient_checkpointing`, which transformers 5 deprecated, and its FutureWarning (about
+    peft's code, not ours) would be printed on every training and evaluation."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield

@@ -33,6 +33,7 @@ from flywheel_assets.core.atomic import atomic_directory
 from flywheel_assets.core.chat import ChatExample
 from flywheel_assets.core.chat_template import ensure_chat_template, render_example
 from flywheel_assets.core.hyperparameters import LoraHyperparameters
+from flywheel_assets.core.local_generation import peft_deprecation_quieted
 
 IGNORE_INDEX = -100
 RESULT_FILE = "training_result.json"
@@ -144,7 +145,8 @@ def lora_model(base: torch.nn.Module, hp: LoraHyperparameters) -> torch.nn.Modul
         target_modules=hp.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base, config)
+    with peft_deprecation_quieted():
+        return get_peft_model(base, config)
 
 
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, hp: LoraHyperparameters, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
