@@ -6,6 +6,8 @@ import datetime as dt
 import gzip
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import polars as pl
@@ -314,6 +316,15 @@ def test_cli(tmp_path, capsys):
     assert main(["--out", str(out), "--workloads", "bogus"]) == 2
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--format", "csv"])
+
+
+def test_runs_as_a_module(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "flywheel_assets.sample_data",
+         "--out", str(tmp_path), "--records", "50", "--days", "1"],
+        capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 50 records to 1 files" in done.stdout
 
 
 def test_default_traffic_is_unchanged_by_the_serving_options():

@@ -3,7 +3,8 @@
 Modules: ``vocabulary`` (word lists and sentence templates), ``tools`` (tool_router's tool
 definitions), ``workloads`` (the three workloads), ``generator`` (records, duplicates, PII,
 malformed records and the simulated post-promotion traffic), ``writers`` (one file per
-day) and ``cli`` (the ``flywheel-sample-traces`` console script).
+day) and ``cli`` (the ``flywheel-sample-traces`` console script, also
+``python -m flywheel_assets.sample_data``).
 
 Every record follows the trace schema of DESIGN.md: ``timestamp`` (int epoch seconds, UTC),
 ``workload_id``, ``client_id``, ``request`` (an exact OpenAI chat-completions request) and

@@ -67,6 +67,3 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({elapsed:.2f}s)")
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
