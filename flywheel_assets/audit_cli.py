@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
 
     from flywheel_assets.core.audit import format_chain, served_models
+    from flywheel_assets.lineage import latest_materializations, promotion_history
     from flywheel_assets.monitor import stored_production_metrics
-    from flywheel_assets.promote import latest_materializations, promotion_history
     from flywheel_assets.settings import flywheel_home
     from resources.datasets import StoredAssets
     from partitions.keys import workload_key

@@ -1,5 +1,7 @@
-"""The flywheel's stages as named jobs: what sensors, schedules, backfills and the
-in-process runner launch, so that runs read `ingest`, `curate_and_split`, ... in the UI.
+"""Every job of the flywheel, in one place. The stages as named jobs: what sensors,
+schedules, backfills and the in-process runner launch, so that runs read `ingest`,
+`curate_and_split`, ... in the UI; the telemetry refresh its sensor requests; and the
+`promote` and `rollback` jobs a person launches.
 
 Selections are by asset key, not by definition, so the assets' modules (and the sensors
 they share conditions with) can import this one without a cycle.
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from partitions.slices import candidate_workload_partitions, trace_partitions, workload_partitions
+from partitions.slices import candidate_workload_partitions, day_partitions, trace_partitions, workload_partitions
 
 ingest_job = dg.define_asset_job(
     "ingest",
@@ -49,3 +51,28 @@ report_job = dg.define_asset_job(
     partitions_def=workload_partitions,
     description="A workload's leaderboard.",
 )
+
+# named apart from the asset: a job and an op of one name collide in the repository
+serving_telemetry_job = dg.define_asset_job(
+    "refresh_serving_telemetry",
+    selection=dg.AssetSelection.assets("serving_telemetry"),
+    partitions_def=day_partitions,
+    description="A day's serving-engine telemetry per served model (what serving_telemetry_sensor requests).",
+)
+
+# The only jobs that may materialize promoted_model (the asset refuses any other job).
+PROMOTE_JOB, ROLLBACK_JOB = "promote", "rollback"
+
+
+def _production_change_job(name: str, what: str) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        name,
+        selection=dg.AssetSelection.assets("promoted_model"),
+        partitions_def=workload_partitions,
+        tags={"flywheel/trigger": "human"},
+        description=f"{what} for one workload (audited). Launch it by hand.",
+    )
+
+
+promote_job = _production_change_job(PROMOTE_JOB, "Put a leaderboard candidate in production")
+rollback_job = _production_change_job(ROLLBACK_JOB, "Restore the promotion before the current one")

@@ -22,8 +22,8 @@ from flywheel_assets.core.production_metrics import (
     metrics_by_served_model,
 )
 from flywheel_assets.core.telemetry import summarize
+from flywheel_assets.lineage import promotion_history
 from flywheel_assets.metadata import table
-from flywheel_assets.promote import promotion_history
 from partitions.slices import BY_WORKLOAD, day_partitions, trace_partitions
 from resources.datasets import StoredAssets
 from resources.telemetry import TelemetrySource
@@ -151,10 +151,3 @@ def serving_telemetry(context: dg.AssetExecutionContext, telemetry: TelemetrySou
                                          "e2e_latency_p95_s", "ttft_p95_s", "generation_tokens_per_s",
                                          "requests_waiting_max", "kv_cache_usage_max"), max_rows=50),
     })
-
-
-# named apart from the asset: a job and an op of one name collide in the repository
-serving_telemetry_job = dg.define_asset_job(
-    "refresh_serving_telemetry", selection=[serving_telemetry], partitions_def=day_partitions,
-    description="A day's serving-engine telemetry per served model (what serving_telemetry_sensor requests).",
-)

@@ -40,9 +40,9 @@ from flywheel_assets.core.slo import (
     rollback_proposal,
 )
 from flywheel_assets.curate import materialized_days
+from flywheel_assets.lineage import latest_materialization, promotion_history
 from flywheel_assets.metadata import table
 from flywheel_assets.monitor import stored_production_metrics
-from flywheel_assets.promote import latest_materialization, promotion_history
 from flywheel_assets.settings import load_settings
 from partitions.slices import BY_WORKLOAD, workload_partitions
 from resources.datasets import StoredAssets

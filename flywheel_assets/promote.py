@@ -1,7 +1,7 @@
 """Stage `promote`: a person puts a leaderboard candidate in production, or rolls back.
 
-`promoted_model` [workload] is materialized only by two jobs a person launches from the
-Launchpad: `promote` (config: workload, candidate, experiment, approver, reason, and
+`promoted_model` [workload] is materialized only by two jobs (`jobs.py`) a person launches
+from the Launchpad: `promote` (config: workload, candidate, experiment, approver, reason, and
 `force` to override a refusal) and `rollback` (config: workload, approver, reason). It has
 no automation condition, no sensor or schedule selects it, and the asset itself refuses
 any other job and any run started by a sensor, schedule, backfill or automation.
@@ -25,7 +25,6 @@ import polars as pl
 from pydantic import Field
 
 from flywheel_assets.core.audit import (
-    CHAIN,
     EVAL_ASSETS,
     AuditRecord,
     Materialization,
@@ -37,13 +36,13 @@ from flywheel_assets.core.audit import (
     rollback_target,
 )
 from flywheel_assets.core.candidates import load_models
+from flywheel_assets.jobs import PROMOTE_JOB, ROLLBACK_JOB
+from flywheel_assets.lineage import AUDIT_METADATA_KEY, latest_materializations, promotion_history
 from partitions.keys import workload_key
-from partitions.slices import candidate_workload_key, trace_partition_key, workload_partitions
+from partitions.slices import workload_partitions
 from resources.datasets import DatasetStore
-from resources.tracking import WANDB_METADATA_KEY, ArtifactRequest, Tracker, artifact_name, wandb_metadata
+from resources.tracking import ArtifactRequest, Tracker, artifact_name, wandb_metadata
 
-PROMOTE_JOB, ROLLBACK_JOB = "promote", "rollback"
-AUDIT_METADATA_KEY = "audit_record"
 # run tags of runs no person launched by hand
 AUTOMATION_TAGS = (
     "dagster/sensor_name", "dagster/schedule_name", "dagster/backfill",
@@ -89,23 +88,6 @@ def promoted_model(
         return change_production(context, config, leaderboard.collect(), dataset_store, tracker)
     except Refused as refused:
         raise dg.Failure(description=str(refused), allow_retries=False) from None
-
-
-promote_job = dg.define_asset_job(
-    PROMOTE_JOB,
-    selection=[promoted_model],
-    partitions_def=workload_partitions,
-    tags={"flywheel/trigger": "human"},
-    description="Put a leaderboard candidate in production for one workload (audited). Launch it by hand.",
-)
-
-rollback_job = dg.define_asset_job(
-    ROLLBACK_JOB,
-    selection=[promoted_model],
-    partitions_def=workload_partitions,
-    tags={"flywheel/trigger": "human"},
-    description="Restore the promotion before the current one for one workload (audited). Launch it by hand.",
-)
 
 
 def change_production(
@@ -269,75 +251,3 @@ def _lineage_md(upstream: list[Materialization]) -> str:
             f"| {(m.data_version or '')[:16]} | {version} |"
         )
     return "\n".join(lines)
-
-
-# --- reading the instance (also used by `flywheel-audit`) --------------------------------
-
-
-def _summary(metadata) -> dict:
-    summary = {}
-    for k, entry in metadata.items():
-        value = entry.value if isinstance(entry, dg.MetadataValue) else entry
-        if isinstance(entry, (dg.MarkdownMetadataValue, dg.TableMetadataValue, dg.JsonMetadataValue)):
-            continue
-        if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 300):
-            summary[k] = value
-    return summary
-
-
-def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: str | None) -> Materialization | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
-        limit=1,
-    ).records
-    if not records:
-        return None
-    record = records[0]
-    materialization = record.asset_materialization
-    wandb = materialization.metadata.get(WANDB_METADATA_KEY)
-    return Materialization(
-        asset=asset, partition=partition, run_id=record.run_id, storage_id=record.storage_id,
-        timestamp=record.timestamp, data_version=(materialization.tags or {}).get("dagster/data_version"),
-        summary=_summary(materialization.metadata), wandb_artifact=wandb.value if wandb else None,
-    )
-
-
-def latest_materializations(
-    instance: dg.DagsterInstance, workload: str, candidates: list[str]
-) -> list[Materialization]:
-    """The latest materialization of every stage of `workload` (and of each of
-    `candidates`), upstream first; raw traces for the days its dataset read."""
-    found: list[Materialization] = []
-    dataset = latest_materialization(instance, "workload_dataset", workload)
-    days = _dataset_days(instance, workload) if dataset else []
-    for day in days:
-        found.append(latest_materialization(instance, "raw_traces", str(trace_partition_key(day, workload))))
-    for asset in CHAIN[1:]:
-        if asset in ("lora_adapter", *EVAL_ASSETS):
-            for candidate in candidates:
-                found.append(latest_materialization(instance, asset, str(candidate_workload_key(candidate, workload))))
-        else:
-            found.append(latest_materialization(instance, asset, workload))
-    return [m for m in found if m is not None]
-
-
-def _dataset_days(instance: dg.DagsterInstance, workload: str) -> list[str]:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("workload_dataset"), asset_partitions=[workload]), limit=1
-    ).records
-    days = records[0].asset_materialization.metadata.get("days") if records else None
-    return list(days.value) if days is not None else []
-
-
-def promotion_history(instance: dg.DagsterInstance, workload: str, limit: int = 100) -> list[AuditRecord]:
-    """The audit records of `workload`'s promotions and rollbacks, newest first."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=promoted_model.key, asset_partitions=[workload]),
-        limit=limit, ascending=False,
-    ).records
-    history = []
-    for record in records:
-        entry = record.asset_materialization.metadata.get(AUDIT_METADATA_KEY)
-        if entry is not None:
-            history.append(AuditRecord.model_validate(entry.value))
-    return history

@@ -17,7 +17,7 @@ import time
 
 import dagster as dg
 
-from flywheel_assets.monitor import serving_telemetry_job
+from flywheel_assets.jobs import serving_telemetry_job
 from resources.telemetry import TelemetrySource
 
 

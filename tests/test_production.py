@@ -14,8 +14,8 @@ import pytest
 from flywheel_assets.core.audit import AuditRecord, Target
 from flywheel_assets.core.candidates import DEMO_CANDIDATE
 from flywheel_assets.definitions import ASSETS, build_resources, defs
+from flywheel_assets.lineage import AUDIT_METADATA_KEY
 from flywheel_assets.production import DRIFT_CHECK, turn_started_by
-from flywheel_assets.promote import AUDIT_METADATA_KEY
 from flywheel_assets.sample_data import Serving, generate_records
 from partitions.slices import trace_partition_key
 from resources.tracking import WANDB_METADATA_KEY, build_tracker

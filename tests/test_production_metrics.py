@@ -237,7 +237,7 @@ def test_the_ingest_job_records_production_metrics_per_partition_with_promotions
 
     from flywheel_assets.definitions import ASSETS, build_resources
     from flywheel_assets.jobs import ingest_job
-    from flywheel_assets.promote import AUDIT_METADATA_KEY
+    from flywheel_assets.lineage import AUDIT_METADATA_KEY
     from resources.tracking import WANDB_METADATA_KEY
 
     today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -15,7 +15,8 @@ import pytest
 from flywheel_assets import audit_cli
 from flywheel_assets.core.audit import AuditRecord, Refused, promotion_refusals, rollback_target
 from flywheel_assets.definitions import build_resources
-from flywheel_assets.promote import promote_job, promoted_model, rollback_job
+from flywheel_assets.jobs import promote_job, rollback_job
+from flywheel_assets.promote import promoted_model
 from partitions.slices import candidate_workload_key, candidate_workload_partitions, workload_partitions
 
 CANDIDATE = "tiny-demo"

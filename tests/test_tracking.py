@@ -14,7 +14,7 @@ import wandb
 from wandb.errors import term
 
 from flywheel_assets.definitions import ASSETS, build_resources
-from flywheel_assets.promote import promote_job, rollback_job
+from flywheel_assets.jobs import promote_job, rollback_job
 from flywheel_assets.runner import run_flywheel
 from flywheel_assets.sample_data import write_sample_traces
 from partitions.slices import candidate_workload_key

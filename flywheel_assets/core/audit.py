@@ -1,7 +1,7 @@
 """Promotion audits: who put which model in production, why, and built from what.
 
-Plain logic, no Dagster: the promote/rollback assets (`flywheel_assets/promote.py`) read
-the Dagster instance and call these functions; the `flywheel-audit` command prints what
+Plain logic, no Dagster: the promote/rollback asset (`flywheel_assets/promote.py`) reads
+the Dagster instance (`flywheel_assets/lineage.py`) and calls these functions; the `flywheel-audit` command prints what
 `format_chain` returns.
 
 A promotion is refused when the candidate is not on the current leaderboard, scores below
