@@ -30,15 +30,6 @@ from resources.embeddings import EmbeddingsResource
 from resources.platform import Adapter, ModelPlatform
 from sensors.automation import retrain_when_dataset_changed
 
-EVAL_ASSET = dict(
-    partitions_def=candidate_workload_partitions,
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
-    group_name="evaluate",
-    kinds={"pytorch", "polars"},
-    code_version="1",
-    automation_condition=retrain_when_dataset_changed,
-)
 BY_WORKLOAD_IN = dg.AssetIn(partition_mapping=BY_WORKLOAD)
 
 
@@ -85,8 +76,17 @@ def _score(
     )
 
 
-@dg.asset(ins={"eval_dataset": BY_WORKLOAD_IN, "train_dataset": BY_WORKLOAD_IN}, **EVAL_ASSET,
-          description="The candidate as it is, on the eval prompts.")
+@dg.asset(
+    partitions_def=candidate_workload_partitions,
+    ins={"eval_dataset": BY_WORKLOAD_IN, "train_dataset": BY_WORKLOAD_IN},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    group_name="evaluate",
+    kinds={"pytorch", "polars"},
+    code_version="1",
+    automation_condition=retrain_when_dataset_changed,
+    description="The candidate as it is, on the eval prompts.",
+)
 def base_eval(context, eval_dataset: pl.LazyFrame, train_dataset: pl.LazyFrame, platform: ModelPlatform):
     candidate = candidate_of(context)
     examples = to_eval_examples(eval_dataset)
@@ -94,8 +94,17 @@ def base_eval(context, eval_dataset: pl.LazyFrame, train_dataset: pl.LazyFrame, 
         return _score(context, "base", backend, examples, examples, platform)
 
 
-@dg.asset(ins={"eval_dataset": BY_WORKLOAD_IN, "train_dataset": BY_WORKLOAD_IN}, **EVAL_ASSET,
-          description="The candidate with 1-3 train examples in its prompt (in-context learning).")
+@dg.asset(
+    partitions_def=candidate_workload_partitions,
+    ins={"eval_dataset": BY_WORKLOAD_IN, "train_dataset": BY_WORKLOAD_IN},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    group_name="evaluate",
+    kinds={"pytorch", "polars"},
+    code_version="1",
+    automation_condition=retrain_when_dataset_changed,
+    description="The candidate with 1-3 train examples in its prompt (in-context learning).",
+)
 def icl_eval(context, config: IclConfig, eval_dataset: pl.LazyFrame, train_dataset: pl.LazyFrame,
              platform: ModelPlatform, embeddings: EmbeddingsResource):
     candidate = candidate_of(context)
@@ -115,8 +124,17 @@ def icl_eval(context, config: IclConfig, eval_dataset: pl.LazyFrame, train_datas
                       {**plan.summary(), "icl_choices": icl_choices_table(plan)}, {"icl": plan.provenance()})
 
 
-@dg.asset(ins={"eval_dataset": BY_WORKLOAD_IN}, **EVAL_ASSET,
-          description="The candidate with its LoRA adapter, on the eval prompts.")
+@dg.asset(
+    partitions_def=candidate_workload_partitions,
+    ins={"eval_dataset": BY_WORKLOAD_IN},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    group_name="evaluate",
+    kinds={"pytorch", "polars"},
+    code_version="1",
+    automation_condition=retrain_when_dataset_changed,
+    description="The candidate with its LoRA adapter, on the eval prompts.",
+)
 def customized_eval(context, eval_dataset: pl.LazyFrame, lora_adapter: dict, platform: ModelPlatform):
     candidate = candidate_of(context)
     adapter = Adapter.model_validate(lora_adapter)

@@ -126,31 +126,42 @@ def _chat_format_check(asset_key: dg.AssetKey, rows: pl.DataFrame) -> dg.AssetCh
     )
 
 
-def _split_asset(name: str, description: str) -> dict:
-    return dict(
-        partitions_def=workload_partitions,
-        check_specs=[
-            dg.AssetCheckSpec("valid_chat_examples", asset=name, blocking=True),
-            dg.AssetCheckSpec(
-                "no_leakage", asset=name, blocking=True,
-                description="No eval prompt has an exact or near duplicate in the train split (the ICL pool).",
-            ),
-        ],
-        group_name="split",
-        kinds={"polars", "parquet"},
-        code_version="3",  # stratified by first tool, near-duplicate clusters kept on one side
-        automation_condition=split_with_dataset,
-        description=description,
-    )
+def _split_checks(asset: str) -> list[dg.AssetCheckSpec]:
+    """The blocking checks both splits carry (each over the whole split)."""
+    return [
+        dg.AssetCheckSpec("valid_chat_examples", asset=asset, blocking=True),
+        dg.AssetCheckSpec(
+            "no_leakage", asset=asset, blocking=True,
+            description="No eval prompt has an exact or near duplicate in the train split (the ICL pool).",
+        ),
+    ]
 
 
-@dg.asset(**_split_asset("eval_dataset", "Held-out eval split in chat format (prompt + expected answer)."))
+# both splits come from one split: stratified by first tool, near-duplicate clusters kept on one side
+SPLIT_CODE_VERSION = "3"
+
+
+@dg.asset(
+    partitions_def=workload_partitions,
+    check_specs=_split_checks("eval_dataset"),
+    group_name="split",
+    kinds={"polars", "parquet"},
+    code_version=SPLIT_CODE_VERSION,
+    automation_condition=split_with_dataset,
+    description="Held-out eval split in chat format (prompt + expected answer).",
+)
 def eval_dataset(context, config: SplitAssetConfig, workload_dataset: pl.LazyFrame, dataset_store: DatasetStore):
     yield from _split_part(context, config, workload_dataset, dataset_store, ("eval",))
 
 
-@dg.asset(**_split_asset(
-    "train_dataset", "Train and validation splits; the train split is also the ICL example pool."
-))
+@dg.asset(
+    partitions_def=workload_partitions,
+    check_specs=_split_checks("train_dataset"),
+    group_name="split",
+    kinds={"polars", "parquet"},
+    code_version=SPLIT_CODE_VERSION,
+    automation_condition=split_with_dataset,
+    description="Train and validation splits; the train split is also the ICL example pool.",
+)
 def train_dataset(context, config: SplitAssetConfig, workload_dataset: pl.LazyFrame, dataset_store: DatasetStore):
     yield from _split_part(context, config, workload_dataset, dataset_store, ("train", "validation"))
