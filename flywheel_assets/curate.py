@@ -6,8 +6,8 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from flywheel_assets.core.curation import DEDUP_KEY_DESCRIPTION, CurationStats, curate, lookback_days
 from flywheel_assets.core.ingest import TRACE_SCHEMA
-from flywheel_assets.core.curation import DEDUP_KEY_DESCRIPTION, curate, lookback_days
 from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD
 from flywheel_assets.metadata import column_hash, counts_table, table
 from partitions.slices import BY_WORKLOAD, trace_partitions, workload_partitions
@@ -33,8 +33,9 @@ class CurationConfig(dg.Config):
 
 @dg.asset(
     partitions_def=workload_partitions,
-    # deps, not ins: loading through the mapping would ask for every day since the start
-    # date (dagster-facts.md #3); the asset reads only the existing days of its window
+    # deps, not ins: an input through the mapping loads every day of the workload before
+    # the asset could filter (and a custom window mapping does not serialize); the asset
+    # reads only the existing days of its window
     deps=[dg.AssetDep("raw_traces", partition_mapping=BY_WORKLOAD), dg.AssetDep("traffic_drift")],
     check_specs=[dg.AssetCheckSpec("has_min_records", asset="workload_dataset", blocking=True)],
     group_name="curate",
@@ -55,50 +56,60 @@ def workload_dataset(
     # raw_traces partition may be re-ingested meanwhile
     with stored_assets.pinned("raw_traces", [keys[day] for day in days]) as frames:
         traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
-        dataset, stats = curate(
-            traces, feedback_filter=config.feedback_filter, redact=config.redact_pii,
-            near_duplicate_threshold=config.near_duplicate_threshold,
-        )
-        redaction = "redacted" if config.redact_pii else "unredacted"
-        ids_and_clusters = column_hash(stats.record_ids.to_frame()) + column_hash(
-            stats.clusters.to_frame(), "near_duplicate_cluster"
-        )
-        clusters = stats.near_duplicate_clusters
+        dataset, stats = curate(traces, feedback_filter=config.feedback_filter, redact=config.redact_pii,
+                                near_duplicate_threshold=config.near_duplicate_threshold)
         yield dg.Output(
             dataset,  # lazy: the I/O manager streams it to the store
-            data_version=dg.DataVersion(f"{ids_and_clusters}-{redaction}"),
-            metadata={
-                "dagster/row_count": stats.records_out,
-                "records_in": stats.records_in,
-                "duplicates": stats.duplicates,
-                "removed_by_feedback": stats.removed_by_feedback,
-                "removed_without_tool_call": stats.removed_without_tool_call,
-                "records_out": stats.records_out,
-                "workload_type": stats.workload_type,
-                "dedup_key": DEDUP_KEY_DESCRIPTION,
-                "near_duplicate_threshold": config.near_duplicate_threshold,
-                "near_duplicate_clusters": clusters.height,
-                "records_in_near_duplicate_clusters": int(clusters.get_column("records").sum()),
-                "largest_near_duplicate_clusters": table(
-                    clusters.with_columns(pl.col("record_ids").list.join(", ")), max_rows=20
-                ),
-                "days": dg.MetadataValue.json(days),
-                "redactions": counts_table(stats.redactions, key="pii_kind"),
-                "preview": table(preview(dataset)),
-            },
+            data_version=dataset_version(stats, config.redact_pii),
+            metadata=curation_metadata(dataset, stats, config, days),
         )
-    missing = config.min_records - stats.records_out
-    yield dg.AssetCheckResult(
+    yield min_records_check(stats.records_out, config.min_records)
+
+
+def dataset_version(stats: CurationStats, redacted: bool) -> dg.DataVersion:
+    """The records kept and their near-duplicate clusters, and whether PII was redacted."""
+    ids_and_clusters = column_hash(stats.record_ids.to_frame()) + column_hash(
+        stats.clusters.to_frame(), "near_duplicate_cluster"
+    )
+    return dg.DataVersion(f"{ids_and_clusters}-{'redacted' if redacted else 'unredacted'}")
+
+
+def curation_metadata(dataset: pl.LazyFrame, stats: CurationStats, config: CurationConfig, days: list[str]) -> dict:
+    clusters = stats.near_duplicate_clusters
+    return {
+        "dagster/row_count": stats.records_out,
+        "records_in": stats.records_in,
+        "duplicates": stats.duplicates,
+        "removed_by_feedback": stats.removed_by_feedback,
+        "removed_without_tool_call": stats.removed_without_tool_call,
+        "records_out": stats.records_out,
+        "workload_type": stats.workload_type,
+        "dedup_key": DEDUP_KEY_DESCRIPTION,
+        "near_duplicate_threshold": config.near_duplicate_threshold,
+        "near_duplicate_clusters": clusters.height,
+        "records_in_near_duplicate_clusters": int(clusters.get_column("records").sum()),
+        "largest_near_duplicate_clusters": table(
+            clusters.with_columns(pl.col("record_ids").list.join(", ")), max_rows=20
+        ),
+        "days": dg.MetadataValue.json(days),
+        "redactions": counts_table(stats.redactions, key="pii_kind"),
+        "preview": table(preview(dataset)),
+    }
+
+
+def min_records_check(records: int, min_records: int) -> dg.AssetCheckResult:
+    missing = min_records - records
+    return dg.AssetCheckResult(
         check_name="has_min_records",
         passed=missing <= 0,
         description=(
-            f"{stats.records_out} records after curation (minimum {config.min_records})"
+            f"{records} records after curation (minimum {min_records})"
             if missing <= 0
-            else f"workload has {stats.records_out} records after curation, needs "
-            f"{config.min_records}: collect {missing} more, widen lookback_days, or lower "
+            else f"workload has {records} records after curation, needs "
+            f"{min_records}: collect {missing} more, widen lookback_days, or lower "
             "min_records"
         ),
-        metadata={"records": stats.records_out, "min_records": config.min_records},
+        metadata={"records": records, "min_records": min_records},
     )
 
 

@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from flywheel_assets.core.calibration import calibrate, load_gold_set
+from flywheel_assets.core.calibration import Calibration, calibrate, load_gold_set
 from flywheel_assets.metadata import table
 from resources.platform import ModelPlatform
 
@@ -37,11 +37,16 @@ def judge_calibration(context: dg.AssetExecutionContext, config: JudgeCalibratio
         "id": pl.String, "human": pl.Float64, "machine": pl.Float64, "human_bin": pl.String,
         "machine_bin": pl.String, "reason": pl.String, "note": pl.String,
     }, orient="row")
+    yield dg.Output(rows, metadata=_calibration_metadata(result, rows))
+    yield _agreement_check(result.method, result.spearman, result.kappa, result.unscored, config)
+
+
+def _calibration_metadata(result: Calibration, rows: pl.DataFrame) -> dict:
     worst = rows.filter(pl.col("machine").is_not_null()).sort(
         (pl.col("human") - pl.col("machine")).abs(), descending=True
     )
     judge = result.judge or {}
-    yield dg.Output(rows, metadata={
+    return {
         "method": result.method,
         "judge_model": judge.get("model", ""),
         "judge_prompt_sha256": judge.get("prompt_sha256", ""),
@@ -53,8 +58,7 @@ def judge_calibration(context: dg.AssetExecutionContext, config: JudgeCalibratio
         "kappa_binned": result.kappa,
         "largest_disagreements": table(worst.select("id", "human", "machine", "note")),
         "dagster/row_count": rows.height,
-    })
-    yield _agreement_check(result.method, result.spearman, result.kappa, result.unscored, config)
+    }
 
 
 def _agreement_check(method: str, spearman: float | None, kappa: float | None, unscored: int,

@@ -7,7 +7,7 @@ import polars as pl
 from pydantic import Field
 
 from flywheel_assets.core.candidates import load_models
-from flywheel_assets.core.leaderboard import gather_evals, leaderboard_report
+from flywheel_assets.core.leaderboard import LeaderboardReport, gather_evals, leaderboard_report
 from flywheel_assets.metadata import table
 from flywheel_assets.production import turn_started_by
 from partitions.slices import BY_WORKLOAD, workload_partitions
@@ -56,15 +56,16 @@ def leaderboard(
         seed=config.bootstrap_seed,
     )
     context.log.info(f"{context.partition_key}: {report.recommendation}\n{report.board}")
-    return dg.Output(
-        report.board,
-        metadata={
-            "workload_type": report.workload_type,
-            "recommendation": dg.MetadataValue.md(report.recommendation),
-            "threshold_rule": config.threshold_rule,
-            "leaderboard": table(report.board.with_columns(pl.col(pl.Float64).round(3)), max_rows=50),
-            "paired_comparisons": table(report.comparisons_frame().with_columns(pl.col(pl.Float64).round(3)), max_rows=50),
-            "dagster/row_count": report.board.height,
-            **turn_started_by(context.instance, context.partition_key),
-        },
-    )
+    metadata = board_metadata(report, config.threshold_rule) | turn_started_by(context.instance, context.partition_key)
+    return dg.Output(report.board, metadata=metadata)
+
+
+def board_metadata(report: LeaderboardReport, threshold_rule: str) -> dict:
+    return {
+        "workload_type": report.workload_type,
+        "recommendation": dg.MetadataValue.md(report.recommendation),
+        "threshold_rule": threshold_rule,
+        "leaderboard": table(report.board.with_columns(pl.col(pl.Float64).round(3)), max_rows=50),
+        "paired_comparisons": table(report.comparisons_frame().with_columns(pl.col(pl.Float64).round(3)), max_rows=50),
+        "dagster/row_count": report.board.height,
+    }
