@@ -1,9 +1,12 @@
-"""Automation policies, one named condition per policy (dagster-facts.md #4, #7, #8), and
-opt-in weekly schedules.
+"""Automation policies, one named condition per policy, and opt-in weekly schedules.
 
 Plain `eager()` re-requests downstream whenever an upstream materializes, even with an
 identical data version; these conditions react only to a changed data version, so an
-unchanged dataset never triggers retraining.
+unchanged dataset never triggers retraining. Eager's `~any_deps_missing()` counts every
+other day of a workload as missing, so a dataset condition asks for at least one ingested
+day instead; eager keeps requesting below a failed blocking check unless
+`all_deps_blocking_checks_passed()` is asked for; and when an asset and its upstream both
+materialize between two ticks, the data-version condition sees nothing new.
 
 Who evaluates the conditions: Dagster's automation condition sensors. The GPU assets are
 targeted by `gpu_automation_sensor` (definitions.py, so their runs carry the GPU run tag);
