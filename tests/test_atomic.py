@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import flywheel_assets.core.atomic as atomic
+from flywheel_assets.core import atomic
 from flywheel_assets.core.atomic import (
     atomic_directory,
     atomic_path,
@@ -38,10 +38,9 @@ def test_atomic_path_renames_into_place_and_leaves_nothing_beside_it(tmp_path):
 def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary_folder(tmp_path):
     target = tmp_path / "data.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("writer failed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["data.txt"]
 
@@ -87,10 +86,9 @@ def test_atomic_directory_keeps_the_old_folder_when_the_block_fails(tmp_path):
     target = tmp_path / "model"
     with atomic_directory(target) as tmp:
         (tmp / "weights").write_text("v1")
-    with pytest.raises(RuntimeError):
-        with atomic_directory(target) as tmp:
-            (tmp / "weights").write_text("half")
-            raise RuntimeError("save failed")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("save failed")
     assert (target / "weights").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
@@ -107,9 +105,8 @@ def test_atomic_directory_keeps_another_writers_folder(tmp_path, monkeypatch):
         rename(src, dst)
 
     monkeypatch.setattr(atomic.os, "rename", someone_else_first)
-    with pytest.raises(FileExistsError, match="written by someone else"):
-        with atomic_directory(target) as tmp:
-            (tmp / "mine").write_text("y")
+    with pytest.raises(FileExistsError, match="written by someone else"), atomic_directory(target) as tmp:
+        (tmp / "mine").write_text("y")
     assert [p.name for p in target.iterdir()] == ["theirs"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
@@ -129,7 +126,7 @@ KILLED_MID_WRITE = """
 def test_what_a_killed_writer_left_is_swept_and_nothing_else(tmp_path):
     (tmp_path / "untagged.tmp").write_text("not ours")
     child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(KILLED_MID_WRITE), str(tmp_path)], cwd=REPO, timeout=120
+        [sys.executable, "-c", textwrap.dedent(KILLED_MID_WRITE), str(tmp_path)], check=False, cwd=REPO, timeout=120
     )
     assert child.returncode == -9
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
