@@ -11,19 +11,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import wandb
+from flywheel_chain import WL, promoted_chain, write_traces
 from wandb.errors import term
 
 from flywheel_assets.definitions import ASSETS, build_resources
 from flywheel_assets.jobs import promote_job, rollback_job
-from flywheel_assets.runner import run_flywheel
-from flywheel_assets.sample_data import write_sample_traces
-from partitions.slices import candidate_workload_key
 from resources.datasets import ParquetIOManager
 from resources.tracking import NoOpTracker, WandbTracker, artifact_name, build_tracker, read_offline_runs, tracked
 
-WL = "tool_router"
 CW = f"tiny-demo.{WL}"
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 KEY = "0123456789abcdef" * 2 + "01234567"  # the shape of a W&B API key (40 characters)
 
 
@@ -57,7 +53,7 @@ def wandb_asked():
 @pytest.fixture(scope="module")
 def flywheel(tmp_path_factory, wandb_asked):
     tmp = tmp_path_factory.mktemp("tracking")
-    write_sample_traces(tmp / "traces", n=400, seed=5, days=1, workloads=WL)
+    write_traces(tmp / "traces")
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_API_KEY", KEY)  # offline, a key changes nothing: no login
@@ -66,25 +62,7 @@ def flywheel(tmp_path_factory, wandb_asked):
         resources = build_resources(tmp, tmp / "traces")
         assert isinstance(resources["tracker"], WandbTracker)
         defs = dg.Definitions(assets=ASSETS, jobs=[promote_job, rollback_job], resources=resources)
-        data = run_flywheel(defs, instance, log=lambda _: None, through="split")
-        assert not data.failed
-
-        def materialize(selection, key, run_config=None):
-            result = dg.materialize(ASSETS, selection=selection, partition_key=key, instance=instance,
-                                    resources=resources, run_config={**QUIET, **(run_config or {})})
-            assert result.success
-            return result
-
-        models = materialize(["lora_adapter", "base_eval", "icl_eval", "customized_eval"],
-                             candidate_workload_key("tiny-demo", WL), {"ops": {"lora_adapter": {"config": {"epochs": 1}}}})
-        materialize(["leaderboard"], WL)
-        promotion = defs.resolve_job_def("promote").execute_in_process(
-            instance=instance, partition_key=WL,
-            run_config={**QUIET, "ops": {"promoted_model": {"config": {
-                "workload": WL, "candidate": "tiny-demo", "experiment": "customized", "min_score": 0.0,
-                "approver": "bob", "reason": "demo: any score goes"}}}},
-        )
-        assert promotion.success
+        models, promotion = promoted_chain(defs, instance, resources, approver="bob", reason="demo: any score goes")
         runs = read_offline_runs(tmp / "wandb")
         yield tmp, instance, models, promotion, runs
 

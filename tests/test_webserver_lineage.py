@@ -14,43 +14,25 @@ from pathlib import Path
 import dagster as dg
 import httpx
 import pytest
+from flywheel_chain import WL, promoted_chain, write_traces
 
 from flywheel_assets.definitions import ASSETS, build_resources
 from flywheel_assets.jobs import promote_job, rollback_job
-from flywheel_assets.runner import run_flywheel
-from flywheel_assets.sample_data import write_sample_traces
-from partitions.slices import candidate_workload_key
 
 ROOT = Path(__file__).resolve().parent.parent
-WL = "tool_router"
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A flywheel run (one workload, one epoch) and a promotion, in DAGSTER_HOME=<tmp>/dagster_home."""
     tmp = tmp_path_factory.mktemp("webserver")
-    write_sample_traces(tmp / "traces", n=400, seed=5, days=1, workloads=WL)
+    write_traces(tmp / "traces")
     (tmp / "dagster_home").mkdir()
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test(temp_dir=str(tmp / "dagster_home")) as instance:
         mp.setenv("WANDB_MODE", "disabled")
         resources = build_resources(tmp, tmp / "traces")
         defs = dg.Definitions(assets=ASSETS, jobs=[promote_job, rollback_job], resources=resources)
-        assert not run_flywheel(defs, instance, log=lambda _: None, through="split").failed
-        for selection, key, config in [
-            (["lora_adapter", "base_eval", "icl_eval", "customized_eval"], candidate_workload_key("tiny-demo", WL),
-             {"ops": {"lora_adapter": {"config": {"epochs": 1}}}}),
-            (["leaderboard"], WL, {}),
-        ]:
-            assert dg.materialize(ASSETS, selection=selection, partition_key=key, instance=instance,
-                                  resources=resources, run_config={**QUIET, **config}).success
-        promotion = defs.resolve_job_def("promote").execute_in_process(
-            instance=instance, partition_key=WL,
-            run_config={**QUIET, "ops": {"promoted_model": {"config": {
-                "workload": WL, "candidate": "tiny-demo", "experiment": "customized", "min_score": 0.0,
-                "approver": "carol", "reason": "audit walkthrough"}}}},
-        )
-        assert promotion.success
+        promoted_chain(defs, instance, resources, approver="carol", reason="audit walkthrough")
     yield tmp
 
 
