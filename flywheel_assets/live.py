@@ -46,8 +46,12 @@ STAGES = {
     "icl_eval": "train_and_evaluate",
     "customized_eval": "train_and_evaluate",
     "leaderboard": "report",
+    # production monitoring follows every new day of traffic (production_metrics runs in ingest)
+    "production_slos": "monitor",
+    "canary_analysis": "monitor",
+    "traffic_drift": "monitor",
 }
-STAGE_ORDER = ("ingest", "curate_and_split", "train_and_evaluate", "report")
+STAGE_ORDER = ("ingest", "curate_and_split", "train_and_evaluate", "report", "monitor")
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 SAMPLE_DAYS = 7
 SAMPLE_FIRST_DAY = (DEFAULT_END_DATE - dt.timedelta(days=SAMPLE_DAYS - 1)).isoformat()
@@ -377,16 +381,16 @@ def decision_table(board: pl.DataFrame) -> pl.DataFrame:
     def verdict(row: dict) -> str:
         if row["best"]:
             return "recommended"
-        return "meets threshold" if row["meets_threshold"] else "below threshold"
+        return "meets threshold" if row["meets_threshold"] else "threshold not met"
 
-    tool_calling = board["function_name_and_args_accuracy"].is_not_null().any()
+    # a chat workload's board has no tool-call columns
+    tool_calling = "function_name_and_args_accuracy" in board.columns
     return pl.DataFrame([
         {
             "candidate": row["candidate"],
             "experiment": row["experiment"],
             "score [95% CI]": "not scored" if row["score"] is None
             else f"{row['score']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}] n={row['n']}",
-            # chat workloads have no tool calls whose arguments could be checked
             **({"name+args": shown(row["function_name_and_args_accuracy"], "{:.2f}")} if tool_calling else {}),
             "p50 latency": shown(row["latency_p50_s"], "{:.2f} s"),
             "cost vs prod": shown(row["cost_vs_production"], "{:.1%}"),
