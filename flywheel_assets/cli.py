@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         + ".venv/bin/dagster dev -w workspace.yaml"
     )
     if result.held_back:
-        print(f"{len(result.held_back)} runs held back by a blocking check (normal for a small workload; see `skip` above)")
+        print(f"{len(result.held_back)} workloads held back by a blocking check (normal for a small one; see `skip` above)")
     if result.failed:
         print(f"{len(result.failed)} runs failed")
         return 1
