@@ -18,6 +18,7 @@ a person should do about it. Everything here proposes; promotion and rollback st
   rebuilds the split, so an edge would close a cycle.
 """
 
+from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
@@ -98,6 +99,14 @@ def production_slos(context: dg.AssetExecutionContext, stored_assets: StoredAsse
         "breached": ", ".join(name for name, found in breaches.items() if found) or "none",
         "observations": table(observations.sort("day", descending=True), max_rows=30),
     })
+    yield from _slo_checks(key, settings, breaches, observations, newest, production)
+
+
+def _slo_checks(
+    key: str, settings: WorkloadMonitoring, breaches: dict[str, list[Breach]], observations: pl.DataFrame,
+    newest: str | None, production: AuditRecord | None,
+) -> Iterator[dg.AssetCheckResult]:
+    """One WARN check per objective; a breach's metadata proposes the rollback."""
     for objective in OBJECTIVES:
         found = breaches[objective.name]
         limit = getattr(settings.slo, objective.name)
@@ -174,11 +183,27 @@ def canary_analysis(context: dg.AssetExecutionContext, stored_assets: StoredAsse
     key = context.partition_key
     settings = _monitoring(key, _production(context.instance, key))
     metrics = stored_production_metrics(context.instance, stored_assets, key, settings.window_days)
+    traffic = _canary_traffic(context.instance, stored_assets, key, metrics)
+    if isinstance(traffic, str):
+        context.log.info(f"{key}: no canary: {traffic}")
+        return dg.Output(pl.DataFrame(), metadata={"verdict": "no_canary", "reason": traffic})
+    baseline, canary = traffic
+    result = analyse_canary(baseline, canary, settings.canary)
+    context.log.info(f"{key}: {result.verdict}: {result.reason}")
+    metadata = _canary_metadata(result, baseline, canary, sorted(metrics), settings.canary.alpha)
+    if tracker.enabled:
+        metadata |= _log(context, tracker, "canary_analysis", key, result.table(), {"verdict": result.verdict})
+    return dg.Output(result.table(), metadata=metadata)
+
+
+def _canary_traffic(
+    instance: dg.DagsterInstance, stored_assets: StoredAssets, key: str, metrics: dict[str, pl.DataFrame]
+) -> tuple[VersionTraffic, VersionTraffic] | str:
+    """The previous version's and the canary's requests over the window, or why there is no canary."""
     versions = pick_versions(pl.concat(metrics.values(), how="diagonal_relaxed")) if metrics else "no traffic yet"
     if isinstance(versions, str):
-        context.log.info(f"{key}: no canary: {versions}")
-        return dg.Output(pl.DataFrame(), metadata={"verdict": "no_canary", "reason": versions})
-    days = materialized_days(context.instance, key)
+        return versions
+    days = materialized_days(instance, key)
     models = load_models()
     costs = {name: c.cost for c in models.candidates for name in c.served_names}
     with stored_assets.pinned("raw_traces", [days[d] for d in metrics if d in days]) as frames:
@@ -186,22 +211,21 @@ def canary_analysis(context: dg.AssetExecutionContext, stored_assets: StoredAsse
     baseline, canary = (
         VersionTraffic.from_requests(name, requests.filter(pl.col("served_model") == name)) for name in versions
     )
-    result = analyse_canary(baseline, canary, settings.canary)
-    context.log.info(f"{key}: {result.verdict}: {result.reason}")
-    metadata = {
+    return baseline, canary
+
+
+def _canary_metadata(result, baseline: VersionTraffic, canary: VersionTraffic, window: list[str], alpha: float) -> dict:
+    return {
         "verdict": result.verdict,
         "reason": dg.MetadataValue.md(result.reason),
         "baseline": f"{baseline.served_model} ({baseline.requests} requests)",
         "canary": f"{canary.served_model} ({canary.requests} requests)",
-        "window": ", ".join(sorted(metrics)),
-        "alpha": settings.canary.alpha,
+        "window": ", ".join(window),
+        "alpha": alpha,
         "tests": table(result.table(), max_rows=10, max_chars=200),
         **({"more_requests_needed": dg.MetadataValue.json(result.more_requests_needed)}
            if result.more_requests_needed else {}),
     }
-    if tracker.enabled:
-        metadata |= _log(context, tracker, "canary_analysis", key, result.table(), {"verdict": result.verdict})
-    return dg.Output(result.table(), metadata=metadata)
 
 
 # ----------------------------------------------------------------------------- drift
@@ -222,19 +246,40 @@ def canary_analysis(context: dg.AssetExecutionContext, stored_assets: StoredAsse
 )
 def traffic_drift(context: dg.AssetExecutionContext, stored_assets: StoredAssets, tracker: Tracker):
     key = context.partition_key
-    production = _production(context.instance, key)
+    result, window, reference_version, reference_note = _measure_drift(context.instance, stored_assets, key)
+    metadata = _drift_metadata(result, window, reference_note)
+    context.log.info(f"{key}: drift {metadata['breached']} ({result.note or reference_note})")
+    if tracker.enabled:
+        metadata |= _log(context, tracker, "traffic_drift", key, result.table(), {"breached": len(result.breached)})
+    yield dg.Output(result.table(), data_version=dg.DataVersion(result.signature(reference_version)),
+                    metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name=DRIFT_CHECK, passed=not result.breached, severity=WARN,
+        description=(f"drift: {metadata['breached']}; a new turn is requested for {key}" if result.breached
+                     else result.note or "within thresholds"),
+        metadata={"breached": metadata["breached"]},
+    )
+
+
+def _measure_drift(instance: dg.DagsterInstance, stored_assets: StoredAssets, key: str):
+    """The drift of the recent window against the promoted model's train split: the result,
+    the window's days, the split's data version and what that split is."""
+    production = _production(instance, key)
     settings = _monitoring(key, production)
-    days = materialized_days(context.instance, key)
+    days = materialized_days(instance, key)
     window = lookback_days(list(days), settings.drift.recent_days)
-    reference, reference_version, reference_note = _reference(context.instance, stored_assets, key, production)
+    reference, reference_version, reference_note = _reference(instance, stored_assets, key, production)
     with stored_assets.pinned("raw_traces", [days[d] for d in window]) as frames:
         recent = recent_requests(pl.concat(frames) if frames else pl.DataFrame(schema=TRACE_SCHEMA))
     result = measure_drift(recent, reference, settings.drift)
     if reference.is_empty():
         result.note = reference_note
+    return result, window, reference_version, reference_note
+
+
+def _drift_metadata(result, window: list[str], reference_note: str) -> dict:
     summary = ", ".join(f"{m} {result.measures[m]:.3f} > {result.thresholds[m]:g}" for m in result.breached)
-    context.log.info(f"{key}: drift {summary or 'within thresholds'} ({result.note or reference_note})")
-    metadata = {
+    return {
         "breached": summary or "none",
         "recent_days": ", ".join(window) or "(no traffic)",
         "recent_requests": result.recent_requests,
@@ -244,16 +289,6 @@ def traffic_drift(context: dg.AssetExecutionContext, stored_assets: StoredAssets
         "measures": table(result.table()),
         **({"note": result.note} if result.note else {}),
     }
-    if tracker.enabled:
-        metadata |= _log(context, tracker, "traffic_drift", key, result.table(), {"breached": len(result.breached)})
-    yield dg.Output(result.table(), data_version=dg.DataVersion(result.signature(reference_version)),
-                    metadata=metadata)
-    yield dg.AssetCheckResult(
-        check_name=DRIFT_CHECK, passed=not result.breached, severity=WARN,
-        description=(f"drift: {summary}; a new turn is requested for {key}" if result.breached
-                     else result.note or "within thresholds"),
-        metadata={"breached": summary or "none"},
-    )
 
 
 def _reference(
