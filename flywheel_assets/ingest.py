@@ -38,15 +38,11 @@ def raw_traces(context: dg.AssetExecutionContext, trace_source: FileTraceSource)
     }
     for partition, (valid, quarantined) in frames.items():
         _record_partition(context, partition, valid, quarantined, landings, unattributed)
-    valid_frames = {partition: valid for partition, (valid, _) in frames.items()}
-    quarantined_frames = {partition: quarantined for partition, (_, quarantined) in frames.items()}
     # Dagster records one data version for every partition of a run: it hashes the content of
     # all of them, so an identical re-ingest keeps it and any change moves it
-    yield dg.Output(valid_frames, output_name="raw_traces", data_version=dg.DataVersion(frames_hash(valid_frames)))
-    yield dg.Output(
-        quarantined_frames, output_name="quarantined_traces",
-        data_version=dg.DataVersion(frames_hash(quarantined_frames, "source")),
-    )
+    for output, index, order in (("raw_traces", 0, "record_id"), ("quarantined_traces", 1, "source")):
+        outputs = {partition: pair[index] for partition, pair in frames.items()}
+        yield dg.Output(outputs, output_name=output, data_version=dg.DataVersion(frames_hash(outputs, order)))
 
 
 def _day_and_workload(partition: str) -> tuple[str, str]:

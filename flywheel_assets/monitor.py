@@ -55,26 +55,36 @@ def production_metrics(
     tracker: Tracker,
 ) -> dg.Output[dict[str, pl.DataFrame]]:
     candidates = load_models().candidates
-    histories: dict[str, list] = {}
-    frames = {}
-    for partition in context.partition_keys:
-        key = trace_partitions.get_partition_key_from_str(partition)
-        day, workload = key.keys_by_dimension["day"], key.keys_by_dimension["workload"]
-        history = histories.setdefault(workload, promotion_history(context.instance, workload))
-        approved = approvals(history, day_end(day))
-        frame = metrics_by_served_model(
-            raw_traces[partition], candidates=candidates, approved=approved,
-            empty_answers=empty_answers_by_model(quarantined_traces[partition]),
+    histories: dict[str, list] = {}  # promotions per workload, read once per run
+    frames = {
+        partition: _measure_partition(
+            context, partition, raw_traces[partition], quarantined_traces[partition], candidates, histories, tracker
         )
-        frames[partition] = frame
-        metadata = partition_metadata(frame)
-        if tracker.enabled and approved:
-            metadata |= log_to_wandb(context, tracker, partition, workload, frame)
-        context.add_asset_metadata(metadata, partition_key=partition)
-        unapproved = metadata["unapproved_models"]
-        if frame.height and unapproved != "none":
-            context.log.warning(f"{partition}: traffic served by models no promotion approved: {unapproved}")
+        for partition in context.partition_keys
+    }
     return dg.Output(frames, data_version=dg.DataVersion(frames_digest(frames)))
+
+
+def _measure_partition(
+    context: dg.AssetExecutionContext, partition: str, raw: pl.LazyFrame, quarantined: pl.LazyFrame,
+    candidates: list, histories: dict[str, list], tracker: Tracker,
+) -> pl.DataFrame:
+    """One day x workload's rows per served model, with its metadata (and W&B run)."""
+    key = trace_partitions.get_partition_key_from_str(partition)
+    day, workload = key.keys_by_dimension["day"], key.keys_by_dimension["workload"]
+    history = histories.setdefault(workload, promotion_history(context.instance, workload))
+    approved = approvals(history, day_end(day))
+    frame = metrics_by_served_model(
+        raw, candidates=candidates, approved=approved, empty_answers=empty_answers_by_model(quarantined),
+    )
+    metadata = partition_metadata(frame)
+    if tracker.enabled and approved:
+        metadata |= log_to_wandb(context, tracker, partition, workload, frame)
+    context.add_asset_metadata(metadata, partition_key=partition)
+    unapproved = metadata["unapproved_models"]
+    if frame.height and unapproved != "none":
+        context.log.warning(f"{partition}: traffic served by models no promotion approved: {unapproved}")
+    return frame
 
 
 def partition_metadata(frame: pl.DataFrame) -> dict:
