@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import polars as pl
-
 from curation import TreeRssSampler  # noqa: E402  (benchmarks/ is the script's folder)
 
 

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import dagster as dg  # noqa: E402
-
 from fake_weave_server import CallFactory, FakeWeaveServer, iso, op_ref  # noqa: E402
+
 from resources.traces import FileTraceSource  # noqa: E402
 from resources.weave_source import WeaveCursor, WeaveTraceSource, to_micros  # noqa: E402
 from sensors.weave import poll_weave  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
 
-    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    now = dt.datetime.now(dt.UTC).timestamp()
     new_from = now - 3600  # the new calls: the last hour, settled
     server = FakeWeaveServer().start()
     try:

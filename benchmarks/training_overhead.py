@@ -30,21 +30,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from flywheel_assets.core import torch_threads  # noqa: E402,F401  (before torch, as in the flywheel)
 import torch  # noqa: E402
+from test_training import routing_examples  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from flywheel_assets.core import torch_threads  # noqa: E402,F401  (before torch, as in the flywheel)
 from flywheel_assets.core.chat_template import example_texts  # noqa: E402
-from flywheel_assets.core.tiny_model import build_tiny_model  # noqa: E402
 from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS, LoraHyperparameters  # noqa: E402
+from flywheel_assets.core.tiny_model import build_tiny_model  # noqa: E402
 from flywheel_assets.core.training import (  # noqa: E402
     encode_examples,
     epoch_batches,
@@ -55,7 +56,6 @@ from flywheel_assets.core.training import (  # noqa: E402
     train_lora,
     training_device,
 )
-from test_training import routing_examples  # noqa: E402
 
 TARGET_RATIO = 1.15
 TARGET_LOADED_RATIO = 2.0

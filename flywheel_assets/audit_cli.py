@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     from flywheel_assets.lineage import latest_materializations, promotion_history
     from flywheel_assets.monitor import stored_production_metrics
     from flywheel_assets.settings import flywheel_home
-    from resources.datasets import StoredAssets
     from partitions.keys import workload_key
     from partitions.slices import candidate_partitions, workload_partitions
+    from resources.datasets import StoredAssets
 
     os.environ.setdefault("DAGSTER_HOME", str(flywheel_home() / "dagster_home"))
     with dg.DagsterInstance.get() as instance:

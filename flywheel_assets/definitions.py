@@ -10,8 +10,6 @@ import dagster as dg
 from flywheel_assets.curate import workload_dataset
 from flywheel_assets.evaluate import base_eval, customized_eval, icl_eval
 from flywheel_assets.ingest import raw_traces
-from flywheel_assets.judge import judge_calibration
-from flywheel_assets.monitor import production_metrics, serving_telemetry
 from flywheel_assets.jobs import (
     GPU_ASSETS,
     GPU_RUN_TAGS,
@@ -23,10 +21,12 @@ from flywheel_assets.jobs import (
     serving_telemetry_job,
     train_and_evaluate_job,
 )
+from flywheel_assets.judge import judge_calibration
+from flywheel_assets.monitor import production_metrics, serving_telemetry
 from flywheel_assets.production import MONITORING_ASSETS
 from flywheel_assets.promote import promoted_model
-from flywheel_assets.settings import FlywheelSettings, load_settings
 from flywheel_assets.report import leaderboard
+from flywheel_assets.settings import FlywheelSettings, load_settings
 from flywheel_assets.split import eval_dataset, train_dataset
 from flywheel_assets.train import lora_adapter
 from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManager, StoredAssets

@@ -21,9 +21,9 @@ from flywheel_assets.core.chat import ChatBackend, ChatExample, ChatPrompt
 from flywheel_assets.core.icl import IclOptions, IclPlan, SelectionStrategy, plan_icl_prompts
 from flywheel_assets.core.metrics import score_records
 from flywheel_assets.core.versions import evaluation_version
+from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
 from flywheel_assets.metadata import table
 from flywheel_assets.settings import load_settings
-from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
 from flywheel_assets.train import candidate_of, split_examples
 from partitions.slices import BY_WORKLOAD, candidate_workload_partitions
 from resources.embeddings import EmbeddingsResource

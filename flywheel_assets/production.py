@@ -27,9 +27,8 @@ from flywheel_assets.core.audit import AuditRecord
 from flywheel_assets.core.canary import VersionTraffic, analyse_canary, pick_versions, request_values
 from flywheel_assets.core.candidates import load_models
 from flywheel_assets.core.curation import lookback_days
-from flywheel_assets.core.ingest import TRACE_SCHEMA
-from flywheel_assets.core.splitting import SPLIT_SCHEMA
 from flywheel_assets.core.drift import measure_drift, recent_requests, split_requests
+from flywheel_assets.core.ingest import TRACE_SCHEMA
 from flywheel_assets.core.slo import (
     OBJECTIVES,
     Breach,
@@ -40,6 +39,7 @@ from flywheel_assets.core.slo import (
     load_monitoring,
     rollback_proposal,
 )
+from flywheel_assets.core.splitting import SPLIT_SCHEMA
 from flywheel_assets.curate import materialized_days
 from flywheel_assets.lineage import latest_materialization, promotion_history
 from flywheel_assets.metadata import table

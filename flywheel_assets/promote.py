@@ -99,7 +99,7 @@ def change_production(
 ) -> dg.Output[dict]:
     key = context.partition_key
     _check_launched_by_a_person(context, config, key)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     history = promotion_history(context.instance, key)
     current = history[0] if history else None
     if context.job_name == ROLLBACK_JOB:

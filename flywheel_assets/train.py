@@ -5,9 +5,9 @@ import polars as pl
 from pydantic import Field
 
 from flywheel_assets.core.candidates import load_models
+from flywheel_assets.core.hyperparameters import LoraHyperparameters
 from flywheel_assets.core.splitting import to_examples
 from flywheel_assets.gpu import GPU_OP_TAGS, GPU_POOL
-from flywheel_assets.core.hyperparameters import LoraHyperparameters
 from partitions.slices import BY_WORKLOAD, candidate_workload_partitions
 from resources.platform import ModelPlatform, Trained
 from sensors.automation import retrain_when_dataset_changed

@@ -17,8 +17,8 @@ import contextlib
 import json
 import os
 import shutil
-import typing
 import tempfile
+import typing
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path

@@ -40,8 +40,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,7 +50,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from flywheel_assets.core.chat import AssistantMessage, ChatPrompt, Completion, FunctionCall, ToolCall
 from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY  # the metric recognises such calls
 from resources.http import RetryPolicy, retry, send_once, shared_ssl_context
-
 
 T = TypeVar("T")
 

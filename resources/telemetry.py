@@ -38,7 +38,7 @@ from flywheel_assets.core.telemetry import (
     samples_frame,
 )
 from resources.datasets import write_parquet_atomically
-from resources.http import RetryPolicy, Retryable, retry
+from resources.http import Retryable, RetryPolicy, retry
 
 TELEMETRY_KINDS = ("prometheus", "metrics")
 
@@ -107,7 +107,7 @@ class TelemetrySource(dg.ConfigurableResource):
     def _query_range(self, client: httpx.Client, start: float, end: float) -> pl.DataFrame:
         names = sorted({_series_name(name, metrics[0].kind) for name, metrics in ENGINE_METRICS.items()
                         if not self.engines or any(m.engine in self.engines for m in metrics)})
-        query = '{__name__=~"%s"}' % "|".join(names)
+        query = f'{{__name__=~"{"|".join(names)}"}}'
         url = f"{self.url.rstrip('/')}/api/v1/query_range"
         response = self._get(client, url, {"query": query, "start": start, "end": end, "step": self.step_s})
         try:
@@ -170,8 +170,8 @@ def _series_name(name: str, kind: str) -> str:
 
 
 def _day_start(now: float) -> float:
-    day = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
-    return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).timestamp()
+    day = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp()
 
 
 def telemetry_from_env(home: Path, env: Callable[[str], str | None] = os.environ.get) -> TelemetrySource:

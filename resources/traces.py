@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-import polars as pl
 from pydantic import Field
 
+from flywheel_assets.core.cpus import usable_cpus
 from flywheel_assets.core.ingest import (
     DamagedLanding,
     LandingResult,
@@ -51,7 +52,6 @@ from flywheel_assets.core.ingest import (
     read_unattributed,
     repair_landing,
 )
-from flywheel_assets.core.cpus import usable_cpus
 from flywheel_assets.core.schema import DEFAULT_MAX_RECORD_BYTES
 
 TRACE_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -277,7 +277,7 @@ class FileTraceSource(dg.ConfigurableResource):
             return path.name
 
     def bounds(self, today: dt.date | None = None) -> TimeBounds:
-        today = today or dt.datetime.now(dt.timezone.utc).date()
+        today = today or dt.datetime.now(dt.UTC).date()
         return TimeBounds(dt.date.fromisoformat(self.start_date), today + dt.timedelta(days=1))
 
     def land(self, paths: list[Path] | None = None) -> list[LandingResult]:

@@ -62,7 +62,7 @@ CHAT_COMPLETIONS_OP = "openai.chat.completions.create"
 # what a call query returns per call (id, project_id, trace_id, op_name, started_at always)
 CALL_COLUMNS = ["inputs", "output", "attributes", "ended_at", "exception", "summary", "parent_id"]
 ANCESTOR_COLUMNS = ["output", "ended_at", "parent_id"]
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # reactions are read by their `detoned` emoji (the server strips skin tones: 👍🏽 -> 👍)
 _THUMBS = {"👍": "up", "👎": "down", ":+1:": "up", ":-1:": "down", "+1": "up", "-1": "down"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -76,14 +76,14 @@ def to_micros(value: dt.datetime | str | float | int) -> int:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     delta = value - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def iso_micros(micros: int) -> str:
     seconds, us = divmod(micros, 1_000_000)
-    stamp = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).replace(microsecond=us)
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).replace(microsecond=us)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -104,7 +104,7 @@ class WeaveCursor:
     pending: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str | None) -> "WeaveCursor":
+    def parse(cls, text: str | None) -> WeaveCursor:
         if not text:
             return cls()
         data = json.loads(text)
@@ -435,7 +435,7 @@ class WeaveTraceSource(dg.ConfigurableResource):
         Raises on any server or transport error (after the binding's retries): the caller
         then writes nothing and keeps its cursor, so the next poll reads the same calls.
         """
-        now_us = to_micros(now or dt.datetime.now(dt.timezone.utc))
+        now_us = to_micros(now or dt.datetime.now(dt.UTC))
         until_s = (now_us - round(self.settle_seconds * 1_000_000)) // 1_000_000
         lookback_us = round(self.unfinished_wait_seconds * 1_000_000)
         give_up_before = now_us - lookback_us
@@ -450,7 +450,7 @@ class WeaveTraceSource(dg.ConfigurableResource):
 
         # 2. calls that ended after the cursor (server-side: ended_at >= its second)
         since_us = cursor.ended_at if cursor.ended_at is not None else to_micros(
-            dt.datetime.fromisoformat(self.start_date).replace(tzinfo=dt.timezone.utc)
+            dt.datetime.fromisoformat(self.start_date).replace(tzinfo=dt.UTC)
         )
         started_from_s = (since_us - lookback_us) // 1_000_000
         last_us, last_ids = cursor.ended_at, set(cursor.ids)

@@ -36,10 +36,10 @@ from pathlib import Path
 import dagster as dg
 
 from flywheel_assets.core.ingest import UNATTRIBUTED, LandingResult
+from flywheel_assets.jobs import ingest_job
 from partitions.slices import day_partitions, trace_partition_boxes, trace_range_tags, workload_partitions
 from resources.traces import FileTraceSource, scan_drop_folder
 from resources.weave_source import WEAVE_FOLDER
-from flywheel_assets.jobs import ingest_job
 
 GRACE_NS = 120 * 1_000_000_000
 FULL_SCAN_EVERY = 60
@@ -118,7 +118,7 @@ class DropFolderCursor:
     unseen: tuple[int, ...] = ()  # except these, landed by others for files a tick did not check
 
     @classmethod
-    def parse(cls, text: str | None) -> "DropFolderCursor":
+    def parse(cls, text: str | None) -> DropFolderCursor:
         if not text:
             return cls()
         data = json.loads(text)
@@ -142,7 +142,7 @@ class DropFolderCursor:
             return result.landed
         return result.generation > self.generation or result.generation in self.unseen
 
-    def after(self, results: list[LandingResult], generation: int, ctime_ns: int | None) -> "DropFolderCursor":
+    def after(self, results: list[LandingResult], generation: int, ctime_ns: int | None) -> DropFolderCursor:
         """The cursor once this tick is committed; `generation` was read after its landings."""
         checked = {result.generation for result in results}
         since = generation if self.generation is None else self.generation  # first tick: none owed

@@ -24,10 +24,10 @@ import datetime as dt
 
 import dagster as dg
 
+from flywheel_assets.jobs import ingest_job
 from partitions.slices import workload_partitions
 from resources.traces import FileTraceSource
 from resources.weave_source import WeaveCursor, WeaveTraceSource, write_jsonl_atomic
-from flywheel_assets.jobs import ingest_job
 from sensors.drop_folder import ingest_requests
 
 

@@ -35,8 +35,9 @@ import json
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from loopback import (
     Answer,

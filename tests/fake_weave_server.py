@@ -71,14 +71,14 @@ def to_micros(value: Any) -> int:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def iso(micros: int) -> str:
     seconds, us = divmod(micros, 1_000_000)
-    stamp = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).replace(microsecond=us)
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).replace(microsecond=us)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -14,8 +14,8 @@ from flywheel_assets.definitions import ASSETS, build_resources, defs
 from flywheel_assets.production import MONITORING_ASSETS
 from partitions.slices import trace_partition_key
 
-DAY = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).date()
-T0 = int(dt.datetime(DAY.year, DAY.month, DAY.day, 9, tzinfo=dt.timezone.utc).timestamp())
+DAY = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).date()
+T0 = int(dt.datetime(DAY.year, DAY.month, DAY.day, 9, tzinfo=dt.UTC).timestamp())
 INGEST = ["raw_traces", "quarantined_traces"]
 SPLITS = ["workload_dataset", "eval_dataset", "train_dataset"]
 GPU = ["lora_adapter", "base_eval", "icl_eval", "customized_eval"]

@@ -21,7 +21,7 @@ import polars as pl
 from click.testing import CliRunner
 
 DAYS = 7
-FIRST = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=DAYS + 2)).date()
+FIRST = (dt.datetime.now(dt.UTC) - dt.timedelta(days=DAYS + 2)).date()
 PER_DAY = 12
 
 
@@ -45,7 +45,7 @@ def write_history(traces: Path, workload: str) -> list[str]:
     days = []
     for d in range(DAYS):
         day = FIRST + dt.timedelta(days=d)
-        start = int(dt.datetime(day.year, day.month, day.day, 8, tzinfo=dt.timezone.utc).timestamp())
+        start = int(dt.datetime(day.year, day.month, day.day, 8, tzinfo=dt.UTC).timestamp())
         records = [
             {
                 "timestamp": start + 60 * i, "workload_id": workload, "client_id": "app",

@@ -9,7 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from flywheel_assets.core.chat import AssistantMessage, ChatExample, ChatPrompt, FunctionCall, ToolCall
-from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY, score_tool_calls
 from flywheel_assets.core.chat_template import (
     CHAT_TEMPLATE,
     parse_assistant_output,
@@ -17,6 +16,7 @@ from flywheel_assets.core.chat_template import (
     render_prompt,
     template_messages,
 )
+from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY, score_tool_calls
 
 TOOLS = [
     {"type": "function", "function": {
@@ -174,8 +174,9 @@ def test_plain_text_is_content(text):
 
 
 def test_tokenizer_with_our_template_renders_like_the_template(tmp_path):
-    from flywheel_assets.core.tiny_model import build_tiny_model
     from transformers import AutoTokenizer
+
+    from flywheel_assets.core.tiny_model import build_tiny_model
 
     example = _example(AssistantMessage(tool_calls=[_call("lookup_order", order_id="42")]))
     model_dir = build_tiny_model(tmp_path / "m", ["".join(render_example(None, example))], vocab_size=300)

@@ -463,7 +463,7 @@ def test_redaction_equals_redacting_each_decoded_string(texts):
         for name, pattern in PII_PATTERNS.items():
             mark = f"[{name.upper()}]"
             if name == "card_number":
-                text = re.sub(pattern, lambda m: mark if luhn(m.group()) else m.group(), text)
+                text = re.sub(pattern, lambda m, mark=mark: mark if luhn(m.group()) else m.group(), text)
             else:
                 text = re.sub(pattern, mark, text)
         return text

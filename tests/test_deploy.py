@@ -33,9 +33,9 @@ from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_conf
 
 from flywheel_assets.core.ingest import read_partition
 from flywheel_assets.definitions import build_resources, defs
-from flywheel_assets.jobs import GPU_RUN_TAGS
 from flywheel_assets.evaluate import base_eval
 from flywheel_assets.gpu import GPU_POOL, gpu_step_k8s_config
+from flywheel_assets.jobs import GPU_RUN_TAGS
 from flywheel_assets.settings import SettingsError, load_settings
 from flywheel_assets.split import train_dataset
 from flywheel_assets.train import lora_adapter

@@ -3,16 +3,17 @@ curation and split code from the sample generator's traffic."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import polars as pl
 import pytest
 
+from flywheel_assets.core.curation import curate
 from flywheel_assets.core.drift import measure_drift, recent_requests, split_requests
 from flywheel_assets.core.ingest import TimeBounds, validate_batch
 from flywheel_assets.core.slo import DriftThresholds
 from flywheel_assets.core.splitting import SplitConfig, split_dataset
-from flywheel_assets.core.curation import curate
 from flywheel_assets.sample_data import Serving, generate_records
-import datetime as dt
 
 BOUNDS = TimeBounds(dt.date(2025, 1, 1), dt.date(2030, 1, 1))
 

@@ -6,12 +6,12 @@ fallback to another strategy)."""
 from __future__ import annotations
 
 import pytest
+from fake_openai_server import FakeOpenAIServer, Fault
+from test_icl import TOPIC_POOL, count_tokens, topic_example
 
 from flywheel_assets.core.icl import IclOptions, plan_icl_prompts
 from flywheel_assets.settings import SettingsError, load_settings
 from resources.embeddings import EmbeddingClient, EmbeddingError, EmbeddingsResource
-from fake_openai_server import Fault, FakeOpenAIServer
-from test_icl import TOPIC_POOL, count_tokens, topic_example
 
 EMBEDDINGS = IclOptions(strategy="embedding", max_examples=2)
 

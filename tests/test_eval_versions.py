@@ -13,13 +13,13 @@ from contextlib import contextmanager
 
 import dagster as dg
 import polars as pl
-
 from fake_openai_server import FakeOpenAIServer, last_user_text
+from test_automation import DAY, GPU, INGEST, SPLITS, Flywheel, write_workload
+
 from flywheel_assets.core.versions import evaluation_version
+from partitions.slices import candidate_workload_key, trace_partition_key
 from resources.openai_compatible import OpenAICompatibleBackend
 from resources.platform import Adapter, LocalPlatform, Trained
-from test_automation import DAY, GPU, INGEST, SPLITS, Flywheel, write_workload
-from partitions.slices import candidate_workload_key, trace_partition_key
 
 
 class EndpointPlatform(LocalPlatform):
@@ -44,7 +44,8 @@ def data_versions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
 
 def test_the_leaderboard_refreshes_when_only_a_result_changed(tmp_path):
     answer = {"prefix": "echo"}  # what the remote candidate says; changed below
-    responder = lambda request: {"role": "assistant", "content": f"{answer['prefix']}: {last_user_text(request)}"}
+    def responder(request):
+        return {"role": "assistant", "content": f"{answer['prefix']}: {last_user_text(request)}"}
     workload, key = "wv", candidate_workload_key("tiny-demo", "wv")
     with FakeOpenAIServer(responder=responder) as server, dg.DagsterInstance.ephemeral() as instance:
         fw = Flywheel(tmp_path, instance)

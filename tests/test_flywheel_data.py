@@ -6,12 +6,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from flywheel_assets.curate import workload_dataset
 from flywheel_assets.definitions import ASSETS, build_resources, defs
-from flywheel_assets.ingest import raw_traces
 from flywheel_assets.runner import run_flywheel
 from flywheel_assets.sample_data import write_sample_traces
-from flywheel_assets.split import eval_dataset, train_dataset
 from partitions.slices import trace_partition_key
 
 

@@ -2,7 +2,6 @@
 one candidate, in a temporary instance (tiny demo model, short training)."""
 
 import dagster as dg
-import polars as pl
 import pytest
 
 from flywheel_assets.definitions import ASSETS, build_resources

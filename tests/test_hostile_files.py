@@ -9,11 +9,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import time
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import dagster as dg

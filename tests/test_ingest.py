@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flywheel_assets.core.ingest as ingest_module
+import resources.traces as traces_module
 from flywheel_assets.core.ingest import (
     MANIFEST,
     UNATTRIBUTED,
@@ -34,7 +35,6 @@ from flywheel_assets.core.ingest import (
 )
 from flywheel_assets.sample_data import generate_labeled_records, write_sample_traces
 from partitions.keys import workload_key
-import resources.traces as traces_module
 from resources.traces import FileTraceSource, iter_jsonl_batches, iter_parquet_batches
 
 DAY1 = 1_735_700_000  # 2025-01-01T02:53:20Z
@@ -150,9 +150,9 @@ def test_record_id_is_a_stable_hash_of_the_raw_line():
 
 def test_time_bounds_quarantine_records_outside_the_window_with_their_day():
     before = trace(1, timestamp=DAY1 - 2 * 86_400)  # 2024-12-30
-    first_day = trace(2, timestamp=int(dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc).timestamp()))
-    last_day = trace(3, timestamp=int(dt.datetime(2025, 1, 31, 23, 59, 59, tzinfo=dt.timezone.utc).timestamp()))
-    future = trace(4, timestamp=int(dt.datetime(2025, 2, 1, tzinfo=dt.timezone.utc).timestamp()))
+    first_day = trace(2, timestamp=int(dt.datetime(2025, 1, 1, tzinfo=dt.UTC).timestamp()))
+    last_day = trace(3, timestamp=int(dt.datetime(2025, 1, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()))
+    future = trace(4, timestamp=int(dt.datetime(2025, 2, 1, tzinfo=dt.UTC).timestamp()))
     valid, quarantined = validate_batch(pairs([before, first_day, last_day, future]), BOUNDS)
     assert valid["day"].to_list() == ["2025-01-01", "2025-01-31"]
     assert dict(zip(quarantined["reason"], quarantined["day"])) == {
@@ -228,7 +228,7 @@ def test_dict_records_are_validated_like_lines():
 def test_non_json_values_from_parquet_are_quarantined_not_a_crash():
     # a Parquet `timestamp` column of timestamp type arrives as a datetime
     record = trace(1)
-    record["timestamp"] = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    record["timestamp"] = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     valid, quarantined = validate_batch([("p:1", record)], BOUNDS)
     assert valid.height == 0
     assert quarantined["reason"].to_list() == ["wrong_type"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import dagster as dg
 import pytest
+from fake_openai_server import FakeOpenAIServer
 from scipy.stats import spearmanr
 
 from flywheel_assets.core.calibration import (
@@ -23,7 +24,6 @@ from flywheel_assets.core.metrics import JUDGE_PROMPT_SHA256, token_f1_similarit
 from flywheel_assets.judge import AGREEMENT_CHECK, judge_calibration
 from resources.datasets import ParquetIOManager
 from resources.platform import LocalPlatform
-from fake_openai_server import FakeOpenAIServer
 
 GOLD = load_gold_set()
 

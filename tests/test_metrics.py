@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -21,7 +21,6 @@ from flywheel_assets.core.metrics import (
     JUDGE_PROMPT_SHA256,
     NO_CALL,
     RAW_ARGUMENTS_KEY,
-    standardise_string,
     build_judge_prompt,
     function_name_accuracy,
     function_name_and_args_accuracy,
@@ -30,6 +29,7 @@ from flywheel_assets.core.metrics import (
     parse_judge_reply,
     score_records,
     score_tool_calls,
+    standardise_string,
     token_f1_similarity,
     tokens_per_second,
 )

@@ -13,7 +13,15 @@ from nemo_emulator import Fault, nemo_emulator
 
 from flywheel_assets.core.chat import ChatPrompt
 from flywheel_assets.core.hyperparameters import LoraHyperparameters
-from resources.nemo import EVAL_FILE, NemoBackend, NemoError, NemoJobFailed, NemoSchemaError, NemoTimeoutError, split_files
+from resources.nemo import (
+    EVAL_FILE,
+    NemoBackend,
+    NemoError,
+    NemoJobFailed,
+    NemoSchemaError,
+    NemoTimeoutError,
+    split_files,
+)
 from resources.nemo.transport import Progress
 
 KEY = "nvapi-backend-key-7"

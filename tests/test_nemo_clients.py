@@ -25,10 +25,23 @@ from resources.nemo.deployment import (
     nim_deployment,
 )
 from resources.nemo.entity_store import EntityStoreClient
-from resources.nemo.evaluator import EvaluatorClient, JudgeEndpoint, chat_judge_config, model_target, tool_calling_config
+from resources.nemo.evaluator import (
+    EvaluatorClient,
+    JudgeEndpoint,
+    chat_judge_config,
+    model_target,
+    tool_calling_config,
+)
 from resources.nemo.formats import customizer_jsonl, evaluator_jsonl
 from resources.nemo.nim import NimProxyClient
-from resources.nemo.transport import NemoError, NemoHTTPError, NemoJobFailed, NemoSchemaError, NemoTimeoutError, RetryPolicy
+from resources.nemo.transport import (
+    NemoError,
+    NemoHTTPError,
+    NemoJobFailed,
+    NemoSchemaError,
+    NemoTimeoutError,
+    RetryPolicy,
+)
 
 KEY = "nvapi-test-key-42"
 NS = "dfwbp"

@@ -10,9 +10,10 @@ import os
 import subprocess
 import sys
 
+from nemo_emulator import nemo_emulator
+
 from flywheel_assets.core.leaderboard import LEADERBOARD_SCHEMA
 from flywheel_assets.sample_data import write_sample_traces
-from nemo_emulator import nemo_emulator
 
 CANDIDATES = {
     "candidates": [

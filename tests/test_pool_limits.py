@@ -9,6 +9,7 @@ variant). The overlap is computed from STEP_START / STEP_SUCCESS timestamps in t
 from __future__ import annotations
 
 import time
+
 import dagster as dg
 import pytest
 from dagster._core.definitions.reconstruct import ReconstructableJob

@@ -25,11 +25,11 @@ import dagster as dg
 import psycopg2
 import pytest
 import yaml
+from test_deploy import deploy_instance_module
 
 from flywheel_assets.definitions import ASSETS, build_resources
 from flywheel_assets.runner import run_flywheel
 from flywheel_assets.sample_data import write_sample_traces
-from test_deploy import deploy_instance_module
 
 PG_USER, PG_PASSWORD, PG_DB = "flywheel", "flywheel-test", "flywheel"
 

@@ -20,7 +20,7 @@ from flywheel_assets.sample_data import Serving, generate_records
 from partitions.slices import trace_partition_key
 from resources.tracking import WANDB_METADATA_KEY, build_tracker
 
-TODAY = dt.datetime.now(dt.timezone.utc).date()
+TODAY = dt.datetime.now(dt.UTC).date()
 DAY1, DAY2 = (TODAY - dt.timedelta(days=3)).isoformat(), (TODAY - dt.timedelta(days=2)).isoformat()
 INGEST = ["raw_traces", "quarantined_traces", "production_metrics"]
 SPLITS = ["workload_dataset", "eval_dataset", "train_dataset"]

@@ -22,7 +22,7 @@ from flywheel_assets.core.production_metrics import (
 from resources.tracking import Tracker
 
 DAY = "2026-11-20"
-T0 = int(dt.datetime(2026, 11, 20, 8, tzinfo=dt.timezone.utc).timestamp())
+T0 = int(dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC).timestamp())
 BOUNDS = TimeBounds(dt.date(2026, 1, 1), dt.date(2027, 1, 1))
 TOOLS = [
     {"type": "function", "function": {"name": "get_order_status", "parameters": {
@@ -230,20 +230,19 @@ def test_the_ingest_job_records_production_metrics_per_partition_with_promotions
     """A real instance: one promotion recorded for workload `router`, an ingest run over two
     days; the adapter's traffic is tied to it, the old production model is flagged, and
     `flywheel-audit` shows both."""
-    from flywheel_assets import audit_cli
+    import dagster as dg
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-    import dagster as dg
-
+    from flywheel_assets import audit_cli
     from flywheel_assets.definitions import ASSETS, build_resources
     from flywheel_assets.jobs import ingest_job
     from flywheel_assets.lineage import AUDIT_METADATA_KEY
     from resources.tracking import WANDB_METADATA_KEY
 
-    today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     days = [(today - dt.timedelta(days=2 - d)) for d in range(2)]
     (tmp_path / "traces").mkdir()
-    for d, day in enumerate(days):
+    for day in days:
         lines = [json.loads(trace("llama-1b-router-lora", latency_ms=100.0 + i)) for i in range(5)]
         lines += [json.loads(trace("prod-70b", latency_ms=None))]
         for i, record in enumerate(lines):

@@ -241,7 +241,7 @@ def test_days_span_and_files(tmp_path):
             except json.JSONDecodeError:
                 continue
             if isinstance(rec.get("timestamp"), int):
-                assert dt.datetime.fromtimestamp(rec["timestamp"], dt.timezone.utc).date() == day
+                assert dt.datetime.fromtimestamp(rec["timestamp"], dt.UTC).date() == day
     assert total == 1400
     assert sorted(tmp_path.iterdir()) == paths  # no temporary leftovers
 

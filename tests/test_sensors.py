@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as END
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as START
-
 from fake_weave_server import CallFactory, Fault, fake_weave_server
+
 from flywheel_assets.core.ingest import day_of
 from partitions.keys import workload_key
 from partitions.slices import trace_partitions
@@ -28,7 +28,7 @@ from sensors import drop_folder
 from sensors.drop_folder import DropFolderCursor, drop_folder_sensor
 from sensors.weave import weave_trace_sensor
 
-NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 T0 = (NOW - dt.timedelta(days=3)).replace(hour=12, minute=0, second=0).timestamp()
 DAY = 86_400
 
@@ -155,7 +155,7 @@ def test_a_failed_tick_writes_nothing_and_the_next_one_loses_nothing(tmp_path, s
     cursor = next_cursor(tick(weave_trace_sensor, instance, res), None)
     server.add_calls(calls.chat(T0 + DAY + i * 10) for i in range(30))
     server.add_faults(Fault.ok(), Fault.ok(), fault)  # the third page of the tick fails
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (whatever weave's client raises for this fault)
         tick(weave_trace_sensor, instance, res, cursor)  # Dagster keeps the old cursor
     assert len(list((tmp_path / "traces" / "weave").iterdir())) == 1
     result = tick(weave_trace_sensor, instance, res, cursor)

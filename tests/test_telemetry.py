@@ -9,6 +9,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
+from fake_prometheus import VLLM_LATENCY_BUCKETS, FakeEngine, FakePrometheus
 
 from flywheel_assets.core.telemetry import (
     TelemetryError,
@@ -18,9 +19,8 @@ from flywheel_assets.core.telemetry import (
 )
 from resources.telemetry import TelemetrySource, telemetry_from_env
 from sensors.telemetry import collect_telemetry
-from fake_prometheus import VLLM_LATENCY_BUCKETS, FakeEngine, FakePrometheus
 
-NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.timezone.utc).timestamp()
+NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC).timestamp()
 DAY = "2026-11-20"
 
 
@@ -148,7 +148,7 @@ def prometheus_with_history(engine: FakeEngine, prometheus: FakePrometheus, star
 
 def test_the_sensor_collects_from_prometheus_keeps_its_cursor_on_failure_and_loses_nothing(tmp_path):
     engine, prometheus = FakeEngine("vllm", ["llama-1b-lora"]), FakePrometheus()
-    day_start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp()
+    day_start = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
     served = prometheus_with_history(engine, prometheus, day_start + 600, scrapes=40)  # 10:00 .. 19:45 min
     with prometheus.running_server() as url, dg.instance_for_test() as instance:
         telemetry = source(tmp_path, url, kind="prometheus", max_window_s=600, max_retries=0, timeout_s=1.0)

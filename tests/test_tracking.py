@@ -95,7 +95,7 @@ def test_every_stage_is_a_versioned_artifact(flywheel):
     }
     assert {name: a["type"] for name, a in found.items()} == expected
     assert all(a["digest"] and "latest" in a["aliases"] for a in found.values())
-    assert f"train_dataset.parquet" in found[f"train_dataset.{WL}"]["files"]
+    assert "train_dataset.parquet" in found[f"train_dataset.{WL}"]["files"]
     # workload_dataset is a lazy plan: streamed into the artifact too
     assert "workload_dataset.parquet" in found[f"workload_dataset.{WL}"]["files"]
     assert any(f.startswith("adapter/") and f.endswith(".safetensors") for f in found[f"lora_adapter.{CW}"]["files"])

@@ -7,7 +7,29 @@ import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from flywheel_assets.core.chat import AssistantMessage, ChatExample, FunctionCall, ToolCall
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from flywheel_assets.core import tiny_model
+from flywheel_assets.core.chat import AssistantMessage, ChatExample, ChatPrompt, FunctionCall, ToolCall
+from flywheel_assets.core.chat_template import example_texts, render_example
+from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS, LoraHyperparameters
+from flywheel_assets.core.local_generation import LocalChatModel
+from flywheel_assets.core.training import (
+    IGNORE_INDEX,
+    TrainingStopped,
+    collate,
+    encode_example,
+    read_training_result,
+    train_lora,
+)
 
 SYSTEM = "You are the router of Acme customer support. Answer with exactly one tool call."
 
@@ -117,30 +139,6 @@ def routing_examples(n: int, seed: int = 0, workload_id: str = "support-router")
 
 
 # --------------------------------------------------------------------------- tests
-
-import json
-import shutil
-import time
-from pathlib import Path
-
-import pytest
-import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from flywheel_assets.core import tiny_model
-from flywheel_assets.core.chat import ChatPrompt
-from flywheel_assets.core.chat_template import example_texts, render_example
-from flywheel_assets.core.local_generation import LocalChatModel
-from flywheel_assets.core.hyperparameters import DEMO_HYPERPARAMETERS, LoraHyperparameters
-from flywheel_assets.core.training import (
-    IGNORE_INDEX,
-    TrainingStopped,
-    collate,
-    encode_example,
-    read_training_result,
-    train_lora,
-)
 
 TRAIN = routing_examples(300, seed=1)
 VALIDATION = routing_examples(20, seed=2)

@@ -6,12 +6,12 @@ import datetime as dt
 
 import httpx
 import pytest
-
 from fake_weave_server import CallFactory, Fault, fake_weave_server, iso, op_ref, to_micros
+
 from flywheel_assets.core.schema import Rejection, TraceRecord, validate_trace
 from resources.weave_source import WeaveCursor, WeaveTraceSource, call_to_trace, weave_source_from_env
 
-NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 T0 = (NOW - dt.timedelta(days=2)).timestamp()  # a recent day: inside the day partitions
 TOOLS = [{"type": "function", "function": {"name": "get_order_status", "parameters": {"type": "object"}}}]
 
@@ -352,7 +352,8 @@ def test_the_trace_server_url_is_found_as_weave_finds_it(tmp_path, monkeypatch, 
 
 
 def test_a_cursor_of_the_started_at_version_goes_on_from_its_time_by_end(server, calls):
-    old = '{"v": 1, "started_at": "%s", "ids": ["call-000001"], "pending": {"call-9": "%s"}}' % (iso(to_micros(T0)), iso(to_micros(T0)))
+    started = iso(to_micros(T0))
+    old = f'{{"v": 1, "started_at": "{started}", "ids": ["call-000001"], "pending": {{"call-9": "{started}"}}}}'
     cursor = WeaveCursor.parse(old)
     assert cursor == WeaveCursor(ended_at=to_micros(T0))
     server.add_calls([calls.chat(T0 - 100), calls.chat(T0 + 10)])  # ended before / after it

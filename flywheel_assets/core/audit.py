@@ -96,7 +96,7 @@ class AuditRecord(BaseModel):
 
 
 def record_id(now: dt.datetime, run_id: str) -> str:
-    return f"{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
+    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
 
 
 def board_row(board: Sequence[dict], candidate: str, experiment: str) -> dict | None:

@@ -21,9 +21,10 @@ when one is configured, else token F1: `metrics.similarities`) and reports:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from scipy import stats
 
 from flywheel_assets.core.candidates import CostProfile
+
 # the same judgement of a tool call as production_metrics (one place for it)
 from flywheel_assets.core.production_metrics import _check_calls, served_model_expr
 
@@ -252,7 +253,9 @@ def _latency_interval(base: np.ndarray, can: np.ndarray, policy: CanaryPolicy) -
         return ""
     parts = []
     for q in (50, 95):
-        ratio = lambda b, c, axis: np.percentile(c, q, axis=axis) / np.percentile(b, q, axis=axis)  # noqa: E731
+        def ratio(b, c, axis, q=q):  # q bound now: the bootstrap calls it after the loop moved on
+            return np.percentile(c, q, axis=axis) / np.percentile(b, q, axis=axis)
+
         ci = stats.bootstrap((base, can), ratio, n_resamples=policy.bootstrap_resamples, method="percentile",
                              vectorized=True, rng=np.random.default_rng(policy.seed)).confidence_interval
         parts.append(f"p{q} canary/baseline {ratio(base, can, None):.3f} [95% CI {ci.low:.3f}, {ci.high:.3f}]")

@@ -87,7 +87,7 @@ class FlywheelModels(BaseModel):
     candidates: list[CandidateSpec]
 
     @model_validator(mode="after")
-    def _one_candidate_per_served_name(self) -> "FlywheelModels":
+    def _one_candidate_per_served_name(self) -> FlywheelModels:
         claimed: dict[str, str] = {}
         for candidate in self.candidates:
             for name in candidate.served_names:

@@ -9,7 +9,8 @@ arguments are kept parsed (a JSON object), as the reference does with
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -136,7 +136,7 @@ class TimeBounds:
 
 
 def day_of(timestamp: int) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).date().isoformat()
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).date().isoformat()
 
 
 def _day_or_none(timestamp: int) -> str | None:

@@ -60,7 +60,8 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from typing import Any, Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 

@@ -373,4 +373,4 @@ def empty_answers_by_model(quarantined: pl.DataFrame | pl.LazyFrame) -> dict[str
 
 def day_end(day: str) -> dt.datetime:
     """The end of a UTC day partition: promotions made by then approve that day's traffic."""
-    return dt.datetime.combine(dt.date.fromisoformat(day), dt.time.max, tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(dt.date.fromisoformat(day), dt.time.max, tzinfo=dt.UTC)

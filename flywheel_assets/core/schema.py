@@ -88,7 +88,7 @@ class ResponseMessage(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
-    def _has_an_answer(self) -> "ResponseMessage":
+    def _has_an_answer(self) -> ResponseMessage:
         if not (self.content and self.content.strip()) and not self.tool_calls:
             raise ValueError("the assistant message has neither content nor tool_calls")
         return self

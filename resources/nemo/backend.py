@@ -28,13 +28,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from resources.nemo.customizer import (
     FAILED_STATES as CUSTOMIZATION_FAILED,
+)
+from resources.nemo.customizer import (
     CustomizationConfigRequest,
     CustomizationJobRequest,
     CustomizationTarget,
@@ -53,6 +56,8 @@ from resources.nemo.deployment import (
 )
 from resources.nemo.evaluator import (
     FAILED_STATES as EVALUATION_FAILED,
+)
+from resources.nemo.evaluator import (
     JudgeEndpoint,
     chat_judge_config,
     model_target,

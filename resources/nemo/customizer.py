@@ -19,7 +19,8 @@ has text), as the service reports it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 from pydantic import Field
 

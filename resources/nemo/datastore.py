@@ -35,9 +35,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 from urllib.parse import quote
-
 
 from resources.nemo.transport import NemoHTTPError, ServiceClient, Wire, says_exists, status_is
 

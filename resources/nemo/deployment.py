@@ -21,8 +21,8 @@ hide the block's own exception (it is added to it as a note).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 from urllib.parse import quote
 
 from pydantic import Field

@@ -16,7 +16,8 @@ shapes the NeMo services read.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
