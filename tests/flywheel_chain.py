@@ -1,12 +1,13 @@
-"""The real chain for one workload, promoted: what the tests that audit a flywheel run
-(W&B lineage in test_tracking.py, the webserver's lineage in test_webserver_lineage.py)
-start from."""
+"""The real flywheel in tests: its chain for one workload, promoted (what the tests that
+audit a flywheel run start from: W&B lineage in test_tracking.py, the webserver's lineage in
+test_webserver_lineage.py), and `AutomatedFlywheel`, materialized by hand and ticked by the
+automation conditions as the sensors would (test_automation.py, test_production.py)."""
 
 from pathlib import Path
 
 import dagster as dg
 
-from flywheel_assets.definitions import ASSETS
+from flywheel_assets.definitions import ASSETS, build_resources
 from flywheel_assets.runner import run_flywheel
 from flywheel_assets.sample_data import write_sample_traces
 from partitions.slices import candidate_workload_key
@@ -46,3 +47,33 @@ def promoted_chain(
     )
     assert promotion.success
     return candidate, promotion
+
+
+class AutomatedFlywheel:
+    """The code location's assets and resources on a test instance; `tick` evaluates the
+    automation conditions as the automation sensors do, with the cursor kept between ticks."""
+
+    def __init__(self, tmp_path: Path, instance: dg.DagsterInstance, *, ignored: tuple[dg.AssetsDefinition, ...] = ()):
+        self.instance = instance
+        self.traces = tmp_path / "traces"
+        self.resources = build_resources(tmp_path, self.traces)
+        self.defs = dg.Definitions(assets=ASSETS, resources=self.resources)
+        self.ignored = {asset.key for asset in ignored}
+        self.cursor = None
+
+    def materialize(self, selection, partition_key) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            ASSETS, selection=selection, partition_key=partition_key, instance=self.instance,
+            resources=self.resources, raise_on_error=False,
+        )
+
+    def tick(self) -> dict[str, set]:
+        """One automation tick: {asset: requested partition keys}, the ignored assets left out."""
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        keys = set(self.defs.resolve_asset_graph().get_all_asset_keys()) - self.ignored
+        return {
+            k.to_user_string(): {str(p) for p in result.get_requested_partitions(k)}
+            for k in keys
+            if result.get_num_requested(k)
+        }

@@ -9,8 +9,9 @@ import json
 
 import dagster as dg
 import pytest
+from flywheel_chain import AutomatedFlywheel
 
-from flywheel_assets.definitions import ASSETS, build_resources, defs
+from flywheel_assets.definitions import ASSETS, defs
 from flywheel_assets.production import MONITORING_ASSETS
 from partitions.slices import trace_partition_key
 
@@ -34,31 +35,11 @@ def write_workload(folder, workload: str, n: int, name: str) -> None:
     (folder / name).write_text("\n".join(json.dumps(r) for r in records) + "\n")
 
 
-class Flywheel:
+class Flywheel(AutomatedFlywheel):
+    """The monitoring assets follow the traffic too; tests/test_production.py covers them."""
+
     def __init__(self, tmp_path, instance):
-        self.instance = instance
-        self.traces = tmp_path / "traces"
-        self.resources = build_resources(tmp_path, self.traces)
-        self.defs = dg.Definitions(assets=ASSETS, resources=self.resources)
-        self.cursor = None
-
-    def materialize(self, selection, partition_key):
-        return dg.materialize(
-            ASSETS, selection=selection, partition_key=partition_key, instance=self.instance,
-            resources=self.resources, raise_on_error=False,
-        )
-
-    def tick(self) -> dict[str, set]:
-        """One automation tick: {asset: requested partition keys}, the monitoring assets left
-        out (they follow the traffic too; tests/test_production.py covers them)."""
-        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
-        self.cursor = result.cursor
-        keys = {k for k in self.defs.resolve_asset_graph().get_all_asset_keys()} - {a.key for a in MONITORING_ASSETS}
-        return {
-            k.to_user_string(): {str(p) for p in result.get_requested_partitions(k)}
-            for k in keys
-            if result.get_num_requested(k)
-        }
+        super().__init__(tmp_path, instance, ignored=tuple(MONITORING_ASSETS))
 
 
 @pytest.fixture(scope="module")

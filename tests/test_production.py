@@ -10,10 +10,11 @@ import json
 
 import dagster as dg
 import pytest
+from flywheel_chain import AutomatedFlywheel
 
 from flywheel_assets.core.audit import AuditRecord, Target
 from flywheel_assets.core.candidates import DEMO_CANDIDATE
-from flywheel_assets.definitions import ASSETS, build_resources, defs
+from flywheel_assets.definitions import defs
 from flywheel_assets.lineage import AUDIT_METADATA_KEY
 from flywheel_assets.production import DRIFT_CHECK, turn_started_by
 from flywheel_assets.sample_data import Serving, generate_records
@@ -38,32 +39,15 @@ def drop(folder, workload: str, day: str, n: int, seed: int, serving: Serving | 
     (folder / f"{workload}-{day}.jsonl").write_text("\n".join(lines) + "\n")
 
 
-class Flywheel:
-    def __init__(self, tmp_path, instance):
-        self.instance = instance
-        self.traces = tmp_path / "traces"
-        self.resources = build_resources(tmp_path, self.traces)
-        self.defs = dg.Definitions(assets=ASSETS, resources=self.resources)
-        self.cursor = None
-
+class Flywheel(AutomatedFlywheel):
     def materialize(self, selection, partition_key):
-        result = dg.materialize(ASSETS, selection=selection, partition_key=partition_key, instance=self.instance,
-                                resources=self.resources, raise_on_error=False)
+        result = super().materialize(selection, partition_key)
         assert result.success, [e.event_specific_data for e in result.get_step_failure_events()]
         return result
 
     def ingest(self, day: str, *workloads: str):
         for workload in workloads:
             self.materialize(INGEST, trace_partition_key(day, workload))
-
-    def tick(self) -> dict[str, set]:
-        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
-        self.cursor = result.cursor
-        return {
-            k.to_user_string(): {str(p) for p in result.get_requested_partitions(k)}
-            for k in self.defs.resolve_asset_graph().get_all_asset_keys()
-            if result.get_num_requested(k)
-        }
 
 
 @pytest.fixture
