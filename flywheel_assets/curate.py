@@ -106,8 +106,8 @@ def min_records_check(records: int, min_records: int) -> dg.AssetCheckResult:
             f"{records} records after curation (minimum {min_records})"
             if missing <= 0
             else f"workload has {records} records after curation, needs "
-            f"{min_records}: collect {missing} more, widen lookback_days, or lower "
-            "min_records"
+            f"{min_records}: collect {missing} more, or widen lookback_days or lower "
+            "min_records in workload_dataset's run config"
         ),
         metadata={"records": records, "min_records": min_records},
     )

@@ -160,7 +160,8 @@ def test_a_workload_below_the_minimum_is_one_line_with_reason_and_remedy(tmp_pat
     (line,) = [line for line in lines if "curate_and_split" in line]
     assert "\n" not in line and "Traceback" not in line
     assert re.match(r"skip curate_and_split \[small\] \(2/2, \d+:\d\d\): workload has 12 records after curation, needs 50", line)
-    assert "collect 38 more" in line and "min_records" in line and "(check has_min_records)" in line
+    assert "collect 38 more, or widen lookback_days or lower min_records in workload_dataset's run config" in line
+    assert line.endswith("(check has_min_records)")
 
 
 def test_a_real_failure_keeps_its_stack_trace(tmp_path):
