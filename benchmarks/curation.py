@@ -59,9 +59,7 @@ class TreeRssSampler(threading.Thread):
 
 
 def run_baseline(path: Path) -> dict:
-    lines = pl.scan_csv(
-        path, has_header=False, separator="\x1f", quote_char=None, schema={"line": pl.String}
-    )
+    lines = pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, schema={"line": pl.String})
     unique = (
         lines.with_columns(key=pl.col("line").str.json_path_match("$.request.messages"))
         .unique("key")
@@ -80,7 +78,9 @@ def run_curation(path: Path, work: Path, workers: int) -> dict:
 
     start = time.perf_counter()
     source = FileTraceSource(
-        traces_dir=str(path.parent), landing_dir=str(work / "landing"), start_date="2020-01-01",
+        traces_dir=str(path.parent),
+        landing_dir=str(work / "landing"),
+        start_date="2020-01-01",
         validation_workers=workers,
     )
     (landed,) = source.land([path])
@@ -117,7 +117,9 @@ def run_landing(path: Path, work: Path, workers: int) -> dict:
     from resources.traces import FileTraceSource
 
     source = FileTraceSource(
-        traces_dir=str(path.parent), landing_dir=str(work / f"landing-{workers}"), start_date="2020-01-01",
+        traces_dir=str(path.parent),
+        landing_dir=str(work / f"landing-{workers}"),
+        start_date="2020-01-01",
         validation_workers=workers,
     )
     source.land([path])
@@ -138,9 +140,21 @@ def phase(name: str, path: Path, work: Path, workers: int) -> None:
 
 def measure(name: str, path: Path, work: Path, workers: int) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--phase", name, "--file", str(path), "--work", str(work),
-         "--workers", str(workers)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--phase",
+            name,
+            "--file",
+            str(path),
+            "--work",
+            str(work),
+            "--workers",
+            str(workers),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

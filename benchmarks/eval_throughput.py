@@ -81,8 +81,10 @@ def run(requests: int, concurrency: int, latency_ms: float, in_process: bool) ->
         elapsed = time.perf_counter() - started
     errors = sum(1 for c in completions if c.error is not None)
     ideal = requests * (latency_ms / 1000) / concurrency
-    print(f"  elapsed {elapsed:.3f} s, {requests / elapsed:.1f} requests/s, {errors} errors, "
-          f"ideal/elapsed {ideal / elapsed:.3f}")
+    print(
+        f"  elapsed {elapsed:.3f} s, {requests / elapsed:.1f} requests/s, {errors} errors, "
+        f"ideal/elapsed {ideal / elapsed:.3f}"
+    )
     return ideal / elapsed
 
 
@@ -95,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs to take min / median / max over")
     args = parser.parse_args(argv)
     ideal = args.requests * (args.latency_ms / 1000) / args.concurrency
-    print(f"server {'in-process' if args.in_process else 'subprocess'}, latency {args.latency_ms:g} ms; "
-          f"{args.requests} requests at concurrency {args.concurrency}; ideal {ideal:.3f} s")
+    print(
+        f"server {'in-process' if args.in_process else 'subprocess'}, latency {args.latency_ms:g} ms; "
+        f"{args.requests} requests at concurrency {args.concurrency}; ideal {ideal:.3f} s"
+    )
     fractions = [run(args.requests, args.concurrency, args.latency_ms, args.in_process) for _ in range(args.repeat)]
     median = statistics.median(fractions)
-    print(f"ideal/elapsed over {args.repeat} runs: min {min(fractions):.3f}, median {median:.3f}, "
-          f"max {max(fractions):.3f}  (target >= {TARGET_FRACTION})")
+    print(
+        f"ideal/elapsed over {args.repeat} runs: min {min(fractions):.3f}, median {median:.3f}, "
+        f"max {max(fractions):.3f}  (target >= {TARGET_FRACTION})"
+    )
     return 0 if median >= TARGET_FRACTION else 1
 
 

@@ -44,8 +44,12 @@ def sample_examples(count: int, seed: int) -> list[ChatExample]:
             record = json.loads(line)
             message = to_assistant_message(WireMessage.model_validate(record["response"]["choices"][0]["message"]))
             example = ChatExample(
-                record_id=f"r{number:06d}", workload_id="tool_router", workload_type="tool_calling",
-                messages=record["request"]["messages"], tools=record["request"].get("tools"), expected=message,
+                record_id=f"r{number:06d}",
+                workload_id="tool_router",
+                workload_type="tool_calling",
+                messages=record["request"]["messages"],
+                tools=record["request"].get("tools"),
+                expected=message,
             )
         except (ValueError, KeyError, IndexError, TypeError):
             continue  # the sample traces hold a few malformed records on purpose
@@ -97,10 +101,16 @@ def compare_on_demo(home: Path) -> None:
                 scores = {}
                 for strategy in ("uniform", "lexical"):
                     result = dg.materialize(
-                        ASSETS, selection=["icl_eval"], partition_key=candidate_workload_key(candidate, workload),
-                        instance=instance, resources=defs.resources, tags={"flywheel/trigger": "icl_selection_benchmark"},
-                        run_config={"ops": {"icl_eval": {"config": {"strategy": strategy}}},
-                                    "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                        ASSETS,
+                        selection=["icl_eval"],
+                        partition_key=candidate_workload_key(candidate, workload),
+                        instance=instance,
+                        resources=defs.resources,
+                        tags={"flywheel/trigger": "icl_selection_benchmark"},
+                        run_config={
+                            "ops": {"icl_eval": {"config": {"strategy": strategy}}},
+                            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                        },
                     )
                     (event,) = result.get_asset_materialization_events()
                     metadata = {k: v.value for k, v in event.materialization.metadata.items()}
@@ -125,14 +135,18 @@ def main(argv: list[str] | None = None) -> None:
     results = {strategy: timed(strategy, prompts, pool, args.repeats) for strategy in ("uniform", "lexical")}
     for strategy, (index_s, plan_s) in results.items():
         per_prompt_ms = plan_s / len(prompts) * 1000
-        print(f"{strategy:8s} vectorise {index_s * 1000:7.1f} ms   whole plan {plan_s:5.2f} s   per prompt "
-              f"{per_prompt_ms:6.2f} ms ({per_prompt_ms - index_s / len(prompts) * 1000:5.2f} ms without vectorising)")
+        print(
+            f"{strategy:8s} vectorise {index_s * 1000:7.1f} ms   whole plan {plan_s:5.2f} s   per prompt "
+            f"{per_prompt_ms:6.2f} ms ({per_prompt_ms - index_s / len(prompts) * 1000:5.2f} ms without vectorising)"
+        )
     ratio = results["lexical"][1] / results["uniform"][1]
     print(f"ratio lexical / uniform (per prompt, vectorising included): {ratio:.2f}")
     # what the choice is worth without a model: how often the nearest example calls the tool
     # the prompt's production answer called (the selection itself never sees that answer)
     for strategy in ("uniform", "lexical"):
-        plan = plan_icl_prompts(prompts, pool, IclOptions(strategy=strategy, cover_tools=False), count_tokens=estimate_tokens)
+        plan = plan_icl_prompts(
+            prompts, pool, IclOptions(strategy=strategy, cover_tools=False), count_tokens=estimate_tokens
+        )
         same = sum(
             bool(choice.examples) and first_tool(choice.examples[0]) == first_tool(prompt)
             for prompt, choice in zip(prompts, plan.choices)

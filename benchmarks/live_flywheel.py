@@ -33,12 +33,22 @@ def in_process_seconds(home: Path, files: list[Path], first_day: str) -> float:
     traces.mkdir(parents=True)
     for path in files:
         shutil.copy(path, traces / path.name)
-    env = {**os.environ, "FLYWHEEL_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
-           "FLYWHEEL_TRACES_DIR": str(traces), "FLYWHEEL_START_DATE": first_day}
+    env = {
+        **os.environ,
+        "FLYWHEEL_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "FLYWHEEL_TRACES_DIR": str(traces),
+        "FLYWHEEL_START_DATE": first_day,
+    }
     started = time.monotonic()
     with open(home / "flywheel_run.log", "wb") as log:
-        subprocess.run([str(Path(sys.executable).parent / "flywheel"), "run"], env=env, check=True,
-                       stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "flywheel"), "run"],
+            env=env,
+            check=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     return time.monotonic() - started
 
 

@@ -59,7 +59,9 @@ def phase(name: str, path: Path, threshold: float) -> None:
 def measure(name: str, path: Path, threshold: float) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--phase", name, "--file", str(path), "--threshold", str(threshold)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -106,8 +108,10 @@ def main() -> None:
             f"{name:30s} {r['seconds']:7.1f}s  {n / r['seconds']:>10,.0f} records/s  "
             f"peak RSS {r['peak_rss_mib']:,.0f} MiB  unique {r['unique']:,}"
         )
-    print(f"near-duplicate clusters: {near['clusters']:,} holding {near['clustered']:,} records "
-          f"(Jaccard >= {args.threshold})")
+    print(
+        f"near-duplicate clusters: {near['clusters']:,} holding {near['clustered']:,} records "
+        f"(Jaccard >= {args.threshold})"
+    )
     print(f"ratio near / exact: {near['seconds'] / exact['seconds']:.1f}  (target <= 3)")
     print(f"near peak RSS: {near['peak_rss_mib'] / 1024:.2f} GiB  (target <= 2 GiB)")
 

@@ -37,10 +37,13 @@ from flywheel_assets.sample_data import generate_records  # noqa: E402
 
 
 def traces(records: int, base: int) -> pl.DataFrame:
-    lines = generate_records(base, seed=7, days=1, end_date="2026-11-20", malformed_rate=0.0,
-                             workloads="tool_router,support_chat")
-    valid, _ = validate_batch((("bench", line) for line in lines),
-                              TimeBounds(__import__("datetime").date(2026, 1, 1), __import__("datetime").date(2027, 1, 1)))
+    lines = generate_records(
+        base, seed=7, days=1, end_date="2026-11-20", malformed_rate=0.0, workloads="tool_router,support_chat"
+    )
+    valid, _ = validate_batch(
+        (("bench", line) for line in lines),
+        TimeBounds(__import__("datetime").date(2026, 1, 1), __import__("datetime").date(2027, 1, 1)),
+    )
     copies = -(-records // valid.height)
     frame = pl.concat([valid] * copies).head(records)
     # a canary: a third of the traffic answered by another served model
@@ -54,12 +57,16 @@ def traces(records: int, base: int) -> pl.DataFrame:
 def baseline(frame: pl.DataFrame) -> pl.DataFrame:
     return (
         frame.lazy()
-        .select(served_model_expr(), pl.col("latency_ms") / 1000, "prompt_tokens", "completion_tokens", "feedback_thumbs")
+        .select(
+            served_model_expr(), pl.col("latency_ms") / 1000, "prompt_tokens", "completion_tokens", "feedback_thumbs"
+        )
         .group_by("served_model")
         .agg(
-            pl.len(), pl.col("latency_ms").count().alias("measured"),
+            pl.len(),
+            pl.col("latency_ms").count().alias("measured"),
             *(pl.col("latency_ms").quantile(q, interpolation="linear").alias(f"p{q}") for q in (0.5, 0.95, 0.99)),
-            pl.col("prompt_tokens").mean(), pl.col("completion_tokens").mean(),
+            pl.col("prompt_tokens").mean(),
+            pl.col("completion_tokens").mean(),
             pl.col("feedback_thumbs").count().alias("feedback"),
             (pl.col("feedback_thumbs") == "up").sum().alias("up"),
         )
@@ -79,8 +86,10 @@ def best_of(repeat: int, fn) -> tuple[float, object]:
 def production_metrics_figures(args) -> None:
     start = time.perf_counter()
     frame = traces(args.records, args.base)
-    print(f"{frame.height:,} traces ({args.base:,} distinct, generated and validated in "
-          f"{time.perf_counter() - start:.1f} s), {frame.get_column('has_tool_calls').sum():,} with tool calls")
+    print(
+        f"{frame.height:,} traces ({args.base:,} distinct, generated and validated in "
+        f"{time.perf_counter() - start:.1f} s), {frame.get_column('has_tool_calls').sum():,} with tool calls"
+    )
     candidates = [CandidateSpec(name="tiny-demo", served_as=["canary-llama-3.1-8b-instruct"])]
     base_s, _ = best_of(args.repeat, lambda: baseline(frame))
     ours_s, ours = best_of(args.repeat, lambda: metrics_by_served_model(frame, candidates=candidates, approved={}))
@@ -93,8 +102,30 @@ def exposition(models: int, series: int) -> str:
     """vLLM-style text: per model `series` series (histogram buckets of 3 histograms,
     counters by finished_reason, gauges), with vLLM's names and labels."""
     lines = []
-    buckets = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-               480.0, 960.0, 1920.0, 7680.0, float("inf")]
+    buckets = [
+        0.3,
+        0.5,
+        0.8,
+        1.0,
+        1.5,
+        2.0,
+        2.5,
+        5.0,
+        10.0,
+        15.0,
+        20.0,
+        30.0,
+        40.0,
+        50.0,
+        60.0,
+        120.0,
+        240.0,
+        480.0,
+        960.0,
+        1920.0,
+        7680.0,
+        float("inf"),
+    ]
     names = ["vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds", "vllm:request_queue_time_seconds"]
     for name in names:
         lines.append(f"# TYPE {name} histogram")
@@ -107,12 +138,14 @@ def exposition(models: int, series: int) -> str:
                     if emitted >= series - 4:
                         break
                     bound = "+Inf" if le == float("inf") else repr(le)
-                    lines.append(f'{name}_bucket{{{labels},le="{bound}",pod="p{e}"}} {int(le if le < 1e9 else 9e9) * 3}')
+                    lines.append(
+                        f'{name}_bucket{{{labels},le="{bound}",pod="p{e}"}} {int(le if le < 1e9 else 9e9) * 3}'
+                    )
                     emitted += 1
-        lines.append(f'vllm:num_requests_running{{{labels}}} 3')
-        lines.append(f'vllm:num_requests_waiting{{{labels}}} 1')
-        lines.append(f'vllm:kv_cache_usage_perc{{{labels}}} 0.4')
-        lines.append(f'vllm:prompt_tokens_total{{{labels}}} 123456')
+        lines.append(f"vllm:num_requests_running{{{labels}}} 3")
+        lines.append(f"vllm:num_requests_waiting{{{labels}}} 1")
+        lines.append(f"vllm:kv_cache_usage_perc{{{labels}}} 0.4")
+        lines.append(f"vllm:prompt_tokens_total{{{labels}}} 123456")
     return "\n".join(lines) + "\n"
 
 
@@ -146,9 +179,11 @@ def telemetry_figures(args) -> None:
             return collected
 
         tick_s, collected = best_of(args.repeat, tick)
-    print(f"telemetry tick: {args.models} models x {args.series} series = {collected.samples.height:,} samples "
-          f"({len(text) / 2**20:.1f} MiB text): {tick_s * 1000:.0f} ms (bare GET {get_s * 1000:.0f} ms, "
-          f"ratio {tick_s / get_s:.1f})")
+    print(
+        f"telemetry tick: {args.models} models x {args.series} series = {collected.samples.height:,} samples "
+        f"({len(text) / 2**20:.1f} MiB text): {tick_s * 1000:.0f} ms (bare GET {get_s * 1000:.0f} ms, "
+        f"ratio {tick_s / get_s:.1f})"
+    )
 
 
 def main() -> None:

@@ -48,15 +48,21 @@ def environment(home: Path, traces: list[Path], first_day: str, candidates: Path
     (home / "traces").mkdir(parents=True)
     for path in traces:
         shutil.copy(path, home / "traces" / path.name)
-    return {**os.environ, "FLYWHEEL_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
-            "FLYWHEEL_TRACES_DIR": str(home / "traces"), "FLYWHEEL_START_DATE": first_day,
-            "FLYWHEEL_CANDIDATES": str(candidates), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return {
+        **os.environ,
+        "FLYWHEEL_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "FLYWHEEL_TRACES_DIR": str(home / "traces"),
+        "FLYWHEEL_START_DATE": first_day,
+        "FLYWHEEL_CANDIDATES": str(candidates),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+    }
 
 
 def start_run(env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(FLYWHEEL_RUN, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(FLYWHEEL_RUN, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def run_to_end(env: dict[str, str], log: Path) -> float:
@@ -73,13 +79,18 @@ def stage_windows(env: dict[str, str], log: Path) -> dict[str, tuple[float, floa
     started = time.monotonic()
     ends: dict[str, float] = {}
     with open(log, "w") as out:
-        process = subprocess.Popen(FLYWHEEL_RUN, env=env,
-                                   stdout=subprocess.PIPE, stderr=out, text=True)
+        process = subprocess.Popen(FLYWHEEL_RUN, env=env, stdout=subprocess.PIPE, stderr=out, text=True)
         for line in process.stdout:
             out.write(line)
-            stage = ("landing" if "trace files," in line else
-                     "ingest" if line.startswith("ok   ingest") else
-                     "curation" if line.startswith("ok   curate_and_split") else None)
+            stage = (
+                "landing"
+                if "trace files," in line
+                else "ingest"
+                if line.startswith("ok   ingest")
+                else "curation"
+                if line.startswith("ok   curate_and_split")
+                else None
+            )
             if stage:
                 ends[stage] = time.monotonic() - started
         if process.wait() != 0:
@@ -134,9 +145,11 @@ def leftover_bytes(home: Path) -> int:
 
 
 def started_runs(env: dict[str, str]) -> int:
-    code = ("import dagster as dg\n"
-            "with dg.DagsterInstance.get() as i:\n"
-            "    print(len(i.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))))")
+    code = (
+        "import dagster as dg\n"
+        "with dg.DagsterInstance.get() as i:\n"
+        "    print(len(i.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -153,17 +166,28 @@ def main() -> int:
         tmp = Path(tmp)
         traces, first_day, _ = demo_traces(tmp / "sample", args.records, args.seed)
         candidates = tmp / "candidates.json"
-        candidates.write_text(json.dumps({"candidates": [{
-            "name": "tiny-demo", "max_new_tokens": 24,
-            "hyperparameters": {**DEMO_HYPERPARAMETERS.model_dump(exclude_unset=True), "epochs": 1},
-        }]}))
+        candidates.write_text(
+            json.dumps(
+                {
+                    "candidates": [
+                        {
+                            "name": "tiny-demo",
+                            "max_new_tokens": 24,
+                            "hyperparameters": {**DEMO_HYPERPARAMETERS.model_dump(exclude_unset=True), "epochs": 1},
+                        }
+                    ]
+                }
+            )
+        )
         clean_env = environment(tmp / "clean", traces, first_day, candidates)
         windows = stage_windows(clean_env, tmp / "clean" / "run.log")
         clean_s = windows["training"][1]
         reference = counts(tmp / "clean")
-        print(f"clean run: {clean_s:.0f} s ("
-              + ", ".join(f"{stage} {start:.1f}-{end:.1f} s" for stage, (start, end) in windows.items())
-              + f"), {len(reference)} stored partitions, {sum(reference.values())} rows")
+        print(
+            f"clean run: {clean_s:.0f} s ("
+            + ", ".join(f"{stage} {start:.1f}-{end:.1f} s" for stage, (start, end) in windows.items())
+            + f"), {len(reference)} stored partitions, {sum(reference.values())} rows"
+        )
 
         identical = total_duplicates = total_leftover = total_started = 0
         recover_times = []
@@ -188,14 +212,18 @@ def main() -> int:
             total_duplicates += dups
             total_leftover += left
             total_started += started
-            print(f"try {attempt:2d}: killed at {moment:5.1f} s in {window} ({stage}); rerun {recover_times[-1]:.0f} s; "
-                  f"counts {'identical' if same else 'DIFFERENT'}; {dups} duplicates; {left} bytes left over; "
-                  f"{started} runs still STARTED")
+            print(
+                f"try {attempt:2d}: killed at {moment:5.1f} s in {window} ({stage}); rerun {recover_times[-1]:.0f} s; "
+                f"counts {'identical' if same else 'DIFFERENT'}; {dups} duplicates; {left} bytes left over; "
+                f"{started} runs still STARTED"
+            )
             shutil.rmtree(home, ignore_errors=True)
 
-    print(f"\n{args.tries} runs compared: {identical}/{args.tries} identical to the clean run, "
-          f"{total_duplicates} duplicates, {total_leftover} bytes left over, {total_started} runs left STARTED; "
-          f"recovery (rerun) {min(recover_times):.0f}-{max(recover_times):.0f} s, clean run {clean_s:.0f} s")
+    print(
+        f"\n{args.tries} runs compared: {identical}/{args.tries} identical to the clean run, "
+        f"{total_duplicates} duplicates, {total_leftover} bytes left over, {total_started} runs left STARTED; "
+        f"recovery (rerun) {min(recover_times):.0f}-{max(recover_times):.0f} s, clean run {clean_s:.0f} s"
+    )
     return 0 if identical == args.tries and not total_duplicates and not total_leftover else 1
 
 

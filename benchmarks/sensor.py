@@ -52,8 +52,7 @@ def history_call(n: int, micros: int) -> dict:
 def new_calls(project: str, count: int, first: float) -> list[dict]:
     factory = CallFactory(project=project)
     return [
-        factory.chat(first + i * 0.5, workload_id=WORKLOADS[i % 3], question=f"new question {i}")
-        for i in range(count)
+        factory.chat(first + i * 0.5, workload_id=WORKLOADS[i % 3], question=f"new question {i}") for i in range(count)
     ]
 
 
@@ -98,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         history_cursor = WeaveCursor(ended_at=last_seen + 200_000, ids=(f"h-{args.history - 1:012d}",))
         server.add_calls(new_calls("hist", args.new, new_from))
         server.add_calls(new_calls("fresh", args.new, new_from))
-        print(f"fake server: {args.history:,} history calls + 2 x {args.new:,} new calls "
-              f"loaded in {time.perf_counter() - t:.1f} s")
+        print(
+            f"fake server: {args.history:,} history calls + 2 x {args.new:,} new calls "
+            f"loaded in {time.perf_counter() - t:.1f} s"
+        )
 
         with tempfile.TemporaryDirectory() as tmp:
             tick(server, "fresh", WeaveCursor(), Path(tmp) / "warmup")  # imports, connections
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     fresh, history = statistics.median(times["fresh"]), statistics.median(times["history"])
     ratio = history / fresh
     print(f"tick, {args.new:,} new calls, no history:           {fresh * 1000:8.1f} ms (median of {args.repeat})")
-    print(f"tick, {args.new:,} new calls, {args.history:,} seen before: {history * 1000:8.1f} ms (median of {args.repeat})")
+    print(
+        f"tick, {args.new:,} new calls, {args.history:,} seen before: {history * 1000:8.1f} ms (median of {args.repeat})"
+    )
     print(f"ratio history / fresh: {ratio:.2f} (limit 2.00) -> {'PASS' if ratio <= 2 else 'FAIL'}")
     return 0 if ratio <= 2 else 1
 

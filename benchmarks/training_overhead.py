@@ -102,10 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: one per CPU this process may use)")
-    parser.add_argument("--loaded", type=int, nargs="?", const=1, default=0, metavar="PROCESSES",
-                        help="also time train_lora beside this many CPU-bound processes (default 1)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: one per CPU this process may use)"
+    )
+    parser.add_argument(
+        "--loaded",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="PROCESSES",
+        help="also time train_lora beside this many CPU-bound processes (default 1)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base_dir = build_tiny_model(tmp / "tiny", example_texts(train))
-        print(f"{len(train)} examples, {hp.epochs} epochs, batch {hp.batch_size}, rank {hp.adapter_dim}, "
-              f"device {training_device()}, {torch.get_num_threads()} threads, "
-              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
+        print(
+            f"{len(train)} examples, {hp.epochs} epochs, batch {hp.batch_size}, rank {hp.adapter_dim}, "
+            f"device {training_device()}, {torch.get_num_threads()} threads, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}"
+        )
         bare_loop(base_dir, train[:32], tmp / "warm-up", hp.model_copy(update={"epochs": 1}))
 
         bare_times, lora_times, loaded_times = [], [], []
@@ -129,30 +139,40 @@ def main(argv: list[str] | None = None) -> int:
             wall, cpu = time.perf_counter(), time.process_time()
             result = train_lora(base_dir, train, [], tmp / f"lora-{repeat}", hp, on_progress=lambda progress: None)
             lora_times.append((time.perf_counter() - wall, time.process_time() - cpu))
-            print(f"  repeat {repeat + 1}: bare {bare_times[-1][0]:.2f}s wall {bare_times[-1][1]:.2f}s cpu "
-                  f"(last loss {bare_loss:.4f}), train_lora {lora_times[-1][0]:.2f}s wall {lora_times[-1][1]:.2f}s cpu "
-                  f"(last loss {result.loss_curve[-1].loss:.4f}, {result.tokens_per_s:.0f} tokens/s)")
+            print(
+                f"  repeat {repeat + 1}: bare {bare_times[-1][0]:.2f}s wall {bare_times[-1][1]:.2f}s cpu "
+                f"(last loss {bare_loss:.4f}), train_lora {lora_times[-1][0]:.2f}s wall {lora_times[-1][1]:.2f}s cpu "
+                f"(last loss {result.loss_curve[-1].loss:.4f}, {result.tokens_per_s:.0f} tokens/s)"
+            )
             if args.loaded:
                 with busy_processes(args.loaded):
                     wall, cpu = time.perf_counter(), time.process_time()
-                    result = train_lora(base_dir, train, [], tmp / f"loaded-{repeat}", hp, on_progress=lambda progress: None)
+                    result = train_lora(
+                        base_dir, train, [], tmp / f"loaded-{repeat}", hp, on_progress=lambda progress: None
+                    )
                     loaded_times.append((time.perf_counter() - wall, time.process_time() - cpu))
-                print(f"  repeat {repeat + 1}: train_lora beside {args.loaded} busy process(es) {loaded_times[-1][0]:.2f}s wall "
-                      f"{loaded_times[-1][1]:.2f}s cpu (last loss {result.loss_curve[-1].loss:.4f})")
+                print(
+                    f"  repeat {repeat + 1}: train_lora beside {args.loaded} busy process(es) {loaded_times[-1][0]:.2f}s wall "
+                    f"{loaded_times[-1][1]:.2f}s cpu (last loss {result.loss_curve[-1].loss:.4f})"
+                )
 
     bare, lora = min(bare_times), min(lora_times)
     ratio = lora[0] / bare[0]
     print(f"bare PEFT loop: {bare[0]:.2f}s wall (fastest), {min(t[1] for t in bare_times):.2f}s cpu")
     print(f"train_lora:     {lora[0]:.2f}s wall (fastest), {min(t[1] for t in lora_times):.2f}s cpu")
-    print(f"ratio:          {ratio:.3f} wall (target <= {TARGET_RATIO}), "
-          f"{min(t[1] for t in lora_times) / min(t[1] for t in bare_times):.3f} cpu")
+    print(
+        f"ratio:          {ratio:.3f} wall (target <= {TARGET_RATIO}), "
+        f"{min(t[1] for t in lora_times) / min(t[1] for t in bare_times):.3f} cpu"
+    )
     passed = ratio <= TARGET_RATIO
     if args.loaded:
         loaded = min(loaded_times)
         loaded_ratio = loaded[0] / lora[0]
         print(f"train_lora quiet:  {lora[0]:.2f}s wall (fastest)")
-        print(f"train_lora loaded: {loaded[0]:.2f}s wall (fastest, beside {args.loaded} busy process(es)), "
-              f"{min(t[1] for t in loaded_times):.2f}s cpu")
+        print(
+            f"train_lora loaded: {loaded[0]:.2f}s wall (fastest, beside {args.loaded} busy process(es)), "
+            f"{min(t[1] for t in loaded_times):.2f}s cpu"
+        )
         print(f"loaded / quiet:    {loaded_ratio:.3f} wall (target <= {TARGET_LOADED_RATIO})")
         passed = passed and loaded_ratio <= TARGET_LOADED_RATIO
     return 0 if passed else 1

@@ -74,7 +74,8 @@ def check(rendered: dict, config: dict | None = None) -> list[str]:
 def _differences(path: str, ours, theirs) -> list[str]:
     if isinstance(ours, dict) and isinstance(theirs, dict):
         return [
-            p for key in sorted(ours.keys() | theirs.keys(), key=str)
+            p
+            for key in sorted(ours.keys() | theirs.keys(), key=str)
             for p in _differences(f"{path}.{key}", ours.get(key, _MISSING), theirs.get(key, _MISSING))
         ]
     if ours == theirs:

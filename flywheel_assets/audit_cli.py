@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         known = instance.get_dynamic_partitions(workload_partitions.name)
         key = args.workload if args.workload in known else workload_key(args.workload)
         if key not in known:
-            print(f"unknown workload {args.workload!r} in {os.environ['DAGSTER_HOME']}; known: {', '.join(sorted(known)) or 'none'}",
-                  file=sys.stderr)
+            print(
+                f"unknown workload {args.workload!r} in {os.environ['DAGSTER_HOME']}; known: {', '.join(sorted(known)) or 'none'}",
+                file=sys.stderr,
+            )
             return 2
         latest = latest_materializations(instance, key, candidate_partitions.get_partition_keys())
         promotions = promotion_history(instance, key, limit=args.history)
@@ -48,13 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         served = served_models(stored_production_metrics(instance, stored, key, args.days))
     workload_id = next((m.summary.get("workload_id") for m in latest if m.asset == "raw_traces"), None)
     if args.json:
-        print(json.dumps({
-            "workload_key": key,
-            "workload_id": workload_id,
-            "latest": [m.model_dump(mode="json") for m in latest],
-            "promotions": [p.model_dump(mode="json") for p in promotions],
-            "served_models": served.to_dicts(),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "workload_key": key,
+                    "workload_id": workload_id,
+                    "latest": [m.model_dump(mode="json") for m in latest],
+                    "promotions": [p.model_dump(mode="json") for p in promotions],
+                    "served_models": served.to_dicts(),
+                },
+                indent=2,
+            )
+        )
     else:
         print(format_chain(key, workload_id, latest, promotions, served))
     return 0

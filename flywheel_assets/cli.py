@@ -34,8 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     live.add_argument("--records", type=int, default=3000, help="sample traces to drop (all workloads)")
     live.add_argument("--seed", type=int, default=0)
-    live.add_argument("--home", type=Path, default=Path(".flywheel_live"),
-                      help="FLYWHEEL_HOME of the live flywheel (its DAGSTER_HOME is <home>/dagster_home)")
+    live.add_argument(
+        "--home",
+        type=Path,
+        default=Path(".flywheel_live"),
+        help="FLYWHEEL_HOME of the live flywheel (its DAGSTER_HOME is <home>/dagster_home)",
+    )
     live.add_argument("--port", type=int, default=3000, help="port of the Dagster UI (on 127.0.0.1)")
     live.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the leaderboards")
     live.add_argument("--exit", action="store_true", help="stop `dagster dev` once the leaderboards exist")
@@ -78,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         + ".venv/bin/dagster dev -w workspace.yaml"
     )
     if result.held_back:
-        print(f"{len(result.held_back)} workloads held back by a blocking check (normal for a small one; see `skip` above)")
+        print(
+            f"{len(result.held_back)} workloads held back by a blocking check (normal for a small one; see `skip` above)"
+        )
     if result.failed:
         print(f"{len(result.failed)} runs failed")
         return 1
@@ -102,7 +108,9 @@ def run_live(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     home = args.home.resolve()
     files, first_day, workloads = demo_traces(home / "sample_traces", args.records, args.seed)
-    flywheel = LiveFlywheel(home, port=args.port, env={"FLYWHEEL_START_DATE": os.environ.get("FLYWHEEL_START_DATE") or first_day})
+    flywheel = LiveFlywheel(
+        home, port=args.port, env={"FLYWHEEL_START_DATE": os.environ.get("FLYWHEEL_START_DATE") or first_day}
+    )
     print(f"starting `dagster dev` (FLYWHEEL_HOME={home}; its log: {flywheel.log_path})")
     try:
         with flywheel:
@@ -115,12 +123,16 @@ def run_live(args: argparse.Namespace) -> int:
             else:
                 dropped_at = flywheel.drop(files)
                 print(f"dropped {args.records} sample traces ({len(files)} files) into {flywheel.traces_dir}")
-                report = flywheel.wait_for_leaderboards(workloads, since=dropped_at, timeout_s=args.timeout, progress=print)
+                report = flywheel.wait_for_leaderboards(
+                    workloads, since=dropped_at, timeout_s=args.timeout, progress=print
+                )
                 print(report.summary())
             print_leaderboards(home, workloads)
             if args.exit:
                 return 0
-            print(f"\nThe UI stays open at {flywheel.url}; drop more trace files into {flywheel.traces_dir}. Ctrl-C stops.")
+            print(
+                f"\nThe UI stays open at {flywheel.url}; drop more trace files into {flywheel.traces_dir}. Ctrl-C stops."
+            )
             flywheel.wait_until_stopped()
     except LiveFlywheelError as error:
         print(f"the live flywheel stopped short: {error}")

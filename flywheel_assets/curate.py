@@ -21,11 +21,11 @@ class CurationConfig(dg.Config):
     )
     redact_pii: bool = Field(default=True, description="Redact emails, phones, cards, SSNs, IPs.")
     feedback_filter: Literal["none", "exclude_negative", "positive_only"] = "none"
-    min_records: int = Field(
-        default=50, ge=1, description="Below this, the blocking check stops training."
-    )
+    min_records: int = Field(default=50, ge=1, description="Below this, the blocking check stops training.")
     near_duplicate_threshold: float = Field(
-        default=DEFAULT_THRESHOLD, gt=0.0, le=1.0,
+        default=DEFAULT_THRESHOLD,
+        gt=0.0,
+        le=1.0,
         description="Prompts whose word bigrams overlap at least this much (Jaccard) form a "
         "near-duplicate cluster, which the split keeps on one side.",
     )
@@ -56,8 +56,12 @@ def workload_dataset(
     # raw_traces partition may be re-ingested meanwhile
     with stored_assets.pinned("raw_traces", [keys[day] for day in days]) as frames:
         traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
-        dataset, stats = curate(traces, feedback_filter=config.feedback_filter, redact=config.redact_pii,
-                                near_duplicate_threshold=config.near_duplicate_threshold)
+        dataset, stats = curate(
+            traces,
+            feedback_filter=config.feedback_filter,
+            redact=config.redact_pii,
+            near_duplicate_threshold=config.near_duplicate_threshold,
+        )
         yield dg.Output(
             dataset,  # lazy: the I/O manager streams it to the store
             data_version=dataset_version(stats, config.redact_pii),
@@ -116,13 +120,17 @@ def min_records_check(records: int, min_records: int) -> dg.AssetCheckResult:
 def preview(dataset: pl.LazyFrame, rows: int = 5) -> pl.DataFrame:
     """The first records as a person reads them: the user's messages and the answer."""
     raw = pl.col("raw").str
-    return dataset.head(rows).select(
-        "record_id",
-        "day",
-        "workload_type",
-        messages=raw.json_path_match("$.request.messages"),
-        answer=raw.json_path_match("$.response.choices[0].message"),
-    ).collect(engine="streaming")
+    return (
+        dataset.head(rows)
+        .select(
+            "record_id",
+            "day",
+            "workload_type",
+            messages=raw.json_path_match("$.request.messages"),
+            answer=raw.json_path_match("$.response.choices[0].message"),
+        )
+        .collect(engine="streaming")
+    )
 
 
 def materialized_days(instance: dg.DagsterInstance, workload: str) -> dict[str, dg.MultiPartitionKey]:

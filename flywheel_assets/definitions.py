@@ -128,12 +128,16 @@ AUTOMATION_INTERVAL_S = 5
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
     target=dg.AssetSelection.assets(workload_dataset, eval_dataset, train_dataset, leaderboard, *MONITORING_ASSETS),
-    minimum_interval_seconds=AUTOMATION_INTERVAL_S, emit_backfills=False,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
+    emit_backfills=False,
 )
 # the GPU assets, so that their runs carry the GPU run tag
 gpu_automation_sensor = dg.AutomationConditionSensorDefinition(
-    "gpu_automation_sensor", target=GPU_ASSETS, run_tags=GPU_RUN_TAGS,
-    minimum_interval_seconds=AUTOMATION_INTERVAL_S, emit_backfills=False,
+    "gpu_automation_sensor",
+    target=GPU_ASSETS,
+    run_tags=GPU_RUN_TAGS,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
+    emit_backfills=False,
 )
 
 
@@ -148,11 +152,23 @@ def executor_for(settings: FlywheelSettings) -> dg.ExecutorDefinition | None:
 
 defs = dg.Definitions(
     assets=ASSETS,
-    jobs=[ingest_job, curate_and_split_job, train_and_evaluate_job, report_job, promote_job, rollback_job,
-          serving_telemetry_job],
+    jobs=[
+        ingest_job,
+        curate_and_split_job,
+        train_and_evaluate_job,
+        report_job,
+        promote_job,
+        rollback_job,
+        serving_telemetry_job,
+    ],
     resources={**build_resources(), "weave_source": weave_source_from_env()},
-    sensors=[drop_folder_sensor, weave_trace_sensor, automation_sensor, gpu_automation_sensor,
-             serving_telemetry_sensor],
+    sensors=[
+        drop_folder_sensor,
+        weave_trace_sensor,
+        automation_sensor,
+        gpu_automation_sensor,
+        serving_telemetry_sensor,
+    ],
     schedules=weekly_schedules(),
     executor=executor_for(load_settings()),
 )

@@ -105,8 +105,14 @@ def base_eval(context, eval_dataset: pl.LazyFrame, train_dataset: pl.LazyFrame, 
     automation_condition=retrain_when_dataset_changed,
     description="The candidate with 1-3 train examples in its prompt (in-context learning).",
 )
-def icl_eval(context, config: IclConfig, eval_dataset: pl.LazyFrame, train_dataset: pl.LazyFrame,
-             platform: ModelPlatform, embeddings: EmbeddingsResource):
+def icl_eval(
+    context,
+    config: IclConfig,
+    eval_dataset: pl.LazyFrame,
+    train_dataset: pl.LazyFrame,
+    platform: ModelPlatform,
+    embeddings: EmbeddingsResource,
+):
     candidate = candidate_of(context)
     examples = to_eval_examples(eval_dataset)
     pool = split_examples(train_dataset, "train")
@@ -114,14 +120,28 @@ def icl_eval(context, config: IclConfig, eval_dataset: pl.LazyFrame, train_datas
         count_tokens, model_limit = token_counter(backend)
         embedder = embeddings.client() if config.strategy == "embedding" else None
         plan = plan_icl_prompts(
-            examples, pool, config, count_tokens=count_tokens,
-            model_limit=model_limit, max_new_tokens=candidate.max_new_tokens,
+            examples,
+            pool,
+            config,
+            count_tokens=count_tokens,
+            model_limit=model_limit,
+            max_new_tokens=candidate.max_new_tokens,
             embed=embedder.embed if embedder else None,
         )
         if embedder:
-            context.log.info(f"embeddings: {embedder.requests_made} requests to {embedder.embeddings_url} (the rest cached)")
-        return _score(context, "icl", backend, examples, plan.prompts, platform,
-                      {**plan.summary(), "icl_choices": icl_choices_table(plan)}, {"icl": plan.provenance()})
+            context.log.info(
+                f"embeddings: {embedder.requests_made} requests to {embedder.embeddings_url} (the rest cached)"
+            )
+        return _score(
+            context,
+            "icl",
+            backend,
+            examples,
+            plan.prompts,
+            platform,
+            {**plan.summary(), "icl_choices": icl_choices_table(plan)},
+            {"icl": plan.provenance()},
+        )
 
 
 @dg.asset(
@@ -141,13 +161,15 @@ def customized_eval(context, eval_dataset: pl.LazyFrame, lora_adapter: dict, pla
     if not adapter.trained:
         context.log.info(f"{candidate.name}: no adapter ({adapter.reason}); nothing to evaluate")
         skipped = {"experiment": "customized", "skipped": adapter.reason or ""}
-        return dg.Output(pl.DataFrame(), metadata=skipped,
-                         data_version=dg.DataVersion(evaluation_version(pl.DataFrame(), skipped)))
+        return dg.Output(
+            pl.DataFrame(), metadata=skipped, data_version=dg.DataVersion(evaluation_version(pl.DataFrame(), skipped))
+        )
     examples = to_eval_examples(eval_dataset)
     trained = adapter.adapter_dir or adapter.output_model or ""
     with platform.serving(candidate, [], adapter) as backend:
-        return _score(context, "customized", backend, examples, examples, platform,
-                      {"adapter": trained}, {"adapter": trained})
+        return _score(
+            context, "customized", backend, examples, examples, platform, {"adapter": trained}, {"adapter": trained}
+        )
 
 
 def to_eval_examples(eval_dataset: pl.LazyFrame) -> list[ChatExample]:
@@ -156,14 +178,17 @@ def to_eval_examples(eval_dataset: pl.LazyFrame) -> list[ChatExample]:
 
 def icl_choices_table(plan: IclPlan) -> dg.MetadataValue:
     """Per eval record: the chosen example ids and their similarity to the prompt."""
-    return table(pl.DataFrame(
-        {
-            "record_id": [c.record_id for c in plan.choices],
-            "examples": [", ".join(c.example_ids) for c in plan.choices],
-            "similarity": [", ".join("" if v is None else f"{v:.3f}" for v in c.scores) for c in plan.choices],
-        },
-        schema={"record_id": pl.String, "examples": pl.String, "similarity": pl.String},
-    ), max_rows=50)
+    return table(
+        pl.DataFrame(
+            {
+                "record_id": [c.record_id for c in plan.choices],
+                "examples": [", ".join(c.example_ids) for c in plan.choices],
+                "similarity": [", ".join("" if v is None else f"{v:.3f}" for v in c.scores) for c in plan.choices],
+            },
+            schema={"record_id": pl.String, "examples": pl.String, "similarity": pl.String},
+        ),
+        max_rows=50,
+    )
 
 
 def token_counter(backend: ChatBackend):

@@ -61,8 +61,12 @@ def _log_landings(context: dg.AssetExecutionContext, landings: Landings) -> None
 
 
 def _record_partition(
-    context: dg.AssetExecutionContext, partition: str, valid: pl.DataFrame, quarantined: pl.DataFrame,
-    landings: Landings, unattributed: int,
+    context: dg.AssetExecutionContext,
+    partition: str,
+    valid: pl.DataFrame,
+    quarantined: pl.DataFrame,
+    landings: Landings,
+    unattributed: int,
 ) -> None:
     """Log one partition's counts and record its metadata on both assets."""
     reasons = dict(quarantined.group_by("reason").len().sort("reason").iter_rows())

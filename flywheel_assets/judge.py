@@ -27,16 +27,30 @@ class JudgeCalibrationConfig(dg.Config):
     group_name="evaluate",
     kinds={"polars"},
     code_version="1",
-    check_specs=[dg.AssetCheckSpec(AGREEMENT_CHECK, asset="judge_calibration",
-                                   description="The chat similarity agrees with the human gold scores.")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            AGREEMENT_CHECK,
+            asset="judge_calibration",
+            description="The chat similarity agrees with the human gold scores.",
+        )
+    ],
     description="Agreement of the chat similarity in use (LLM judge or token F1) with a human-scored gold set.",
 )
 def judge_calibration(context: dg.AssetExecutionContext, config: JudgeCalibrationConfig, platform: ModelPlatform):
     result = calibrate(load_gold_set(), platform.judge())
-    rows = pl.DataFrame(result.rows, schema={
-        "id": pl.String, "human": pl.Float64, "machine": pl.Float64, "human_bin": pl.String,
-        "machine_bin": pl.String, "reason": pl.String, "note": pl.String,
-    }, orient="row")
+    rows = pl.DataFrame(
+        result.rows,
+        schema={
+            "id": pl.String,
+            "human": pl.Float64,
+            "machine": pl.Float64,
+            "human_bin": pl.String,
+            "machine_bin": pl.String,
+            "reason": pl.String,
+            "note": pl.String,
+        },
+        orient="row",
+    )
     yield dg.Output(rows, metadata=_calibration_metadata(result, rows))
     yield _agreement_check(result.method, result.spearman, result.kappa, result.unscored, config)
 
@@ -61,8 +75,9 @@ def _calibration_metadata(result: Calibration, rows: pl.DataFrame) -> dict:
     }
 
 
-def _agreement_check(method: str, spearman: float | None, kappa: float | None, unscored: int,
-                     config: JudgeCalibrationConfig) -> dg.AssetCheckResult:
+def _agreement_check(
+    method: str, spearman: float | None, kappa: float | None, unscored: int, config: JudgeCalibrationConfig
+) -> dg.AssetCheckResult:
     shortfalls = []
     if spearman is None or spearman < config.min_spearman:
         shortfalls.append(f"Spearman {_show(spearman)} < {config.min_spearman}")
@@ -70,7 +85,9 @@ def _agreement_check(method: str, spearman: float | None, kappa: float | None, u
         shortfalls.append(f"binned kappa {_show(kappa)} < {config.min_kappa}")
     remedy = (
         "configure an LLM judge (FLYWHEEL_JUDGE_BASE_URL, FLYWHEEL_JUDGE_MODEL): token F1 counts shared words, "
-        "not meaning" if method == "token_f1" else "try a stronger judge model, or read the largest disagreements"
+        "not meaning"
+        if method == "token_f1"
+        else "try a stronger judge model, or read the largest disagreements"
     )
     if unscored:
         shortfalls.append(f"{unscored} judgements gave no score")
@@ -78,10 +95,18 @@ def _agreement_check(method: str, spearman: float | None, kappa: float | None, u
         check_name=AGREEMENT_CHECK,
         passed=not shortfalls,
         severity=dg.AssetCheckSeverity.WARN,
-        description=(f"{method} agrees with the human scores" if not shortfalls
-                     else f"{method}: {'; '.join(shortfalls)}: {remedy}"),
-        metadata={"method": method, "spearman": spearman, "kappa_binned": kappa,
-                  "min_spearman": config.min_spearman, "min_kappa": config.min_kappa},
+        description=(
+            f"{method} agrees with the human scores"
+            if not shortfalls
+            else f"{method}: {'; '.join(shortfalls)}: {remedy}"
+        ),
+        metadata={
+            "method": method,
+            "spearman": spearman,
+            "kappa_binned": kappa,
+            "min_spearman": config.min_spearman,
+            "min_kappa": config.min_kappa,
+        },
     )
 
 

@@ -35,9 +35,14 @@ def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: 
     materialization = record.asset_materialization
     wandb = materialization.metadata.get(WANDB_METADATA_KEY)
     return Materialization(
-        asset=asset, partition=partition, run_id=record.run_id, storage_id=record.storage_id,
-        timestamp=record.timestamp, data_version=(materialization.tags or {}).get("dagster/data_version"),
-        summary=_summary(materialization.metadata), wandb_artifact=wandb.value if wandb else None,
+        asset=asset,
+        partition=partition,
+        run_id=record.run_id,
+        storage_id=record.storage_id,
+        timestamp=record.timestamp,
+        data_version=(materialization.tags or {}).get("dagster/data_version"),
+        summary=_summary(materialization.metadata),
+        wandb_artifact=wandb.value if wandb else None,
     )
 
 
@@ -72,7 +77,8 @@ def promotion_history(instance: dg.DagsterInstance, workload: str, limit: int = 
     """The audit records of `workload`'s promotions and rollbacks, newest first."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("promoted_model"), asset_partitions=[workload]),
-        limit=limit, ascending=False,
+        limit=limit,
+        ascending=False,
     ).records
     history = []
     for record in records:

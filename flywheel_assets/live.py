@@ -93,7 +93,10 @@ class Run:
     @property
     def partition(self) -> str:
         """Its partition, or `first...last` for a run over a range of partitions."""
-        first, last = self.tags.get("dagster/asset_partition_range_start"), self.tags.get("dagster/asset_partition_range_end")
+        first, last = (
+            self.tags.get("dagster/asset_partition_range_start"),
+            self.tags.get("dagster/asset_partition_range_end"),
+        )
         if first and last:
             return first if first == last else f"{first}...{last}"
         return self.tags.get("dagster/partition", "")
@@ -138,14 +141,18 @@ class LiveFlywheel:
         self._client = httpx.Client(timeout=60)
 
     # ------------------------------------------------------------------- processes
-    def start(self, *, timeout_s: float = 180) -> "LiveFlywheel":
+    def start(self, *, timeout_s: float = 180) -> LiveFlywheel:
         prepare_instance(self.dagster_home)
         self.traces_dir.mkdir(parents=True, exist_ok=True)
         dagster = Path(sys.executable).parent / "dagster"
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 [str(dagster), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.wait_for(self._location_loaded, timeout_s, "the webserver to load the `flywheel` code location")
         return self
@@ -170,7 +177,7 @@ class LiveFlywheel:
         if self._process is not None:
             self._process.wait()
 
-    def __enter__(self) -> "LiveFlywheel":
+    def __enter__(self) -> LiveFlywheel:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -222,6 +229,7 @@ class LiveFlywheel:
     def wait_for_ticks(self, sensor: str, *, after: float, count: int, timeout_s: float) -> None:
         """Until `count` ticks of `sensor` finished after `after` (one that started before it
         may have seen the folder as it was)."""
+
         def done() -> bool:
             return sum(t > after and status != "STARTED" for t, status in self.sensor_ticks(sensor)) >= count
 
@@ -231,7 +239,11 @@ class LiveFlywheel:
         results = self.graphql(_RUNS)["runsOrError"]["results"]
         return [
             Run(
-                run_id=r["runId"], job=r["jobName"], status=r["status"], start=r["startTime"], end=r["endTime"],
+                run_id=r["runId"],
+                job=r["jobName"],
+                status=r["status"],
+                start=r["startTime"],
+                end=r["endTime"],
                 tags={t["key"]: t["value"] for t in r["tags"]},
                 assets=tuple("/".join(a["path"]) for a in r["assetSelection"] or ()),
             )
@@ -273,7 +285,7 @@ class LiveFlywheel:
         since: float,
         timeout_s: float,
         progress: Callable[[str], None] | None = None,
-    ) -> "LiveReport":
+    ) -> LiveReport:
         """Until every workload's leaderboard was materialized after `since`; fails at the
         first failed run, or at the deadline naming the stage that did not finish."""
         wanted = sorted(workloads)
@@ -285,9 +297,11 @@ class LiveFlywheel:
                 if progress and run.status in FINISHED and run.run_id not in reported:
                     reported.add(run.run_id)
                     busy = sum(r.status not in FINISHED for r in runs)
-                    progress(f"+{time.time() - since:4.0f} s  {run.status.lower():<7} {run.stage:<18} "
-                             f"[{run.partition}] ({run.end - run.start if run.end and run.start else 0:.0f} s; "
-                             f"{busy} runs queued or running)")
+                    progress(
+                        f"+{time.time() - since:4.0f} s  {run.status.lower():<7} {run.stage:<18} "
+                        f"[{run.partition}] ({run.end - run.start if run.end and run.start else 0:.0f} s; "
+                        f"{busy} runs queued or running)"
+                    )
             failed = [r for r in runs if r.status == "FAILURE"]
             if failed:
                 raise LiveFlywheelError(
@@ -336,13 +350,17 @@ class LiveReport:
                 continue
             first, last, count = spans.get(run.stage, (float("inf"), 0.0, 0))
             spans[run.stage] = (
-                min(first, run.start - self.since), max(last, (run.end or run.start) - self.since), count + 1
+                min(first, run.start - self.since),
+                max(last, (run.end or run.start) - self.since),
+                count + 1,
             )
         return dict(sorted(spans.items(), key=lambda kv: kv[1][0]))
 
     def summary(self) -> str:
-        lines = [f"drop -> every leaderboard: {self.seconds:.0f} s; {len(self.runs)} runs launched, "
-                 f"{sum(r.status == 'FAILURE' for r in self.runs)} failed"]
+        lines = [
+            f"drop -> every leaderboard: {self.seconds:.0f} s; {len(self.runs)} runs launched, "
+            f"{sum(r.status == 'FAILURE' for r in self.runs)} failed"
+        ]
         for stage, (first, last, count) in self.stage_times().items():
             lines.append(f"  {stage:<18} {count:3d} runs  +{first:5.0f} s .. +{last:5.0f} s")
         return "\n".join(lines)
@@ -359,8 +377,11 @@ def print_leaderboards(home: Path, workloads: Iterable[str]) -> None:
     import polars as pl
 
     with pl.Config(
-        tbl_rows=50, tbl_width_chars=120, tbl_formatting="ASCII_MARKDOWN",
-        tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+        tbl_rows=50,
+        tbl_width_chars=120,
+        tbl_formatting="ASCII_MARKDOWN",
+        tbl_hide_column_data_types=True,
+        tbl_hide_dataframe_shape=True,
     ):
         for workload in workloads:
             path = home / "assets" / "leaderboard" / f"{workload}.parquet"
@@ -385,16 +406,19 @@ def decision_table(board: pl.DataFrame) -> pl.DataFrame:
 
     # a chat workload's board has no tool-call columns
     tool_calling = "function_name_and_args_accuracy" in board.columns
-    return pl.DataFrame([
-        {
-            "candidate": row["candidate"],
-            "experiment": row["experiment"],
-            "score [95% CI]": "not scored" if row["score"] is None
-            else f"{row['score']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}] n={row['n']}",
-            **({"name+args": shown(row["function_name_and_args_accuracy"], "{:.2f}")} if tool_calling else {}),
-            "p50 latency": shown(row["latency_p50_s"], "{:.2f} s"),
-            "cost vs prod": shown(row["cost_vs_production"], "{:.1%}"),
-            "verdict": verdict(row),
-        }
-        for row in board.iter_rows(named=True)
-    ])
+    return pl.DataFrame(
+        [
+            {
+                "candidate": row["candidate"],
+                "experiment": row["experiment"],
+                "score [95% CI]": "not scored"
+                if row["score"] is None
+                else f"{row['score']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}] n={row['n']}",
+                **({"name+args": shown(row["function_name_and_args_accuracy"], "{:.2f}")} if tool_calling else {}),
+                "p50 latency": shown(row["latency_p50_s"], "{:.2f} s"),
+                "cost vs prod": shown(row["cost_vs_production"], "{:.1%}"),
+                "verdict": verdict(row),
+            }
+            for row in board.iter_rows(named=True)
+        ]
+    )

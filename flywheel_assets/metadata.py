@@ -15,9 +15,7 @@ def table(df: pl.DataFrame, max_rows: int = 10, max_chars: int = 120) -> dg.Meta
     )
     header = "| " + " | ".join(preview.columns) + " |"
     rule = "|" + "---|" * len(preview.columns)
-    rows = [
-        "| " + " | ".join(_cell(v) for v in row) + " |" for row in preview.iter_rows()
-    ]
+    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in preview.iter_rows()]
     return dg.MetadataValue.md("\n".join([header, rule, *rows]))
 
 
@@ -26,7 +24,9 @@ def _cell(value) -> str:
 
 
 def counts_table(counts: dict[str, int], key: str = "reason") -> dg.MetadataValue:
-    return table(pl.DataFrame({key: list(counts), "count": list(counts.values())}, schema={key: pl.String, "count": pl.Int64}))
+    return table(
+        pl.DataFrame({key: list(counts), "count": list(counts.values())}, schema={key: pl.String, "count": pl.Int64})
+    )
 
 
 def column_hash(df: pl.DataFrame, column: str = "record_id") -> str:

@@ -29,8 +29,18 @@ from resources.datasets import StoredAssets
 from resources.telemetry import TelemetrySource
 from resources.tracking import ArtifactRequest, Tracker, artifact_name, latest_wandb_ref, wandb_metadata
 
-SHOWN = ("served_model", "candidate", "promotion", "approved", "requests", "latency_p95_s",
-         "thumbs_down_rate", "tool_call_schema_valid_rate", "empty_or_refused_rate", "estimated_cost_usd")
+SHOWN = (
+    "served_model",
+    "candidate",
+    "promotion",
+    "approved",
+    "requests",
+    "latency_p95_s",
+    "thumbs_down_rate",
+    "tool_call_schema_valid_rate",
+    "empty_or_refused_rate",
+    "estimated_cost_usd",
+)
 
 
 @dg.asset(
@@ -66,8 +76,13 @@ def production_metrics(
 
 
 def _measure_partition(
-    context: dg.AssetExecutionContext, partition: str, raw: pl.LazyFrame, quarantined: pl.LazyFrame,
-    candidates: list, histories: dict[str, list], tracker: Tracker,
+    context: dg.AssetExecutionContext,
+    partition: str,
+    raw: pl.LazyFrame,
+    quarantined: pl.LazyFrame,
+    candidates: list,
+    histories: dict[str, list],
+    tracker: Tracker,
 ) -> pl.DataFrame:
     """One day x workload's rows per served model, with its metadata (and W&B run)."""
     key = trace_partitions.get_partition_key_from_str(partition)
@@ -75,7 +90,10 @@ def _measure_partition(
     history = histories.setdefault(workload, promotion_history(context.instance, workload))
     approved = approvals(history, day_end(day))
     frame = metrics_by_served_model(
-        raw, candidates=candidates, approved=approved, empty_answers=empty_answers_by_model(quarantined),
+        raw,
+        candidates=candidates,
+        approved=approved,
+        empty_answers=empty_answers_by_model(quarantined),
     )
     metadata = partition_metadata(frame)
     if tracker.enabled and approved:
@@ -107,13 +125,19 @@ def log_to_wandb(
     lineage runs from production back to the adapter, its dataset and its traces."""
     promoted = latest_wandb_ref(context.instance, "promoted_model", workload)
     totals = frame.select(pl.col("requests").sum(), pl.col("estimated_cost_usd").sum()).row(0, named=True)
-    ref = tracker.log(ArtifactRequest(
-        name=artifact_name("production_metrics", partition), type="production-metrics",
-        asset="production_metrics", partition=partition, dagster_run_id=context.run_id,
-        dagster_job=context.job_name, tables={"production_metrics": frame},
-        metrics={k: v for k, v in totals.items() if v is not None},
-        inputs=[promoted] if promoted else [],
-    ))
+    ref = tracker.log(
+        ArtifactRequest(
+            name=artifact_name("production_metrics", partition),
+            type="production-metrics",
+            asset="production_metrics",
+            partition=partition,
+            dagster_run_id=context.run_id,
+            dagster_job=context.job_name,
+            tables={"production_metrics": frame},
+            metrics={k: v for k, v in totals.items() if v is not None},
+            inputs=[promoted] if promoted else [],
+        )
+    )
     return wandb_metadata(ref) if ref else {}
 
 
@@ -152,12 +176,27 @@ def stored_production_metrics(
 def serving_telemetry(context: dg.AssetExecutionContext, telemetry: TelemetrySource) -> dg.Output[pl.DataFrame]:
     samples = telemetry.read_day(context.partition_key)
     summary = summarize(samples)
-    return dg.Output(summary, data_version=dg.DataVersion(frames_digest({context.partition_key: summary})), metadata={
-        "dagster/row_count": summary.height,
-        "samples": samples.height,
-        "models": ", ".join(summary.get_column("model")) or "(no telemetry collected for this day)",
-        "engines": ", ".join(sorted(set(samples.get_column("engine")))) or "none",
-        "by_model": table(summary.select("model", "engines", "request_rate_per_s", "error_rate",
-                                         "e2e_latency_p95_s", "ttft_p95_s", "generation_tokens_per_s",
-                                         "requests_waiting_max", "kv_cache_usage_max"), max_rows=50),
-    })
+    return dg.Output(
+        summary,
+        data_version=dg.DataVersion(frames_digest({context.partition_key: summary})),
+        metadata={
+            "dagster/row_count": summary.height,
+            "samples": samples.height,
+            "models": ", ".join(summary.get_column("model")) or "(no telemetry collected for this day)",
+            "engines": ", ".join(sorted(set(samples.get_column("engine")))) or "none",
+            "by_model": table(
+                summary.select(
+                    "model",
+                    "engines",
+                    "request_rate_per_s",
+                    "error_rate",
+                    "e2e_latency_p95_s",
+                    "ttft_p95_s",
+                    "generation_tokens_per_s",
+                    "requests_waiting_max",
+                    "kv_cache_usage_max",
+                ),
+                max_rows=50,
+            ),
+        },
+    )

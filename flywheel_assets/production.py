@@ -67,12 +67,19 @@ def _production(instance: dg.DagsterInstance, key: str) -> AuditRecord | None:
 # ----------------------------------------------------------------------------- SLOs
 @dg.asset(
     partitions_def=workload_partitions,
-    deps=[dg.AssetDep("production_metrics", partition_mapping=BY_WORKLOAD), dg.AssetDep("promoted_model"),
-          # every workload reads the day's engine telemetry (its rows are keyed by served model)
-          dg.AssetDep("serving_telemetry", partition_mapping=dg.AllPartitionMapping())],
+    deps=[
+        dg.AssetDep("production_metrics", partition_mapping=BY_WORKLOAD),
+        dg.AssetDep("promoted_model"),
+        # every workload reads the day's engine telemetry (its rows are keyed by served model)
+        dg.AssetDep("serving_telemetry", partition_mapping=dg.AllPartitionMapping()),
+    ],
     check_specs=[
-        dg.AssetCheckSpec(f"slo_{o.name}", asset="production_slos", partitions_def=workload_partitions,
-                          description=f"{o.name} ({o.kind} limit, from {o.source})")
+        dg.AssetCheckSpec(
+            f"slo_{o.name}",
+            asset="production_slos",
+            partitions_def=workload_partitions,
+            description=f"{o.name} ({o.kind} limit, from {o.source})",
+        )
         for o in OBJECTIVES
     ],
     group_name="monitor",
@@ -92,35 +99,50 @@ def production_slos(context: dg.AssetExecutionContext, stored_assets: StoredAsse
     observations = daily_observations(metrics, _stored_telemetry(stored_assets, list(metrics)))
     breaches = find_breaches(observations, settings.slo)
     newest = max(metrics) if metrics else None
-    yield dg.Output(observations, metadata={
-        "dagster/row_count": observations.height,
-        "newest_day": newest or "(no production metrics yet)",
-        "production": production.id if production else "(no promotion)",
-        "breached": ", ".join(name for name, found in breaches.items() if found) or "none",
-        "observations": table(observations.sort("day", descending=True), max_rows=30),
-    })
+    yield dg.Output(
+        observations,
+        metadata={
+            "dagster/row_count": observations.height,
+            "newest_day": newest or "(no production metrics yet)",
+            "production": production.id if production else "(no promotion)",
+            "breached": ", ".join(name for name, found in breaches.items() if found) or "none",
+            "observations": table(observations.sort("day", descending=True), max_rows=30),
+        },
+    )
     yield from _slo_checks(key, settings, breaches, observations, newest, production)
 
 
 def _slo_checks(
-    key: str, settings: WorkloadMonitoring, breaches: dict[str, list[Breach]], observations: pl.DataFrame,
-    newest: str | None, production: AuditRecord | None,
+    key: str,
+    settings: WorkloadMonitoring,
+    breaches: dict[str, list[Breach]],
+    observations: pl.DataFrame,
+    newest: str | None,
+    production: AuditRecord | None,
 ) -> Iterator[dg.AssetCheckResult]:
     """One WARN check per objective; a breach's metadata proposes the rollback."""
     for objective in OBJECTIVES:
         found = breaches[objective.name]
         limit = getattr(settings.slo, objective.name)
-        proposals = [rollback_proposal(b, key, production.workload_id if production else None,
-                                       production.id if production else None) for b in found]
+        proposals = [
+            rollback_proposal(
+                b, key, production.workload_id if production else None, production.id if production else None
+            )
+            for b in found
+        ]
         yield dg.AssetCheckResult(
             check_name=f"slo_{objective.name}",
             passed=not found,
             severity=WARN,
             description=(
-                "; ".join(b.describe() for b in found) if found
-                else f"not watched (no limit for {key})" if limit is None
-                else "no production metrics yet" if newest is None
-                else f"within {limit:g} on {newest}" if has_figures(observations, objective)
+                "; ".join(b.describe() for b in found)
+                if found
+                else f"not watched (no limit for {key})"
+                if limit is None
+                else "no production metrics yet"
+                if newest is None
+                else f"within {limit:g} on {newest}"
+                if has_figures(observations, objective)
                 else f"no {objective.column} on {newest} (from {objective.source}): nothing judged"
             ),
             metadata=_breach_metadata(found, proposals) if found else {"limit": limit},
@@ -148,11 +170,21 @@ def _breach_metadata(found: list[Breach], proposals: list[dict]) -> dict:
         "served_model": first.served_model,
         "promotion": first.promotion or "(none)",
         "candidate": first.candidate or "(none)",
-        "breaches": table(pl.DataFrame([
-            {"served_model": b.served_model, "observed": b.observed, "limit": b.limit, "since": b.since,
-             "promotion": b.promotion, "rollback": "proposed" if p["rollback"] else p["why_not"]}
-            for b, p in zip(found, proposals)
-        ])),
+        "breaches": table(
+            pl.DataFrame(
+                [
+                    {
+                        "served_model": b.served_model,
+                        "observed": b.observed,
+                        "limit": b.limit,
+                        "since": b.since,
+                        "promotion": b.promotion,
+                        "rollback": "proposed" if p["rollback"] else p["why_not"],
+                    }
+                    for b, p in zip(found, proposals)
+                ]
+            )
+        ),
     }
     proposal = next((p for p in proposals if p["rollback"]), None)
     if proposal:
@@ -168,8 +200,10 @@ def _breach_metadata(found: list[Breach], proposals: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- canary
 @dg.asset(
     partitions_def=workload_partitions,
-    deps=[dg.AssetDep("raw_traces", partition_mapping=BY_WORKLOAD),
-          dg.AssetDep("production_metrics", partition_mapping=BY_WORKLOAD)],
+    deps=[
+        dg.AssetDep("raw_traces", partition_mapping=BY_WORKLOAD),
+        dg.AssetDep("production_metrics", partition_mapping=BY_WORKLOAD),
+    ],
     group_name="monitor",
     kinds={"polars", "scipy"},
     code_version="1",
@@ -223,8 +257,11 @@ def _canary_metadata(result, baseline: VersionTraffic, canary: VersionTraffic, w
         "window": ", ".join(window),
         "alpha": alpha,
         "tests": table(result.table(), max_rows=10, max_chars=200),
-        **({"more_requests_needed": dg.MetadataValue.json(result.more_requests_needed)}
-           if result.more_requests_needed else {}),
+        **(
+            {"more_requests_needed": dg.MetadataValue.json(result.more_requests_needed)}
+            if result.more_requests_needed
+            else {}
+        ),
     }
 
 
@@ -233,8 +270,14 @@ def _canary_metadata(result, baseline: VersionTraffic, canary: VersionTraffic, w
     partitions_def=workload_partitions,
     deps=[dg.AssetDep("raw_traces", partition_mapping=BY_WORKLOAD)],
     # partitioned: a check result of one workload must not stand for the others in automation
-    check_specs=[dg.AssetCheckSpec(DRIFT_CHECK, asset="traffic_drift", partitions_def=workload_partitions,
-                                   description="Recent traffic stays close to the promoted model's train split.")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            DRIFT_CHECK,
+            asset="traffic_drift",
+            partitions_def=workload_partitions,
+            description="Recent traffic stays close to the promoted model's train split.",
+        )
+    ],
     group_name="monitor",
     kinds={"polars", "scipy"},
     code_version="1",
@@ -251,12 +294,16 @@ def traffic_drift(context: dg.AssetExecutionContext, stored_assets: StoredAssets
     context.log.info(f"{key}: drift {metadata['breached']} ({result.note or reference_note})")
     if tracker.enabled:
         metadata |= _log(context, tracker, "traffic_drift", key, result.table(), {"breached": len(result.breached)})
-    yield dg.Output(result.table(), data_version=dg.DataVersion(result.signature(reference_version)),
-                    metadata=metadata)
+    yield dg.Output(result.table(), data_version=dg.DataVersion(result.signature(reference_version)), metadata=metadata)
     yield dg.AssetCheckResult(
-        check_name=DRIFT_CHECK, passed=not result.breached, severity=WARN,
-        description=(f"drift: {metadata['breached']}; a new turn is requested for {key}" if result.breached
-                     else result.note or "within thresholds"),
+        check_name=DRIFT_CHECK,
+        passed=not result.breached,
+        severity=WARN,
+        description=(
+            f"drift: {metadata['breached']}; a new turn is requested for {key}"
+            if result.breached
+            else result.note or "within thresholds"
+        ),
         metadata={"breached": metadata["breached"]},
     )
 
@@ -303,24 +350,41 @@ def _reference(
     if promoted is None:
         return reference, current.data_version or "", f"current train split {current.data_version} (no promotion)"
     if promoted.data_version == current.data_version:
-        return reference, promoted.data_version or "", f"train split {promoted.data_version} of promotion {production.id}"
+        return (
+            reference,
+            promoted.data_version or "",
+            f"train split {promoted.data_version} of promotion {production.id}",
+        )
     # the store keeps the newest split only; the version behind the promotion keys the breach
-    return reference, promoted.data_version or "", (
-        f"current train split {current.data_version}; promotion {production.id} was trained on "
-        f"{promoted.data_version}, no longer stored"
+    return (
+        reference,
+        promoted.data_version or "",
+        (
+            f"current train split {current.data_version}; promotion {production.id} was trained on "
+            f"{promoted.data_version}, no longer stored"
+        ),
     )
 
 
-def _log(context: dg.AssetExecutionContext, tracker: Tracker, asset: str, key: str, frame: pl.DataFrame,
-         metrics: dict) -> dict:
+def _log(
+    context: dg.AssetExecutionContext, tracker: Tracker, asset: str, key: str, frame: pl.DataFrame, metrics: dict
+) -> dict:
     """A W&B run that uses the promoted model's artifact, so lineage runs from this result
     back to the adapter and its data."""
     promoted = latest_wandb_ref(context.instance, "promoted_model", key)
-    ref = tracker.log(ArtifactRequest(
-        name=artifact_name(asset, key), type=asset.replace("_", "-"), asset=asset, partition=key,
-        dagster_run_id=context.run_id, dagster_job=context.job_name, tables={asset: frame},
-        metrics=metrics, inputs=[promoted] if promoted else [],
-    ))
+    ref = tracker.log(
+        ArtifactRequest(
+            name=artifact_name(asset, key),
+            type=asset.replace("_", "-"),
+            asset=asset,
+            partition=key,
+            dagster_run_id=context.run_id,
+            dagster_job=context.job_name,
+            tables={asset: frame},
+            metrics=metrics,
+            inputs=[promoted] if promoted else [],
+        )
+    )
     return wandb_metadata(ref) if ref else {}
 
 
@@ -333,8 +397,10 @@ def turn_started_by(instance: dg.DagsterInstance, key: str) -> dict:
     board = latest_materialization(instance, "leaderboard", key)
     if board is not None and board.timestamp > drift.timestamp:
         return {"turn_started_by": "new data"}
-    return {"turn_started_by": f"drift: {drift.summary['breached']} (traffic_drift run {drift.run_id[:8]})",
-            "drift_run": dg.MetadataValue.dagster_run(drift.run_id)}
+    return {
+        "turn_started_by": f"drift: {drift.summary['breached']} (traffic_drift run {drift.run_id[:8]})",
+        "drift_run": dg.MetadataValue.dagster_run(drift.run_id),
+    }
 
 
 MONITORING_ASSETS = [production_slos, canary_analysis, traffic_drift]

@@ -15,7 +15,6 @@ for deployers); with W&B on, a `promoted_model.<workload>` model artifact gets t
 `production` alias.
 """
 
-
 import datetime as dt
 import json
 from typing import Literal
@@ -45,8 +44,12 @@ from resources.tracking import ArtifactRequest, Tracker, artifact_name, wandb_me
 
 # run tags of runs no person launched by hand
 AUTOMATION_TAGS = (
-    "dagster/sensor_name", "dagster/schedule_name", "dagster/backfill",
-    "dagster/auto_materialize", "dagster/from_automation_condition", "dagster/asset_evaluation_id",
+    "dagster/sensor_name",
+    "dagster/schedule_name",
+    "dagster/backfill",
+    "dagster/auto_materialize",
+    "dagster/from_automation_condition",
+    "dagster/asset_evaluation_id",
 )
 
 
@@ -106,7 +109,9 @@ def change_production(
         record = _rollback(context, config, key, now, current, history)
     else:
         record = _promote(context, config, key, now, current, board)
-    context.log.info(f"{record.action} {key}: {record.target.candidate} ({record.target.experiment}), record {record.id}")
+    context.log.info(
+        f"{record.action} {key}: {record.target.candidate} ({record.target.experiment}), record {record.id}"
+    )
     ref = tracker.log(_wandb_request(context, record))
     record.wandb_artifact = ref
     payload = json.dumps(record.model_dump(mode="json"), indent=2).encode()
@@ -137,8 +142,9 @@ def _check_launched_by_a_person(context: dg.AssetExecutionContext, config: Promo
         raise Refused("approver and reason are required: they are the audit trail")
 
 
-def _promote(context, config: PromotionConfig, key: str, now: dt.datetime, current: AuditRecord | None,
-             board: pl.DataFrame) -> AuditRecord:
+def _promote(
+    context, config: PromotionConfig, key: str, now: dt.datetime, current: AuditRecord | None, board: pl.DataFrame
+) -> AuditRecord:
     if not config.candidate:
         raise Refused("promote needs a candidate: one of the leaderboard's `candidate` values")
     upstream = latest_materializations(context.instance, key, [config.candidate])
@@ -146,8 +152,13 @@ def _promote(context, config: PromotionConfig, key: str, now: dt.datetime, curre
     evaluations = [m for m in upstream if m.asset in EVAL_ASSETS]
     rows = board.to_dicts()
     refusals = promotion_refusals(
-        rows, config.candidate, config.experiment, config.min_score,
-        leaderboard=leaderboard, evaluations=evaluations, workload_key=key,
+        rows,
+        config.candidate,
+        config.experiment,
+        config.min_score,
+        leaderboard=leaderboard,
+        evaluations=evaluations,
+        workload_key=key,
     )
     if refusals and not config.force:
         raise Refused("promotion refused: " + "; ".join(refusals))
@@ -155,30 +166,56 @@ def _promote(context, config: PromotionConfig, key: str, now: dt.datetime, curre
         context.log.warning(f"forced over refusals ({config.reason!r}): {refusals}")
     row = board_row(rows, config.candidate, config.experiment) or {}
     return AuditRecord(
-        id=record_id(now, context.run_id), action="promote", workload_key=key,
+        id=record_id(now, context.run_id),
+        action="promote",
+        workload_key=key,
         workload_id=_workload_id(upstream),
         target=Target(
-            candidate=config.candidate, experiment=config.experiment, score=row.get("score"),
-            leaderboard_row=row, spec=_candidate_spec(config.candidate),
+            candidate=config.candidate,
+            experiment=config.experiment,
+            score=row.get("score"),
+            leaderboard_row=row,
+            spec=_candidate_spec(config.candidate),
             adapter_dir=_adapter_dir(upstream) if config.experiment == "customized" else None,
         ),
-        approver=config.approver, reason=config.reason, at=now.isoformat(), dagster_run_id=context.run_id,
-        min_score=config.min_score, forced=bool(refusals), overridden_refusals=refusals,
-        replaces_id=current.id if current else None, previous_id=current.id if current else None,
+        approver=config.approver,
+        reason=config.reason,
+        at=now.isoformat(),
+        dagster_run_id=context.run_id,
+        min_score=config.min_score,
+        forced=bool(refusals),
+        overridden_refusals=refusals,
+        replaces_id=current.id if current else None,
+        previous_id=current.id if current else None,
         upstream=upstream,
     )
 
 
-def _rollback(context, config: PromotionConfig, key: str, now: dt.datetime, current: AuditRecord | None,
-              history: list[AuditRecord]) -> AuditRecord:
+def _rollback(
+    context,
+    config: PromotionConfig,
+    key: str,
+    now: dt.datetime,
+    current: AuditRecord | None,
+    history: list[AuditRecord],
+) -> AuditRecord:
     if config.candidate:
         raise Refused("rollback restores the promotion before the current one: leave `candidate` empty")
     restored = rollback_target(current, history)
     return AuditRecord(
-        id=record_id(now, context.run_id), action="rollback", workload_key=key, workload_id=restored.workload_id,
-        target=restored.target, approver=config.approver, reason=config.reason, at=now.isoformat(),
-        dagster_run_id=context.run_id, replaces_id=current.id, restores_id=restored.id,
-        previous_id=restored.previous_id, upstream=restored.upstream,
+        id=record_id(now, context.run_id),
+        action="rollback",
+        workload_key=key,
+        workload_id=restored.workload_id,
+        target=restored.target,
+        approver=config.approver,
+        reason=config.reason,
+        at=now.isoformat(),
+        dagster_run_id=context.run_id,
+        replaces_id=current.id,
+        restores_id=restored.id,
+        previous_id=restored.previous_id,
+        upstream=restored.upstream,
     )
 
 
@@ -202,16 +239,26 @@ def _wandb_request(context: dg.AssetExecutionContext, record: AuditRecord) -> Ar
     target = record.target
     used = {"leaderboard", "lora_adapter", f"{target.experiment}_eval"}
     return ArtifactRequest(
-        name=artifact_name("promoted_model", record.workload_key), type="model",
-        asset="promoted_model", partition=record.workload_key,
-        dagster_run_id=context.run_id, dagster_job=context.job_name,
+        name=artifact_name("promoted_model", record.workload_key),
+        type="model",
+        asset="promoted_model",
+        partition=record.workload_key,
+        dagster_run_id=context.run_id,
+        dagster_job=context.job_name,
         files={"audit_record.json": json.dumps(record.model_dump(mode="json"), indent=2).encode()},
         dirs={"adapter": target.adapter_dir} if target.adapter_dir else {},
         metrics={"score": target.score} if target.score is not None else {},
-        config={"action": record.action, "candidate": target.candidate, "experiment": target.experiment,
-                "approver": record.approver, "record_id": record.id, "forced": record.forced},
+        config={
+            "action": record.action,
+            "candidate": target.candidate,
+            "experiment": target.experiment,
+            "approver": record.approver,
+            "record_id": record.id,
+            "forced": record.forced,
+        },
         inputs=[m.wandb_artifact for m in record.upstream if m.wandb_artifact and m.asset in used],
-        aliases=["production"], link_to_registry=True,
+        aliases=["production"],
+        link_to_registry=True,
     )
 
 

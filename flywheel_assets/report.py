@@ -46,8 +46,10 @@ def leaderboard(
 ) -> dg.Output[pl.DataFrame]:
     models = load_models()
     report = leaderboard_report(
-        gather_evals({"base": base_eval, "icl": icl_eval, "customized": customized_eval},
-                     lambda key: key.keys_by_dimension["candidate"]),
+        gather_evals(
+            {"base": base_eval, "icl": icl_eval, "customized": customized_eval},
+            lambda key: key.keys_by_dimension["candidate"],
+        ),
         workload_dataset.select("workload_type", "prompt_tokens", "completion_tokens").collect(),
         costs={c.name: c.cost for c in models.candidates},
         production=models.production,

@@ -41,9 +41,12 @@ RUNNER_PID_TAG = "flywheel/runner_pid"
 
 def fail_runs_of_dead_runners(instance: dg.DagsterInstance, log: Callable[[str], None] = print) -> int:
     """Mark failed the runs this host's runners left unfinished when their process died."""
-    unfinished = instance.get_runs(filters=dg.RunsFilter(
-        statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED], tags=RUNNER_TAGS,
-    ))
+    unfinished = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+            tags=RUNNER_TAGS,
+        )
+    )
     failed = 0
     for run in unfinished:
         pid = int(run.tags.get(RUNNER_PID_TAG, 0))
@@ -97,12 +100,15 @@ def was_held_back(run: dg.ExecuteInProcessResult) -> bool:
 def run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     """The warnings the run's steps logged (they stay in its event log; the console counts them)."""
     return [
-        entry.user_message for entry in instance.all_logs(run_id)
+        entry.user_message
+        for entry in instance.all_logs(run_id)
         if entry.dagster_event is None and entry.level >= logging.WARNING
     ]
 
 
-def run_report(instance: dg.DagsterInstance, run: dg.ExecuteInProcessResult, job: str, target: str, progress: str) -> str:
+def run_report(
+    instance: dg.DagsterInstance, run: dg.ExecuteInProcessResult, job: str, target: str, progress: str
+) -> str:
     """What the console says about one run: one line (`ok`, or `skip` with the blocking
     check's reason and remedy), or `FAIL` followed by the stack traces of a real failure."""
     if run.success:
@@ -165,7 +171,9 @@ def run_flywheel(
     planned = len(boxes) + len(workloads) * (1 + later_runs_per_workload)
     started = time.monotonic()
 
-    def materialize(job: str, partition_key: str | None = None, window: dict | None = None) -> dg.ExecuteInProcessResult:
+    def materialize(
+        job: str, partition_key: str | None = None, window: dict | None = None
+    ) -> dg.ExecuteInProcessResult:
         """One run of a stage's job, for a partition or a key range (`window`'s tags)."""
         run = staged.resolve_job_def(job).execute_in_process(
             partition_key=partition_key,

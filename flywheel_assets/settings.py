@@ -129,7 +129,9 @@ class FlywheelSettings(BaseModel):
         # every judge score records the judge's model: an unnamed one would be recorded as
         # "judge", so two different judges would look like one
         if self.judge_base_url is not None and self.judge_model is None:
-            raise ValueError("FLYWHEEL_JUDGE_BASE_URL is set but FLYWHEEL_JUDGE_MODEL (the judge's model name) is unset")
+            raise ValueError(
+                "FLYWHEEL_JUDGE_BASE_URL is set but FLYWHEEL_JUDGE_MODEL (the judge's model name) is unset"
+            )
         return self
 
     @model_validator(mode="after")

@@ -33,7 +33,9 @@ class SplitAssetConfig(dg.Config):
     max_records: int | None = Field(default=1000, description="Sample at most this many records.")
     seed: int = Field(default=42, description="Same dataset + same seed = identical splits.")
     leakage_threshold: float = Field(
-        default=DEFAULT_THRESHOLD, gt=0.0, le=1.0,
+        default=DEFAULT_THRESHOLD,
+        gt=0.0,
+        le=1.0,
         description="The no_leakage check fails when an eval prompt and a train prompt overlap "
         "at least this much (Jaccard of word bigrams).",
     )
@@ -54,9 +56,7 @@ def _split_part(
     files = {}
     for part in parts:
         part_rows = rows.filter(pl.col("split") == part)
-        files[part] = dataset_store.write_file(
-            f"splits/{context.partition_key}/{part}.jsonl", to_jsonl(part_rows)
-        )
+        files[part] = dataset_store.write_file(f"splits/{context.partition_key}/{part}.jsonl", to_jsonl(part_rows))
     mine = rows.filter(pl.col("split").is_in(parts))
     sizes = {part: mine.filter(pl.col("split") == part).height for part in parts}
     context.log.info(f"{context.partition_key}: {sizes} (seed {config.seed})")
@@ -69,8 +69,11 @@ def _split_part(
             "seed": config.seed,
             "content_hash": content_hash(mine),
             "files": dg.MetadataValue.json(files),
-            **({"records_per_tool": table(tool_counts(rows), max_rows=50)}
-               if records.get_column("workload_type").first() == "tool_calling" else {}),
+            **(
+                {"records_per_tool": table(tool_counts(rows), max_rows=50)}
+                if records.get_column("workload_type").first() == "tool_calling"
+                else {}
+            ),
             "preview": table(mine.select("record_id", "split", "messages", "expected")),
         },
     )
@@ -131,7 +134,9 @@ def _split_checks(asset: str) -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec("valid_chat_examples", asset=asset, blocking=True),
         dg.AssetCheckSpec(
-            "no_leakage", asset=asset, blocking=True,
+            "no_leakage",
+            asset=asset,
+            blocking=True,
             description="No eval prompt has an exact or near duplicate in the train split (the ICL pool).",
         ),
     ]

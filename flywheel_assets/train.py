@@ -57,8 +57,12 @@ def lora_adapter(
     candidate = candidate_of(context)
     hp = LoraHyperparameters(**{**candidate.hyperparameters, **config.overrides()})
     trained = platform.train(
-        candidate, split_examples(train_dataset, "train"), split_examples(train_dataset, "validation"), hp,
-        workload_key=context.partition_key.keys_by_dimension["workload"], log=context.log.info,
+        candidate,
+        split_examples(train_dataset, "train"),
+        split_examples(train_dataset, "validation"),
+        hp,
+        workload_key=context.partition_key.keys_by_dimension["workload"],
+        log=context.log.info,
     )
     if not trained.adapter.trained:
         context.log.info(f"{candidate.name}: not fine-tuned ({trained.adapter.reason})")

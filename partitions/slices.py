@@ -19,9 +19,7 @@ from flywheel_assets.settings import load_settings
 workload_partitions = dg.DynamicPartitionsDefinition(name="workload")
 
 # end_offset=1: today's partition exists, so fresh traffic can be ingested the same day.
-day_partitions = dg.DailyPartitionsDefinition(
-    start_date=load_settings().start_date.isoformat(), end_offset=1
-)
+day_partitions = dg.DailyPartitionsDefinition(start_date=load_settings().start_date.isoformat(), end_offset=1)
 
 trace_partitions = dg.MultiPartitionsDefinition({"day": day_partitions, "workload": workload_partitions})
 

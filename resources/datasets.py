@@ -137,9 +137,7 @@ class _PolarsParquetUPathIOManager(dg.UPathIOManager):
             self.make_directory(path.parent)
             self.dump_to_path(context, obj[str(key)], path)
 
-    def dump_to_path(
-        self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame, path: UPath
-    ) -> None:
+    def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame, path: UPath) -> None:
         # temporary files lie beside their file, pins (`StoredAssets.pinned`) in the base folder
         sweep_before_write(context, {Path(str(self._base_path)), Path(str(path.parent))})
         write_parquet_atomically(obj, Path(str(path)))
@@ -188,9 +186,7 @@ class StoredAssets(dg.ConfigurableResource):
         return pl.scan_parquet(self.path(asset, partition_key))
 
     @contextlib.contextmanager
-    def pinned(
-        self, asset: str, partition_keys: list[str | dg.MultiPartitionKey]
-    ) -> Iterator[list[pl.LazyFrame]]:
+    def pinned(self, asset: str, partition_keys: list[str | dg.MultiPartitionKey]) -> Iterator[list[pl.LazyFrame]]:
         """Scans of stored partitions that stay as they were while the block runs, even if
         a partition is materialized again meanwhile (the I/O manager renames a new file into
         place): each file is hard-linked, or copied where it can't be, into a private folder

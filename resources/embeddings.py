@@ -68,8 +68,9 @@ class EmbeddingClient(OpenAICompatibleBackend):
         max_retries: int = 4,
         backoff_s: float = 0.5,
     ) -> None:
-        super().__init__(base_url, model, api_key=api_key, timeout_s=timeout_s,
-                         max_retries=max_retries, backoff_s=backoff_s)
+        super().__init__(
+            base_url, model, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s
+        )
         self.cache_path = Path(cache_path)
         self.input_type = input_type
         self.dimensions = dimensions
@@ -188,7 +189,12 @@ class EmbeddingsResource(dg.ConfigurableResource):
         if not self.base_url or not self.model:
             return None
         return EmbeddingClient(
-            self.base_url, self.model, cache_path=Path(self.cache_path), api_key=self.api_key,
-            input_type=self.input_type, dimensions=self.dimensions, timeout_s=self.timeout_s,
+            self.base_url,
+            self.model,
+            cache_path=Path(self.cache_path),
+            api_key=self.api_key,
+            input_type=self.input_type,
+            dimensions=self.dimensions,
+            timeout_s=self.timeout_s,
             max_retries=self.max_retries,
         )

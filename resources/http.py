@@ -32,8 +32,15 @@ class Retryable(Exception):
     answer came back), so a creating call should look for its result before repeating.
     """
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None, ambiguous: bool = True,
-                 status_code: int | None = None, detail: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        ambiguous: bool = True,
+        status_code: int | None = None,
+        detail: str = "",
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.ambiguous = ambiguous

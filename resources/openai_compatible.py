@@ -252,7 +252,8 @@ class OpenAICompatibleBackend:
         """Run `attempt` up to 1 + max_retries times; the last failure becomes EndpointError."""
         try:
             return retry(
-                attempt, self._retry_policy,
+                attempt,
+                self._retry_policy,
                 give_up=lambda failure, attempts: EndpointError(f"{failure} ({attempts})"),
             )
         except EndpointError as error:
@@ -285,7 +286,10 @@ class OpenAICompatibleBackend:
 def to_assistant_message(message: WireMessage) -> AssistantMessage:
     """OpenAI wire message (arguments as a JSON string) to our parsed AssistantMessage."""
     calls = [
-        ToolCall(id=call.id, function=FunctionCall(name=call.function.name, arguments=parse_arguments(call.function.arguments)))
+        ToolCall(
+            id=call.id,
+            function=FunctionCall(name=call.function.name, arguments=parse_arguments(call.function.arguments)),
+        )
         for call in message.tool_calls or []
     ]
     return AssistantMessage(content=message.content, tool_calls=calls or None)

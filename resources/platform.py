@@ -83,9 +83,7 @@ class ModelPlatform(dg.ConfigurableResource):
     def judge(self) -> ChatBackend | None:
         if not self.judge_base_url:
             return None
-        return OpenAICompatibleBackend(
-            self.judge_base_url, self.judge_model or "judge", api_key=self.judge_api_key
-        )
+        return OpenAICompatibleBackend(self.judge_base_url, self.judge_model or "judge", api_key=self.judge_api_key)
 
 
 def endpoint_backend(candidate: CandidateSpec) -> OpenAICompatibleBackend:
@@ -147,27 +145,36 @@ class LocalPlatform(ModelPlatform):
         else:
             log(f"training {candidate.name} on {len(train)} examples ({len(validation)} validation), {hp}")
             result = train_lora(
-                base_dir, train, validation, out_dir, hp,
+                base_dir,
+                train,
+                validation,
+                out_dir,
+                hp,
                 on_progress=lambda p: log(
                     "step {step} epoch {epoch:.2f} loss {loss:.4f} {tokens_per_s:.0f} tokens/s".format(**p)
                 ),
             )
         adapter = Adapter(
-            trained=True, fingerprint=fingerprint,
-            base_model_dir=result.base_model_dir, adapter_dir=result.adapter_dir,
+            trained=True,
+            fingerprint=fingerprint,
+            base_model_dir=result.base_model_dir,
+            adapter_dir=result.adapter_dir,
         )
-        return Trained(adapter=adapter, metadata={
-            "loss_curve": [(p.step, p.epoch, p.loss) for p in result.loss_curve],
-            "eval_loss": result.eval_loss,
-            "train_time_s": round(result.train_time_s, 2),
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "adapter_size_bytes": result.adapter_size_bytes,
-            "adapter_dir": result.adapter_dir,
-            "base_model_dir": result.base_model_dir,
-            "device": result.device,
-            "cpu_threads": result.cpu_threads,
-            "train_examples": result.train_examples,
-        })
+        return Trained(
+            adapter=adapter,
+            metadata={
+                "loss_curve": [(p.step, p.epoch, p.loss) for p in result.loss_curve],
+                "eval_loss": result.eval_loss,
+                "train_time_s": round(result.train_time_s, 2),
+                "tokens_per_s": round(result.tokens_per_s, 1),
+                "adapter_size_bytes": result.adapter_size_bytes,
+                "adapter_dir": result.adapter_dir,
+                "base_model_dir": result.base_model_dir,
+                "device": result.device,
+                "cpu_threads": result.cpu_threads,
+                "train_examples": result.train_examples,
+            },
+        )
 
     @contextmanager
     def serving(self, candidate, train, adapter=None) -> Iterator[ChatBackend]:
@@ -202,22 +209,28 @@ class NemoPlatform(ModelPlatform):
         dataset = self.nemo.upload_splits(workload_key, files, description=f"flywheel {workload_key}")
         log(f"uploaded splits as dataset {dataset}")
         result = self.nemo.customize(
-            candidate.base_model, dataset, hp, target=candidate.customizer_target,
+            candidate.base_model,
+            dataset,
+            hp,
+            target=candidate.customizer_target,
             on_job_id=lambda job_id: log(f"customization job {job_id}"),
             on_progress=lambda progress: log(str(progress)),
         )
         adapter = Adapter(
             trained=True, fingerprint=result.job_name, output_model=result.output_model, job_id=result.job_id
         )
-        return Trained(adapter=adapter, metadata={
-            "job_id": result.job_id,
-            "output_model": result.output_model,
-            "dataset": dataset,
-            "resumed_existing_job": result.resumed,
-            "loss_curve": [(step, None, loss) for step, loss in result.train_loss],
-            "eval_loss": [loss for _, loss in result.val_loss],
-            "ignored_hyperparameters": result.ignored_hyperparameters,
-        })
+        return Trained(
+            adapter=adapter,
+            metadata={
+                "job_id": result.job_id,
+                "output_model": result.output_model,
+                "dataset": dataset,
+                "resumed_existing_job": result.resumed,
+                "loss_curve": [(step, None, loss) for step, loss in result.train_loss],
+                "eval_loss": [loss for _, loss in result.val_loss],
+                "ignored_hyperparameters": result.ignored_hyperparameters,
+            },
+        )
 
     def serving(self, candidate, train, adapter=None):
         if candidate.backend == "openai":

@@ -85,36 +85,50 @@ class TelemetrySource(dg.ConfigurableResource):
             except httpx.HTTPError as err:  # connection refused, timeout
                 raise Retryable(f"{type(err).__name__}: {err}") from None
             if response.status_code in (429, 502, 503, 504):
-                raise Retryable(f"HTTP {response.status_code}", status_code=response.status_code,
-                                detail=_describe(response))
+                raise Retryable(
+                    f"HTTP {response.status_code}", status_code=response.status_code, detail=_describe(response)
+                )
             return response
 
         def give_up(failure: Retryable, attempts: str) -> TelemetryError:
-            return TelemetryError(f"{url}: no answer after {attempts} ({failure}{': ' + failure.detail if failure.detail else ''}); "
-                                  "check that the server is up and FLYWHEEL_TELEMETRY_URL points at it")
+            return TelemetryError(
+                f"{url}: no answer after {attempts} ({failure}{': ' + failure.detail if failure.detail else ''}); "
+                "check that the server is up and FLYWHEEL_TELEMETRY_URL points at it"
+            )
 
-        return retry(attempt, RetryPolicy(max_retries=self.max_retries, backoff_s=0.2, max_backoff_s=2.0),
-                     give_up=give_up)
+        return retry(
+            attempt, RetryPolicy(max_retries=self.max_retries, backoff_s=0.2, max_backoff_s=2.0), give_up=give_up
+        )
 
     def _scrape(self, client: httpx.Client, url: str, now: float) -> pl.DataFrame:
         response = self._get(client, url)
         if response.status_code != 200:
-            raise TelemetryError(f"{url}: HTTP {response.status_code} {response.text[:200]!r}; "
-                                 "point FLYWHEEL_TELEMETRY_URL at the engine's metrics endpoint")
-        return parse_exposition(response.text, scraped_at=now, instance=url, engines=self.engines or None,
-                                default_model=self.default_model)
+            raise TelemetryError(
+                f"{url}: HTTP {response.status_code} {response.text[:200]!r}; "
+                "point FLYWHEEL_TELEMETRY_URL at the engine's metrics endpoint"
+            )
+        return parse_exposition(
+            response.text, scraped_at=now, instance=url, engines=self.engines or None, default_model=self.default_model
+        )
 
     def _query_range(self, client: httpx.Client, start: float, end: float) -> pl.DataFrame:
-        names = sorted({_series_name(name, metrics[0].kind) for name, metrics in ENGINE_METRICS.items()
-                        if not self.engines or any(m.engine in self.engines for m in metrics)})
+        names = sorted(
+            {
+                _series_name(name, metrics[0].kind)
+                for name, metrics in ENGINE_METRICS.items()
+                if not self.engines or any(m.engine in self.engines for m in metrics)
+            }
+        )
         query = f'{{__name__=~"{"|".join(names)}"}}'
         url = f"{self.url.rstrip('/')}/api/v1/query_range"
         response = self._get(client, url, {"query": query, "start": start, "end": end, "step": self.step_s})
         try:
             body = response.json()
         except ValueError:
-            raise TelemetryError(f"{url}: HTTP {response.status_code}, not a Prometheus API answer "
-                                 f"({response.text[:200]!r}); is FLYWHEEL_TELEMETRY_URL the Prometheus base URL?") from None
+            raise TelemetryError(
+                f"{url}: HTTP {response.status_code}, not a Prometheus API answer "
+                f"({response.text[:200]!r}); is FLYWHEEL_TELEMETRY_URL the Prometheus base URL?"
+            ) from None
         if body.get("status") != "success":
             raise TelemetryError(f"{url}: {_describe(response)} (HTTP {response.status_code})")
         data = body.get("data") or {}
@@ -125,8 +139,14 @@ class TelemetrySource(dg.ConfigurableResource):
             labels = dict(series.get("metric", {}))
             name = labels.pop("__name__", "")
             points = [(float(t), float(v)) for t, v in series.get("values", [])]
-            rows += sample_rows(name, labels, points, engines=self.engines or None,
-                                default_model=self.default_model, instance=labels.get("instance", ""))
+            rows += sample_rows(
+                name,
+                labels,
+                points,
+                engines=self.engines or None,
+                default_model=self.default_model,
+                instance=labels.get("instance", ""),
+            )
         return samples_frame(rows)
 
     # --- the store -------------------------------------------------------------------
@@ -182,6 +202,9 @@ def telemetry_from_env(home: Path, env: Callable[[str], str | None] = os.environ
     engines = [e.strip() for e in (env("FLYWHEEL_TELEMETRY_ENGINES") or "").split(",") if e.strip()]
     check_engines(engines)
     return TelemetrySource(
-        url=env("FLYWHEEL_TELEMETRY_URL") or "", kind=kind, engines=engines,
-        default_model=env("FLYWHEEL_TELEMETRY_MODEL") or None, store_dir=str(home / "telemetry"),
+        url=env("FLYWHEEL_TELEMETRY_URL") or "",
+        kind=kind,
+        engines=engines,
+        default_model=env("FLYWHEEL_TELEMETRY_MODEL") or None,
+        store_dir=str(home / "telemetry"),
     )

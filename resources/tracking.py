@@ -24,7 +24,6 @@ run folder *and* the staging folder (`WANDB_DATA_DIR`), which `build_tracker` ke
 together under `$FLYWHEEL_HOME/wandb`.
 """
 
-
 import hashlib
 import io
 import json
@@ -130,6 +129,7 @@ class WandbTracker(Tracker):
                 "(without the prefix W&B would link promotions to a project of that name)"
             )
         return registry
+
     wandb: dg.ResourceDependency[dict] = Field(
         description="dagster-wandb's `wandb_resource` (or the same handle for keyless offline mode)."
     )
@@ -146,8 +146,12 @@ class WandbTracker(Tracker):
             # needs both: keep them beside the runs unless the operator chose a place
             os.environ.setdefault("WANDB_DATA_DIR", str(Path(self.run_dir) / "data"))
         settings = sdk.Settings(
-            silent=True, console="off", x_disable_stats=True, x_disable_meta=True,
-            disable_git=True, save_code=False,
+            silent=True,
+            console="off",
+            x_disable_stats=True,
+            x_disable_meta=True,
+            disable_git=True,
+            save_code=False,
         )
         inputs = [_compact(ref) for ref in request.inputs]
         config = {
@@ -159,17 +163,25 @@ class WandbTracker(Tracker):
             **request.config,
         }
         with sdk.init(
-            project=self.project, entity=self.entity, dir=self.run_dir, mode=self.mode,
-            job_type=request.asset, group=request.dagster_run_id,
+            project=self.project,
+            entity=self.entity,
+            dir=self.run_dir,
+            mode=self.mode,
+            job_type=request.asset,
+            group=request.dagster_run_id,
             name=f"{request.asset}[{request.partition}]" if request.partition else request.asset,
-            tags=["dagster", request.asset], config=config, settings=settings, reinit="create_new",
+            tags=["dagster", request.asset],
+            config=config,
+            settings=settings,
+            reinit="create_new",
         ) as run:
             if not run.offline:
                 for ref in request.inputs:
                     if ref.get("qualified_name"):
                         run.use_artifact(ref["qualified_name"])
             artifact = sdk.Artifact(
-                request.name, type=request.type,
+                request.name,
+                type=request.type,
                 metadata={"source_integration": "dagster_flywheel", **config, **request.metrics},
             )
             for path, data in request.files.items():
@@ -185,8 +197,12 @@ class WandbTracker(Tracker):
                 run.summary.update(request.metrics)
             run.log_artifact(artifact, aliases=["latest", *request.aliases])
             ref = {
-                "name": request.name, "type": request.type, "digest": artifact.digest,
-                "mode": run.settings.mode, "run_id": run.id, "inputs": inputs,
+                "name": request.name,
+                "type": request.type,
+                "digest": artifact.digest,
+                "mode": run.settings.mode,
+                "run_id": run.id,
+                "inputs": inputs,
                 "aliases": request.aliases,
             }
             if run.offline:
@@ -221,9 +237,7 @@ def wandb_metadata(ref: dict) -> dict[str, dg.MetadataValue]:
     """Materialization metadata for a logged artifact (keys follow dagster-wandb's)."""
     metadata = {
         WANDB_METADATA_KEY: dg.MetadataValue.json(ref),
-        "wandb_artifact_version": dg.MetadataValue.text(
-            ref.get("version") or f"offline, digest {ref['digest'][:12]}"
-        ),
+        "wandb_artifact_version": dg.MetadataValue.text(ref.get("version") or f"offline, digest {ref['digest'][:12]}"),
     }
     if ref.get("url"):
         metadata["wandb_artifact_url"] = dg.MetadataValue.url(ref["url"])
@@ -246,9 +260,7 @@ _LOADED_LOCK = threading.Lock()
 def latest_wandb_ref(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict | None:
     """The W&B artifact recorded on the latest materialization of `asset` [`partition`]."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
-        ),
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
         limit=1,
     ).records
     if not records:
@@ -325,9 +337,15 @@ def _request_for(context: dg.OutputContext, asset: str, obj, inputs: list[dict])
     kind = TRACKED_ASSETS[asset]
     metrics, config = _plain_metadata(context.output_metadata)
     request = ArtifactRequest(
-        name=artifact_name(asset, partition), type=kind, asset=asset, partition=partition,
-        dagster_run_id=context.run_id, dagster_job=context.job_name,
-        metrics=metrics, config=config, inputs=inputs,
+        name=artifact_name(asset, partition),
+        type=kind,
+        asset=asset,
+        partition=partition,
+        dagster_run_id=context.run_id,
+        dagster_job=context.job_name,
+        metrics=metrics,
+        config=config,
+        inputs=inputs,
     )
     if isinstance(obj, (pl.DataFrame, pl.LazyFrame)):
         buffer = io.BytesIO()
@@ -447,16 +465,24 @@ def read_offline_runs(run_dir: str | Path) -> list[dict]:
             if kind == "run":
                 r = record.run
                 run |= {
-                    "id": r.run_id, "job_type": r.job_type, "name": r.display_name, "group": r.run_group,
+                    "id": r.run_id,
+                    "job_type": r.job_type,
+                    "name": r.display_name,
+                    "group": r.run_group,
                     "config": {u.key: json.loads(u.value_json) for u in r.config.update if u.key != "_wandb"},
                 }
             elif kind == "artifact":
                 a = record.artifact
-                run["artifacts"].append({
-                    "name": a.name, "type": a.type, "digest": a.digest, "aliases": list(a.aliases),
-                    "metadata": json.loads(a.metadata) if a.metadata else {},
-                    "files": [c.path for c in a.manifest.contents],
-                })
+                run["artifacts"].append(
+                    {
+                        "name": a.name,
+                        "type": a.type,
+                        "digest": a.digest,
+                        "aliases": list(a.aliases),
+                        "metadata": json.loads(a.metadata) if a.metadata else {},
+                        "files": [c.path for c in a.manifest.contents],
+                    }
+                )
             elif kind == "summary":
                 for u in record.summary.update:
                     *parents, leaf = list(u.nested_key) or [u.key]

@@ -173,8 +173,19 @@ def call_fields(call: Any) -> dict[str, Any]:
     """The fields of a call (weave's `Call` model or a wire dict) as a plain dict."""
     if isinstance(call, Mapping):
         return dict(call)
-    names = ("id", "project_id", "op_name", "started_at", "ended_at", "attributes", "inputs",
-             "output", "exception", "summary", "parent_id")
+    names = (
+        "id",
+        "project_id",
+        "op_name",
+        "started_at",
+        "ended_at",
+        "attributes",
+        "inputs",
+        "output",
+        "exception",
+        "summary",
+        "parent_id",
+    )
     return {name: getattr(call, name, None) for name in names}
 
 
@@ -279,11 +290,15 @@ class WeaveTraceSource(dg.ConfigurableResource):
     page_size: int = Field(default=1000, ge=1, le=10_000)
     max_calls_per_tick: int = Field(default=50_000, ge=1, description="The rest waits for the next tick.")
     settle_seconds: float = Field(
-        default=120.0, ge=0, description="Only calls that ended at least this long ago are read, "
+        default=120.0,
+        ge=0,
+        description="Only calls that ended at least this long ago are read, "
         "so calls whose upload reaches the server late (batched, retried) are not skipped.",
     )
     unfinished_wait_seconds: float = Field(
-        default=3600.0, ge=0, description="The look-back: calls that ran up to this long are read "
+        default=3600.0,
+        ge=0,
+        description="The look-back: calls that ran up to this long are read "
         "when they end; an OpenAI call waits this long for its ancestors to be known.",
     )
     include_feedback: bool = Field(default=True, description="Ask for reactions (-> feedback.thumbs).")
@@ -316,13 +331,17 @@ class WeaveTraceSource(dg.ConfigurableResource):
         def exists(path: str) -> dict[str, Any]:
             return {"$convert": {"input": {"$getField": path}, "to": "exists"}}
 
-        return {"$or": [
-            {"$and": [exists("output.request"), exists("output.response")]},
-            {"$and": [
-                exists(f"attributes.{self.workload_attribute}"),
-                {"$contains": {"input": {"$getField": "op_name"}, "substr": {"$literal": CHAT_COMPLETIONS_OP}}},
-            ]},
-        ]}
+        return {
+            "$or": [
+                {"$and": [exists("output.request"), exists("output.response")]},
+                {
+                    "$and": [
+                        exists(f"attributes.{self.workload_attribute}"),
+                        {"$contains": {"input": {"$getField": "op_name"}, "substr": {"$literal": CHAT_COMPLETIONS_OP}}},
+                    ]
+                },
+            ]
+        }
 
     def _binding(self):
         # imported here: `import weave` takes seconds, and only polls need it
@@ -449,8 +468,10 @@ class WeaveTraceSource(dg.ConfigurableResource):
             del pending[call_id]
 
         # 2. calls that ended after the cursor (server-side: ended_at >= its second)
-        since_us = cursor.ended_at if cursor.ended_at is not None else to_micros(
-            dt.datetime.fromisoformat(self.start_date).replace(tzinfo=dt.UTC)
+        since_us = (
+            cursor.ended_at
+            if cursor.ended_at is not None
+            else to_micros(dt.datetime.fromisoformat(self.start_date).replace(tzinfo=dt.UTC))
         )
         started_from_s = (since_us - lookback_us) // 1_000_000
         last_us, last_ids = cursor.ended_at, set(cursor.ids)
@@ -512,10 +533,12 @@ def trace_server_url(env: Mapping[str, str] | None = None) -> str:
     base = (env.get("WANDB_PUBLIC_BASE_URL") or "").rstrip("/")
     if not base:
         settings = configparser.ConfigParser()
-        settings.read([
-            os.path.join(env.get("WANDB_CONFIG_DIR") or os.path.expanduser("~/.config/wandb"), "settings"),
-            os.path.join(os.getcwd(), "wandb", "settings"),
-        ])
+        settings.read(
+            [
+                os.path.join(env.get("WANDB_CONFIG_DIR") or os.path.expanduser("~/.config/wandb"), "settings"),
+                os.path.join(os.getcwd(), "wandb", "settings"),
+            ]
+        )
         saved = settings.get("default", "base_url", fallback=SAAS_API_URL)
         base = env.get("WANDB_BASE_URL", saved).rstrip("/")
     default = DEFAULT_TRACE_SERVER_URL if base == SAAS_API_URL else f"{base}/traces"

@@ -13,5 +13,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
       || echo "WARNING: could not install PostgreSQL; tests/test_postgres.py will be skipped"
   fi
 fi
+# lint, import order and formatting first: seconds, and the same rules for everyone
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 .venv/bin/python -m pytest -q "$@"

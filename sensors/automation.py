@@ -27,9 +27,7 @@ from partitions.slices import candidate_partitions, candidate_workload_key, work
 
 AC = dg.AutomationCondition
 
-_on_changed_data = AC.eager().replace(
-    "any_deps_updated", AC.any_deps_match(AC.data_version_changed())
-)
+_on_changed_data = AC.eager().replace("any_deps_updated", AC.any_deps_match(AC.data_version_changed()))
 
 # A workload-level asset over the days of its workload (its dataset, its monitoring): days
 # without traffic are missing partitions, which must not block it (eager alone never fires
@@ -138,10 +136,13 @@ def weekly_schedules(
         ]
 
     return [
-        weekly("curate_and_split", curate_cron, curate_and_split_job, list,
-               "Every workload's dataset + splits"),
-        weekly("train_and_evaluate", train_cron, train_and_evaluate_job, every_candidate,
-               "Every candidate x workload adapter and evaluations"),
+        weekly("curate_and_split", curate_cron, curate_and_split_job, list, "Every workload's dataset + splits"),
+        weekly(
+            "train_and_evaluate",
+            train_cron,
+            train_and_evaluate_job,
+            every_candidate,
+            "Every candidate x workload adapter and evaluations",
+        ),
         weekly("leaderboard", report_cron, report_job, list, "Every workload's leaderboard"),
     ]
-

@@ -63,9 +63,7 @@ class IngestRequests:
         return dg.SensorResult(run_requests=self.runs, dynamic_partitions_requests=adds, cursor=cursor)
 
 
-def ingest_requests(
-    results: Iterable[LandingResult], known_workloads: Iterable[str], trigger: str
-) -> IngestRequests:
+def ingest_requests(results: Iterable[LandingResult], known_workloads: Iterable[str], trigger: str) -> IngestRequests:
     """`raw_traces` runs for the day x workload partitions that received records: one run
     per key range (`trace_partition_boxes`), so a dropped file is ingested in one run
     instead of one process per partition.

@@ -32,8 +32,10 @@ def collect_telemetry(
     if collected.samples.is_empty():
         return dg.SensorResult(skip_reason=f"no samples up to {until}", cursor=until)
     days = telemetry.write(collected, part=f"{since or 0:.3f}-{until}")
-    context.log.info(f"{collected.samples.height} samples of {collected.samples.get_column('model').n_unique()} "
-                     f"models filed for {', '.join(days)}")
+    context.log.info(
+        f"{collected.samples.height} samples of {collected.samples.get_column('model').n_unique()} "
+        f"models filed for {', '.join(days)}"
+    )
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=day, run_key=f"{day}:{until}") for day in days],
         cursor=until,

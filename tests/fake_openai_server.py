@@ -89,7 +89,10 @@ class FakeOpenAIServer(LoopbackFake):
         hold_until_in_flight: int | None = None,
     ) -> None:
         self._state = _State(
-            model=model, latency_s=latency_s, api_key=api_key, responder=responder,
+            model=model,
+            latency_s=latency_s,
+            api_key=api_key,
+            responder=responder,
             embedder=embedder or (lambda text: bag_of_words_vector(text, embedding_dimensions)),
             hold_until_in_flight=hold_until_in_flight,
         )
@@ -182,15 +185,29 @@ class _Handler(LoopbackHandler):
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            return json_answer(400, {"error": {"message": "'input' must be a string or a non-empty list of strings",
-                                               "type": "invalid_request_error", "param": "input"}})
+            return json_answer(
+                400,
+                {
+                    "error": {
+                        "message": "'input' must be a string or a non-empty list of strings",
+                        "type": "invalid_request_error",
+                        "param": "input",
+                    }
+                },
+            )
         tokens = sum(len(text.split()) for text in texts)
-        return json_answer(200, {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": self.state.embedder(t)} for i, t in enumerate(texts)],
-            "model": body.get("model", self.state.model),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        })
+        return json_answer(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": self.state.embedder(t)}
+                    for i, t in enumerate(texts)
+                ],
+                "model": body.get("model", self.state.model),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
 
 # ------------------------------------------------------------------------------ answers

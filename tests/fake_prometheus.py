@@ -37,10 +37,53 @@ from loopback import Fault, LoopbackHandler, LoopbackServer, json_answer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # vllm/v1/metrics/loggers.py
-VLLM_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
-                        120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]
-VLLM_TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                     20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+VLLM_LATENCY_BUCKETS = [
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+]
+VLLM_TTFT_BUCKETS = [
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+]
 TGI_DURATION_BUCKETS = [0.1 * 1.5**i for i in range(16)]
 
 
@@ -70,8 +113,15 @@ class FakeEngine:
         """A restarted engine: every counter and histogram starts from zero."""
         with self._lock:
             self.restarts += 1
-            self._tgi = {"count": 0, "failure": 0, "input_sum": 0.0, "generated_sum": 0.0, "durations": [],
-                         "queue": 0, "batch": 0}
+            self._tgi = {
+                "count": 0,
+                "failure": 0,
+                "input_sum": 0.0,
+                "generated_sum": 0.0,
+                "durations": [],
+                "queue": 0,
+                "batch": 0,
+            }
             self._dcgm = {"util": 0.0, "fb_used": 0.0}
             if self.engine in ("vllm", "nim"):
                 self._build_vllm_style("vllm:" if self.engine == "vllm" else "")
@@ -80,26 +130,45 @@ class FakeEngine:
         registry = CollectorRegistry()
         labels = ["model_name", "engine"]
         self.registry = registry
-        self.e2e = Histogram(f"{prefix}e2e_request_latency_seconds", "e2e request latency", labels,
-                             buckets=self.latency_buckets or VLLM_LATENCY_BUCKETS, registry=registry)
-        self.ttft = Histogram(f"{prefix}time_to_first_token_seconds", "time to first token", labels,
-                              buckets=VLLM_TTFT_BUCKETS, registry=registry)
+        self.e2e = Histogram(
+            f"{prefix}e2e_request_latency_seconds",
+            "e2e request latency",
+            labels,
+            buckets=self.latency_buckets or VLLM_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            f"{prefix}time_to_first_token_seconds",
+            "time to first token",
+            labels,
+            buckets=VLLM_TTFT_BUCKETS,
+            registry=registry,
+        )
         self.running = Gauge(f"{prefix}num_requests_running", "running", labels, registry=registry)
         self.waiting = Gauge(f"{prefix}num_requests_waiting", "waiting", labels, registry=registry)
         kv_name = "kv_cache_usage_perc" if prefix else "gpu_cache_usage_perc"
         self.kv = Gauge(f"{prefix}{kv_name}", "KV-cache usage", labels, registry=registry)
         self.prompt = Counter(f"{prefix}prompt_tokens", "prefill tokens", labels, registry=registry)
         self.generation = Counter(f"{prefix}generation_tokens", "generation tokens", labels, registry=registry)
-        self.success = Counter(f"{prefix}request_success", "finished requests", labels + ["finished_reason"],
-                               registry=registry)
+        self.success = Counter(
+            f"{prefix}request_success", "finished requests", labels + ["finished_reason"], registry=registry
+        )
         for model in self.models:  # vLLM creates every child up front (make_per_engine): all start at 0
             for metric in (self.e2e, self.ttft, self.running, self.waiting, self.kv, self.prompt, self.generation):
                 metric.labels(model, "0")
             for reason in ("stop", "length", "abort"):
                 self.success.labels(model, "0", reason)
 
-    def serve(self, model: str, latency_s: float, *, ttft_s: float = 0.05, prompt_tokens: int = 100,
-              generation_tokens: int = 20, finished_reason: str = "stop") -> None:
+    def serve(
+        self,
+        model: str,
+        latency_s: float,
+        *,
+        ttft_s: float = 0.05,
+        prompt_tokens: int = 100,
+        generation_tokens: int = 20,
+        finished_reason: str = "stop",
+    ) -> None:
         with self._lock:
             if self.engine in ("vllm", "nim"):
                 self.e2e.labels(model, "0").observe(latency_s)
@@ -115,8 +184,16 @@ class FakeEngine:
                 tgi["generated_sum"] += generation_tokens
                 tgi["durations"].append(latency_s)
 
-    def set_load(self, model: str, *, running: int, waiting: int, kv_cache: float = 0.5,
-                 gpu_util_pct: float = 50.0, fb_used_mib: float = 1000.0) -> None:
+    def set_load(
+        self,
+        model: str,
+        *,
+        running: int,
+        waiting: int,
+        kv_cache: float = 0.5,
+        gpu_util_pct: float = 50.0,
+        fb_used_mib: float = 1000.0,
+    ) -> None:
         with self._lock:
             if self.engine in ("vllm", "nim"):
                 self.running.labels(model, "0").set(running)
@@ -136,20 +213,26 @@ class FakeEngine:
     def _tgi_text(self) -> str:
         tgi = self._tgi
         lines = [
-            "# TYPE tgi_request_count counter", f"tgi_request_count {tgi['count']}",
-            "# TYPE tgi_request_failure counter", f'tgi_request_failure{{err="generation"}} {tgi["failure"]}',
-            "# TYPE tgi_queue_size gauge", f"tgi_queue_size {tgi['queue']}",
-            "# TYPE tgi_batch_current_size gauge", f"tgi_batch_current_size {tgi['batch']}",
+            "# TYPE tgi_request_count counter",
+            f"tgi_request_count {tgi['count']}",
+            "# TYPE tgi_request_failure counter",
+            f'tgi_request_failure{{err="generation"}} {tgi["failure"]}',
+            "# TYPE tgi_queue_size gauge",
+            f"tgi_queue_size {tgi['queue']}",
+            "# TYPE tgi_batch_current_size gauge",
+            f"tgi_batch_current_size {tgi['batch']}",
             "# TYPE tgi_request_duration histogram",
         ]
         for bound in TGI_DURATION_BUCKETS:
             lines.append(f'tgi_request_duration_bucket{{le="{bound}"}} {sum(d <= bound for d in tgi["durations"])}')
         lines += [
             f'tgi_request_duration_bucket{{le="+Inf"}} {len(tgi["durations"])}',
-            f"tgi_request_duration_sum {sum(tgi['durations'])}", f"tgi_request_duration_count {len(tgi['durations'])}",
+            f"tgi_request_duration_sum {sum(tgi['durations'])}",
+            f"tgi_request_duration_count {len(tgi['durations'])}",
             "# TYPE tgi_request_input_length histogram",
             f'tgi_request_input_length_bucket{{le="+Inf"}} {tgi["count"]}',
-            f"tgi_request_input_length_sum {tgi['input_sum']}", f"tgi_request_input_length_count {tgi['count']}",
+            f"tgi_request_input_length_sum {tgi['input_sum']}",
+            f"tgi_request_input_length_count {tgi['count']}",
             "# TYPE tgi_request_generated_tokens histogram",
             f'tgi_request_generated_tokens_bucket{{le="+Inf"}} {tgi["count"]}',
             f"tgi_request_generated_tokens_sum {tgi['generated_sum']}",
@@ -235,20 +318,28 @@ class FakePrometheus:
             start, end = _time(params["start"]), _time(params["end"])
             step = _duration(params["step"])
         except KeyError as missing:
-            return 400, _error("bad_data", f"invalid parameter {missing.args[0]!r}: cannot parse \"\" to a valid timestamp")
+            return 400, _error(
+                "bad_data", f'invalid parameter {missing.args[0]!r}: cannot parse "" to a valid timestamp'
+            )
         except ValueError as err:
             return 400, _error("bad_data", str(err))
         if end < start:
-            return 400, _error("bad_data", "invalid parameter \"end\": end timestamp must not be before start time")
+            return 400, _error("bad_data", 'invalid parameter "end": end timestamp must not be before start time')
         if step <= 0:
-            return 400, _error("bad_data", "invalid parameter \"step\": zero or negative query resolution step "
-                                           "widths are not accepted. Try a positive integer")
+            return 400, _error(
+                "bad_data",
+                'invalid parameter "step": zero or negative query resolution step '
+                "widths are not accepted. Try a positive integer",
+            )
         if (end - start) / step > MAX_POINTS:
-            return 400, _error("bad_data", "exceeded maximum resolution of 11,000 points per timeseries. "
-                                           "Try decreasing the query resolution (?step=XX)")
+            return 400, _error(
+                "bad_data",
+                "exceeded maximum resolution of 11,000 points per timeseries. "
+                "Try decreasing the query resolution (?step=XX)",
+            )
         selector = _selector(query)
         if selector is None:
-            return 400, _error("bad_data", f"invalid parameter \"query\": 1:1: parse error: unexpected input {query!r}")
+            return 400, _error("bad_data", f'invalid parameter "query": 1:1: parse error: unexpected input {query!r}')
         steps = [start + k * step for k in range(int(math.floor((end - start) / step)) + 1)]
         result = []
         with self._lock:
@@ -306,7 +397,7 @@ def _duration(text: str) -> float:
     except ValueError:
         match = re.fullmatch(r"(\d+)(ms|s|m|h|d)", text)
         if not match:
-            raise ValueError(f"invalid parameter \"step\": cannot parse {text!r} to a valid duration") from None
+            raise ValueError(f'invalid parameter "step": cannot parse {text!r} to a valid duration') from None
         return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 

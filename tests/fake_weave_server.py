@@ -192,14 +192,20 @@ class FakeWeaveServer(LoopbackFake):
         if not detoned or len(detoned) > 2:  # the real server: "exactly one emoji"
             raise ValueError("Value of emoji key in payload must be exactly one emoji")
         aliases = {"👍": ":thumbs_up:", "👎": ":thumbs_down:"}
-        payload = {"emoji": emoji, "alias": aliases.get(emoji, emoji), "detoned": detoned,
-                   "detoned_alias": aliases.get(detoned, detoned)}
+        payload = {
+            "emoji": emoji,
+            "alias": aliases.get(emoji, emoji),
+            "detoned": detoned,
+            "detoned_alias": aliases.get(detoned, detoned),
+        }
         with self._lock:
-            self._feedback.setdefault((project_id, call_id), []).append({
-                "feedback_type": "wandb.reaction.1",
-                "weave_ref": f"weave:///{project_id}/call/{call_id}",
-                "payload": payload,
-            })
+            self._feedback.setdefault((project_id, call_id), []).append(
+                {
+                    "feedback_type": "wandb.reaction.1",
+                    "weave_ref": f"weave:///{project_id}/call/{call_id}",
+                    "payload": payload,
+                }
+            )
 
     def add_synthetic(
         self,
@@ -228,8 +234,8 @@ class FakeWeaveServer(LoopbackFake):
                 return call
 
             def number(call_id: str) -> int | None:
-                if call_id.startswith(id_prefix) and call_id[len(id_prefix):].isdigit():
-                    n = int(call_id[len(id_prefix):])
+                if call_id.startswith(id_prefix) and call_id[len(id_prefix) :].isdigit():
+                    n = int(call_id[len(id_prefix) :])
                     return n if n < count else None
                 return None
 
@@ -263,7 +269,9 @@ class FakeWeaveServer(LoopbackFake):
             rows = (store.call_at(p) for p in positions if not latest_only or store.is_latest(p))
             matches = (c for c in rows if op_match(c["op_name"]) and (expr is None or _evaluate(expr, c)))
             if by_end:  # every match of the started_at range, then ordered by end
-                matches = iter(sorted(matches, key=lambda c: (to_micros(c["ended_at"]) if c.get("ended_at") else -1, c["id"])))
+                matches = iter(
+                    sorted(matches, key=lambda c: (to_micros(c["ended_at"]) if c.get("ended_at") else -1, c["id"]))
+                )
             out = []
             for call in matches:
                 if offset:
@@ -348,7 +356,7 @@ def _compare(op: str, a: Any, b: Any) -> bool:
 
 
 def _evaluate(expr: dict[str, Any], call: dict[str, Any]) -> Any:
-    (op, args), = expr.items()
+    ((op, args),) = expr.items()
     if op == "$convert":
         return _operand(expr, call)
     if op == "$contains":
@@ -376,7 +384,7 @@ def _started_at_bounds(expr: dict[str, Any] | None) -> tuple[int | None, int | N
         return lo, hi
     terms = expr["$and"] if "$and" in expr else [expr]
     for term in terms:
-        (op, args), = term.items()
+        ((op, args),) = term.items()
         if op not in ("$gt", "$gte", "$lt", "$lte") or len(args) != 2:
             continue
         field_, literal = args
@@ -494,7 +502,13 @@ class CallFactory:
                 "id": f"chatcmpl-{n}",
                 "object": "chat.completion",
                 "model": "prod-model",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer or f"answer {n}"}, "finish_reason": "stop"}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer or f"answer {n}"},
+                        "finish_reason": "stop",
+                    }
+                ],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
             }
             call["summary"] = {"weave": {"status": "success", "latency_ms": 250}}
@@ -527,8 +541,13 @@ class CallFactory:
         child = self.chat(iso(start + 1000), workload_id=None, client_id=None)
         child["attributes"].update(attributes or {})
         request = {**child["inputs"], "temperature": 0.3, "max_tokens": 1024}
-        document = {"timestamp": start // 1_000_000, "workload_id": workload_id, "client_id": "my_demo_app",
-                    "request": request, "response": child["output"]}
+        document = {
+            "timestamp": start // 1_000_000,
+            "workload_id": workload_id,
+            "client_id": "my_demo_app",
+            "request": request,
+            "response": child["output"],
+        }
         parent = self.document(iso(start), document, duration_s=0.5)
         parent["op_name"] = op_ref(self.entity, self.project, "log_chat", self.digest)
         parent["inputs"] = {"workload_id": workload_id, "messages": request["messages"]}

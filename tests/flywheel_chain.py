@@ -31,19 +31,41 @@ def promoted_chain(
     assert not run_flywheel(defs, instance, log=lambda _: None, through="split").failed
 
     def materialize(selection: list[str], key: str, run_config: dict) -> dg.ExecuteInProcessResult:
-        result = dg.materialize(ASSETS, selection=selection, partition_key=key, instance=instance,
-                                resources=resources, run_config={**QUIET, **run_config})
+        result = dg.materialize(
+            ASSETS,
+            selection=selection,
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            run_config={**QUIET, **run_config},
+        )
         assert result.success
         return result
 
-    candidate = materialize(["lora_adapter", "base_eval", "icl_eval", "customized_eval"],
-                            candidate_workload_key(CANDIDATE, WL), {"ops": {"lora_adapter": {"config": {"epochs": 1}}}})
+    candidate = materialize(
+        ["lora_adapter", "base_eval", "icl_eval", "customized_eval"],
+        candidate_workload_key(CANDIDATE, WL),
+        {"ops": {"lora_adapter": {"config": {"epochs": 1}}}},
+    )
     materialize(["leaderboard"], WL, {})
     promotion = defs.resolve_job_def("promote").execute_in_process(
-        instance=instance, partition_key=WL,
-        run_config={**QUIET, "ops": {"promoted_model": {"config": {
-            "workload": WL, "candidate": CANDIDATE, "experiment": "customized", "min_score": 0.0,
-            "approver": approver, "reason": reason}}}},
+        instance=instance,
+        partition_key=WL,
+        run_config={
+            **QUIET,
+            "ops": {
+                "promoted_model": {
+                    "config": {
+                        "workload": WL,
+                        "candidate": CANDIDATE,
+                        "experiment": "customized",
+                        "min_score": 0.0,
+                        "approver": approver,
+                        "reason": reason,
+                    }
+                }
+            },
+        },
     )
     assert promotion.success
     return candidate, promotion
@@ -63,8 +85,12 @@ class AutomatedFlywheel:
 
     def materialize(self, selection, partition_key) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            ASSETS, selection=selection, partition_key=partition_key, instance=self.instance,
-            resources=self.resources, raise_on_error=False,
+            ASSETS,
+            selection=selection,
+            partition_key=partition_key,
+            instance=self.instance,
+            resources=self.resources,
+            raise_on_error=False,
         )
 
     def tick(self) -> dict[str, set]:

@@ -77,8 +77,13 @@ class Fault:
 
 # what a flaky service or network does now and then
 TRANSIENT_FAULTS = (
-    Fault.status(500), Fault.status(502), Fault.status(503), Fault.status(429, retry_after=0),
-    Fault.drop(), Fault.drop_after(), Fault.hang(0.05),
+    Fault.status(500),
+    Fault.status(502),
+    Fault.status(503),
+    Fault.status(429, retry_after=0),
+    Fault.drop(),
+    Fault.drop_after(),
+    Fault.hang(0.05),
 )
 
 
@@ -102,8 +107,9 @@ class FaultScript:
         self._services: set[str] | None = None
         self._rng = random.Random(0)
 
-    def add(self, fault: Fault, *, method: str | None = None, path: str = ".*", service: str | None = None,
-            times: int = 1) -> None:
+    def add(
+        self, fault: Fault, *, method: str | None = None, path: str = ".*", service: str | None = None, times: int = 1
+    ) -> None:
         if times > 0:
             with self._lock:
                 self._aimed.append(_Aimed(fault, method, re.compile(path), service, times))
@@ -113,8 +119,9 @@ class FaultScript:
         for fault in faults:
             self.add(fault)
 
-    def set_rate(self, rate: float, *, seed: int = 0, kinds: Iterable[Fault] | None = None,
-                 services: Iterable[str] | None = None) -> None:
+    def set_rate(
+        self, rate: float, *, seed: int = 0, kinds: Iterable[Fault] | None = None, services: Iterable[str] | None = None
+    ) -> None:
         """Each request (to one of `services`, default all) gets one of `kinds` with chance `rate`."""
         with self._lock:
             self._rate, self._rng = rate, random.Random(seed)
@@ -130,8 +137,7 @@ class FaultScript:
                     if aimed.remaining == 0:
                         self._aimed.remove(aimed)
                     return aimed.fault
-            if self._rate and (self._services is None or service in self._services) \
-                    and self._rng.random() < self._rate:
+            if self._rate and (self._services is None or service in self._services) and self._rng.random() < self._rate:
                 return self._rng.choice(self._kinds)
         return None
 
@@ -163,8 +169,9 @@ class _Server(ThreadingHTTPServer):
 class LoopbackServer:
     """``with LoopbackServer(Handler, state=...) as server:`` serves on ``server.base_url``."""
 
-    def __init__(self, handler_class: type[BaseHTTPRequestHandler], *, wake: threading.Event | None = None,
-                 **attributes: Any) -> None:
+    def __init__(
+        self, handler_class: type[BaseHTTPRequestHandler], *, wake: threading.Event | None = None, **attributes: Any
+    ) -> None:
         self.handler_class = handler_class
         self.attributes = attributes
         self.wake = wake or threading.Event()
@@ -178,8 +185,12 @@ class LoopbackServer:
         for name, value in self.attributes.items():
             setattr(httpd, name, value)
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": POLL_INTERVAL_S},
-                                        daemon=True, name=f"loopback-{self.handler_class.__qualname__}")
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": POLL_INTERVAL_S},
+            daemon=True,
+            name=f"loopback-{self.handler_class.__qualname__}",
+        )
         self._thread.start()
         return self
 
@@ -256,8 +267,14 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def record(self, body: Any, **fields: Any) -> RecordedRequest:
-        return RecordedRequest(self.command, fields.pop("path", self.path), body, self.headers.get("Authorization"),
-                               headers={k.lower(): v for k, v in self.headers.items()}, **fields)
+        return RecordedRequest(
+            self.command,
+            fields.pop("path", self.path),
+            body,
+            self.headers.get("Authorization"),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            **fields,
+        )
 
     def send(self, status: int, body: bytes, headers: dict[str, str], length: int | None = None) -> None:
         self.send_response(status)

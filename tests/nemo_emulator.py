@@ -84,12 +84,33 @@ CLUSTER_NIM_URL = "http://nemo-nim-proxy:8000"
 # customization targets as a cluster lists them (``GET /v1/customization/targets``): the
 # name carries the version; configs name a target as ``{namespace}/{name}``
 DEFAULT_TARGETS = [
-    {"namespace": "meta", "name": "llama-3.2-1b-instruct@2.0", "base_model": "meta/llama-3.2-1b-instruct",
-     "enabled": True, "status": "ready", "num_parameters": 1_000_000_000, "precision": "bf16-mixed"},
-    {"namespace": "meta", "name": "llama-3.1-8b-instruct@2.0", "base_model": "meta/llama-3.1-8b-instruct",
-     "enabled": True, "status": "ready", "num_parameters": 8_000_000_000, "precision": "bf16-mixed"},
-    {"namespace": "meta", "name": "llama-3.3-70b-instruct@2.0", "base_model": "meta/llama-3.3-70b-instruct",
-     "enabled": False, "status": "created", "num_parameters": 70_000_000_000, "precision": "bf16-mixed"},
+    {
+        "namespace": "meta",
+        "name": "llama-3.2-1b-instruct@2.0",
+        "base_model": "meta/llama-3.2-1b-instruct",
+        "enabled": True,
+        "status": "ready",
+        "num_parameters": 1_000_000_000,
+        "precision": "bf16-mixed",
+    },
+    {
+        "namespace": "meta",
+        "name": "llama-3.1-8b-instruct@2.0",
+        "base_model": "meta/llama-3.1-8b-instruct",
+        "enabled": True,
+        "status": "ready",
+        "num_parameters": 8_000_000_000,
+        "precision": "bf16-mixed",
+    },
+    {
+        "namespace": "meta",
+        "name": "llama-3.3-70b-instruct@2.0",
+        "base_model": "meta/llama-3.3-70b-instruct",
+        "enabled": False,
+        "status": "created",
+        "num_parameters": 70_000_000_000,
+        "precision": "bf16-mixed",
+    },
 ]
 
 # the Customizer's chat format: these fields per line, these per message
@@ -161,22 +182,37 @@ class CustomizationJob:
         return round(100.0 * done / (len(running) + 1), 1)
 
     def as_job(self) -> dict:
-        return {"id": self.id, "name": self.name, "output_model": self.output_model, "config": self.config,
-                "dataset": self.dataset, "hyperparameters": self.hyperparameters, "status": self.status,
-                "created_at": f"2025-01-01T00:00:{self.created_seq:02d}", "ownership": {"created_by": "emulator"}}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "output_model": self.output_model,
+            "config": self.config,
+            "dataset": self.dataset,
+            "hyperparameters": self.hyperparameters,
+            "status": self.status,
+            "created_at": f"2025-01-01T00:00:{self.created_seq:02d}",
+            "ownership": {"created_by": "emulator"},
+        }
 
     def as_status(self) -> dict:
         epochs = int(self.hyperparameters.get("epochs", 1))
         fraction = self.progress() / 100.0
         steps = int(round(fraction * 10 * epochs))
         return {
-            "id": self.id, "status": self.status, "percentage_done": self.progress(),
-            "epochs_completed": int(fraction * epochs), "steps_completed": steps,
-            "status_logs": self.status_logs, "created_at": "2025-01-01T00:00:00",
-            "metrics": {"keys": ["train_loss", "val_loss"], "metrics": {
-                "train_loss": [{"step": s, "value": round(2.0 / (1 + s), 4)} for s in range(1, steps + 1)],
-                "val_loss": [{"step": s, "value": round(2.2 / (1 + s), 4)} for s in range(1, steps + 1, 5)],
-            }},
+            "id": self.id,
+            "status": self.status,
+            "percentage_done": self.progress(),
+            "epochs_completed": int(fraction * epochs),
+            "steps_completed": steps,
+            "status_logs": self.status_logs,
+            "created_at": "2025-01-01T00:00:00",
+            "metrics": {
+                "keys": ["train_loss", "val_loss"],
+                "metrics": {
+                    "train_loss": [{"step": s, "value": round(2.0 / (1 + s), 4)} for s in range(1, steps + 1)],
+                    "val_loss": [{"step": s, "value": round(2.2 / (1 + s), 4)} for s in range(1, steps + 1, 5)],
+                },
+            },
         }
 
 
@@ -200,9 +236,16 @@ class EvaluationJob:
     def as_job(self) -> dict:
         progress = 100.0 if self.status == "completed" else (50.0 if self.status == "running" else 0.0)
         details = {"progress": progress, "message": self.failure if self.status == "failed" else None}
-        return {"id": self.id, "namespace": self.namespace, "status": self.status, "status_details": details,
-                "config": self.config, "target": self.target, "custom_fields": self.custom_fields,
-                "created_at": f"2025-01-01T00:01:{self.created_seq:02d}"}
+        return {
+            "id": self.id,
+            "namespace": self.namespace,
+            "status": self.status,
+            "status_details": details,
+            "config": self.config,
+            "target": self.target,
+            "custom_fields": self.custom_fields,
+            "created_at": f"2025-01-01T00:01:{self.created_seq:02d}",
+        }
 
 
 @dataclass
@@ -220,9 +263,13 @@ class Deployment:
         return self.script[self.step]
 
     def as_json(self) -> dict:
-        return {"name": self.name, "namespace": self.namespace, "config": {"model": self.model},
-                "deployed": self.status == "ready",
-                "status_details": {"status": self.status, "description": self.failure or f"deployment {self.status}"}}
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "config": {"model": self.model},
+            "deployed": self.status == "ready",
+            "status_details": {"status": self.status, "description": self.failure or f"deployment {self.status}"},
+        }
 
 
 # ----------------------------------------------------------------------------- emulator
@@ -297,12 +344,14 @@ class NemoEmulator(LoopbackFake):
         return self.url("nim")
 
     # ---------------------------------------------------------------- fault control
-    def add_fault(self, fault: Fault, *, method: str | None = None, path: str = ".*", service: str | None = None,
-                  times: int = 1) -> None:
+    def add_fault(
+        self, fault: Fault, *, method: str | None = None, path: str = ".*", service: str | None = None, times: int = 1
+    ) -> None:
         self._faults.add(fault, method=method, path=path, service=service, times=times)
 
-    def set_fault_rate(self, rate: float, *, seed: int = 0, kinds: list[Fault] | None = None,
-                       services: tuple[str, ...] = SERVICES) -> None:
+    def set_fault_rate(
+        self, rate: float, *, seed: int = 0, kinds: list[Fault] | None = None, services: tuple[str, ...] = SERVICES
+    ) -> None:
         self._faults.set_rate(rate, seed=seed, kinds=kinds, services=services)
 
     def fail_next_customization(self, detail: str) -> None:
@@ -489,10 +538,18 @@ class NemoEmulator(LoopbackFake):
     def _targets_list(self, req: Request):
         page, size = int(req.query.get("page", 1)), int(req.query.get("page_size", 10))
         targets = sorted(self.targets.values(), key=lambda t: (t["namespace"], t["name"]))
-        chunk = targets[(page - 1) * size: page * size]
-        return {"object": "list", "data": chunk,
-                "pagination": {"page": page, "page_size": size, "current_page_size": len(chunk),
-                               "total_pages": max(1, -(-len(targets) // size)), "total_results": len(targets)}}
+        chunk = targets[(page - 1) * size : page * size]
+        return {
+            "object": "list",
+            "data": chunk,
+            "pagination": {
+                "page": page,
+                "page_size": size,
+                "current_page_size": len(chunk),
+                "total_pages": max(1, -(-len(targets) // size)),
+                "total_results": len(targets),
+            },
+        }
 
     def _target_get(self, req: Request):
         key = "/".join(req.groups)
@@ -510,9 +567,14 @@ class NemoEmulator(LoopbackFake):
         body = req.json() or {}
         problems = [k for k in ("name", "output_model", "config", "dataset", "hyperparameters") if not body.get(k)]
         hp = body.get("hyperparameters") or {}
-        problems += [f"hyperparameters.{k}" for k in ("training_type", "finetuning_type", "epochs", "batch_size",
-                                                       "learning_rate", "lora") if k not in hp]
-        problems += [f"hyperparameters.lora.{k}" for k in ("adapter_dim", "adapter_dropout") if k not in (hp.get("lora") or {})]
+        problems += [
+            f"hyperparameters.{k}"
+            for k in ("training_type", "finetuning_type", "epochs", "batch_size", "learning_rate", "lora")
+            if k not in hp
+        ]
+        problems += [
+            f"hyperparameters.lora.{k}" for k in ("adapter_dim", "adapter_dropout") if k not in (hp.get("lora") or {})
+        ]
         if problems:
             raise HTTPError(422, [{"loc": ["body", *p.split(".")], "msg": "field required"} for p in problems])
         if body["config"] not in self.configs:
@@ -528,11 +590,13 @@ class NemoEmulator(LoopbackFake):
         output = body["output_model"] if "@" in body["output_model"] else f"{body['output_model']}@{job_id}"
         failure = self._fail_customization.pop(0) if self._fail_customization else None
         failure = failure or _invalid_training_files(files)
-        script = ["created", "pending"] + (["running", "failed"] if failure else
-                                           ["running"] * self.customization_polls + ["completed"])
+        script = ["created", "pending"] + (
+            ["running", "failed"] if failure else ["running"] * self.customization_polls + ["completed"]
+        )
         base = self.targets[self.configs[body["config"]]["target"]]["base_model"]
-        job = CustomizationJob(job_id, body["name"], output, body["config"], dataset, hp, next(self._seq), base,
-                               script, failure=failure)
+        job = CustomizationJob(
+            job_id, body["name"], output, body["config"], dataset, hp, next(self._seq), base, script, failure=failure
+        )
         self.customization_jobs.append(job)
         return 200, job.as_job()
 
@@ -547,22 +611,37 @@ class NemoEmulator(LoopbackFake):
         job.advance()
         if job.status != before:
             if job.status == "failed":
-                job.status_logs.append({"message": "failed", "detail": job.failure, "updated_at": "2025-01-01T00:05:00"})
+                job.status_logs.append(
+                    {"message": "failed", "detail": job.failure, "updated_at": "2025-01-01T00:05:00"}
+                )
             elif job.status == "completed":
                 job.status_logs.append({"message": "completed", "detail": None})
                 ns, _, name = job.output_model.partition("/")
-                self.models[job.output_model] = {"name": name, "namespace": ns, "base_model": job.base_model,
-                                                 "adapter": {"finetuning_type": "lora"}, "job": job.id}
+                self.models[job.output_model] = {
+                    "name": name,
+                    "namespace": ns,
+                    "base_model": job.base_model,
+                    "adapter": {"finetuning_type": "lora"},
+                    "job": job.id,
+                }
             else:
                 job.status_logs.append({"message": job.status, "detail": None})
 
     def _customization_list(self, req: Request):
         page, size = int(req.query.get("page", 1)), int(req.query.get("page_size", 10))
         jobs = sorted(self.customization_jobs, key=lambda j: -j.created_seq)
-        chunk = jobs[(page - 1) * size: page * size]
-        return {"object": "list", "data": [job.as_job() for job in chunk],
-                "pagination": {"page": page, "page_size": size, "current_page_size": len(chunk),
-                               "total_pages": max(1, -(-len(jobs) // size)), "total_results": len(jobs)}}
+        chunk = jobs[(page - 1) * size : page * size]
+        return {
+            "object": "list",
+            "data": [job.as_job() for job in chunk],
+            "pagination": {
+                "page": page,
+                "page_size": size,
+                "current_page_size": len(chunk),
+                "total_pages": max(1, -(-len(jobs) // size)),
+                "total_results": len(jobs),
+            },
+        }
 
     def _customization_get(self, req: Request):
         job = self._job(req.groups[0])
@@ -589,11 +668,21 @@ class NemoEmulator(LoopbackFake):
         if not isinstance(config, dict) or not config.get("tasks"):
             raise HTTPError(422, [{"loc": ["body", "config", "tasks"], "msg": "field required"}])
         if not _target_model(target):
-            raise HTTPError(422, [{"loc": ["body", "target", "model", "api_endpoint", "model_id"], "msg": "field required"}])
+            raise HTTPError(
+                422, [{"loc": ["body", "target", "model", "api_endpoint", "model_id"], "msg": "field required"}]
+            )
         failure = self._fail_evaluation.pop(0) if self._fail_evaluation else None
         script = ["created"] + ["running"] * self.evaluation_polls + (["failed"] if failure else ["completed"])
-        job = EvaluationJob(f"eval-{next(self._seq):06d}", config, target, body.get("custom_fields") or {},
-                            body.get("namespace", "default"), next(self._seq), script, failure=failure)
+        job = EvaluationJob(
+            f"eval-{next(self._seq):06d}",
+            config,
+            target,
+            body.get("custom_fields") or {},
+            body.get("namespace", "default"),
+            next(self._seq),
+            script,
+            failure=failure,
+        )
         self.evaluation_jobs.append(job)
         return 200, job.as_job()
 
@@ -606,9 +695,12 @@ class NemoEmulator(LoopbackFake):
     def _evaluation_list(self, req: Request):
         page, size = int(req.query.get("page", 1)), int(req.query.get("page_size", 10))
         jobs = sorted(self.evaluation_jobs, key=lambda j: -j.created_seq)
-        chunk = jobs[(page - 1) * size: page * size]
-        return {"object": "list", "data": [job.as_job() for job in chunk],
-                "pagination": {"page": page, "page_size": size, "total_results": len(jobs)}}
+        chunk = jobs[(page - 1) * size : page * size]
+        return {
+            "object": "list",
+            "data": [job.as_job() for job in chunk],
+            "pagination": {"page": page, "page_size": size, "total_results": len(jobs)},
+        }
 
     def _evaluation_get(self, req: Request):
         job = self._eval_job(req.groups[0])
@@ -655,29 +747,41 @@ class NemoEmulator(LoopbackFake):
                 if problem:
                     raise HTTPError(400, f"the model answered HTTP 400 to a replayed record: {problem}")
                 answer = self._answer(request.get("messages") or [], request.get("tools"))
-                sample = {"output_text": answer.get("content") or "",
-                          "response": {"choices": [{"message": answer}]}}
+                sample = {"output_text": answer.get("content") or "", "response": {"choices": [{"message": answer}]}}
                 for metric_name, metric in task["metrics"].items():
                     got = scores.setdefault(metric_name, {})
                     for score, value in self._metric(env, metric, item, sample).items():
                         got.setdefault(score, []).append(value)
-            tasks[task_name] = {"metrics": {
-                metric: {"scores": {score: {"value": sum(v) / len(v), "stats": {"count": len(v), "sum": sum(v), "mean": sum(v) / len(v)}}
-                                    for score, v in metric_scores.items()}}
-                for metric, metric_scores in scores.items()}}
+            tasks[task_name] = {
+                "metrics": {
+                    metric: {
+                        "scores": {
+                            score: {
+                                "value": sum(v) / len(v),
+                                "stats": {"count": len(v), "sum": sum(v), "mean": sum(v) / len(v)},
+                            }
+                            for score, v in metric_scores.items()
+                        }
+                    }
+                    for metric, metric_scores in scores.items()
+                }
+            }
         return {"job": job.id, "tasks": tasks, "groups": {}}
 
     def _metric(self, env: jinja2.Environment, metric: dict, item: dict, sample: dict) -> dict[str, float]:
         params = metric.get("params") or {}
         if metric["type"] == "tool-calling":
-            truth = json.loads(env.from_string(params["tool_calls_ground_truth"]).render(item=item, sample=sample)) or []
+            truth = (
+                json.loads(env.from_string(params["tool_calls_ground_truth"]).render(item=item, sample=sample)) or []
+            )
             got = sample["response"]["choices"][0]["message"].get("tool_calls") or []
             names = [c["function"]["name"] for c in truth] == [c["function"]["name"] for c in got]
             args = names and [_args(c) for c in truth] == [_args(c) for c in got]
             return {"function_name_accuracy": float(names), "function_name_and_args_accuracy": float(args)}
         if metric["type"] == "llm-judge":
-            prompt = "\n".join(env.from_string(m["content"]).render(item=item, sample=sample)
-                               for m in params["template"]["messages"])
+            prompt = "\n".join(
+                env.from_string(m["content"]).render(item=item, sample=sample) for m in params["template"]["messages"]
+            )
             results = {}
             for score in params.get("scores", {}):
                 if score == "similarity":
@@ -702,8 +806,9 @@ class NemoEmulator(LoopbackFake):
     def _deployment_create(self, req: Request):
         body = req.json() or {}
         config = body.get("config") or {}
-        problems = [k for k in ("name", "namespace") if not body.get(k)] + \
-            [f"config.{k}" for k in ("model", "nim_deployment") if not config.get(k)]
+        problems = [k for k in ("name", "namespace") if not body.get(k)] + [
+            f"config.{k}" for k in ("model", "nim_deployment") if not config.get(k)
+        ]
         if problems:
             raise HTTPError(422, [{"loc": ["body", *p.split(".")], "msg": "field required"} for p in problems])
         key = f"{body['namespace']}/{body['name']}"
@@ -779,8 +884,14 @@ class NemoEmulator(LoopbackFake):
             oid = None
             if existing is not None:
                 oid = hashlib.sha256(existing).hexdigest() if path in lfs else _git_oid(existing)
-            answer.append({"path": path, "uploadMode": "lfs" if size >= self.lfs_threshold else "regular",
-                           "shouldIgnore": False, "oid": oid})
+            answer.append(
+                {
+                    "path": path,
+                    "uploadMode": "lfs" if size >= self.lfs_threshold else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
         return {"files": answer}
 
     def _lfs_batch(self, req: Request):
@@ -799,8 +910,10 @@ class NemoEmulator(LoopbackFake):
                 # a presigned upload URL (the signature is in the query, as with S3) and a
                 # verify URL on the store's API, which wants the usual token
                 href = f"{self.datastore_base_url}/v1/hf/_lfs/{oid}"
-                entry["actions"] = {"upload": {"href": f"{href}?X-Signature={_token(oid)}", "expires_in": 3600},
-                                    "verify": {"href": f"{href}/verify"}}
+                entry["actions"] = {
+                    "upload": {"href": f"{href}?X-Signature={_token(oid)}", "expires_in": 3600},
+                    "verify": {"href": f"{href}/verify"},
+                }
             objects.append(entry)
         return 200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
 
@@ -850,8 +963,11 @@ class NemoEmulator(LoopbackFake):
             (lfs.add if is_lfs else lfs.discard)(path)
         self.commits[f"{ns}/{name}"] += 1
         oid = hashlib.sha1(f"{ns}/{name}/{self.commits[f'{ns}/{name}']}".encode()).hexdigest()
-        return {"success": True, "commitOid": oid,
-                "commitUrl": f"{self.datastore_base_url}/v1/hf/datasets/{ns}/{name}/commit/{oid}"}
+        return {
+            "success": True,
+            "commitOid": oid,
+            "commitUrl": f"{self.datastore_base_url}/v1/hf/datasets/{ns}/{name}/commit/{oid}",
+        }
 
     def _resolve(self, req: Request):
         ns, name, _revision, path = req.groups
@@ -892,10 +1008,15 @@ class NemoEmulator(LoopbackFake):
         self.chat_requests.append(body)
         message = self._answer(body["messages"], body.get("tools"))
         text = json.dumps(body["messages"])
-        return {"id": f"chatcmpl-{next(self._seq)}", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "message": message,
-                             "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
-                "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": 8, "total_tokens": len(text) // 4 + 8}}
+        return {
+            "id": f"chatcmpl-{next(self._seq)}",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}
+            ],
+            "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": 8, "total_tokens": len(text) // 4 + 8},
+        }
 
     @staticmethod
     def _answer(messages: list[dict], tools: list[dict] | None) -> dict:
@@ -903,9 +1024,17 @@ class NemoEmulator(LoopbackFake):
         if tools:
             names = [t["function"]["name"] for t in tools]
             name = next((n for n in names if n in last), names[0])
-            return {"role": "assistant", "content": None, "tool_calls": [{
-                "id": "call_0", "type": "function",
-                "function": {"name": name, "arguments": json.dumps({"text": last})}}]}
+            return {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_0",
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps({"text": last})},
+                    }
+                ],
+            }
         return {"role": "assistant", "content": f"echo: {last}"}
 
 
@@ -926,8 +1055,10 @@ def _training_line_problem(line: Any) -> str | None:
         if extra:
             return f"messages[{i}] has unexpected field(s) {extra}"
         if not isinstance(message.get("content"), str):
-            return (f"messages[{i}].content must be a string (an assistant message with tool_calls "
-                    f"has content \"\"), got {message.get('content', 'no content')!r}")
+            return (
+                f"messages[{i}].content must be a string (an assistant message with tool_calls "
+                f'has content ""), got {message.get("content", "no content")!r}'
+            )
         for call in message.get("tool_calls") or []:
             function = call.get("function") if isinstance(call, dict) else None
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
@@ -935,8 +1066,12 @@ def _training_line_problem(line: Any) -> str | None:
     if messages[-1]["role"] != "assistant":
         return "the last message must be the assistant's"
     tools = line.get("tools")
-    if tools is not None and not (isinstance(tools, list) and all(
-            isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools)):
+    if tools is not None and not (
+        isinstance(tools, list)
+        and all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools
+        )
+    ):
         return "'tools' must be a list of {type: function, function: {name, ...}}"
     return None
 

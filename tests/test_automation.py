@@ -26,7 +26,9 @@ def write_workload(folder, workload: str, n: int, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     records = [
         {
-            "timestamp": T0 + i, "workload_id": workload, "client_id": "app",
+            "timestamp": T0 + i,
+            "workload_id": workload,
+            "client_id": "app",
             "request": {"model": "m", "messages": [{"role": "user", "content": f"{workload} question {i}"}]},
             "response": {"choices": [{"message": {"role": "assistant", "content": f"answer {i}"}}]},
         }
@@ -113,7 +115,8 @@ def test_the_leaderboard_condition_waits_for_new_evaluations(tmp_path):
 
     assets = [
         a.map_asset_specs(lambda s: s.replace_attributes(automation_condition=refresh_when_evaluations_changed))
-        if dg.AssetKey("leaderboard") in a.keys else a
+        if dg.AssetKey("leaderboard") in a.keys
+        else a
         for a in ASSETS
     ]
     with dg.DagsterInstance.ephemeral() as instance:

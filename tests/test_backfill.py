@@ -48,7 +48,9 @@ def write_history(traces: Path, workload: str) -> list[str]:
         start = int(dt.datetime(day.year, day.month, day.day, 8, tzinfo=dt.UTC).timestamp())
         records = [
             {
-                "timestamp": start + 60 * i, "workload_id": workload, "client_id": "app",
+                "timestamp": start + 60 * i,
+                "workload_id": workload,
+                "client_id": "app",
                 "request": {"model": "m", "messages": [{"role": "user", "content": f"{day} question {i}"}]},
                 "response": {"choices": [{"message": {"role": "assistant", "content": f"answer {i}"}}]},
             }
@@ -96,8 +98,11 @@ def test_a_cli_backfill_of_seven_days_materializes_them_all(tmp_path, monkeypatc
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs()
         failures = [
-            e.message for r in runs if r.status != dg.DagsterRunStatus.SUCCESS
-            for e in instance.all_logs(r.run_id) if e.is_dagster_event and e.dagster_event.is_failure
+            e.message
+            for r in runs
+            if r.status != dg.DagsterRunStatus.SUCCESS
+            for e in instance.all_logs(r.run_id)
+            if e.is_dagster_event and e.dagster_event.is_failure
         ]
         assert not failures, failures[:2]
         assert len(runs) == DAYS and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
@@ -110,7 +115,10 @@ def test_a_cli_backfill_of_seven_days_materializes_them_all(tmp_path, monkeypatc
     # downstream: the workload's dataset reads every backfilled day
     with dg.DagsterInstance.get() as instance:
         run = dg.materialize(
-            ASSETS, selection=["workload_dataset"], partition_key="tool_router", instance=instance,
+            ASSETS,
+            selection=["workload_dataset"],
+            partition_key="tool_router",
+            instance=instance,
             resources=build_resources(home, home / "traces"),
         )
         (event,) = run.get_asset_materialization_events()
@@ -138,8 +146,11 @@ def test_one_run_ingests_a_range_of_partitions(tmp_path):
         for _ in range(2):
             run = defs.resolve_job_def("ingest").execute_in_process(instance=instance, tags=window)
             assert run.success
-            events = [e.materialization for e in run.get_asset_materialization_events()
-                      if e.materialization.asset_key == dg.AssetKey("raw_traces")]
+            events = [
+                e.materialization
+                for e in run.get_asset_materialization_events()
+                if e.materialization.asset_key == dg.AssetKey("raw_traces")
+            ]
             assert sorted(e.partition for e in events) == sorted(f"{d}|{w}" for d in days for w in ("wa", "wb"))
             assert {e.metadata["dagster/row_count"].value for e in events} == {PER_DAY}
             versions.append({e.tags["dagster/data_version"] for e in events})

@@ -24,9 +24,12 @@ def simulate(rng: np.random.Generator, name: str, n: int, latency_factor: float 
     invalid = rng.random(n) < 0.02
     tokens = rng.normal(420, 40, n)
     return VersionTraffic(
-        served_model=name, latency_s=latency,
-        thumbs_down=int(down.sum()), thumbs_up=int((feedback & ~down).sum()),
-        tool_calls_valid=int((~invalid).sum()), tool_calls_invalid=int(invalid.sum()),
+        served_model=name,
+        latency_s=latency,
+        thumbs_down=int(down.sum()),
+        thumbs_up=int((feedback & ~down).sum()),
+        tool_calls_valid=int((~invalid).sum()),
+        tool_calls_invalid=int(invalid.sum()),
         cost_usd=tokens * 0.88 / 1e6,
     )
 
@@ -82,10 +85,15 @@ def test_missing_latency_and_no_feedback_are_not_tested_rather_than_zero():
 
 
 def test_from_requests_reads_one_row_per_request():
-    frame = pl.DataFrame({
-        "latency_s": [0.5, None, 0.7], "thumbs": ["down", None, "up"],
-        "tool_calls_valid": [1, 0, 1], "tool_calls_invalid": [0, 1, 0], "cost_usd": [1e-4, 2e-4, None],
-    })
+    frame = pl.DataFrame(
+        {
+            "latency_s": [0.5, None, 0.7],
+            "thumbs": ["down", None, "up"],
+            "tool_calls_valid": [1, 0, 1],
+            "tool_calls_invalid": [0, 1, 0],
+            "cost_usd": [1e-4, 2e-4, None],
+        }
+    )
     traffic = VersionTraffic.from_requests("m", frame)
     assert traffic.requests == 3 and np.isnan(traffic.latency_s[1])
     assert (traffic.thumbs_down, traffic.thumbs_up, traffic.tool_calls_invalid) == (1, 1, 1)
@@ -100,8 +108,12 @@ def test_request_values_judge_each_tool_call_and_price_each_request():
     from flywheel_assets.core.ingest import TimeBounds, validate_batch
     from flywheel_assets.sample_data import Serving, generate_records
 
-    records = [json.loads(line) for line in generate_records(
-        20, seed=7, days=1, malformed_rate=0, workloads="tool_router", serving=Serving(served_model="tiny-demo"))]
+    records = [
+        json.loads(line)
+        for line in generate_records(
+            20, seed=7, days=1, malformed_rate=0, workloads="tool_router", serving=Serving(served_model="tiny-demo")
+        )
+    ]
     call = records[0]["response"]["choices"][0]["message"]["tool_calls"][0]["function"]
     call["arguments"] = "{}"  # every tool requires arguments: invalid against its schema
     valid, _ = validate_batch((("t", r) for r in records), TimeBounds(dt.date(2025, 1, 1), dt.date(2030, 1, 1)))

@@ -19,10 +19,14 @@ from flywheel_assets.core.chat_template import (
 from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY, score_tool_calls
 
 TOOLS = [
-    {"type": "function", "function": {
-        "name": "lookup_order", "description": "Find an order",
-        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
-    }},
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Find an order",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+        },
+    },
     {"type": "function", "function": {"name": "escalate", "parameters": {"type": "object", "properties": {}}}},
 ]
 
@@ -33,9 +37,12 @@ def _call(name: str, **arguments) -> ToolCall:
 
 def _example(expected: AssistantMessage, messages: list[dict] | None = None) -> ChatExample:
     return ChatExample(
-        record_id="r1", workload_id="w", workload_type="tool_calling",
+        record_id="r1",
+        workload_id="w",
+        workload_type="tool_calling",
         messages=messages or [{"role": "system", "content": "Route."}, {"role": "user", "content": "Where is 42?"}],
-        tools=TOOLS, expected=expected,
+        tools=TOOLS,
+        expected=expected,
     )
 
 
@@ -60,19 +67,24 @@ def test_prompt_renders_tools_as_compact_sorted_json_then_the_turns():
 def test_rendering_does_not_depend_on_key_order():
     a = _example(AssistantMessage(tool_calls=[_call("lookup_order", order_id="42", verbose=True)]))
     reordered = [{"type": "function", "function": dict(reversed(list(t["function"].items())))} for t in TOOLS]
-    b = a.model_copy(update={
-        "tools": reordered,
-        "expected": AssistantMessage(tool_calls=[_call("lookup_order", verbose=True, order_id="42")]),
-    })
+    b = a.model_copy(
+        update={
+            "tools": reordered,
+            "expected": AssistantMessage(tool_calls=[_call("lookup_order", verbose=True, order_id="42")]),
+        }
+    )
     assert render_example(None, a) == render_example(None, b)
 
 
-@pytest.mark.parametrize("expected", [
-    AssistantMessage(tool_calls=[_call("lookup_order", order_id="42")]),
-    AssistantMessage(tool_calls=[_call("lookup_order", order_id="42"), _call("escalate")]),
-    AssistantMessage(content="Let me check.", tool_calls=[_call("lookup_order", order_id="4\"2", note="ünï")]),
-    AssistantMessage(content="Your order ships today."),
-])
+@pytest.mark.parametrize(
+    "expected",
+    [
+        AssistantMessage(tool_calls=[_call("lookup_order", order_id="42")]),
+        AssistantMessage(tool_calls=[_call("lookup_order", order_id="42"), _call("escalate")]),
+        AssistantMessage(content="Let me check.", tool_calls=[_call("lookup_order", order_id='4"2', note="ünï")]),
+        AssistantMessage(content="Your order ships today."),
+    ],
+)
 def test_target_round_trips_through_the_parser(expected):
     _, target = render_example(None, _example(expected))
     assert target.endswith("<|end|>")
@@ -89,9 +101,17 @@ def test_tool_call_is_name_first_compact_json():
 def test_history_with_openai_wire_tool_calls_and_tool_results_renders():
     messages = [
         {"role": "user", "content": "Where is 42?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order_id": "42"}'}}
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup_order", "arguments": '{"order_id": "42"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "shipped"},
         {"role": "user", "content": [{"type": "text", "text": "And "}, {"type": "text", "text": "now?"}]},
     ]
@@ -102,8 +122,10 @@ def test_history_with_openai_wire_tool_calls_and_tool_results_renders():
 
 
 def test_template_messages_drop_none_and_parse_arguments():
-    messages = [{"role": "assistant", "content": None, "tool_calls": None}, {"role": "assistant", "tool_calls": [
-        {"function": {"name": "f", "arguments": '{"a": 1}'}}]}]
+    messages = [
+        {"role": "assistant", "content": None, "tool_calls": None},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": '{"a": 1}'}}]},
+    ]
     assert template_messages(messages) == [
         {"role": "assistant"},
         {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]},
@@ -150,23 +172,32 @@ def test_call_cut_off_by_the_token_limit_is_read_when_its_json_is_complete():
     assert parse_assistant_output('<tool_call>{"name":"a","argu').tool_calls is None
 
 
-@pytest.mark.parametrize("text, calls", [
-    ('{"name": "lookup_order", "parameters": {"order_id": "42"}}', [("lookup_order", {"order_id": "42"})]),
-    ('<|python_tag|>{"name": "a", "parameters": {}}; {"name": "b", "arguments": {"y": 2}}', [("a", {}), ("b", {"y": 2})]),
-    ('[{"name": "a", "parameters": {"x": 1}}]', [("a", {"x": 1})]),
-])
+@pytest.mark.parametrize(
+    "text, calls",
+    [
+        ('{"name": "lookup_order", "parameters": {"order_id": "42"}}', [("lookup_order", {"order_id": "42"})]),
+        (
+            '<|python_tag|>{"name": "a", "parameters": {}}; {"name": "b", "arguments": {"y": 2}}',
+            [("a", {}), ("b", {"y": 2})],
+        ),
+        ('[{"name": "a", "parameters": {"x": 1}}]', [("a", {"x": 1})]),
+    ],
+)
 def test_llama_json_tool_calls(text, calls):
     parsed = parse_assistant_output(text)
     assert _names_and_args(parsed) == calls
     assert parsed.content is None
 
 
-@pytest.mark.parametrize("text", [
-    "Your order ships today.",
-    '{"status": "ok"}',                      # JSON, but not a function call
-    '{"name": "a", "parameters": {}} and more words',
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Your order ships today.",
+        '{"status": "ok"}',  # JSON, but not a function call
+        '{"name": "a", "parameters": {}} and more words',
+        "",
+    ],
+)
 def test_plain_text_is_content(text):
     parsed = parse_assistant_output(text)
     assert parsed.tool_calls is None

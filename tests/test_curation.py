@@ -39,17 +39,13 @@ def row(
 ) -> dict:
     """One landed trace row, shaped like ingest's TRACE_SCHEMA rows."""
     users = [user] if isinstance(user, str) else user
-    messages = [{"role": "system", "content": system}] + [
-        {"role": "user", "content": u} for u in users
-    ]
+    messages = [{"role": "system", "content": system}] + [{"role": "user", "content": u} for u in users]
     tool_specs = [{"type": "function", "function": {"name": t}} for t in tools or []]
     answer = {"role": "assistant"}
     if content is not None:
         answer["content"] = content
     if tool_call:
-        answer["tool_calls"] = [
-            {"id": "c1", "type": "function", "function": {"name": tool_call, "arguments": "{}"}}
-        ]
+        answer["tool_calls"] = [{"id": "c1", "type": "function", "function": {"name": tool_call, "arguments": "{}"}}]
     raw = {
         "timestamp": timestamp,
         "workload_id": "w",
@@ -361,9 +357,7 @@ def test_redaction_keeps_json_valid_and_structure_intact():
             json.loads(value)
     messages = json.loads(out.filter(pl.col("record_id") == "a")["messages"][0])
     assert [m["role"] for m in messages] == ["system", "user", "user"]
-    assert messages[1]["content"] == (
-        "mail [EMAIL], call [PHONE], card [CARD_NUMBER], ssn [SSN], ip [IP_ADDRESS]"
-    )
+    assert messages[1]["content"] == ("mail [EMAIL], call [PHONE], card [CARD_NUMBER], ssn [SSN], ip [IP_ADDRESS]")
     assert messages[2]["content"] == "second turn [EMAIL]"
     assert stats.redactions == {
         "email": 3,
@@ -435,10 +429,27 @@ def test_only_messages_and_answers_are_redacted():
 
 _fragments = st.sampled_from(
     [
-        "jane@example.com", "4111 1111 1111 1111", "4111-1111-1111-1111", "123-45-6789",
+        "jane@example.com",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "123-45-6789",
         "1234 5678 9012 3456",
-        "+1 415-555-0134", "(415) 555-0134", "10.0.0.1", "ORD-123456", "2026-11-14",
-        "hello", "x", "1", " ", "\n", "\t", '"', "\\", "é", "日本", "_",
+        "+1 415-555-0134",
+        "(415) 555-0134",
+        "10.0.0.1",
+        "ORD-123456",
+        "2026-11-14",
+        "hello",
+        "x",
+        "1",
+        " ",
+        "\n",
+        "\t",
+        '"',
+        "\\",
+        "é",
+        "日本",
+        "_",
     ]
 )
 
@@ -505,7 +516,10 @@ def test_near_duplicates_are_kept_and_marked_with_their_earliest_record():
     ]
     out, stats = run(rows)
     assert dict(out.select("record_id", "near_duplicate_cluster").iter_rows()) == {
-        "early": "early", "other": "other", "late": "early", "variant": "early",
+        "early": "early",
+        "other": "other",
+        "late": "early",
+        "variant": "early",
     }
     assert stats.records_out == 4 and stats.duplicates == 0
     (cluster,) = stats.near_duplicate_clusters.iter_rows(named=True)

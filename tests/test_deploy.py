@@ -108,12 +108,18 @@ def launcher(production, k8s_env, tmp_path) -> K8sRunLauncher:
     kubeconfig file (nothing connects to it).
     """
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:6443"}}],
-        "users": [{"name": "test", "user": {"token": "test"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "test", "user": {"token": "test"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }
+        )
+    )
     section = production["run_launcher"]
     config = {**section["config"], "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
     return ConfigurableClassData(section["module"], section["class"], yaml.safe_dump(config)).rehydrate(K8sRunLauncher)
@@ -159,7 +165,8 @@ def chart_run(helm: dict) -> dg.DagsterRun:
         container_context=chart_container_context(helm),
     )
     return dg.DagsterRun(
-        job_name="train_and_evaluate", tags=GPU_RUN_TAGS,
+        job_name="train_and_evaluate",
+        tags=GPU_RUN_TAGS,
         job_code_origin=JobPythonOrigin("train_and_evaluate", repository),
     )
 
@@ -217,8 +224,11 @@ def test_production_instance_loads_with_dagsters_schema(tmp_path):
     # psycopg2 is what dagster-postgres installs; SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3
     assert db.pop("scheme") == "postgresql+psycopg2"
     assert {key: value["env"] for key, value in db.items()} == {
-        "hostname": "DAGSTER_PG_HOST", "port": "DAGSTER_PG_PORT", "username": "DAGSTER_PG_USER",
-        "password": "DAGSTER_PG_PASSWORD", "db_name": "DAGSTER_PG_DB",
+        "hostname": "DAGSTER_PG_HOST",
+        "port": "DAGSTER_PG_PORT",
+        "username": "DAGSTER_PG_USER",
+        "password": "DAGSTER_PG_PASSWORD",
+        "db_name": "DAGSTER_PG_DB",
     }
 
 
@@ -238,12 +248,18 @@ def test_gpu_runs_are_tagged_for_the_run_queue_limit(production):
     gpu_job = repo.get_job("train_and_evaluate")
     assert gpu_job.tags.items() >= GPU_RUN_TAGS.items()
     assert {k.to_user_string() for k in gpu_job.asset_layer.selected_asset_keys} == {
-        "lora_adapter", "base_eval", "icl_eval", "customized_eval",
+        "lora_adapter",
+        "base_eval",
+        "icl_eval",
+        "customized_eval",
     }
     sensor = repo.get_sensor_def("gpu_automation_sensor")
     assert sensor.run_tags.items() >= GPU_RUN_TAGS.items()
     assert {k.to_user_string() for k in sensor.asset_selection.resolve(repo.asset_graph)} == {
-        "lora_adapter", "base_eval", "icl_eval", "customized_eval",
+        "lora_adapter",
+        "base_eval",
+        "icl_eval",
+        "customized_eval",
     }
 
 
@@ -273,15 +289,16 @@ def test_gpu_step_pod_gets_one_gpu_its_cpu_and_memory_and_the_cuda_image(launche
     assert container.resources.limits == {**cpu_memory, "nvidia.com/gpu": "1"}
     assert container.image == location_env["FLYWHEEL_GPU_STEP_IMAGE"]
     assert any(
-        t.key == "nvidia.com/gpu" and t.operator == "Exists" and t.effect == "NoSchedule"
-        for t in pod.tolerations
+        t.key == "nvidia.com/gpu" and t.operator == "Exists" and t.effect == "NoSchedule" for t in pod.tolerations
     )
     # the run launcher's secret and the code location's env and shared volume reach the step
     assert "flywheel-secrets" in {e.secret_ref.name for e in container.env_from if e.secret_ref}
     env = {e.name: e.value for e in container.env}
     assert env["FLYWHEEL_EXECUTOR"] == "k8s" and env["FLYWHEEL_HOME"].startswith("/data")
     assert {(m.name, m.mount_path) for m in container.volume_mounts} >= {("flywheel-data", "/data")}
-    assert any(v.persistent_volume_claim and v.persistent_volume_claim.claim_name == "flywheel-data" for v in pod.volumes)
+    assert any(
+        v.persistent_volume_claim and v.persistent_volume_claim.claim_name == "flywheel-data" for v in pod.volumes
+    )
 
 
 def test_cpu_step_and_run_pods_get_the_launchers_resources_and_the_cpu_image(launcher, helm, production):
@@ -297,9 +314,13 @@ def test_cpu_step_and_run_pods_get_the_launchers_resources_and_the_cpu_image(lau
 
 
 def test_gpu_step_resources_and_image_come_from_the_environment():
-    container = gpu_step_k8s_config({
-        "FLYWHEEL_GPU_STEP_CPU": "8", "FLYWHEEL_GPU_STEP_MEMORY": "64Gi", "FLYWHEEL_GPU_STEP_IMAGE": "r/f:1-cuda",
-    })["dagster-k8s/config"]["container_config"]
+    container = gpu_step_k8s_config(
+        {
+            "FLYWHEEL_GPU_STEP_CPU": "8",
+            "FLYWHEEL_GPU_STEP_MEMORY": "64Gi",
+            "FLYWHEEL_GPU_STEP_IMAGE": "r/f:1-cuda",
+        }
+    )["dagster-k8s/config"]["container_config"]
     assert container == {
         "resources": {
             "requests": {"cpu": "8", "memory": "64Gi"},
@@ -316,7 +337,14 @@ def test_gpu_step_resources_and_image_come_from_the_environment():
 
 # volume types the `restricted` Pod Security Standard allows
 RESTRICTED_VOLUMES = {
-    "config_map", "csi", "downward_api", "empty_dir", "ephemeral", "persistent_volume_claim", "projected", "secret",
+    "config_map",
+    "csi",
+    "downward_api",
+    "empty_dir",
+    "ephemeral",
+    "persistent_volume_claim",
+    "projected",
+    "secret",
 }
 
 
@@ -354,7 +382,9 @@ def split_image(reference: str) -> tuple[str, str]:
 
 def test_images_are_referenced_by_immutable_tags(helm, production):
     # `<project version>-<git commit>`, `-cuda` for the GPU build, optionally with a digest
-    immutable = re.compile(rf"{re.escape(PYPROJECT['project']['version'])}-[0-9a-f]{{7,40}}(-cuda)?(@sha256:[0-9a-f]{{64}})?")
+    immutable = re.compile(
+        rf"{re.escape(PYPROJECT['project']['version'])}-[0-9a-f]{{7,40}}(-cuda)?(@sha256:[0-9a-f]{{64}})?"
+    )
     image = code_location(helm)["image"]
     gpu_repository, gpu_tag = split_image(code_location_env(helm)["FLYWHEEL_GPU_STEP_IMAGE"])
     for tag in (str(image["tag"]), gpu_tag):
@@ -412,18 +442,29 @@ def test_helm_values_render_the_same_instance_as_dagster_yaml(helm, production):
     assert helm["postgresql"]["postgresqlScheme"] == production["storage"]["postgres"]["postgres_db"]["scheme"]
 
 
-@pytest.mark.parametrize(("change", "reported"), [
-    # a chart version without the `concurrency` values block: no pool limit, no run limit
-    pytest.param(lambda i: i.pop("concurrency"), "concurrency: missing", id="no concurrency block"),
-    pytest.param(lambda i: i["concurrency"]["runs"].pop("tag_concurrency_limits"),
-                 "concurrency.runs.tag_concurrency_limits: missing", id="no run limit"),
-    pytest.param(lambda i: i["run_launcher"]["config"].pop("security_context"),
-                 "run_launcher.config.security_context: missing", id="no launcher securityContext"),
-    # run queue limits rendered on the coordinator too: Dagster refuses the instance
-    pytest.param(lambda i: i["run_coordinator"].update(config={"max_concurrent_runs": -1}),
-                 "run_coordinator.config: {'max_concurrent_runs': -1} is not in deploy/dagster.yaml",
-                 id="limits on the coordinator"),
-])
+@pytest.mark.parametrize(
+    ("change", "reported"),
+    [
+        # a chart version without the `concurrency` values block: no pool limit, no run limit
+        pytest.param(lambda i: i.pop("concurrency"), "concurrency: missing", id="no concurrency block"),
+        pytest.param(
+            lambda i: i["concurrency"]["runs"].pop("tag_concurrency_limits"),
+            "concurrency.runs.tag_concurrency_limits: missing",
+            id="no run limit",
+        ),
+        pytest.param(
+            lambda i: i["run_launcher"]["config"].pop("security_context"),
+            "run_launcher.config.security_context: missing",
+            id="no launcher securityContext",
+        ),
+        # run queue limits rendered on the coordinator too: Dagster refuses the instance
+        pytest.param(
+            lambda i: i["run_coordinator"].update(config={"max_concurrent_runs": -1}),
+            "run_coordinator.config: {'max_concurrent_runs': -1} is not in deploy/dagster.yaml",
+            id="limits on the coordinator",
+        ),
+    ],
+)
 def test_instance_check_names_what_the_chart_did_not_render(helm, tmp_path, capsys, change, reported):
     rendered = chart_instance(helm)
     change(rendered)
@@ -444,9 +485,21 @@ def test_the_pinned_chart_renders_every_setting_of_the_instance():
     shown = subprocess.run(["helm", "show", "chart", chart], check=True, capture_output=True, text=True)
     assert yaml.safe_load(shown.stdout)["version"] == DAGSTER_VERSION
     rendered = subprocess.run(
-        ["helm", "template", "flywheel", chart, "-n", "flywheel", "-f", str(DEPLOY / "helm" / "values.yaml"),
-         "--show-only", "templates/configmap-instance.yaml"],
-        check=True, capture_output=True, text=True,
+        [
+            "helm",
+            "template",
+            "flywheel",
+            chart,
+            "-n",
+            "flywheel",
+            "-f",
+            str(DEPLOY / "helm" / "values.yaml"),
+            "--show-only",
+            "templates/configmap-instance.yaml",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     instance = deploy_instance_module()
     assert instance.check(instance.rendered_instance(rendered.stdout)) == []
@@ -553,8 +606,11 @@ def test_dockerfile_installs_the_pinned_cpu_torch_by_default():
 
 
 def test_dockerfile_runs_the_code_location_as_the_pods_non_root_user(production):
-    lines = [line.split(None, 1) for line in (DEPLOY / "Dockerfile").read_text().splitlines()
-             if line and not line.startswith(("#", " "))]
+    lines = [
+        line.split(None, 1)
+        for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+        if line and not line.startswith(("#", " "))
+    ]
     instructions = [(parts[0], parts[1] if len(parts) > 1 else "") for parts in lines]
     users = [arg for op, arg in instructions if op == "USER"]
     assert users and users[-1] not in ("root", "0")
@@ -562,7 +618,9 @@ def test_dockerfile_runs_the_code_location_as_the_pods_non_root_user(production)
     pod_security = production["run_launcher"]["config"]["run_k8s_config"]["pod_spec_config"]["securityContext"]
     uid, gid = pod_security["runAsUser"], pod_security["runAsGroup"]
     assert users[-1] == str(uid) and gid == pod_security["fsGroup"]
-    assert any(f"groupadd --gid {gid} " in run and f"useradd --uid {uid} --gid {gid} " in run for run in dockerfile_runs())
+    assert any(
+        f"groupadd --gid {gid} " in run and f"useradd --uid {uid} --gid {gid} " in run for run in dockerfile_runs()
+    )
     entrypoint = [arg for op, arg in instructions if op == "ENTRYPOINT"]
     # the chart and dagster-k8s pass whole commands as container args: no command in the entrypoint
     assert entrypoint == ['["/usr/bin/tini", "--"]']
@@ -583,18 +641,23 @@ def test_settings_default_to_the_embedded_local_flywheel(tmp_path, monkeypatch):
     assert load_settings({"FLYWHEEL_BACKEND": "", "FLYWHEEL_TRACES_DIR": " "}) == settings
 
 
-@pytest.mark.parametrize(("environ", "message"), [
-    ({"FLYWHEEL_BACKEND": "foo"}, "FLYWHEEL_BACKEND='foo' is not one of local, nemo"),
-    ({"FLYWHEEL_EXECUTOR": "celery"}, "FLYWHEEL_EXECUTOR='celery' is not one of multiprocess, in_process, k8s"),
-    ({"FLYWHEEL_JUDGE_BASE_URL": "judge:8000"}, "FLYWHEEL_JUDGE_BASE_URL='judge:8000' is not an http(s) URL"),
-    ({"FLYWHEEL_JUDGE_BASE_URL": "http://judge:8000/v1"}, "FLYWHEEL_JUDGE_MODEL (the judge's model name) is unset"),
-    ({"FLYWHEEL_START_DATE": "2025-13-01"}, "FLYWHEEL_START_DATE='2025-13-01' is invalid"),
-    ({"FLYWHEEL_NEMO_NAMESPACE": "../x"}, "FLYWHEEL_NEMO_NAMESPACE='../x' must match"),
-    ({"FLYWHEEL_VALIDATION_WORKERS": "-1"}, "FLYWHEEL_VALIDATION_WORKERS='-1' is invalid"),
-    ({"FLYWHEEL_CANDIDATES": "/no/such/file.json"}, "FLYWHEEL_CANDIDATES='/no/such/file.json' is not a file"),
-    ({"FLYWHEEL_BACKEND": "nemo", "FLYWHEEL_NIM_BASE_URL": "http://nim:8000"},
-     "FLYWHEEL_BACKEND=nemo needs FLYWHEEL_NEMO_BASE_URL, FLYWHEEL_NEMO_DATASTORE_URL (unset)"),
-])
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"FLYWHEEL_BACKEND": "foo"}, "FLYWHEEL_BACKEND='foo' is not one of local, nemo"),
+        ({"FLYWHEEL_EXECUTOR": "celery"}, "FLYWHEEL_EXECUTOR='celery' is not one of multiprocess, in_process, k8s"),
+        ({"FLYWHEEL_JUDGE_BASE_URL": "judge:8000"}, "FLYWHEEL_JUDGE_BASE_URL='judge:8000' is not an http(s) URL"),
+        ({"FLYWHEEL_JUDGE_BASE_URL": "http://judge:8000/v1"}, "FLYWHEEL_JUDGE_MODEL (the judge's model name) is unset"),
+        ({"FLYWHEEL_START_DATE": "2025-13-01"}, "FLYWHEEL_START_DATE='2025-13-01' is invalid"),
+        ({"FLYWHEEL_NEMO_NAMESPACE": "../x"}, "FLYWHEEL_NEMO_NAMESPACE='../x' must match"),
+        ({"FLYWHEEL_VALIDATION_WORKERS": "-1"}, "FLYWHEEL_VALIDATION_WORKERS='-1' is invalid"),
+        ({"FLYWHEEL_CANDIDATES": "/no/such/file.json"}, "FLYWHEEL_CANDIDATES='/no/such/file.json' is not a file"),
+        (
+            {"FLYWHEEL_BACKEND": "nemo", "FLYWHEEL_NIM_BASE_URL": "http://nim:8000"},
+            "FLYWHEEL_BACKEND=nemo needs FLYWHEEL_NEMO_BASE_URL, FLYWHEEL_NEMO_DATASTORE_URL (unset)",
+        ),
+    ],
+)
 def test_a_bad_variable_is_named_in_the_error(environ, message):
     with pytest.raises(SettingsError) as err:
         load_settings(environ)
@@ -602,12 +665,14 @@ def test_a_bad_variable_is_named_in_the_error(environ, message):
 
 
 def test_nemo_backend_settings():
-    settings = load_settings({
-        "FLYWHEEL_BACKEND": "nemo",
-        "FLYWHEEL_NEMO_BASE_URL": "http://nemo.flywheel.svc:8000/",
-        "FLYWHEEL_NEMO_DATASTORE_URL": "http://datastore.flywheel.svc:3000",
-        "FLYWHEEL_NIM_BASE_URL": "https://nim.example.com",
-    })
+    settings = load_settings(
+        {
+            "FLYWHEEL_BACKEND": "nemo",
+            "FLYWHEEL_NEMO_BASE_URL": "http://nemo.flywheel.svc:8000/",
+            "FLYWHEEL_NEMO_DATASTORE_URL": "http://datastore.flywheel.svc:3000",
+            "FLYWHEEL_NIM_BASE_URL": "https://nim.example.com",
+        }
+    )
     assert settings.nemo_base_url == "http://nemo.flywheel.svc:8000"  # no trailing slash to join paths onto
     assert settings.nemo_namespace == "flywheel"
 

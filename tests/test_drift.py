@@ -61,8 +61,13 @@ def test_too_little_recent_traffic_is_not_judged(reference):
 
 
 def test_chat_traffic_has_no_tool_measures(reference):
-    chat = split_requests(split_dataset(curate(traces(300, 5, "2026-11-10", workloads="support_chat").lazy(),
-                                               redact=False)[0].collect(), SplitConfig(max_records=None)))
-    result = measure_drift(recent_requests(traces(200, 6, "2026-11-20", workloads="support_chat")), chat,
-                           DriftThresholds())
+    chat = split_requests(
+        split_dataset(
+            curate(traces(300, 5, "2026-11-10", workloads="support_chat").lazy(), redact=False)[0].collect(),
+            SplitConfig(max_records=None),
+        )
+    )
+    result = measure_drift(
+        recent_requests(traces(200, 6, "2026-11-20", workloads="support_chat")), chat, DriftThresholds()
+    )
     assert result.measures["tool_mix_js"] is None and result.breached == []

@@ -47,16 +47,22 @@ def test_the_most_similar_prompt_comes_first(server, tmp_path):
 
 def test_a_rerun_embeds_nothing_again(server, tmp_path):
     prompt = topic_example("p", "book a flight to Rome")
-    first = plan_icl_prompts([prompt], TOPIC_POOL, EMBEDDINGS, count_tokens=count_tokens,
-                             embed=client(server, tmp_path).embed)
+    first = plan_icl_prompts(
+        [prompt], TOPIC_POOL, EMBEDDINGS, count_tokens=count_tokens, embed=client(server, tmp_path).embed
+    )
     assert len(embedding_requests(server)) == 1
     again_client = client(server, tmp_path)  # a new process would build a new client
     again = plan_icl_prompts([prompt], TOPIC_POOL, EMBEDDINGS, count_tokens=count_tokens, embed=again_client.embed)
     assert again.choices[0].example_ids == first.choices[0].example_ids
     assert len(embedding_requests(server)) == 1 and again_client.requests_made == 0
     # one new prompt: only its text goes to the endpoint
-    plan_icl_prompts([topic_example("q", "a hotel in Lisbon")], TOPIC_POOL, EMBEDDINGS,
-                     count_tokens=count_tokens, embed=again_client.embed)
+    plan_icl_prompts(
+        [topic_example("q", "a hotel in Lisbon")],
+        TOPIC_POOL,
+        EMBEDDINGS,
+        count_tokens=count_tokens,
+        embed=again_client.embed,
+    )
     assert embedding_requests(server)[-1].body["input"] == ["a hotel in Lisbon"]
 
 
@@ -94,17 +100,27 @@ def test_vectors_of_another_dimension_in_the_cache_are_refused(server, tmp_path)
 
 def test_the_resource_is_off_until_configured(server, tmp_path):
     assert EmbeddingsResource(cache_path=str(tmp_path / "c.sqlite")).client() is None
-    resource = EmbeddingsResource(base_url=server.base_url, model="nv-embed", api_key="sekret",
-                                  cache_path=str(tmp_path / "c.sqlite"))
+    resource = EmbeddingsResource(
+        base_url=server.base_url, model="nv-embed", api_key="sekret", cache_path=str(tmp_path / "c.sqlite")
+    )
     assert resource.client().embed(["hello"]).shape == (1, 64)
 
 
 def test_settings_name_what_the_embedding_strategy_needs():
-    with pytest.raises(SettingsError, match="FLYWHEEL_ICL_STRATEGY=embedding needs FLYWHEEL_EMBEDDINGS_BASE_URL, "
-                                            "FLYWHEEL_EMBEDDINGS_MODEL"):
+    with pytest.raises(
+        SettingsError,
+        match="FLYWHEEL_ICL_STRATEGY=embedding needs FLYWHEEL_EMBEDDINGS_BASE_URL, FLYWHEEL_EMBEDDINGS_MODEL",
+    ):
         load_settings({"FLYWHEEL_ICL_STRATEGY": "embedding"})
-    with pytest.raises(SettingsError, match="FLYWHEEL_ICL_STRATEGY='semantic' is not one of uniform, lexical, embedding"):
+    with pytest.raises(
+        SettingsError, match="FLYWHEEL_ICL_STRATEGY='semantic' is not one of uniform, lexical, embedding"
+    ):
         load_settings({"FLYWHEEL_ICL_STRATEGY": "semantic"})
-    settings = load_settings({"FLYWHEEL_ICL_STRATEGY": "embedding", "FLYWHEEL_EMBEDDINGS_BASE_URL": "http://nim:8000/v1/",
-                              "FLYWHEEL_EMBEDDINGS_MODEL": "nvidia/llama-3.2-nv-embedqa-1b-v2"})
+    settings = load_settings(
+        {
+            "FLYWHEEL_ICL_STRATEGY": "embedding",
+            "FLYWHEEL_EMBEDDINGS_BASE_URL": "http://nim:8000/v1/",
+            "FLYWHEEL_EMBEDDINGS_MODEL": "nvidia/llama-3.2-nv-embedqa-1b-v2",
+        }
+    )
     assert settings.embeddings_base_url == "http://nim:8000/v1" and load_settings({}).icl_strategy == "lexical"

@@ -44,8 +44,10 @@ def data_versions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
 
 def test_the_leaderboard_refreshes_when_only_a_result_changed(tmp_path):
     answer = {"prefix": "echo"}  # what the remote candidate says; changed below
+
     def responder(request):
         return {"role": "assistant", "content": f"{answer['prefix']}: {last_user_text(request)}"}
+
     workload, key = "wv", candidate_workload_key("tiny-demo", "wv")
     with FakeOpenAIServer(responder=responder) as server, dg.DagsterInstance.ephemeral() as instance:
         fw = Flywheel(tmp_path, instance)
@@ -86,4 +88,6 @@ def test_the_version_covers_the_rows_and_what_produced_them():
     assert evaluation_version(rows, {"experiment": "icl"}) != base
     assert evaluation_version(rows, {"experiment": "base", "judge": {"model": "j"}}) != base
     icl = {"experiment": "icl", "icl": {"strategy": "lexical", "examples": {"a": ["x"]}}}
-    assert evaluation_version(rows, icl) != evaluation_version(rows, {**icl, "icl": {"strategy": "uniform", "examples": {"a": ["x"]}}})
+    assert evaluation_version(rows, icl) != evaluation_version(
+        rows, {**icl, "icl": {"strategy": "uniform", "examples": {"a": ["x"]}}}
+    )

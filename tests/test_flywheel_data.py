@@ -65,16 +65,25 @@ def test_nothing_is_lost_between_source_and_raw_traces(flywheel):
     assert valid.height + quarantined.height + unattributed.height == lines_written
     assert quarantined.height > 0
     assert set(quarantined["reason"]) <= {
-        "bad_json", "oversized", "missing_field", "wrong_type", "not_chat_request", "empty_response",
+        "bad_json",
+        "oversized",
+        "missing_field",
+        "wrong_type",
+        "not_chat_request",
+        "empty_response",
     }
 
 
 def test_metadata_tells_an_auditor_what_happened(flywheel):
     _, instance, _, _ = flywheel
     curated = latest_metadata(instance, "workload_dataset", "tool_router")
-    assert curated["records_in"] == curated["duplicates"] + curated["records_out"] + curated[
-        "removed_without_tool_call"
-    ] + curated["removed_by_feedback"]
+    assert (
+        curated["records_in"]
+        == curated["duplicates"]
+        + curated["records_out"]
+        + curated["removed_without_tool_call"]
+        + curated["removed_by_feedback"]
+    )
     assert curated["duplicates"] > 0
     assert "user-message" in curated["dedup_key"]
     assert "card_number" in curated["redactions"]
@@ -123,7 +132,13 @@ def test_a_small_workload_is_blocked_with_a_remedy(tmp_path):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workload", ["tiny"])
         day = "2025-11-20"
-        dg.materialize(ASSETS, selection=["raw_traces", "quarantined_traces"], partition_key=trace_partition_key(day, "tiny"), instance=instance, resources=resources)
+        dg.materialize(
+            ASSETS,
+            selection=["raw_traces", "quarantined_traces"],
+            partition_key=trace_partition_key(day, "tiny"),
+            instance=instance,
+            resources=resources,
+        )
         run = dg.materialize(
             ASSETS,
             selection=["workload_dataset", "eval_dataset", "train_dataset"],

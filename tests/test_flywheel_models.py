@@ -21,8 +21,12 @@ def trained(tmp_path_factory):
 
         def run(selection, key, run_config=None):
             result = dg.materialize(
-                ASSETS, selection=selection, partition_key=key, instance=instance,
-                resources=resources, run_config={**QUIET, **(run_config or {})},
+                ASSETS,
+                selection=selection,
+                partition_key=key,
+                instance=instance,
+                resources=resources,
+                run_config={**QUIET, **(run_config or {})},
             )
             assert result.success
             return result
@@ -57,7 +61,9 @@ def test_evaluations_keep_per_record_results(trained):
     for asset in ("base_eval", "icl_eval", "customized_eval"):
         rows = models.output_for_node(asset)
         assert rows.height == 20
-        assert {"record_id", "function_name_accuracy", "function_name_and_args_accuracy", "reason", "latency_s"} <= set(rows.columns)
+        assert {"record_id", "function_name_accuracy", "function_name_and_args_accuracy", "reason", "latency_s"} <= set(
+            rows.columns
+        )
         md = metadata(models, asset)
         assert 0.0 <= md["function_name_accuracy"] <= 1.0
         assert md["latency_p95_s"] >= md["latency_p50_s"]
@@ -80,8 +86,11 @@ def test_retrying_training_with_the_same_inputs_reuses_the_adapter(trained):
     tmp, instance, models, _ = trained
     first = metadata(models, "lora_adapter")["adapter_dir"]
     resources_again = dg.materialize(
-        ASSETS, selection=["lora_adapter"], partition_key=candidate_workload_key("tiny-demo", "tool_router"),
-        instance=instance, run_config={**QUIET, "ops": {"lora_adapter": {"config": {"epochs": 1}}}},
+        ASSETS,
+        selection=["lora_adapter"],
+        partition_key=candidate_workload_key("tiny-demo", "tool_router"),
+        instance=instance,
+        run_config={**QUIET, "ops": {"lora_adapter": {"config": {"epochs": 1}}}},
         resources=build_resources(tmp, tmp / "traces"),
     )
     again = metadata(resources_again, "lora_adapter")

@@ -65,9 +65,7 @@ def drop_folder(tmp_path: Path) -> tuple[Path, FileTraceSource]:
     traces = tmp_path / "traces"
     traces.mkdir()
     write_jsonl(traces / "good.jsonl", records(1, 2))
-    source = FileTraceSource(
-        traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), validation_workers=1
-    )
+    source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), validation_workers=1)
     return traces, source
 
 
@@ -91,7 +89,9 @@ def test_a_link_to_a_file_outside_the_drop_folder_is_refused_never_read(tmp_path
     (traces / "passwd.jsonl").symlink_to("/etc/passwd")
     landings = source.land_report()
     assert set(reasons(landings)) == {"traces-x.jsonl", "passwd.jsonl"}
-    assert "symbolic link" in reasons(landings)["traces-x.jsonl"] and str(outside) in reasons(landings)["traces-x.jsonl"]
+    assert (
+        "symbolic link" in reasons(landings)["traces-x.jsonl"] and str(outside) in reasons(landings)["traces-x.jsonl"]
+    )
     assert len(landings.results) == 1 and not landings.failed
     assert landed_questions(source) == ["question 1", "question 2"]
     assert source.read_unattributed().height == 0  # no line of /etc/passwd as a record
@@ -227,7 +227,10 @@ def test_raw_traces_lists_refused_and_failed_files_in_its_metadata(tmp_path):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workload", [WORKLOAD])
         result = dg.materialize(
-            [raw_traces], partition_key=trace_partition_key(DAY, WORKLOAD), instance=instance, resources=resources,
+            [raw_traces],
+            partition_key=trace_partition_key(DAY, WORKLOAD),
+            instance=instance,
+            resources=resources,
         )
         (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("raw_traces")]
         metadata = {k: v.value for k, v in event.materialization.metadata.items()}
@@ -296,8 +299,11 @@ def start_child(code: str, *args: str) -> subprocess.Popen:
     """A Python process running `code` in this repository, with `args` as sys.argv[1:]."""
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -383,9 +389,14 @@ LIVE_WRITER = """
 """
 
 
-@dg.asset(partitions_def=dg.MultiPartitionsDefinition({
-    "day": dg.StaticPartitionsDefinition([DAY]), "workload": dg.StaticPartitionsDefinition(["v"]),
-}))
+@dg.asset(
+    partitions_def=dg.MultiPartitionsDefinition(
+        {
+            "day": dg.StaticPartitionsDefinition([DAY]),
+            "workload": dg.StaticPartitionsDefinition(["v"]),
+        }
+    )
+)
 def raw_traces_like() -> pl.DataFrame:
     return pl.DataFrame({"n": [1]})
 
@@ -402,9 +413,12 @@ def test_an_io_manager_write_sweeps_a_killed_writers_temp_files_and_pins_and_kee
     try:
         assert live.stdout.readline() == "ready\n"
         # the same folders as the asset the I/O manager writes (raw_traces/<day>/), by its key
-        asset = raw_traces_like.with_attributes(asset_key_replacements={dg.AssetKey("raw_traces_like"): dg.AssetKey("raw_traces")})
+        asset = raw_traces_like.with_attributes(
+            asset_key_replacements={dg.AssetKey("raw_traces_like"): dg.AssetKey("raw_traces")}
+        )
         result = dg.materialize(
-            [asset], partition_key=dg.MultiPartitionKey({"day": DAY, "workload": "v"}),
+            [asset],
+            partition_key=dg.MultiPartitionKey({"day": DAY, "workload": "v"}),
             resources={"io_manager": ParquetIOManager(base_dir=str(base))},
         )
         assert result.success
@@ -449,7 +463,8 @@ def test_another_hosts_leftovers_go_once_untouched_for_the_configured_time(tmp_p
     monkeypatch.setenv("FLYWHEEL_FOREIGN_LEFTOVER_HOURS", "2")
     removed = sweep_leftovers(tmp_path)
     assert sorted((leftover.path.name, leftover.size) for leftover in removed) == [
-        (abandoned_file.name, 5), (stale_staging.name, 7),
+        (abandoned_file.name, 5),
+        (stale_staging.name, 7),
     ]
     assert [p.name for p in tmp_path.iterdir()] == [in_use.name]
     assert sweep_leftovers(tmp_path, foreign_after_s=30) and not list(tmp_path.iterdir())

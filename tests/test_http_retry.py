@@ -24,6 +24,7 @@ def _failing(outcomes):
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
     return attempt, calls
 
 
@@ -35,6 +36,7 @@ def test_a_create_that_took_effect_on_its_last_attempt_is_found_not_reported_fai
     def recover():
         lookups.append(1)
         return "job-1" if len(lookups) == 3 else None  # visible only after the last attempt
+
     assert retry(attempt, POLICY, give_up=_give_up, recover=recover, sleep=lambda s: None) == "job-1"
     assert len(calls) == 3 and len(lookups) == 3
 

@@ -214,14 +214,20 @@ def test_a_min_above_the_max_never_tops_up_past_the_max():
     # found by test_budget_never_exceeded in CI: min_examples=3, max_examples=2, and one of
     # the first two examples too large for the budget, so the top-up ran to min_examples
     prompt = ChatExample(
-        messages=[{"role": "user", "content": "qp"}], record_id="p", workload_id="w",
-        workload_type="chat", expected=AssistantMessage(content="answer p"),
+        messages=[{"role": "user", "content": "qp"}],
+        record_id="p",
+        workload_id="w",
+        workload_type="chat",
+        expected=AssistantMessage(content="answer p"),
     )
     contents = {"e0": "qe0", "e1": " ".join(["qe1"] * 11), "e2": "qe2", "e3": "qe3"}
     pool = [
         ChatExample(
-            messages=[{"role": "user", "content": text}], record_id=rid, workload_id="w",
-            workload_type="chat", expected=AssistantMessage(content=f"answer {rid}"),
+            messages=[{"role": "user", "content": text}],
+            record_id=rid,
+            workload_id="w",
+            workload_type="chat",
+            expected=AssistantMessage(content=f"answer {rid}"),
         )
         for rid, text in contents.items()
     ]
@@ -242,7 +248,9 @@ TOPICS = {
 
 def topic_example(record_id: str, text: str, function: str = "lookup", answer: str = "") -> ChatExample:
     return ChatExample(
-        record_id=record_id, workload_id="w", workload_type="tool_calling",
+        record_id=record_id,
+        workload_id="w",
+        workload_type="tool_calling",
         messages=[{"role": "system", "content": "You are a travel agent."}, {"role": "user", "content": text}],
         tools=TOOLS,
         expected=AssistantMessage(tool_calls=[ToolCall(function=FunctionCall(name=function, arguments={"q": answer}))]),
@@ -254,7 +262,9 @@ TOPIC_POOL = [topic_example(rid, text, function=rid.removeprefix("t_")) for rid,
 
 def test_lexical_picks_the_most_similar_prompt_first():
     prompt = topic_example("p", "will it rain in Paris tomorrow? weather please")
-    plan = plan_icl_prompts([prompt], TOPIC_POOL, IclOptions(strategy="lexical", max_examples=1), count_tokens=count_tokens)
+    plan = plan_icl_prompts(
+        [prompt], TOPIC_POOL, IclOptions(strategy="lexical", max_examples=1), count_tokens=count_tokens
+    )
     (choice,) = plan.choices
     assert choice.example_ids == ["t_weather"]
     assert choice.scores[0] > 0
@@ -264,11 +274,15 @@ def test_lexical_picks_the_most_similar_prompt_first():
 
 def test_similarity_order_and_scores_recorded_in_the_plan():
     prompt = topic_example("p", "weather in Paris")
-    plan = plan_icl_prompts([prompt], TOPIC_POOL, IclOptions(strategy="lexical", max_examples=3), count_tokens=count_tokens)
+    plan = plan_icl_prompts(
+        [prompt], TOPIC_POOL, IclOptions(strategy="lexical", max_examples=3), count_tokens=count_tokens
+    )
     choice = plan.choices[0]
     assert choice.scores == sorted(choice.scores, reverse=True)
     assert plan.provenance() == {
-        "strategy": "lexical", "cover_tools": True, "token_budget": 32768 - 4096,
+        "strategy": "lexical",
+        "cover_tools": True,
+        "token_budget": 32768 - 4096,
         "examples": {"p": choice.example_ids},
     }
     summary = plan.summary()
@@ -280,8 +294,15 @@ def test_similarity_order_and_scores_recorded_in_the_plan():
 def test_the_choice_never_looks_at_the_expected_answer():
     for strategy in ("uniform", "lexical"):
         chosen = {
-            tuple(e.record_id for e in select(topic_example("p", "weather in Paris", function=f, answer=a), TOPIC_POOL,
-                                              strategy=strategy, max_examples=2))
+            tuple(
+                e.record_id
+                for e in select(
+                    topic_example("p", "weather in Paris", function=f, answer=a),
+                    TOPIC_POOL,
+                    strategy=strategy,
+                    max_examples=2,
+                )
+            )
             for f, a in (("weather", "Paris"), ("hotel", "Madrid station hotel"), ("flight", "Berlin Rome"))
         }
         assert len(chosen) == 1, strategy
@@ -305,8 +326,13 @@ def test_cover_tools_prefers_distinct_functions_among_similar_examples():
 
 def test_lexical_ties_fall_back_to_the_seeded_uniform_order():
     pool = [chat_example(f"c{i:02d}") for i in range(30)]  # no word shared with the prompt
-    prompt = ChatExample(record_id="p", workload_id="w", workload_type="chat",
-                         messages=[{"role": "user", "content": "zzz"}], expected=AssistantMessage(content="a"))
+    prompt = ChatExample(
+        record_id="p",
+        workload_id="w",
+        workload_type="chat",
+        messages=[{"role": "user", "content": "zzz"}],
+        expected=AssistantMessage(content="a"),
+    )
     for seed in range(3):
         lexical = [e.record_id for e in select(prompt, pool, strategy="lexical", seed=seed)]
         assert lexical == [e.record_id for e in select(prompt, pool, strategy="uniform", seed=seed)]

@@ -180,9 +180,7 @@ def test_quarantined_records_are_attributed_when_the_raw_text_allows():
     text_timestamp = trace(4, timestamp="abc")
     empty = trace(5, timestamp=DAY2)
     empty["response"]["choices"] = []
-    _, q = validate_batch(
-        pairs([truncated_late, truncated_early, no_workload, text_timestamp, empty]), BOUNDS
-    )
+    _, q = validate_batch(pairs([truncated_late, truncated_early, no_workload, text_timestamp, empty]), BOUNDS)
     got = [(r["reason"], r["day"], r["workload_key"], r["workload_id"]) for r in q.iter_rows(named=True)]
     assert got == [
         ("bad_json", "2025-01-01", "tool_router", "tool_router"),
@@ -241,9 +239,7 @@ def land(landing: Path, records, fingerprint="fp1", source_id="src", batch_size=
     items = pairs(records)
     size = batch_size or max(len(items), 1)
     batches = iter([items[i : i + size] for i in range(0, len(items), size)])
-    return land_file(
-        batches, source_id=source_id, fingerprint=fingerprint, landing_dir=landing, bounds=BOUNDS
-    )
+    return land_file(batches, source_id=source_id, fingerprint=fingerprint, landing_dir=landing, bounds=BOUNDS)
 
 
 def test_land_file_writes_one_folder_per_day_and_workload(tmp_path):
@@ -284,9 +280,7 @@ def test_land_file_is_a_no_op_for_the_same_fingerprint(tmp_path):
         raise AssertionError("an unchanged file must not be read again")
         yield  # pragma: no cover
 
-    again = land_file(
-        must_not_be_read(), source_id="src", fingerprint="fp1", landing_dir=tmp_path, bounds=BOUNDS
-    )
+    again = land_file(must_not_be_read(), source_id="src", fingerprint="fp1", landing_dir=tmp_path, bounds=BOUNDS)
     assert again.landed is False
     assert again.partitions == first.partitions
     assert again.workload_ids == first.workload_ids
@@ -307,9 +301,11 @@ def test_concurrent_landings_of_one_file_validate_it_once(tmp_path):
         yield  # pragma: no cover
 
     landed = {}
-    first = threading.Thread(target=lambda: landed.setdefault("first", land_file(
-        slow_batches(), source_id="src", fingerprint="fp", landing_dir=tmp_path, bounds=BOUNDS
-    )))
+    first = threading.Thread(
+        target=lambda: landed.setdefault(
+            "first", land_file(slow_batches(), source_id="src", fingerprint="fp", landing_dir=tmp_path, bounds=BOUNDS)
+        )
+    )
     first.start()
     assert reading.wait(5)
     landed["second"] = land_file(
@@ -347,7 +343,11 @@ def test_a_failing_read_leaves_the_previous_landing_intact_and_no_temp_folders(t
 
     with pytest.raises(OSError, match="disk went away"):
         land_file(
-            broken_batches(), source_id="src", fingerprint="v2", landing_dir=tmp_path, bounds=BOUNDS,
+            broken_batches(),
+            source_id="src",
+            fingerprint="v2",
+            landing_dir=tmp_path,
+            bounds=BOUNDS,
             workers=workers,  # with 2, batches in flight in worker processes are waited for
         )
     assert hidden_entries(tmp_path) == []
@@ -364,9 +364,7 @@ def test_a_failed_first_landing_leaves_nothing(tmp_path):
         raise ValueError("boom")
 
     with pytest.raises(ValueError):
-        land_file(
-            broken_batches(), source_id="src", fingerprint="v1", landing_dir=tmp_path, bounds=BOUNDS
-        )
+        land_file(broken_batches(), source_id="src", fingerprint="v1", landing_dir=tmp_path, bounds=BOUNDS)
     assert landing_folders(tmp_path) == [] and hidden_entries(tmp_path) == []
 
 
@@ -386,9 +384,7 @@ def test_read_partition_ignores_leftovers_of_a_crashed_landing(tmp_path):
 def drop_folder(tmp_path: Path) -> tuple[Path, FileTraceSource]:
     traces = tmp_path / "traces"
     traces.mkdir()
-    source = FileTraceSource(
-        traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), validation_workers=1
-    )
+    source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), validation_workers=1)
     return traces, source
 
 
@@ -542,9 +538,7 @@ def test_concurrent_landers_of_a_drop_folder_validate_a_file_once(tmp_path):
         raise AssertionError("the file was validated twice")
 
     def land(read_batches):
-        return land_files(
-            [path], read_batches, landing_dir=source.landing_path, bounds=BOUNDS
-        ).results
+        return land_files([path], read_batches, landing_dir=source.landing_path, bounds=BOUNDS).results
 
     landed = {}
     first = threading.Thread(target=lambda: landed.setdefault("first", land(first_reader)))
@@ -566,8 +560,11 @@ def test_a_landing_named_by_path_before_is_replaced_not_duplicated(tmp_path):
     traces, source = drop_folder(tmp_path)
     path = write_jsonl(traces / "a.jsonl", [trace(1)])
     land_file(
-        iter([pairs([trace(1)])]), source_id=ingest_module._legacy_landing_name(path),
-        fingerprint="size-mtime", landing_dir=source.landing_path, bounds=BOUNDS,
+        iter([pairs([trace(1)])]),
+        source_id=ingest_module._legacy_landing_name(path),
+        fingerprint="size-mtime",
+        landing_dir=source.landing_path,
+        bounds=BOUNDS,
     )
     (result,) = source.land()
     assert landing_folders(source.landing_path) == [result.source_id]
@@ -611,9 +608,7 @@ def test_read_partition_order_is_stable_on_equal_timestamps(tmp_path):
     second, _ = read_partition(tmp_path, "2025-01-01", "support_chat")
     assert first.equals(second)
     # ties on timestamp are ordered by record id (the order curation keeps), then source
-    assert first.select("record_id", "source").rows() == sorted(
-        first.select("record_id", "source").rows()
-    )
+    assert first.select("record_id", "source").rows() == sorted(first.select("record_id", "source").rows())
 
 
 # --------------------------------------------------------------------------- file readers
@@ -748,7 +743,9 @@ def test_file_trace_source_lands_each_format_once(tmp_path, fmt):
     (traces / ".hidden.jsonl").write_text("garbage\n")
     (traces / "notes.txt").write_text("garbage\n")
     source = FileTraceSource(
-        traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), batch_size=2,
+        traces_dir=str(traces),
+        landing_dir=str(tmp_path / "landing"),
+        batch_size=2,
         validation_workers=1,  # formats here; worker processes have their own test
     )
     assert source.files() == [path]
@@ -806,16 +803,12 @@ def test_sample_traces_land_with_every_malformed_record_quarantined(tmp_path):
     assert [r.landed for r in results] == [True] * len(paths)
     valid_count = sum(c["valid"] for r in results for c in r.partitions.values())
     quarantined_count = sum(c["quarantined"] for r in results for c in r.partitions.values())
-    lines_written = sum(
-        1 for p in paths for raw in p.read_text().splitlines() if raw.strip()
-    )
+    lines_written = sum(1 for p in paths for raw in p.read_text().splitlines() if raw.strip())
     assert lines_written == n
     assert valid_count + quarantined_count == n  # nothing lost
 
     landing = source.landing_path
-    quarantine = pl.concat(
-        [pl.read_parquet(p) for p in sorted(landing.rglob("quarantine-*.parquet"))]
-    )
+    quarantine = pl.concat([pl.read_parquet(p) for p in sorted(landing.rglob("quarantine-*.parquet"))])
     assert quarantine.height == quarantined_count
     seen = Counter()
     for raw, reason in quarantine.select("raw", "reason").iter_rows():
@@ -831,19 +824,13 @@ def test_sample_parquet_traces_quarantine_oversized_records(tmp_path):
     kwargs = dict(seed=0, days=2, end_date="2025-03-03", malformed_rate=0.05)
     n = 400
     write_sample_traces(tmp_path / "traces", n=n, fmt="parquet", **kwargs)
-    source = FileTraceSource(
-        traces_dir=str(tmp_path / "traces"), landing_dir=str(tmp_path / "landing")
-    )
+    source = FileTraceSource(traces_dir=str(tmp_path / "traces"), landing_dir=str(tmp_path / "landing"))
     results = source.land()
     counts = [c for r in results for c in r.partitions.values()]
     assert sum(c["valid"] + c["quarantined"] for c in counts) == n
-    quarantine = pl.concat(
-        [pl.read_parquet(p) for p in sorted(source.landing_path.rglob("quarantine-*.parquet"))]
-    )
+    quarantine = pl.concat([pl.read_parquet(p) for p in sorted(source.landing_path.rglob("quarantine-*.parquet"))])
     assert "oversized" in set(quarantine["reason"])
-    valid = pl.concat(
-        [pl.read_parquet(p) for p in sorted(source.landing_path.rglob("valid-*.parquet"))]
-    )
+    valid = pl.concat([pl.read_parquet(p) for p in sorted(source.landing_path.rglob("valid-*.parquet"))])
     assert valid["raw"].str.len_bytes().max() <= 1 << 20
 
 
@@ -853,8 +840,11 @@ def test_validating_in_worker_processes_lands_the_same_records(tmp_path):
     landed = {}
     for workers in (1, 2):
         source = FileTraceSource(
-            traces_dir=str(traces), landing_dir=str(tmp_path / f"landing-{workers}"),
-            start_date="2020-01-01", batch_size=100, validation_workers=workers,
+            traces_dir=str(traces),
+            landing_dir=str(tmp_path / f"landing-{workers}"),
+            start_date="2020-01-01",
+            batch_size=100,
+            validation_workers=workers,
         )
         results = source.land()
         records = pl.concat(

@@ -42,16 +42,32 @@ def test_a_single_upstream_partition_still_arrives_as_a_dict(tmp_path):
     resources = {"io_manager": ParquetIOManager(base_dir=str(tmp_path))}
     assets = [daily_once, summary_once]
     with dg.instance_for_test() as instance:
-        dg.materialize(assets, selection=["daily_once"], partition_key=dg.MultiPartitionKey({"day": "d1", "workload": "w1"}), instance=instance, resources=resources)
-        result = dg.materialize(assets, selection=["summary_once"], partition_key="w1", instance=instance, resources=resources)
+        dg.materialize(
+            assets,
+            selection=["daily_once"],
+            partition_key=dg.MultiPartitionKey({"day": "d1", "workload": "w1"}),
+            instance=instance,
+            resources=resources,
+        )
+        result = dg.materialize(
+            assets, selection=["summary_once"], partition_key="w1", instance=instance, resources=resources
+        )
         assert result.output_for_node("summary_once")["days"][0].to_list() == ["d1"]
 
 
 def test_missing_partitions_are_left_out_of_the_dict(tmp_path):
     resources = {"io_manager": ParquetIOManager(base_dir=str(tmp_path))}
     with dg.instance_for_test() as instance:
-        dg.materialize([daily, summary], selection=["daily"], partition_key=dg.MultiPartitionKey({"day": "d2", "workload": "w1"}), instance=instance, resources=resources)
-        result = dg.materialize([daily, summary], selection=["summary"], partition_key="w1", instance=instance, resources=resources)
+        dg.materialize(
+            [daily, summary],
+            selection=["daily"],
+            partition_key=dg.MultiPartitionKey({"day": "d2", "workload": "w1"}),
+            instance=instance,
+            resources=resources,
+        )
+        result = dg.materialize(
+            [daily, summary], selection=["summary"], partition_key="w1", instance=instance, resources=resources
+        )
         assert result.output_for_node("summary")["days"][0].to_list() == ["d2"]
     assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
 
@@ -115,5 +131,6 @@ def test_stored_assets_finds_each_partition_where_the_io_manager_wrote_it(tmp_pa
     assert stored.scan("daily", multi_key).collect()["day"].to_list() == ["d2"]
     assert stored.path("single", "support.router") == tmp_path / "single" / "support.router.parquet"
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.parquet")) == [
-        "daily/d2/w1.parquet", "single/support.router.parquet",
+        "daily/d2/w1.parquet",
+        "single/support.router.parquet",
     ]

@@ -42,8 +42,10 @@ def test_score_bins_edges():
 
 def test_a_bad_gold_line_names_itself(tmp_path):
     path = tmp_path / "gold.jsonl"
-    path.write_text('{"id": "a", "reference": "x", "candidate": "y", "human": 4}\n'
-                    '{"id": "b", "reference": "x", "candidate": "y", "human": 12}\n')
+    path.write_text(
+        '{"id": "a", "reference": "x", "candidate": "y", "human": 4}\n'
+        '{"id": "b", "reference": "x", "candidate": "y", "human": 12}\n'
+    )
     with pytest.raises(ValueError, match=r"line 2 .*human \(an integer 0-10\)"):
         load_gold_set(path)
     path.write_text('{"id": "a", "reference": "x", "candidate": "y", "human": 4}\n' * 2)
@@ -76,8 +78,11 @@ class GoldJudge:
         for prompt in prompts:
             pair = _gold_pair_of(prompt.messages[-1]["content"])
             reply = self.replies.get(pair.id, f"Reasoning.\nSIMILARITY: {min(10, pair.human + self.offset)}")
-            out.append(Completion(error=str(reply)) if isinstance(reply, Exception)
-                       else Completion(message=AssistantMessage(content=reply)))
+            out.append(
+                Completion(error=str(reply))
+                if isinstance(reply, Exception)
+                else Completion(message=AssistantMessage(content=reply))
+            )
         return out
 
 

@@ -21,18 +21,27 @@ from flywheel_assets.core.leaderboard import (
 
 PRODUCTION = CostProfile(usd_per_million_prompt_tokens=10, usd_per_million_completion_tokens=30)
 COSTS = {"small": CostProfile(usd_per_million_prompt_tokens=1), "large": CostProfile(usd_per_million_prompt_tokens=5)}
-WORKLOAD = pl.DataFrame({"workload_type": ["tool_calling"] * 3, "prompt_tokens": [100] * 3, "completion_tokens": [20] * 3})
+WORKLOAD = pl.DataFrame(
+    {"workload_type": ["tool_calling"] * 3, "prompt_tokens": [100] * 3, "completion_tokens": [20] * 3}
+)
 
 
 def eval_rows(scores, *, ids=None, **extra) -> pl.DataFrame:
     n = len(scores)
-    return pl.DataFrame({
-        "record_id": ids or [f"r{i:03d}" for i in range(n)],
-        "function_name_accuracy": [float(s) for s in scores],
-        "function_name_and_args_accuracy": [float(s) for s in scores],
-        "reason": [None] * n, "latency_s": [0.1] * n, "prompt_tokens": [100] * n, "completion_tokens": [20] * n,
-        "error": [None] * n, **extra,
-    }, schema_overrides={"reason": pl.String, "error": pl.String})
+    return pl.DataFrame(
+        {
+            "record_id": ids or [f"r{i:03d}" for i in range(n)],
+            "function_name_accuracy": [float(s) for s in scores],
+            "function_name_and_args_accuracy": [float(s) for s in scores],
+            "reason": [None] * n,
+            "latency_s": [0.1] * n,
+            "prompt_tokens": [100] * n,
+            "completion_tokens": [20] * n,
+            "error": [None] * n,
+            **extra,
+        },
+        schema_overrides={"reason": pl.String, "error": pl.String},
+    )
 
 
 def report(evals, threshold=0.9, rule="lower_bound", workload=WORKLOAD):
@@ -103,9 +112,11 @@ def test_paired_comparison_uses_only_shared_records():
 
 def test_the_recommendation_compares_the_best_with_the_next():
     ids = [f"r{i}" for i in range(40)]
-    evals = {("small", "icl"): eval_rows([1] * 39 + [0], ids=ids),
-             ("large", "base"): eval_rows([1] * 38 + [0, 0], ids=ids),
-             ("small", "base"): eval_rows([0] * 30 + [1] * 10, ids=ids)}
+    evals = {
+        ("small", "icl"): eval_rows([1] * 39 + [0], ids=ids),
+        ("large", "base"): eval_rows([1] * 38 + [0, 0], ids=ids),
+        ("small", "base"): eval_rows([0] * 30 + [1] * 10, ids=ids),
+    }
     result = report(evals, threshold=0.8)
     assert result.board.filter("best")["candidate"].to_list() == ["small"]
     frame = result.comparisons_frame()
@@ -118,10 +129,14 @@ def test_the_recommendation_compares_the_best_with_the_next():
 
 def test_tool_columns_when_the_evaluations_have_them():
     n = 4
-    detailed = eval_rows([1, 1, 0, 1],
-                         argument_precision=[1.0, 0.5, None, 1.0], argument_recall=[1.0, 1.0, 0.0, 0.5],
-                         schema_valid=[True, False, None, True], hallucinated_tool=[False, False, True, False],
-                         abstention_error=[None, None, "called a tool where production answered in text", None])
+    detailed = eval_rows(
+        [1, 1, 0, 1],
+        argument_precision=[1.0, 0.5, None, 1.0],
+        argument_recall=[1.0, 1.0, 0.0, 0.5],
+        schema_valid=[True, False, None, True],
+        hallucinated_tool=[False, False, True, False],
+        abstention_error=[None, None, "called a tool where production answered in text", None],
+    )
     board = report({("small", "icl"): detailed, ("large", "icl"): eval_rows([1] * n)}).board
     row = board.filter(pl.col("candidate") == "small").row(0, named=True)
     assert row["argument_precision"] == pytest.approx(2.5 / 3)
@@ -135,7 +150,11 @@ def test_tool_columns_when_the_evaluations_have_them():
 
 def test_chat_boards_have_no_tool_columns():
     chat = pl.DataFrame({"workload_type": ["chat"], "prompt_tokens": [10], "completion_tokens": [10]})
-    rows = eval_rows([0.5, 0.7, 0.9]).rename({"function_name_accuracy": "similarity"}).drop("function_name_and_args_accuracy")
+    rows = (
+        eval_rows([0.5, 0.7, 0.9])
+        .rename({"function_name_accuracy": "similarity"})
+        .drop("function_name_and_args_accuracy")
+    )
     board = report({("small", "base"): rows}, workload=chat).board
     assert not set(TOOL_COLUMNS) & set(board.columns) and "function_name_and_args_accuracy" not in board.columns
     assert board["score"][0] == pytest.approx(0.7)
@@ -143,7 +162,9 @@ def test_chat_boards_have_no_tool_columns():
 
 def test_gather_evals_keys_rows_by_candidate_and_experiment():
     rows = eval_rows([1])
-    gathered = gather_evals({"base": {"k1": rows.lazy()}, "icl": {"k1": rows, "k2": rows}}, {"k1": "small", "k2": "large"}.get)
+    gathered = gather_evals(
+        {"base": {"k1": rows.lazy()}, "icl": {"k1": rows, "k2": rows}}, {"k1": "small", "k2": "large"}.get
+    )
     assert set(gathered) == {("small", "base"), ("small", "icl"), ("large", "icl")}
     assert all(isinstance(frame, pl.DataFrame) for frame in gathered.values())
 
@@ -156,13 +177,17 @@ def test_printable_board_shows_the_interval_beside_the_score():
 
 
 def test_a_chat_record_the_judge_could_not_score_is_left_out_and_counted_not_scored_zero():
-    judged = pl.DataFrame({
-        "record_id": ["r0", "r1", "r2", "r3"],
-        "similarity": [0.9, 0.8, None, 0.0],  # r2: judge reply unparseable; r3: the candidate failed (0)
-        "reason": [None, None, "judge reply unparseable: 7-8", "HTTP 500"],
-        "latency_s": [0.1] * 4, "prompt_tokens": [100] * 4, "completion_tokens": [20] * 4,
-        "error": [None, None, None, "HTTP 500"],
-    })
+    judged = pl.DataFrame(
+        {
+            "record_id": ["r0", "r1", "r2", "r3"],
+            "similarity": [0.9, 0.8, None, 0.0],  # r2: judge reply unparseable; r3: the candidate failed (0)
+            "reason": [None, None, "judge reply unparseable: 7-8", "HTTP 500"],
+            "latency_s": [0.1] * 4,
+            "prompt_tokens": [100] * 4,
+            "completion_tokens": [20] * 4,
+            "error": [None, None, None, "HTTP 500"],
+        }
+    )
     chat = pl.DataFrame({"workload_type": ["chat"], "prompt_tokens": [100], "completion_tokens": [20]})
     row = report({("small", "base"): judged}, workload=chat).board.row(0, named=True)
     assert (row["n"], row["unscored"]) == (3, 1)

@@ -38,13 +38,24 @@ def live(tmp_path_factory):
     # the demo candidate with fewer epochs and shorter answers: the test is about the
     # live path, not about how well the tiny model learns
     candidates = home / "candidates.json"
-    candidates.write_text(json.dumps({"candidates": [{
-        "name": "tiny-demo", "max_new_tokens": 24,
-        "hyperparameters": {**DEMO_HYPERPARAMETERS.model_dump(exclude_unset=True), "epochs": 2},
-    }]}))
+    candidates.write_text(
+        json.dumps(
+            {
+                "candidates": [
+                    {
+                        "name": "tiny-demo",
+                        "max_new_tokens": 24,
+                        "hyperparameters": {**DEMO_HYPERPARAMETERS.model_dump(exclude_unset=True), "epochs": 2},
+                    }
+                ]
+            }
+        )
+    )
     env = {
-        "FLYWHEEL_START_DATE": FIRST_DAYS[0], "FLYWHEEL_CANDIDATES": str(candidates),
-        "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+        "FLYWHEEL_START_DATE": FIRST_DAYS[0],
+        "FLYWHEEL_CANDIDATES": str(candidates),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
     }
     with LiveFlywheel(home, env=env) as flywheel:
         flywheel.start_sensors()
@@ -87,6 +98,7 @@ def test_a_new_day_ingests_only_its_partitions_and_refreshes_downstream(live, tm
 def settled(live) -> set[str]:
     """The run ids once automation has caught up: every run finished, and an automation
     tick after that (monitoring follows the leaderboards by a tick or two) found nothing."""
+
     def quiet():
         return all(r.status in FINISHED for r in live.runs())
 
@@ -123,19 +135,24 @@ def test_the_readme_backfill_command_runs_against_the_live_instance(live):
     assert "dagster job backfill" in command
     before = {r.run_id for r in live.runs()}
     env = {**live.env, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
     def backfill_runs():
         return [r for r in live.runs() if r.run_id not in before and "dagster/backfill" in r.tags]
 
-    live.wait_for(lambda: backfill_runs() and all(r.status in FINISHED for r in backfill_runs()),
-                  STAGE_TIMEOUT_S, "the backfill's runs to finish")
+    live.wait_for(
+        lambda: backfill_runs() and all(r.status in FINISHED for r in backfill_runs()),
+        STAGE_TIMEOUT_S,
+        "the backfill's runs to finish",
+    )
     runs = backfill_runs()
     assert {r.partition for r in runs} == {f"{day}|tool_router" for day in FIRST_DAYS}
     assert all(r.status == "SUCCESS" and r.job == "ingest" for r in runs), [(r.partition, r.status) for r in runs]
     # automation may refresh the dataset after it; whatever runs, none fails
-    live.wait_for(lambda: all(r.status in FINISHED for r in live.runs()), STAGE_TIMEOUT_S,
-                  "the runs after the backfill to finish")
+    live.wait_for(
+        lambda: all(r.status in FINISHED for r in live.runs()), STAGE_TIMEOUT_S, "the runs after the backfill to finish"
+    )
     assert not [r for r in live.runs() if r.status == "FAILURE"]

@@ -61,7 +61,9 @@ def test_a_model_directory_with_a_fifo_for_a_model_file_is_refused_by_name(tmp_p
     os.mkfifo(model / weights)
     candidate = CandidateSpec(name="local-model", base_model=str(model))
     platform = LocalPlatform(model_cache_dir=str(tmp_path / "cache"), adapters_dir=str(tmp_path / "adapters"))
-    with pytest.raises(FileNotFoundError, match=rf"local-model.*{weights}.*FIFO, not a regular file.*download the weights"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"local-model.*{weights}.*FIFO, not a regular file.*download the weights"
+    ):
         platform.base_model_dir(candidate, [])
 
 

@@ -217,11 +217,15 @@ def test_missing_optional_argument_equals_its_default():
     spelled = score_tool_calls(calls(("get_weather", {"city": "Paris"})), expected, TOOLS)
     assert spelled.function_name_and_args == 1.0 and spelled.argument_precision == 1.0
     # a default that is not the expected value is a wrong argument
-    other = score_tool_calls(calls(("get_weather", {"city": "Paris", "days": 3})), calls(("get_weather", {"city": "Paris"})), TOOLS)
+    other = score_tool_calls(
+        calls(("get_weather", {"city": "Paris", "days": 3})), calls(("get_weather", {"city": "Paris"})), TOOLS
+    )
     assert other.reason == "arguments differ: get_weather: at $.days: got 1 expected 3"
     assert other.argument_recall == 0.5 and other.argument_precision == 0.5  # days=1 filled in on the candidate's side
     # an optional argument without a default is simply missing
-    no_default = score_tool_calls(calls(("get_weather", {"city": "Paris", "detail": True})), calls(("get_weather", {"city": "Paris"})), TOOLS)
+    no_default = score_tool_calls(
+        calls(("get_weather", {"city": "Paris", "detail": True})), calls(("get_weather", {"city": "Paris"})), TOOLS
+    )
     assert no_default.reason == "arguments differ: get_weather: missing key $.detail"
     assert (no_default.argument_precision, no_default.argument_recall) == (1.0, 0.5)
     # without the tools, nothing is known about defaults
@@ -230,11 +234,21 @@ def test_missing_optional_argument_equals_its_default():
 
 def test_enum_values_compare_literally():
     expected = calls(("get_weather", {"city": "Paris", "unit": "Fahrenheit"}))
-    assert score_tool_calls(expected, calls(("get_weather", {"city": "paris", "unit": "Fahrenheit"})), TOOLS).function_name_and_args == 1.0
+    assert (
+        score_tool_calls(
+            expected, calls(("get_weather", {"city": "paris", "unit": "Fahrenheit"})), TOOLS
+        ).function_name_and_args
+        == 1.0
+    )
     lowered = score_tool_calls(expected, calls(("get_weather", {"city": "Paris", "unit": "fahrenheit"})), TOOLS)
     assert lowered.function_name_and_args == 0.0 and lowered.schema_valid is False  # the tool would reject it too
     # without a schema it is free text, compared standardised
-    assert score_tool_calls(expected, calls(("get_weather", {"city": "Paris", "unit": "fahrenheit"}))).function_name_and_args == 1.0
+    assert (
+        score_tool_calls(
+            expected, calls(("get_weather", {"city": "Paris", "unit": "fahrenheit"}))
+        ).function_name_and_args
+        == 1.0
+    )
 
 
 def test_argument_precision_and_recall_hand_computed():
@@ -249,21 +263,39 @@ def test_argument_precision_and_recall_hand_computed():
     none = score_tool_calls(calls(("f", {"a": 1})), text("hi"))
     assert (none.argument_precision, none.argument_recall) == (None, 0.0)
     both_empty = score_tool_calls(calls(("f", {})), calls(("f", {})))
-    assert (both_empty.argument_precision, both_empty.argument_recall, both_empty.function_name_and_args) == (None, None, 1.0)
+    assert (both_empty.argument_precision, both_empty.argument_recall, both_empty.function_name_and_args) == (
+        None,
+        None,
+        1.0,
+    )
 
 
 def test_schema_validity_of_the_candidates_calls():
-    assert score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A", "amount": 5})), TOOLS).schema_valid is True
-    wrong_type = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A", "amount": "5"})), TOOLS)
+    assert (
+        score_tool_calls(
+            calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A", "amount": 5})), TOOLS
+        ).schema_valid
+        is True
+    )
+    wrong_type = score_tool_calls(
+        calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A", "amount": "5"})), TOOLS
+    )
     assert wrong_type.schema_valid is False
-    missing = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A"})), TOOLS)
+    missing = score_tool_calls(
+        calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {"order_id": "A"})), TOOLS
+    )
     assert missing.schema_valid is False and (missing.calls_checked, missing.calls_schema_valid) == (1, 0)
     parallel = score_tool_calls(
         calls(("refund", {"order_id": "A", "amount": 5}), ("get_weather", {"city": "X"})),
-        calls(("refund", {"order_id": "A", "amount": 5}), ("get_weather", {"city": 7})), TOOLS,
+        calls(("refund", {"order_id": "A", "amount": 5}), ("get_weather", {"city": 7})),
+        TOOLS,
     )
     assert parallel.schema_valid is False and (parallel.calls_checked, parallel.calls_schema_valid) == (2, 1)
-    unparseable = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("refund", {RAW_ARGUMENTS_KEY: '{"order_id": A'})), TOOLS)
+    unparseable = score_tool_calls(
+        calls(("refund", {"order_id": "A", "amount": 5})),
+        calls(("refund", {RAW_ARGUMENTS_KEY: '{"order_id": A'})),
+        TOOLS,
+    )
     assert unparseable.schema_valid is False
     assert (unparseable.argument_precision, unparseable.argument_recall) == (0.0, 0.0)
     assert score_tool_calls(calls(("refund", {})), text("no"), TOOLS).schema_valid is None  # no call
@@ -272,17 +304,23 @@ def test_schema_validity_of_the_candidates_calls():
 
 
 def test_hallucinated_tool():
-    score = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("issue_voucher", {"order_id": "A"})), TOOLS)
+    score = score_tool_calls(
+        calls(("refund", {"order_id": "A", "amount": 5})), calls(("issue_voucher", {"order_id": "A"})), TOOLS
+    )
     assert score.hallucinated_tool is True and score.function_name == 0.0
     assert score.schema_valid is None  # nothing to validate against
     assert score.confusion == [("refund", "issue_voucher")]
-    offered = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), calls(("get_weather", {"city": "A"})), TOOLS)
+    offered = score_tool_calls(
+        calls(("refund", {"order_id": "A", "amount": 5})), calls(("get_weather", {"city": "A"})), TOOLS
+    )
     assert offered.hallucinated_tool is False and offered.function_name == 0.0  # wrong, but offered
     assert score_tool_calls(calls(("refund", {})), calls(("refund", {}))).hallucinated_tool is False  # tools unknown
 
 
 def test_abstention_errors_both_ways():
-    called = score_tool_calls(text("Your refund is on its way."), calls(("refund", {"order_id": "A", "amount": 5})), TOOLS)
+    called = score_tool_calls(
+        text("Your refund is on its way."), calls(("refund", {"order_id": "A", "amount": 5})), TOOLS
+    )
     assert called.abstention_error == "tool_call_instead_of_text"
     assert called.confusion == [(NO_CALL, "refund")]
     talked = score_tool_calls(calls(("refund", {"order_id": "A", "amount": 5})), text("I will refund you."), TOOLS)
@@ -293,14 +331,25 @@ def test_abstention_errors_both_ways():
 
 
 def test_invalid_tool_schema_is_reported_and_the_call_still_scored():
-    broken = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object", "properties": {"amount": {"type": "money"}}}}}]
+    broken = [
+        {
+            "type": "function",
+            "function": {
+                "name": "refund",
+                "parameters": {"type": "object", "properties": {"amount": {"type": "money"}}},
+            },
+        }
+    ]
     score = score_tool_calls(calls(("refund", {"amount": 5})), calls(("refund", {"amount": 5.0})), broken)
     assert score.function_name == 1.0 and score.function_name_and_args == 1.0
     assert score.schema_valid is None
     assert "refund" in score.invalid_schemas
     assert score.reason.startswith("tool 'refund' has an invalid JSON Schema (scored without it)")
-    result = score_records("tool_calling", [example("a", calls(("refund", {"amount": 5})), tools=broken)],
-                           [Completion(message=calls(("refund", {"amount": 5})))])
+    result = score_records(
+        "tool_calling",
+        [example("a", calls(("refund", {"amount": 5})), tools=broken)],
+        [Completion(message=calls(("refund", {"amount": 5})))],
+    )
     assert result.scores["tools_with_invalid_schema"] == 1 and result.scores["function_name_accuracy"] == 1.0
     assert result.scores["schema_valid_rate"] is None
 
@@ -521,9 +570,19 @@ def test_score_records_tool_calling():
     assert result.rows[3]["error"].startswith("timed out")
     frame = result.to_polars()
     assert frame.columns == [
-        "record_id", "function_name_accuracy", "function_name_and_args_accuracy", "argument_precision",
-        "argument_recall", "schema_valid", "hallucinated_tool", "abstention_error", "reason", "latency_s",
-        "prompt_tokens", "completion_tokens", "error",
+        "record_id",
+        "function_name_accuracy",
+        "function_name_and_args_accuracy",
+        "argument_precision",
+        "argument_recall",
+        "schema_valid",
+        "hallucinated_tool",
+        "abstention_error",
+        "reason",
+        "latency_s",
+        "prompt_tokens",
+        "completion_tokens",
+        "error",
     ]
     assert frame["function_name_and_args_accuracy"].to_list() == [1.0, 0.0, 0.0, 0.0]
     assert frame["argument_recall"].to_list() == [1.0, 0.0, 0.0, 0.0]  # the failed request recalls nothing
@@ -538,7 +597,10 @@ def test_score_records_tool_calling_rates_and_confusion_table():
     cases = [
         (refund, calls(("refund", {"order_id": "a", "amount": 5.0}))),  # right, type-aware
         (refund, calls(("refund", {"order_id": "A", "amount": "5"}))),  # right name, invalid arguments
-        (weather, calls(("get_weather", {"city": "Paris"}), ("refund", {"order_id": "A", "amount": 1}))),  # one call too many
+        (
+            weather,
+            calls(("get_weather", {"city": "Paris"}), ("refund", {"order_id": "A", "amount": 1})),
+        ),  # one call too many
         (weather, calls(("teleport", {"to": "Paris"}))),  # hallucinated
         (weather, text("It is sunny in Paris.")),  # text instead of a call
         (text("Hello! How can I help?"), refund),  # a call instead of text
@@ -574,7 +636,13 @@ def test_score_records_chat_deterministic():
     assert result.scores["similarity"] == pytest.approx((4 / 7 + 1.0) / 2)
     assert result.rows[0]["reason"] == "token F1 0.571"
     assert list(result.rows[0]) == [
-        "record_id", "similarity", "reason", "latency_s", "prompt_tokens", "completion_tokens", "error"
+        "record_id",
+        "similarity",
+        "reason",
+        "latency_s",
+        "prompt_tokens",
+        "completion_tokens",
+        "error",
     ]
 
 

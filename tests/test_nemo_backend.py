@@ -32,18 +32,28 @@ FAST_CHAT = {"max_retries": 8, "backoff_s": 0.001, "timeout_s": 2.0, "max_concur
 
 def record(i: int) -> dict:
     text = f"get_weather for city {i}"
-    return {"record_id": str(i), "tools": [WEATHER], "messages": [
-        {"role": "user", "content": text},
-        {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"text": text}}}]},
-    ]}
+    return {
+        "record_id": str(i),
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "user", "content": text},
+            {
+                "role": "assistant",
+                "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"text": text}}}],
+            },
+        ],
+    }
 
 
 def jsonl(records) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
 
 
-FILES = split_files(train=jsonl(record(i) for i in range(8)), validation=jsonl([record(8)]),
-                    evaluation=jsonl(record(i) for i in range(10, 14)))
+FILES = split_files(
+    train=jsonl(record(i) for i in range(8)),
+    validation=jsonl([record(8)]),
+    evaluation=jsonl(record(i) for i in range(10, 14)),
+)
 HP = LoraHyperparameters(epochs=2, batch_size=4, learning_rate=1e-4, adapter_dim=8, adapter_dropout=0.05)
 
 
@@ -54,14 +64,25 @@ def emu():
 
 
 def backend(emu, **overrides) -> NemoBackend:
-    options = dict(nemo_base_url=emu.nemo_base_url, datastore_base_url=emu.datastore_base_url,
-                   nim_base_url=emu.nim_base_url, api_key=KEY, poll_interval_s=0.001, backoff_s=0.001,
-                   max_backoff_s=0.005, max_retries=8, request_timeout_s=2.0)
+    options = dict(
+        nemo_base_url=emu.nemo_base_url,
+        datastore_base_url=emu.datastore_base_url,
+        nim_base_url=emu.nim_base_url,
+        api_key=KEY,
+        poll_interval_s=0.001,
+        backoff_s=0.001,
+        max_backoff_s=0.005,
+        max_retries=8,
+        request_timeout_s=2.0,
+    )
     return NemoBackend(**{**options, **overrides})
 
 
 def prompts(n: int = 6) -> list[ChatPrompt]:
-    return [ChatPrompt(messages=[{"role": "user", "content": f"get_weather in town {i}"}], tools=[WEATHER]) for i in range(n)]
+    return [
+        ChatPrompt(messages=[{"role": "user", "content": f"get_weather in town {i}"}], tools=[WEATHER])
+        for i in range(n)
+    ]
 
 
 # ------------------------------------------------------------------------ the sequence
@@ -121,7 +142,11 @@ def test_upload_is_content_addressed_and_repeatable(emu):
     assert emu.commits[f"dfwbp/{name}"] == 1  # second upload sent no files
     changed = nemo.upload_splits("weather-bot", {**FILES, "training/training.jsonl": jsonl([record(99)])})
     assert changed != name and changed.startswith("flywheel-weather-bot-")
-    assert set(emu.repos[f"dfwbp/{name}"]) == {"training/training.jsonl", "validation/validation.jsonl", "testing/testing.jsonl"}
+    assert set(emu.repos[f"dfwbp/{name}"]) == {
+        "training/training.jsonl",
+        "validation/validation.jsonl",
+        "testing/testing.jsonl",
+    }
 
 
 # --------------------------------------------------------------------------- resumption
@@ -187,7 +212,9 @@ def test_an_ordinary_error_in_a_callback_leaves_the_job_running(emu):
     assert emu.customization_jobs[0].status == "running"
 
 
-@pytest.mark.parametrize("error", [RuntimeError("scoring crashed"), KeyboardInterrupt(), DagsterExecutionInterruptedError()])
+@pytest.mark.parametrize(
+    "error", [RuntimeError("scoring crashed"), KeyboardInterrupt(), DagsterExecutionInterruptedError()]
+)
 def test_deployment_block_that_fails_or_is_cancelled_leaves_no_deployment(emu, error):
     nemo = backend(emu)
     emu.set_fault_rate(0.2, seed=7)
@@ -198,8 +225,10 @@ def test_deployment_block_that_fails_or_is_cancelled_leaves_no_deployment(emu, e
             raise error
     emu.set_fault_rate(0.0)
     assert emu.deployments_alive == []
-    assert emu.deployment_events == [("created", "dfwbp/meta-llama-3-2-1b-instruct"),
-                                     ("deleted", "dfwbp/meta-llama-3-2-1b-instruct")]
+    assert emu.deployment_events == [
+        ("created", "dfwbp/meta-llama-3-2-1b-instruct"),
+        ("deleted", "dfwbp/meta-llama-3-2-1b-instruct"),
+    ]
 
 
 def test_cancel_while_waiting_for_the_adapter_to_sync_leaves_no_deployment(emu):
@@ -235,8 +264,10 @@ def test_missing_required_field_is_a_clear_error(emu):
     emu.add_fault(Fault.body({"status": "created"}), method="POST", path=r"^/v1/customization/jobs$")
     with pytest.raises(NemoSchemaError) as caught:
         nemo.customize(BASE, dataset, HP)
-    assert str(caught.value) == ("Customizer: unexpected response to POST /v1/customization/jobs: "
-                                 "required field 'id' is missing; required field 'output_model' is missing")
+    assert str(caught.value) == (
+        "Customizer: unexpected response to POST /v1/customization/jobs: "
+        "required field 'id' is missing; required field 'output_model' is missing"
+    )
 
 
 def test_chat_evaluation_through_the_evaluator_needs_a_judge(emu):
@@ -253,8 +284,14 @@ def test_hyperparameters_sent_and_those_the_customizer_does_not_take(emu):
     hp = HP.model_copy(update={"max_seq_length": 2048, "warmup_ratio": 0.1, "seed": 5})
     result = nemo.customize(BASE, dataset, hp, target=f"{BASE}@2.0")
     sent = emu.customization_jobs[0].hyperparameters
-    assert sent == {"training_type": "sft", "finetuning_type": "lora", "epochs": 2, "batch_size": 4,
-                    "learning_rate": 1e-4, "lora": {"adapter_dim": 8, "adapter_dropout": 0.05}}
+    assert sent == {
+        "training_type": "sft",
+        "finetuning_type": "lora",
+        "epochs": 2,
+        "batch_size": 4,
+        "learning_rate": 1e-4,
+        "lora": {"adapter_dim": 8, "adapter_dropout": 0.05},
+    }
     assert result.ignored_hyperparameters == {"warmup_ratio": 0.1, "seed": 5}
     [config] = emu.configs.values()
     assert config["target"] == f"{BASE}@2.0" and config["max_seq_length"] == 2048
@@ -269,16 +306,22 @@ def test_the_target_is_the_clusters_versioned_target_of_the_base_model(emu):
     assert config["target"] == f"{BASE}@2.0"
 
 
-@pytest.mark.parametrize("base, target, problem", [
-    (BASE, BASE, r"target 'meta/llama-3.2-1b-instruct' does not exist"),
-    (BASE, "meta/llama-3.3-70b-instruct@2.0", r"target 'meta/llama-3.3-70b-instruct@2.0' is disabled"),
-    ("acme/unknown-7b", None, r"no enabled target fine-tunes 'acme/unknown-7b'"),
-])
+@pytest.mark.parametrize(
+    "base, target, problem",
+    [
+        (BASE, BASE, r"target 'meta/llama-3.2-1b-instruct' does not exist"),
+        (BASE, "meta/llama-3.3-70b-instruct@2.0", r"target 'meta/llama-3.3-70b-instruct@2.0' is disabled"),
+        ("acme/unknown-7b", None, r"no enabled target fine-tunes 'acme/unknown-7b'"),
+    ],
+)
 def test_an_unknown_target_fails_before_any_config_and_names_the_available_ones(emu, base, target, problem):
     nemo = backend(emu)
     dataset = nemo.upload_splits("weather-bot", FILES)
-    with pytest.raises(NemoError, match=problem + r"\. Enabled targets: meta/llama-3.1-8b-instruct@2.0, "
-                                        r"meta/llama-3.2-1b-instruct@2.0\. Set the candidate's customizer_target"):
+    with pytest.raises(
+        NemoError,
+        match=problem + r"\. Enabled targets: meta/llama-3.1-8b-instruct@2.0, "
+        r"meta/llama-3.2-1b-instruct@2.0\. Set the candidate's customizer_target",
+    ):
         nemo.customize(base, dataset, HP, target=target)
     assert emu.configs == {} and emu.customization_jobs == []
 
@@ -316,9 +359,14 @@ def test_evaluate_names_its_file_and_reaches_the_nim_at_the_evaluators_address(e
 
 def test_resource_reads_its_key_from_an_env_var(emu, monkeypatch):
     monkeypatch.setenv("NEMO_TEST_API_KEY", KEY)
-    resource = NemoBackend(nemo_base_url=emu.nemo_base_url, datastore_base_url=emu.datastore_base_url,
-                           nim_base_url=emu.nim_base_url, api_key=dg.EnvVar("NEMO_TEST_API_KEY"),
-                           backoff_s=0.001, max_retries=1)
+    resource = NemoBackend(
+        nemo_base_url=emu.nemo_base_url,
+        datastore_base_url=emu.datastore_base_url,
+        nim_base_url=emu.nim_base_url,
+        api_key=dg.EnvVar("NEMO_TEST_API_KEY"),
+        backoff_s=0.001,
+        max_retries=1,
+    )
     with dg.build_resources({"nemo": resource}) as resources:
         assert resources.nemo.upload_splits("weather-bot", FILES).startswith("flywheel-weather-bot-")
     assert all(r.authorization == f"Bearer {KEY}" for r in emu.requests if r.method != "PUT")

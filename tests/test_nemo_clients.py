@@ -63,10 +63,24 @@ def client(cls, emu, **kwargs):
 
 
 def record(i: int, text: str, tool: str | None = "get_weather", args: dict | None = None) -> dict:
-    answer = ({"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": tool, "arguments": args if args is not None else {"text": text}}}]}
-              if tool else {"role": "assistant", "content": text})
-    return {"record_id": str(i), "messages": [{"role": "user", "content": text}, answer],
-            **({"tools": [WEATHER, TIME]} if tool else {})}
+    answer = (
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": tool, "arguments": args if args is not None else {"text": text}},
+                }
+            ],
+        }
+        if tool
+        else {"role": "assistant", "content": text}
+    )
+    return {
+        "record_id": str(i),
+        "messages": [{"role": "user", "content": text}, answer],
+        **({"tools": [WEATHER, TIME]} if tool else {}),
+    }
 
 
 def jsonl(records) -> bytes:
@@ -85,16 +99,28 @@ def make_dataset(emu, name="ds", files=None) -> None:
 
 def start_job(emu, customizer, name="job-a", dataset="ds") -> str:
     config = customizer.ensure_config(CustomizationConfigRequest(name="cfg", namespace=NS, target=f"{BASE}@2.0"))
-    job = customizer.create_job(CustomizationJobRequest(
-        name=name, output_model=f"{NS}/{name}", config=config, dataset=DatasetRef(name=dataset, namespace=NS),
-        hyperparameters=Hyperparameters(epochs=2, batch_size=16, learning_rate=1e-4,
-                                        lora=LoraParameters(adapter_dim=32, adapter_dropout=0.1))))
+    job = customizer.create_job(
+        CustomizationJobRequest(
+            name=name,
+            output_model=f"{NS}/{name}",
+            config=config,
+            dataset=DatasetRef(name=dataset, namespace=NS),
+            hyperparameters=Hyperparameters(
+                epochs=2, batch_size=16, learning_rate=1e-4, lora=LoraParameters(adapter_dim=32, adapter_dropout=0.1)
+            ),
+        )
+    )
     return job.id
 
 
 def deployment_request(name="nim-a", model=BASE) -> ModelDeploymentRequest:
-    return ModelDeploymentRequest(name=name, namespace=NS, config=DeploymentConfig(
-        model=model, nim_deployment=NimDeploymentConfig(image_name=f"nvcr.io/nim/{model}", image_tag="1.8", gpu=1)))
+    return ModelDeploymentRequest(
+        name=name,
+        namespace=NS,
+        config=DeploymentConfig(
+            model=model, nim_deployment=NimDeploymentConfig(image_name=f"nvcr.io/nim/{model}", image_tag="1.8", gpu=1)
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------- Data Store
@@ -102,7 +128,10 @@ def deployment_request(name="nim-a", model=BASE) -> ModelDeploymentRequest:
 
 def test_datastore_namespace_repo_upload_and_download(emu):
     with client(DataStoreClient, emu) as store:
-        with pytest.raises(NemoHTTPError, match=r"Data Store: POST .*/v1/hf/api/repos/create answered HTTP 404: namespace dfwbp not found"):
+        with pytest.raises(
+            NemoHTTPError,
+            match=r"Data Store: POST .*/v1/hf/api/repos/create answered HTTP 404: namespace dfwbp not found",
+        ):
             store.create_repo(NS, "ds")
         assert store.create_namespace(NS) is True
         assert store.create_namespace(NS) is False
@@ -193,27 +222,56 @@ def test_customizer_targets_carry_a_version_and_configs_need_a_known_enabled_one
         targets = {t.ref: t for t in customizer.list_targets(page_size=2)}  # two pages
         assert targets[f"{BASE}@2.0"].base_model == BASE and targets[f"{BASE}@2.0"].enabled
         assert not targets["meta/llama-3.3-70b-instruct@2.0"].enabled
-        for target, answer in [(BASE, "404: customization target meta/llama-3.2-1b-instruct not found"),
-                               ("meta/llama-3.3-70b-instruct@2.0", "422: .* is disabled")]:
+        for target, answer in [
+            (BASE, "404: customization target meta/llama-3.2-1b-instruct not found"),
+            ("meta/llama-3.3-70b-instruct@2.0", "422: .* is disabled"),
+        ]:
             with pytest.raises(NemoHTTPError, match=answer):
                 customizer.ensure_config(CustomizationConfigRequest(name="cfg", namespace=NS, target=target))
     assert emu.configs == {}
 
 
-@pytest.mark.parametrize("line, problem", [
-    ({"record_id": "7", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
-     r"line 2: unexpected field\(s\) \['record_id'\]"),
-    ({"messages": [{"role": "user", "content": "hi"},
-                   {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}]},
-     r"line 2: messages\[1\]\.content must be a string .*got 'no content'"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
-     r"line 2: messages\[1\]\.content must be a string .*got None"),
-    ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
-     "line 2: the last message must be the assistant's"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        (
+            {"record_id": "7", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            r"line 2: unexpected field\(s\) \['record_id'\]",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}],
+                    },
+                ]
+            },
+            r"line 2: messages\[1\]\.content must be a string .*got 'no content'",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
+            r"line 2: messages\[1\]\.content must be a string .*got None",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+            "line 2: the last message must be the assistant's",
+        ),
+    ],
+)
 def test_customizer_validates_every_training_line_and_fails_the_job_with_the_line(emu, line, problem):
-    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}], "tools": [WEATHER]}
+    good = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}],
+            },
+        ],
+        "tools": [WEATHER],
+    }
     make_dataset(emu, files={"training/training.jsonl": jsonl([good, line])})
     with client(CustomizerClient, emu) as customizer:
         job_id = start_job(emu, customizer)
@@ -226,7 +284,11 @@ def test_customizer_format_has_only_messages_and_tools_and_string_content():
     lines[1]["messages"].insert(0, {"role": "assistant", "content": "earlier", "refusal": None})
     converted = [json.loads(line) for line in customizer_jsonl(jsonl(lines)).splitlines()]
     assert [sorted(line) for line in converted] == [["messages", "tools"], ["messages"]]
-    assert converted[0]["messages"][-1] == {"role": "assistant", "content": "", "tool_calls": lines[0]["messages"][-1]["tool_calls"]}
+    assert converted[0]["messages"][-1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": lines[0]["messages"][-1]["tool_calls"],
+    }
     assert converted[1]["messages"] == [{"role": "assistant", "content": "earlier"}, *lines[1]["messages"][1:]]
     assert customizer_jsonl(b"") == b""
 
@@ -283,8 +345,10 @@ def test_customizer_status_without_status_field_is_a_clear_error(emu):
     emu.add_fault(Fault.body({"percentage_done": 10, "status_logs": []}), path="/status$")
     with client(CustomizerClient, emu) as customizer, pytest.raises(NemoSchemaError) as caught:
         customizer.wait("cust-1", timeout_s=1, interval_s=0)
-    assert str(caught.value) == ("Customizer: unexpected response to GET /v1/customization/jobs/cust-1/status: "
-                                 "required field 'status' is missing")
+    assert str(caught.value) == (
+        "Customizer: unexpected response to GET /v1/customization/jobs/cust-1/status: "
+        "required field 'status' is missing"
+    )
 
 
 def test_customizer_wait_has_a_deadline(emu):
@@ -307,14 +371,20 @@ def serve(emu, model=BASE):
 
 def test_evaluator_tool_calling_scores(emu):
     # the emulated NIM calls the tool named in the prompt with {"text": prompt}
-    records = [record(0, "get_weather in Paris"),                      # right name, right args
-               record(1, "get_time in Rome", tool="get_time", args={"city": "Rome"}),  # right name, wrong args
-               record(2, "what now", tool="get_time")]                 # wrong name (NIM picks the first tool)
-    make_dataset(emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)})
+    records = [
+        record(0, "get_weather in Paris"),  # right name, right args
+        record(1, "get_time in Rome", tool="get_time", args={"city": "Rome"}),  # right name, wrong args
+        record(2, "what now", tool="get_time"),
+    ]  # wrong name (NIM picks the first tool)
+    make_dataset(
+        emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)}
+    )
     serve(emu)
     with client(EvaluatorClient, emu) as evaluator:
-        config = tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl",
-                                     judge=JudgeEndpoint(url="http://judge/v1/chat/completions", model_id="judge"))
+        config = tool_calling_config(
+            "hf://datasets/dfwbp/ds/testing/testing.jsonl",
+            judge=JudgeEndpoint(url="http://judge/v1/chat/completions", model_id="judge"),
+        )
         job = evaluator.create_job(config, model_target(BASE), namespace=NS, request_key="k1")
         evaluator.wait(job.id, timeout_s=5, interval_s=0)
         scores = evaluator.results(job.id).flywheel_scores()
@@ -325,11 +395,16 @@ def test_evaluator_tool_calling_scores(emu):
 
 def test_evaluator_chat_judge_similarity_is_scaled_to_unit_interval(emu):
     records = [record(0, "hello there", tool=None), record(1, "something", tool=None)]
-    make_dataset(emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)})
+    make_dataset(
+        emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)}
+    )
     serve(emu)
     with client(EvaluatorClient, emu) as evaluator:
-        config = chat_judge_config("hf://datasets/dfwbp/ds/testing/testing.jsonl",
-                                   judge=JudgeEndpoint(url="http://judge/v1/chat/completions", model_id="judge"), limit=1)
+        config = chat_judge_config(
+            "hf://datasets/dfwbp/ds/testing/testing.jsonl",
+            judge=JudgeEndpoint(url="http://judge/v1/chat/completions", model_id="judge"),
+            limit=1,
+        )
         job = evaluator.create_job(config, model_target(BASE), namespace=NS, request_key="k2")
         evaluator.wait(job.id, timeout_s=5, interval_s=0)
         results = evaluator.results(job.id)
@@ -341,17 +416,27 @@ def test_evaluator_chat_judge_similarity_is_scaled_to_unit_interval(emu):
 def test_evaluator_failed_job_surfaces_its_message(emu):
     emu.fail_next_evaluation("Judge endpoint unreachable: connection refused")
     with client(EvaluatorClient, emu) as evaluator:
-        job = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
-                                   model_target(BASE), namespace=NS, request_key="k3")
+        job = evaluator.create_job(
+            tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
+            model_target(BASE),
+            namespace=NS,
+            request_key="k3",
+        )
         with pytest.raises(NemoJobFailed, match="Evaluator: job .* failed: Judge endpoint unreachable"):
             evaluator.wait(job.id, timeout_s=5, interval_s=0)
 
 
 def test_evaluator_of_a_model_not_served_fails_with_the_reason(emu):
-    make_dataset(emu, files={"training/t.jsonl": jsonl([record(0, "x")]), "testing/testing.jsonl": jsonl([record(0, "x")])})
+    make_dataset(
+        emu, files={"training/t.jsonl": jsonl([record(0, "x")]), "testing/testing.jsonl": jsonl([record(0, "x")])}
+    )
     with client(EvaluatorClient, emu) as evaluator:
-        job = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
-                                   model_target(BASE), namespace=NS, request_key="k4")
+        job = evaluator.create_job(
+            tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
+            model_target(BASE),
+            namespace=NS,
+            request_key="k4",
+        )
         with pytest.raises(NemoJobFailed, match="is not served by the NIM proxy"):
             evaluator.wait(job.id, timeout_s=5, interval_s=0)
         assert evaluator.delete_job(job.id) is True and evaluator.delete_job(job.id) is False
@@ -359,7 +444,9 @@ def test_evaluator_of_a_model_not_served_fails_with_the_reason(emu):
 
 def test_evaluator_inside_the_cluster_reaches_the_nim_at_its_cluster_address(emu):
     records = [record(0, "get_weather in Paris")]
-    make_dataset(emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)})
+    make_dataset(
+        emu, files={"training/t.jsonl": customizer_jsonl(jsonl(records)), "testing/testing.jsonl": jsonl(records)}
+    )
     serve(emu)
     config = tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl")
     with client(EvaluatorClient, emu) as evaluator:
@@ -374,24 +461,46 @@ def test_evaluator_inside_the_cluster_reaches_the_nim_at_its_cluster_address(emu
 
 
 def test_evaluator_replays_earlier_tool_calls_with_json_string_arguments(emu):
-    earlier = {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": {"city": "Rome"}}}]}
+    earlier = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": {"city": "Rome"}}}
+        ],
+    }
     line = record(0, "get_weather in Paris")
-    line["messages"][:0] = [{"role": "user", "content": "time in Rome?"}, earlier,
-                            {"role": "tool", "tool_call_id": "c1", "content": "noon"}]
+    line["messages"][:0] = [
+        {"role": "user", "content": "time in Rome?"},
+        earlier,
+        {"role": "tool", "tool_call_id": "c1", "content": "noon"},
+    ]
     converted = json.loads(evaluator_jsonl(jsonl([line])))
     assert converted["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Rome"}'
     assert converted["messages"][-1] == line["messages"][-1]  # the ground truth keeps parsed arguments
-    make_dataset(emu, files={"training/t.jsonl": customizer_jsonl(jsonl([line])),
-                             "testing/raw.jsonl": jsonl([line]), "testing/testing.jsonl": evaluator_jsonl(jsonl([line]))})
+    make_dataset(
+        emu,
+        files={
+            "training/t.jsonl": customizer_jsonl(jsonl([line])),
+            "testing/raw.jsonl": jsonl([line]),
+            "testing/testing.jsonl": evaluator_jsonl(jsonl([line])),
+        },
+    )
     serve(emu)
     with client(EvaluatorClient, emu) as evaluator:
-        raw = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/testing/raw.jsonl"), model_target(BASE),
-                                   namespace=NS, request_key="raw")
+        raw = evaluator.create_job(
+            tool_calling_config("hf://datasets/dfwbp/ds/testing/raw.jsonl"),
+            model_target(BASE),
+            namespace=NS,
+            request_key="raw",
+        )
         with pytest.raises(NemoJobFailed, match="HTTP 400 .*arguments: Input should be a valid string"):
             evaluator.wait(raw.id, timeout_s=5, interval_s=0)
-        job = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
-                                   model_target(BASE), namespace=NS, request_key="wire")
+        job = evaluator.create_job(
+            tool_calling_config("hf://datasets/dfwbp/ds/testing/testing.jsonl"),
+            model_target(BASE),
+            namespace=NS,
+            request_key="wire",
+        )
         evaluator.wait(job.id, timeout_s=5, interval_s=0)
         assert evaluator.results(job.id).flywheel_scores()["function_name_and_args_accuracy"] == 1.0
 
@@ -399,8 +508,9 @@ def test_evaluator_replays_earlier_tool_calls_with_json_string_arguments(emu):
 def test_evaluator_create_answer_lost_creates_one_job(emu):
     emu.add_fault(Fault.drop_after(), method="POST", path=r"^/v1/evaluation/jobs$")
     with client(EvaluatorClient, emu) as evaluator:
-        job = evaluator.create_job(tool_calling_config("hf://datasets/dfwbp/ds/t.jsonl"),
-                                   model_target(BASE), namespace=NS, request_key="once")
+        job = evaluator.create_job(
+            tool_calling_config("hf://datasets/dfwbp/ds/t.jsonl"), model_target(BASE), namespace=NS, request_key="once"
+        )
     assert [j.id for j in emu.evaluation_jobs] == [job.id]
 
 
@@ -441,8 +551,9 @@ def test_deployment_cancelled_or_unknown_ends_the_wait_at_once(emu, status):
 
 def run_deployment(emu, body, **kwargs):
     with client(DeploymentClient, emu) as deployments, client(NimProxyClient, emu) as nim:
-        with nim_deployment(deployments, nim, deployment_request(), interval_s=0, ready_timeout_s=5,
-                            sync_timeout_s=5, **kwargs) as model:
+        with nim_deployment(
+            deployments, nim, deployment_request(), interval_s=0, ready_timeout_s=5, sync_timeout_s=5, **kwargs
+        ) as model:
             body(model, nim)
 
 
@@ -452,16 +563,24 @@ def test_nim_deployment_serves_the_model_then_tears_down(emu):
     def body(model, nim):
         served.append(model)
         [completion] = nim.chat_backend(model, max_retries=0).complete(
-            [__import__("flywheel_assets.core.chat", fromlist=["ChatPrompt"]).ChatPrompt(
-                messages=[{"role": "user", "content": "get_weather in Oslo"}], tools=[WEATHER])])
-        assert completion.error is None and completion.message.tool_calls[0].function.arguments == {"text": "get_weather in Oslo"}
+            [
+                __import__("flywheel_assets.core.chat", fromlist=["ChatPrompt"]).ChatPrompt(
+                    messages=[{"role": "user", "content": "get_weather in Oslo"}], tools=[WEATHER]
+                )
+            ]
+        )
+        assert completion.error is None and completion.message.tool_calls[0].function.arguments == {
+            "text": "get_weather in Oslo"
+        }
         assert emu.deployments_alive == [f"{NS}/nim-a"]
 
     run_deployment(emu, body)
     assert served == [BASE] and emu.deployments_alive == []
 
 
-@pytest.mark.parametrize("error", [RuntimeError("eval crashed"), KeyboardInterrupt(), DagsterExecutionInterruptedError()])
+@pytest.mark.parametrize(
+    "error", [RuntimeError("eval crashed"), KeyboardInterrupt(), DagsterExecutionInterruptedError()]
+)
 def test_nim_deployment_is_torn_down_when_the_block_fails_or_is_interrupted(emu, error):
     def body(model, nim):
         raise error
@@ -533,10 +652,20 @@ def test_customizer_wait_survives_an_outage_longer_than_one_calls_retries(emu):
     assert events[0].status == "unreachable" and "gateway restarting" in events[0].message
 
 
-@pytest.mark.parametrize(("reply", "score"), [
-    ("8", 8), (" 10\n", 10), ("1", 1),
-    ("Score: 7", None), ("7-8", None), ("8/10", None), ("0", None), ("11", None), ("I'd say 3, maybe 10", None),
-])
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [
+        ("8", 8),
+        (" 10\n", 10),
+        ("1", 1),
+        ("Score: 7", None),
+        ("7-8", None),
+        ("8/10", None),
+        ("0", None),
+        ("11", None),
+        ("I'd say 3, maybe 10", None),
+    ],
+)
 def test_the_evaluator_judge_reads_only_a_reply_that_is_the_score(reply, score):
     import re
 

@@ -64,8 +64,13 @@ def hub_requests() -> list[tuple]:
         env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
         env.update(HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
         files = json.dumps({path: data.decode() for path, data in FILES.items()})
-        done = subprocess.run([sys.executable, "-c", HF_UPLOAD, emu.datastore_base_url, KEY, files, MESSAGE],
-                              env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", HF_UPLOAD, emu.datastore_base_url, KEY, files, MESSAGE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert {path: emu.repos[f"{NS}/{REPO}"][path] for path in FILES} == FILES
         assert emu.lfs_paths[f"{NS}/{REPO}"] == {"training/training.jsonl"}

@@ -17,11 +17,19 @@ from flywheel_assets.sample_data import write_sample_traces
 
 CANDIDATES = {
     "candidates": [
-        {"name": "llama-1b", "backend": "nemo", "base_model": "meta/llama-3.2-1b-instruct",
-         "customizer_target": "meta/llama-3.2-1b-instruct@2.0",
-         "cost": {"usd_per_million_prompt_tokens": 0.05, "usd_per_million_completion_tokens": 0.05}},
-        {"name": "llama-8b", "backend": "nemo", "base_model": "meta/llama-3.1-8b-instruct",
-         "cost": {"usd_per_million_prompt_tokens": 0.2, "usd_per_million_completion_tokens": 0.2}},
+        {
+            "name": "llama-1b",
+            "backend": "nemo",
+            "base_model": "meta/llama-3.2-1b-instruct",
+            "customizer_target": "meta/llama-3.2-1b-instruct@2.0",
+            "cost": {"usd_per_million_prompt_tokens": 0.05, "usd_per_million_completion_tokens": 0.05},
+        },
+        {
+            "name": "llama-8b",
+            "backend": "nemo",
+            "base_model": "meta/llama-3.1-8b-instruct",
+            "cost": {"usd_per_million_prompt_tokens": 0.2, "usd_per_million_completion_tokens": 0.2},
+        },
     ]
 }
 
@@ -63,9 +71,7 @@ def run_on_nemo(tmp_path, emulator) -> dict:
         "FLYWHEEL_NEMO_DATASTORE_URL": emulator.datastore_base_url,
         "FLYWHEEL_NIM_BASE_URL": emulator.nim_base_url,
     }
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_FLYWHEEL], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run([sys.executable, "-c", RUN_FLYWHEEL], env=env, capture_output=True, text=True, timeout=600)
     print(done.stderr[-4000:])
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -52,8 +52,13 @@ def test_retries_are_bounded_and_the_error_names_service_and_attempts():
         raise Retryable("HTTP 503: busy", status_code=503, detail="busy")
 
     with pytest.raises(NemoHTTPError) as caught:
-        retry_call(attempt, RetryPolicy(max_retries=3, backoff_s=0.01), service="Customizer",
-                   what="POST /v1/customization/jobs", sleep=waits.append)
+        retry_call(
+            attempt,
+            RetryPolicy(max_retries=3, backoff_s=0.01),
+            service="Customizer",
+            what="POST /v1/customization/jobs",
+            sleep=waits.append,
+        )
     assert len(calls) == 4 and len(waits) == 3
     assert "Customizer: POST /v1/customization/jobs failed after 4 attempts: HTTP 503: busy" in str(caught.value)
     assert caught.value.status_code == 503
@@ -70,8 +75,9 @@ def test_recover_is_asked_only_after_an_ambiguous_failure():
         recovered.append(1)
         return "job-1"
 
-    result = retry_call(attempt, RetryPolicy(max_retries=5, backoff_s=0), service="S", what="w",
-                        recover=recover, sleep=lambda s: None)
+    result = retry_call(
+        attempt, RetryPolicy(max_retries=5, backoff_s=0), service="S", what="w", recover=recover, sleep=lambda s: None
+    )
     assert result == "job-1" and len(recovered) == 1
 
 
@@ -84,8 +90,10 @@ def test_recover_finding_nothing_lets_the_call_be_repeated():
             raise outcome
         return outcome
 
-    assert retry_call(attempt, RetryPolicy(backoff_s=0), service="S", what="w",
-                      recover=lambda: None, sleep=lambda s: None) == "created"
+    assert (
+        retry_call(attempt, RetryPolicy(backoff_s=0), service="S", what="w", recover=lambda: None, sleep=lambda s: None)
+        == "created"
+    )
 
 
 def test_parse_tolerates_unknown_fields_and_names_missing_ones():
@@ -94,7 +102,8 @@ def test_parse_tolerates_unknown_fields_and_names_missing_ones():
     with pytest.raises(NemoSchemaError) as caught:
         parse(Status, {"percentage_done": 5}, service="Customizer", what="GET /v1/customization/jobs/j/status")
     assert str(caught.value) == (
-        "Customizer: unexpected response to GET /v1/customization/jobs/j/status: required field 'status' is missing")
+        "Customizer: unexpected response to GET /v1/customization/jobs/j/status: required field 'status' is missing"
+    )
     with pytest.raises(NemoSchemaError, match=r"field 'percentage_done': "):
         parse(Status, {"status": "running", "percentage_done": "lots"}, service="Customizer", what="GET /s")
 
@@ -114,9 +123,19 @@ def test_poll_reports_changes_only_and_stops_at_the_deadline():
     clock, events = FakeClock(), []
     states = iter(["pending", "pending", "running", "running"] + ["running"] * 100)
     with pytest.raises(NemoTimeoutError) as caught:
-        poll(lambda: next(states), service="Customizer", subject="job j", observe=lambda s: (s, None, None),
-             done=lambda s: s == "completed", timeout_s=30, interval_s=5, on_progress=events.append,
-             timeout_hint="resume it", sleep=clock.sleep, clock=clock)
+        poll(
+            lambda: next(states),
+            service="Customizer",
+            subject="job j",
+            observe=lambda s: (s, None, None),
+            done=lambda s: s == "completed",
+            timeout_s=30,
+            interval_s=5,
+            on_progress=events.append,
+            timeout_hint="resume it",
+            sleep=clock.sleep,
+            clock=clock,
+        )
     assert [e.status for e in events] == ["pending", "running"]
     assert clock.now == 30
     assert "Customizer: job j not done after 30s (last status 'running'); resume it" == str(caught.value)
@@ -124,19 +143,38 @@ def test_poll_reports_changes_only_and_stops_at_the_deadline():
 
 def test_poll_returns_the_done_state():
     states = iter(["created", "completed"])
-    assert poll(lambda: next(states), service="S", subject="x", observe=lambda s: (s, None, None),
-                done=lambda s: s == "completed", timeout_s=1, interval_s=0) == "completed"
+    assert (
+        poll(
+            lambda: next(states),
+            service="S",
+            subject="x",
+            observe=lambda s: (s, None, None),
+            done=lambda s: s == "completed",
+            timeout_s=1,
+            interval_s=0,
+        )
+        == "completed"
+    )
 
 
 def mock_client(handler, **kwargs) -> ServiceClient:
-    client = ServiceClient("http://svc", api_key=SECRET, transport=httpx.MockTransport(handler),
-                           retry=RetryPolicy(max_retries=3, backoff_s=0.001), **kwargs)
+    client = ServiceClient(
+        "http://svc",
+        api_key=SECRET,
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(max_retries=3, backoff_s=0.001),
+        **kwargs,
+    )
     client.service = "Evaluator"
     return client
 
 
 def test_client_retries_429_and_5xx_then_succeeds():
-    answers = [httpx.Response(429, headers={"Retry-After": "0"}), httpx.Response(502), httpx.Response(200, json={"ok": 1})]
+    answers = [
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(502),
+        httpx.Response(200, json={"ok": 1}),
+    ]
     seen = []
 
     def handler(request):
@@ -158,7 +196,10 @@ def test_client_does_not_retry_4xx_and_quotes_the_server():
     with pytest.raises(NemoHTTPError) as caught:
         mock_client(handler).request("POST", "/v1/evaluation/jobs", json={})
     assert len(seen) == 1
-    assert str(caught.value) == "Evaluator: POST http://svc/v1/evaluation/jobs answered HTTP 422: body.config: field required"
+    assert (
+        str(caught.value)
+        == "Evaluator: POST http://svc/v1/evaluation/jobs answered HTTP 422: body.config: field required"
+    )
 
 
 def test_client_accept_turns_an_error_status_into_an_answer():
@@ -206,8 +247,9 @@ def test_connection_errors_are_retried_then_reported():
 
 def test_poll_rides_out_a_transient_outage_but_not_a_4xx():
     clock, events = FakeClock(), []
-    answers = iter([NemoHTTPError("S: down", service="S", status_code=503),
-                    NemoHTTPError("S: no route", service="S"), "completed"])
+    answers = iter(
+        [NemoHTTPError("S: down", service="S", status_code=503), NemoHTTPError("S: no route", service="S"), "completed"]
+    )
 
     def fetch():
         answer = next(answers)
@@ -215,14 +257,35 @@ def test_poll_rides_out_a_transient_outage_but_not_a_4xx():
             raise answer
         return answer
 
-    assert poll(fetch, service="S", subject="job j", observe=lambda s: (s, None, None),
-                done=lambda s: s == "completed", timeout_s=60, interval_s=5, on_progress=events.append,
-                sleep=clock.sleep, clock=clock) == "completed"
+    assert (
+        poll(
+            fetch,
+            service="S",
+            subject="job j",
+            observe=lambda s: (s, None, None),
+            done=lambda s: s == "completed",
+            timeout_s=60,
+            interval_s=5,
+            on_progress=events.append,
+            sleep=clock.sleep,
+            clock=clock,
+        )
+        == "completed"
+    )
     assert [e.status for e in events] == ["unreachable", "unreachable", "completed"]
 
     def forbidden():
         raise NemoHTTPError("S: 403", service="S", status_code=403)
 
     with pytest.raises(NemoHTTPError, match="403"):
-        poll(forbidden, service="S", subject="x", observe=lambda s: (s, None, None), done=lambda s: True,
-             timeout_s=60, interval_s=5, sleep=clock.sleep, clock=clock)
+        poll(
+            forbidden,
+            service="S",
+            subject="x",
+            observe=lambda s: (s, None, None),
+            done=lambda s: True,
+            timeout_s=60,
+            interval_s=5,
+            sleep=clock.sleep,
+            clock=clock,
+        )

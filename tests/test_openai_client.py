@@ -218,7 +218,10 @@ def test_connection_refused_is_retried_then_reported():
 def test_missing_required_field_gives_clear_error_without_retry(server):
     server.add_faults(Fault.body({"id": "x", "object": "chat.completion"}))
     [completion] = backend(server).complete([user("hi")])
-    assert completion.error == f"invalid response from {server.base_url}/chat/completions (model m): choices: Field required"
+    assert (
+        completion.error
+        == f"invalid response from {server.base_url}/chat/completions (model m): choices: Field required"
+    )
     assert len(server.requests) == 1
 
 

@@ -38,7 +38,7 @@ HOSTILE_IDS = [
     "-leading-dash",
     "_leading_underscore",
     "UPPER",
-    "a:b*c?d<e>f\"g",
+    'a:b*c?d<e>f"g',
     "null\x00byte",
     "emoji 🚀",
 ]
@@ -71,9 +71,19 @@ def test_hostile_keys_stay_readable():
     assert workload_key("../../etc/passwd").startswith("etc-passwd-")
 
 
-@pytest.mark.parametrize("workload_id", [
-    "tool_router", "support-chat", "a", "q1", "z" * 64, "support.router", "agent.tool_router", "v1.2.3",
-])
+@pytest.mark.parametrize(
+    "workload_id",
+    [
+        "tool_router",
+        "support-chat",
+        "a",
+        "q1",
+        "z" * 64,
+        "support.router",
+        "agent.tool_router",
+        "v1.2.3",
+    ],
+)
 def test_safe_ids_are_their_own_key(workload_id):
     assert workload_key(workload_id) == workload_id
 
@@ -164,9 +174,7 @@ def test_landing_hostile_ids_stays_inside_the_landing_dir_and_keeps_the_original
         valid, quarantined = read_partition(landing, "2025-01-01", key)
         assert valid["workload_id"].to_list() == [original]
         assert quarantined.height == 0
-    all_valid = pl.concat(
-        [pl.read_parquet(p) for p in written if p.name.startswith("valid-")]
-    )
+    all_valid = pl.concat([pl.read_parquet(p) for p in written if p.name.startswith("valid-")])
     assert sorted(all_valid["workload_id"].to_list()) == sorted(ids)
 
 
@@ -180,13 +188,21 @@ def test_a_workload_landed_before_dots_were_allowed_keeps_its_key(tmp_path, monk
     bounds = TimeBounds(dt.date(2025, 1, 1), dt.date(2025, 2, 1))
     old_key = "support-router-694f0b2819"
     monkeypatch.setattr(ingest, "workload_key", lambda w: old_key if w == "support.router" else workload_key(w))
-    land_file(iter([[("old:1", _trace("support.router", 1))]]), source_id="old", fingerprint="1",
-              landing_dir=landing, bounds=bounds)
+    land_file(
+        iter([[("old:1", _trace("support.router", 1))]]),
+        source_id="old",
+        fingerprint="1",
+        landing_dir=landing,
+        bounds=bounds,
+    )
     monkeypatch.undo()
     (landing / ingest.WORKLOAD_KEYS).unlink()  # as an older version left it
     result = land_file(
         iter([[("new:1", _trace("support.router", 2)), ("new:2", _trace("billing.refunds", 3))]]),
-        source_id="new", fingerprint="1", landing_dir=landing, bounds=bounds,
+        source_id="new",
+        fingerprint="1",
+        landing_dir=landing,
+        bounds=bounds,
     )
     assert result.workload_ids == {old_key: "support.router", "billing.refunds": "billing.refunds"}
     assert read_partition(landing, "2025-01-01", old_key)[0]["source"].to_list() == ["old:1", "new:1"]
@@ -213,17 +229,26 @@ def test_trace_partition_boxes_cover_exactly_the_asked_partitions():
     days = [f"2025-01-0{d}" for d in range(1, 8)]
     week = [(d, w) for d in days for w in order]
     assert len(trace_partition_boxes(week, order)) == 1
-    asked = {("2025-01-01", "wa"), ("2025-01-01", "wb"), ("2025-01-02", "wb"), ("2025-01-02", "wc"),
-             ("2025-01-03", "wb"), ("2025-01-03", "wc"), ("2025-01-05", "wa")}
+    asked = {
+        ("2025-01-01", "wa"),
+        ("2025-01-01", "wb"),
+        ("2025-01-02", "wb"),
+        ("2025-01-02", "wc"),
+        ("2025-01-03", "wb"),
+        ("2025-01-03", "wc"),
+        ("2025-01-05", "wa"),
+    }
     boxes = trace_partition_boxes(asked, order)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workload", order)
-        covered = list(itertools.chain.from_iterable(
-            trace_partitions.get_partition_keys_in_range(
-                dg.PartitionKeyRange(f"{box[0][0]}|{box[0][1]}", f"{box[-1][0]}|{box[-1][1]}"),
-                dynamic_partitions_store=instance,
+        covered = list(
+            itertools.chain.from_iterable(
+                trace_partitions.get_partition_keys_in_range(
+                    dg.PartitionKeyRange(f"{box[0][0]}|{box[0][1]}", f"{box[-1][0]}|{box[-1][1]}"),
+                    dynamic_partitions_store=instance,
+                )
+                for box in boxes
             )
-            for box in boxes
-        ))
+        )
     assert sorted(covered) == sorted(f"{d}|{w}" for d, w in asked)  # each once, none extra
     assert len(boxes) == 3  # d1 x [wa, wb]; d2..d3 x [wb, wc]; d5 x [wa]

@@ -53,9 +53,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 def step_intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
-    records = instance.all_logs(
-        run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}
-    )
+    records = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS})
     starts = {r.step_key: r.timestamp for r in records if r.dagster_event.event_type == dg.DagsterEventType.STEP_START}
     ends = {r.step_key: r.timestamp for r in records if r.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS}
     return {key: (starts[key], ends[key]) for key in starts}
@@ -91,9 +89,7 @@ def test_no_more_gpu_steps_at_once_than_the_pool_allows(deploy_instance):
     assert sorted(intervals) == sorted(op.name for op in GPU_OPS)
     assert all(end - start >= SLEEP_S for start, end in intervals.values())
     assert max_overlap(list(intervals.values())) <= limit
-    blocked = [
-        r.message for r in deploy_instance.all_logs(result.run_id) if f"pool {GPU_POOL}" in (r.message or "")
-    ]
+    blocked = [r.message for r in deploy_instance.all_logs(result.run_id) if f"pool {GPU_POOL}" in (r.message or "")]
     assert blocked, "the run never waited for a gpu slot"
 
 

@@ -54,7 +54,9 @@ def free_port() -> int:
 def postgres_server():
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (no initdb): apt-get install postgresql, or run scripts/test.sh as root")
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb): apt-get install postgresql, or run scripts/test.sh as root"
+        )
     as_user = None
     if os.geteuid() == 0:
         try:
@@ -78,10 +80,32 @@ def postgres_server():
             shutil.chown(pw_file, user=as_user)
         # trust on loopback: dagster-postgres opens a connection per event (no pool), and a
         # SCRAM handshake for each made this test about 30 % slower
-        run(str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "--pwfile", str(pw_file),
-            "-A", "trust", "-E", "UTF8", "--no-sync")
+        run(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            PG_USER,
+            "--pwfile",
+            str(pw_file),
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         server_options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off"
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", server_options, "-w", "start")
+        run(
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-o",
+            server_options,
+            "-w",
+            "start",
+        )
     except subprocess.CalledProcessError as err:
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(f"could not start PostgreSQL: {err.stderr or err.stdout}")
@@ -90,11 +114,20 @@ def postgres_server():
         conn.autocommit = True  # CREATE DATABASE can't run in a transaction
         conn.cursor().execute(f"CREATE DATABASE {PG_DB}")
         conn.close()
-        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": PG_USER,
-               "DAGSTER_PG_PASSWORD": PG_PASSWORD, "DAGSTER_PG_DB": PG_DB}
+        yield {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(port),
+            "DAGSTER_PG_USER": PG_USER,
+            "DAGSTER_PG_PASSWORD": PG_PASSWORD,
+            "DAGSTER_PG_DB": PG_DB,
+        }
     finally:
-        subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, user=as_user, timeout=60)
+        subprocess.run(
+            [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            user=as_user,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -130,13 +163,17 @@ def test_flywheel_materializations_are_stored_in_postgres(postgres_instance, pos
     result = run_flywheel(defs, postgres_instance, log=lambda _: None, through="split")
 
     assert result.workloads == ["query_rewrite", "support_chat", "tool_router"] and not result.failed
-    with psycopg2.connect(
-        host=postgres_server["DAGSTER_PG_HOST"], port=postgres_server["DAGSTER_PG_PORT"],
-        user=PG_USER, password=PG_PASSWORD, dbname=PG_DB,
-    ) as conn, conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT asset_key, partition FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
-        )
+    with (
+        psycopg2.connect(
+            host=postgres_server["DAGSTER_PG_HOST"],
+            port=postgres_server["DAGSTER_PG_PORT"],
+            user=PG_USER,
+            password=PG_PASSWORD,
+            dbname=PG_DB,
+        ) as conn,
+        conn.cursor() as cursor,
+    ):
+        cursor.execute("SELECT asset_key, partition FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
         stored = {(dg.AssetKey.from_db_string(key).to_user_string(), partition) for key, partition in cursor.fetchall()}
         cursor.execute("SELECT status, count(*) FROM runs GROUP BY status")
         runs_by_status = dict(cursor.fetchall())

@@ -31,8 +31,9 @@ def drop(folder, workload: str, day: str, n: int, seed: int, serving: Serving | 
     """Sample tool_router traffic of one day, filed under `workload`."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
-    for line in generate_records(n, seed=seed, days=1, end_date=day, malformed_rate=0, workloads="tool_router",
-                                 serving=serving):
+    for line in generate_records(
+        n, seed=seed, days=1, end_date=day, malformed_rate=0, workloads="tool_router", serving=serving
+    ):
         record = json.loads(line)
         record["workload_id"] = workload
         lines.append(json.dumps(record))
@@ -62,14 +63,23 @@ def flywheel(tmp_path, monkeypatch):
 def promote(instance, workload: str, at: str) -> AuditRecord:
     """A promotion's audit record as the `promote` job records it (its metadata)."""
     record = AuditRecord(
-        id=f"{at.replace('-', '')}T000000Z-test0000", action="promote", workload_key=workload, workload_id=workload,
+        id=f"{at.replace('-', '')}T000000Z-test0000",
+        action="promote",
+        workload_key=workload,
+        workload_id=workload,
         target=Target(candidate="tiny-demo", experiment="customized", spec=DEMO_CANDIDATE.model_dump(mode="json")),
-        approver="ada", reason="test", at=f"{at}T00:00:00+00:00", dagster_run_id="test0000",
+        approver="ada",
+        reason="test",
+        at=f"{at}T00:00:00+00:00",
+        dagster_run_id="test0000",
     )
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        "promoted_model", partition=workload,
-        metadata={AUDIT_METADATA_KEY: dg.MetadataValue.json(record.model_dump(mode="json"))},
-    ))
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            "promoted_model",
+            partition=workload,
+            metadata={AUDIT_METADATA_KEY: dg.MetadataValue.json(record.model_dump(mode="json"))},
+        )
+    )
     return record
 
 
@@ -98,8 +108,9 @@ def test_an_slo_breach_fails_its_warn_check_with_a_rollback_proposal_and_starts_
     for _ in range(3):
         assert "promoted_model" not in fw.tick()
     # new engine telemetry of the day: the SLOs are judged again, still nothing acts
-    fw.instance.report_runless_asset_event(dg.AssetMaterialization(
-        "serving_telemetry", partition=DAY2, tags={"dagster/data_version": "telemetry-1"}))
+    fw.instance.report_runless_asset_event(
+        dg.AssetMaterialization("serving_telemetry", partition=DAY2, tags={"dagster/data_version": "telemetry-1"})
+    )
     requested = fw.tick()
     assert requested.get("production_slos") == {"wa"} and "promoted_model" not in requested
     assert fw.instance.get_runs(dg.RunsFilter(job_name="rollback")) == []
@@ -146,7 +157,9 @@ def test_a_drift_breach_requests_exactly_one_new_turn_for_its_workload(flywheel)
     assert turn_started_by(fw.instance, "wa")["turn_started_by"].startswith("drift: ")
     assert turn_started_by(fw.instance, "wb") == {"turn_started_by": "new data"}
     requested = fw.tick()
-    assert {name: keys for name, keys in requested.items() if name in SPLITS} == {name: {"wa"} for name in SPLITS}, requested
+    assert {name: keys for name, keys in requested.items() if name in SPLITS} == {name: {"wa"} for name in SPLITS}, (
+        requested
+    )
     assert all(keys <= {"wa"} for name, keys in requested.items() if name in SPLITS)
     fw.materialize(SPLITS, "wa")
     for _ in range(2):  # one turn per breach: the breach goes on, nothing more is requested
@@ -161,12 +174,25 @@ def test_the_canary_compares_both_versions_of_the_same_window(flywheel, tmp_path
     fw.resources["tracker"] = build_tracker(tmp_path, {"WANDB_MODE": "offline"})  # logged when W&B is on
     fw.instance.add_dynamic_partitions("workload", ["wa"])
     promote(fw.instance, "wa", DAY1)
-    drop(fw.traces, "wa", DAY2, 800, 5, Serving(served_model="meta/llama-3.3-70b-instruct", canary_model="tiny-demo",
-                                                 canary_share=0.5, canary_latency_factor=2.0))
+    drop(
+        fw.traces,
+        "wa",
+        DAY2,
+        800,
+        5,
+        Serving(
+            served_model="meta/llama-3.3-70b-instruct",
+            canary_model="tiny-demo",
+            canary_share=0.5,
+            canary_latency_factor=2.0,
+        ),
+    )
     fw.ingest(DAY2, "wa")
     run = fw.materialize(["canary_analysis"], "wa")
     metadata = {k: v.value for k, v in run.get_asset_materialization_events()[0].materialization.metadata.items()}
-    assert metadata["canary"].startswith("tiny-demo (") and metadata["baseline"].startswith("meta/llama-3.3-70b-instruct")
+    assert metadata["canary"].startswith("tiny-demo (") and metadata["baseline"].startswith(
+        "meta/llama-3.3-70b-instruct"
+    )
     assert metadata["verdict"] == "roll_back" and "latency_s" in metadata["reason"]
     assert "p95 canary/baseline" in metadata["tests"]
     assert metadata[WANDB_METADATA_KEY]["name"] == "canary_analysis.wa"

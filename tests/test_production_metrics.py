@@ -25,30 +25,62 @@ DAY = "2026-11-20"
 T0 = int(dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC).timestamp())
 BOUNDS = TimeBounds(dt.date(2026, 1, 1), dt.date(2027, 1, 1))
 TOOLS = [
-    {"type": "function", "function": {"name": "get_order_status", "parameters": {
-        "type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}},
-    {"type": "function", "function": {"name": "find_store", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_order_status",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "find_store",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
 ]
-ADAPTER = CandidateSpec(name="llama-1b", model_id="meta/llama-3.2-1b-instruct", served_as=["llama-1b-router-lora"],
-                        cost=CostProfile(usd_per_million_prompt_tokens=0.1, usd_per_million_completion_tokens=0.2))
+ADAPTER = CandidateSpec(
+    name="llama-1b",
+    model_id="meta/llama-3.2-1b-instruct",
+    served_as=["llama-1b-router-lora"],
+    cost=CostProfile(usd_per_million_prompt_tokens=0.1, usd_per_million_completion_tokens=0.2),
+)
 OTHER = CandidateSpec(name="qwen-05b", cost=CostProfile(usd_per_million_prompt_tokens=0.05))
 
 
-def trace(model: str | None, *, latency_ms: float | None = 100.0, content: str | None = "ok", calls=None,
-          tools=None, thumbs: str | None = None, usage=(10, 5), request_model: str = "prod-70b", **message) -> str:
+def trace(
+    model: str | None,
+    *,
+    latency_ms: float | None = 100.0,
+    content: str | None = "ok",
+    calls=None,
+    tools=None,
+    thumbs: str | None = None,
+    usage=(10, 5),
+    request_model: str = "prod-70b",
+    **message,
+) -> str:
     answer = {"role": "assistant", "content": content, **message}
     if calls is not None:
         answer["tool_calls"] = [
-            {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}} for i, (n, a) in enumerate(calls)
+            {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}}
+            for i, (n, a) in enumerate(calls)
         ]
     record = {
-        "timestamp": T0, "workload_id": "router", "client_id": "app",
-        "request": {"model": request_model, "messages": [{"role": "user", "content": "hi"}],
-                    **({"tools": tools} if tools else {})},
-        "response": {"choices": [{"message": answer, "finish_reason": message.pop("finish_reason", "stop")}],
-                     **({"model": model} if model else {}),
-                     **({"usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}} if usage else {})},
+        "timestamp": T0,
+        "workload_id": "router",
+        "client_id": "app",
+        "request": {
+            "model": request_model,
+            "messages": [{"role": "user", "content": "hi"}],
+            **({"tools": tools} if tools else {}),
+        },
+        "response": {
+            "choices": [{"message": answer, "finish_reason": message.pop("finish_reason", "stop")}],
+            **({"model": model} if model else {}),
+            **({"usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}} if usage else {}),
+        },
     }
     if latency_ms is not None:
         record["latency_ms"] = latency_ms
@@ -63,17 +95,25 @@ def traces(lines: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def promotion(record_id: str, candidate: CandidateSpec, at: str, action: str = "promote") -> AuditRecord:
     return AuditRecord(
-        id=record_id, action=action, workload_key="router", at=at, approver="ana", reason="better",
-        dagster_run_id="r" * 32, target=Target(candidate=candidate.name, experiment="customized",
-                                               spec=candidate.model_dump(mode="json")),
+        id=record_id,
+        action=action,
+        workload_key="router",
+        at=at,
+        approver="ana",
+        reason="better",
+        dagster_run_id="r" * 32,
+        target=Target(candidate=candidate.name, experiment="customized", spec=candidate.model_dump(mode="json")),
     )
 
 
 def metrics(lines: list[str], history=(), candidates=(ADAPTER, OTHER), **kw) -> dict[str, dict]:
     valid, quarantined = traces(lines)
     frame = metrics_by_served_model(
-        valid, candidates=list(candidates), approved=approvals(list(history), day_end(DAY)),
-        empty_answers=empty_answers_by_model(quarantined), **kw,
+        valid,
+        candidates=list(candidates),
+        approved=approvals(list(history), day_end(DAY)),
+        empty_answers=empty_answers_by_model(quarantined),
+        **kw,
     )
     assert frame.schema == pl.Schema(PRODUCTION_METRICS_SCHEMA)
     return {row["served_model"]: row for row in frame.to_dicts()}
@@ -93,9 +133,18 @@ def test_traces_without_latency_tokens_or_feedback_are_missing_not_zero():
     rows = metrics([trace("llama-1b-router-lora", latency_ms=None, usage=None) for _ in range(3)])
     row = rows["llama-1b-router-lora"]
     assert row["requests"] == 3 and row["latency_measured"] == 0
-    for column in ("latency_p50_s", "latency_p95_s", "latency_p99_s", "prompt_tokens_per_request",
-                   "completion_tokens_per_request", "estimated_cost_usd", "thumbs_up_rate", "thumbs_down_rate",
-                   "tool_call_name_valid_rate", "tool_call_schema_valid_rate"):
+    for column in (
+        "latency_p50_s",
+        "latency_p95_s",
+        "latency_p99_s",
+        "prompt_tokens_per_request",
+        "completion_tokens_per_request",
+        "estimated_cost_usd",
+        "thumbs_up_rate",
+        "thumbs_down_rate",
+        "tool_call_name_valid_rate",
+        "tool_call_schema_valid_rate",
+    ):
         assert row[column] is None, column
     assert row["feedback_count"] == 0 and row["tool_calls"] == 0
 
@@ -104,7 +153,11 @@ def test_a_model_no_promotion_approved_is_reported_not_dropped():
     history = [promotion("20261119T120000Z-aaaa", ADAPTER, "2026-11-19T12:00:00+00:00")]
     rows = metrics([trace("llama-1b-router-lora"), trace("prod-70b"), trace(None, request_model="qwen-05b")], history)
     adapter = rows["llama-1b-router-lora"]
-    assert (adapter["candidate"], adapter["promotion"], adapter["approved"]) == ("llama-1b", "20261119T120000Z-aaaa", True)
+    assert (adapter["candidate"], adapter["promotion"], adapter["approved"]) == (
+        "llama-1b",
+        "20261119T120000Z-aaaa",
+        True,
+    )
     production = rows["prod-70b"]  # the model before the flywheel: not a candidate, never approved
     assert (production["candidate"], production["promotion"], production["approved"]) == (None, None, False)
     assert production["estimated_cost_usd"] is None  # no cost profile for it
@@ -126,12 +179,14 @@ def test_a_promotion_after_the_day_does_not_approve_it_and_a_rollback_does():
 
 
 def test_cost_tokens_and_feedback():
-    rows = metrics([
-        trace("llama-1b", usage=(100, 50), thumbs="up"),
-        trace("llama-1b", usage=(300, 150), thumbs="down"),
-        trace("llama-1b", usage=None, thumbs="up"),
-        trace("llama-1b", usage=(200, 100)),
-    ])
+    rows = metrics(
+        [
+            trace("llama-1b", usage=(100, 50), thumbs="up"),
+            trace("llama-1b", usage=(300, 150), thumbs="down"),
+            trace("llama-1b", usage=None, thumbs="up"),
+            trace("llama-1b", usage=(200, 100)),
+        ]
+    )
     row = rows["llama-1b"]
     assert row["prompt_tokens_per_request"] == 200 and row["completion_tokens_per_request"] == 100
     assert row["estimated_cost_usd"] == pytest.approx((600 * 0.1 + 300 * 0.2) / 1e6)
@@ -140,14 +195,21 @@ def test_cost_tokens_and_feedback():
 
 
 def test_tool_calls_are_checked_against_the_offered_tools_and_their_schemas():
-    rows = metrics([
-        trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')]),
-        trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')]),
-        trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order": 3}')]),  # schema
-        trace("llama-1b", content=None, tools=TOOLS, calls=[("find_store", '{"city": ')]),  # not JSON
-        trace("llama-1b", content=None, tools=TOOLS, calls=[("cancel_order", '{}'), ("find_store", '{"city": "Oslo"}')]),
-        trace("llama-1b", content="Your order shipped."),  # no tools: not a tool call
-    ])
+    rows = metrics(
+        [
+            trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')]),
+            trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')]),
+            trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order": 3}')]),  # schema
+            trace("llama-1b", content=None, tools=TOOLS, calls=[("find_store", '{"city": ')]),  # not JSON
+            trace(
+                "llama-1b",
+                content=None,
+                tools=TOOLS,
+                calls=[("cancel_order", "{}"), ("find_store", '{"city": "Oslo"}')],
+            ),
+            trace("llama-1b", content="Your order shipped."),  # no tools: not a tool call
+        ]
+    )
     row = rows["llama-1b"]
     assert row["tool_calls"] == 6
     assert row["tool_call_name_valid_rate"] == pytest.approx(5 / 6)
@@ -159,27 +221,35 @@ def test_each_record_is_checked_against_the_tools_it_offered():
     each record is judged by its own tools, not by the first record's."""
     v2 = json.loads(json.dumps(TOOLS))
     v2[0]["function"]["parameters"]["required"] = ["order_number"]
-    compact = json.dumps(json.loads(trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')])),
-                         separators=(",", ":"))
-    rows = metrics([
-        trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')]),
-        trace("llama-1b", content=None, tools=v2, calls=[("get_order_status", '{"order_id": "A1"}')]),  # misses order_number
-        compact,
-    ])
+    compact = json.dumps(
+        json.loads(trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')])),
+        separators=(",", ":"),
+    )
+    rows = metrics(
+        [
+            trace("llama-1b", content=None, tools=TOOLS, calls=[("get_order_status", '{"order_id": "A1"}')]),
+            trace(
+                "llama-1b", content=None, tools=v2, calls=[("get_order_status", '{"order_id": "A1"}')]
+            ),  # misses order_number
+            compact,
+        ]
+    )
     row = rows["llama-1b"]
     assert row["tool_calls"] == 3 and row["tool_call_name_valid_rate"] == 1.0
     assert row["tool_call_schema_valid_rate"] == pytest.approx(2 / 3)
 
 
 def test_empty_and_refused_answers():
-    rows = metrics([
-        trace("llama-1b", content="I'm sorry, but I can't help with that."),
-        trace("llama-1b", content="Here you go", refusal="policy"),
-        trace("llama-1b", content="partial", finish_reason="content_filter"),
-        trace("llama-1b", content="Sure: the store opens at 9."),
-        trace("llama-1b", content=""),  # quarantined as empty_response, still a request of llama-1b
-        trace("llama-1b", content="I'm sorry to hear that; your refund is on its way."),
-    ])
+    rows = metrics(
+        [
+            trace("llama-1b", content="I'm sorry, but I can't help with that."),
+            trace("llama-1b", content="Here you go", refusal="policy"),
+            trace("llama-1b", content="partial", finish_reason="content_filter"),
+            trace("llama-1b", content="Sure: the store opens at 9."),
+            trace("llama-1b", content=""),  # quarantined as empty_response, still a request of llama-1b
+            trace("llama-1b", content="I'm sorry to hear that; your refund is on its way."),
+        ]
+    )
     row = rows["llama-1b"]
     assert row["requests"] == 6
     assert row["empty_or_refused_rate"] == pytest.approx(4 / 6)
@@ -188,8 +258,11 @@ def test_empty_and_refused_answers():
 def test_an_answer_field_of_another_type_falls_back_to_lookups_by_path():
     """A refusal given as an object makes the typed decoding of the whole column fail:
     every figure is still computed, the odd record included."""
-    lines = [trace("llama-1b", content="I cannot help with that."), trace("llama-1b", content="Sure."),
-             trace("llama-1b", content="Fine", refusal={"category": "violence"})]
+    lines = [
+        trace("llama-1b", content="I cannot help with that."),
+        trace("llama-1b", content="Sure."),
+        trace("llama-1b", content="Fine", refusal={"category": "violence"}),
+    ]
     row = metrics(lines)["llama-1b"]
     assert row["requests"] == 3 and row["empty_or_refused_rate"] == pytest.approx(2 / 3)
 
@@ -248,34 +321,54 @@ def test_the_ingest_job_records_production_metrics_per_partition_with_promotions
         for i, record in enumerate(lines):
             record["timestamp"] = int(day.timestamp()) + 3600 + i
         (tmp_path / "traces" / f"{day.date()}.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
-    record = promotion("20261120T000000Z-abcd1234", CandidateSpec(name="tiny-demo", served_as=["llama-1b-router-lora"]),
-                       (days[1] + dt.timedelta(hours=1)).isoformat())
+    record = promotion(
+        "20261120T000000Z-abcd1234",
+        CandidateSpec(name="tiny-demo", served_as=["llama-1b-router-lora"]),
+        (days[1] + dt.timedelta(hours=1)).isoformat(),
+    )
     tracker = RecordingTracker()
-    defs = dg.Definitions(assets=ASSETS, jobs=[ingest_job],
-                          resources={**build_resources(tmp_path, tmp_path / "traces"), "tracker": tracker})
+    defs = dg.Definitions(
+        assets=ASSETS,
+        jobs=[ingest_job],
+        resources={**build_resources(tmp_path, tmp_path / "traces"), "tracker": tracker},
+    )
     promoted_ref = {"name": "promoted_model.router", "type": "model", "digest": "d" * 32}
     first, last = (f"{day.date()}|router" for day in days)
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         instance.add_dynamic_partitions("workload", ["router"])
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            "promoted_model", partition="router", metadata={AUDIT_METADATA_KEY: dg.MetadataValue.json(record.model_dump(mode="json")),
-                                                          WANDB_METADATA_KEY: dg.MetadataValue.json(promoted_ref)},
-        ))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                "promoted_model",
+                partition="router",
+                metadata={
+                    AUDIT_METADATA_KEY: dg.MetadataValue.json(record.model_dump(mode="json")),
+                    WANDB_METADATA_KEY: dg.MetadataValue.json(promoted_ref),
+                },
+            )
+        )
         run = defs.resolve_job_def("ingest").execute_in_process(
-            instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last})
+            instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+        )
         assert run.success
-        events = {e.partition: e.metadata for e in (
-            m.materialization for m in run.get_asset_materialization_events()
-        ) if e.asset_key == dg.AssetKey("production_metrics")}
+        events = {
+            e.partition: e.metadata
+            for e in (m.materialization for m in run.get_asset_materialization_events())
+            if e.asset_key == dg.AssetKey("production_metrics")
+        }
         assert audit_cli.main(["router"]) == 0
         audit = capsys.readouterr().out
         assert audit_cli.main(["router", "--json"]) == 0
         served = {s["served_model"]: s for s in json.loads(capsys.readouterr().out)["served_models"]}
-    assert (f"served     llama-1b-router-lora: 10 requests on 2 days {first.split('|')[0]}..{last.split('|')[0]}, "
-            f"candidate tiny-demo, promotions {record.id}") in audit
-    assert f"UNAPPROVED   5 requests served by llama-1b-router-lora with no promotion approving it (days {first.split('|')[0]})" in audit
+    assert (
+        f"served     llama-1b-router-lora: 10 requests on 2 days {first.split('|')[0]}..{last.split('|')[0]}, "
+        f"candidate tiny-demo, promotions {record.id}"
+    ) in audit
+    assert (
+        f"UNAPPROVED   5 requests served by llama-1b-router-lora with no promotion approving it (days {first.split('|')[0]})"
+        in audit
+    )
     assert "UNAPPROVED   2 requests served by prod-70b" in audit
     assert served["prod-70b"]["unapproved_requests"] == 2 and served["prod-70b"]["candidate"] is None
     assert set(events) == {first, last}

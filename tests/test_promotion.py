@@ -40,21 +40,28 @@ def workload_dataset_stub(context) -> dg.Output:
 @dg.asset(name="lora_adapter", partitions_def=candidate_workload_partitions, io_manager_key="json_io_manager")
 def lora_adapter_stub(context) -> dg.Output:
     adapter_dir = f"/adapters/{context.partition_key.replace('|', '/')}"
-    return dg.Output({"trained": True, "adapter_dir": adapter_dir},
-                     metadata={"adapter_dir": dg.MetadataValue.path(adapter_dir), "final_loss": 1.5})
+    return dg.Output(
+        {"trained": True, "adapter_dir": adapter_dir},
+        metadata={"adapter_dir": dg.MetadataValue.path(adapter_dir), "final_loss": 1.5},
+    )
 
 
 @dg.asset(name="customized_eval", partitions_def=candidate_workload_partitions)
 def customized_eval_stub() -> dg.Output:
-    return dg.Output(pl.DataFrame({"record_id": ["r1"], "function_name_accuracy": [0.95]}),
-                     metadata={"function_name_accuracy": 0.95})
+    return dg.Output(
+        pl.DataFrame({"record_id": ["r1"], "function_name_accuracy": [0.95]}), metadata={"function_name_accuracy": 0.95}
+    )
 
 
 @dg.asset(name="leaderboard", partitions_def=workload_partitions)
 def leaderboard_stub(config: BoardConfig) -> pl.DataFrame:
     rows = [
-        {"candidate": key.split("/")[0], "experiment": key.split("/")[1], "score": score,
-         "meets_threshold": score >= 0.9}
+        {
+            "candidate": key.split("/")[0],
+            "experiment": key.split("/")[1],
+            "score": score,
+            "meets_threshold": score >= 0.9,
+        }
         for key, score in config.scores.items()
     ]
     return pl.DataFrame(rows)
@@ -81,8 +88,12 @@ class Env:
 
     def materialize(self, asset, partition, run_config=None):
         result = dg.materialize(
-            [*STUBS, promoted_model], selection=[asset], partition_key=partition, instance=self.instance,
-            resources=self.resources, run_config={**QUIET, **(run_config or {})},
+            [*STUBS, promoted_model],
+            selection=[asset],
+            partition_key=partition,
+            instance=self.instance,
+            resources=self.resources,
+            run_config={**QUIET, **(run_config or {})},
         )
         assert result.success
         return result
@@ -102,7 +113,10 @@ class Env:
     def run(self, job, partition, tags=None, **config):
         config = {"workload": partition, "approver": "alice@example.com", "reason": "cheaper, as good", **config}
         return self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, partition_key=partition, raise_on_error=False, tags=tags,
+            instance=self.instance,
+            partition_key=partition,
+            raise_on_error=False,
+            tags=tags,
             run_config={**QUIET, "ops": {"promoted_model": {"config": config}}},
         )
 
@@ -129,13 +143,21 @@ def test_promotion_records_who_why_and_the_upstream_runs(env):
     result = env.promote("wl-ok")
     assert result.success
     record = record_of(result)
-    assert (record["action"], record["approver"], record["reason"]) == ("promote", "alice@example.com", "cheaper, as good")
+    assert (record["action"], record["approver"], record["reason"]) == (
+        "promote",
+        "alice@example.com",
+        "cheaper, as good",
+    )
     assert record["target"]["candidate"] == CANDIDATE and record["target"]["score"] == 0.95
     assert record["target"]["adapter_dir"] == "/adapters/tiny-demo/wl-ok"
     assert record["forced"] is False and record["replaces_id"] is None
     upstream = {(m["asset"], m["partition"]): m for m in record["upstream"]}
-    for asset, partition in [("workload_dataset", "wl-ok"), ("leaderboard", "wl-ok"),
-                             ("lora_adapter", "tiny-demo|wl-ok"), ("customized_eval", "tiny-demo|wl-ok")]:
+    for asset, partition in [
+        ("workload_dataset", "wl-ok"),
+        ("leaderboard", "wl-ok"),
+        ("lora_adapter", "tiny-demo|wl-ok"),
+        ("customized_eval", "tiny-demo|wl-ok"),
+    ]:
         latest = env.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
         ).records[0]
@@ -151,8 +173,10 @@ def test_promotion_records_who_why_and_the_upstream_runs(env):
 
 @pytest.mark.parametrize(
     ("candidate", "experiment", "expected"),
-    [("other-model", "customized", "is not on the current leaderboard"),
-     (CANDIDATE, "icl", "score 0.600, below the threshold 0.9")],
+    [
+        ("other-model", "customized", "is not on the current leaderboard"),
+        (CANDIDATE, "icl", "score 0.600, below the threshold 0.9"),
+    ],
 )
 def test_promotion_refuses_bad_candidates(env, candidate, experiment, expected):
     workload = f"wl-bad-{experiment}"
@@ -214,15 +238,26 @@ def test_rollback_needs_something_to_roll_back_and_no_candidate(env):
 def test_only_a_person_launching_promote_or_rollback_materializes_it(env):
     env.upstream("wl-guard")
     direct = dg.materialize(
-        [*STUBS, promoted_model], selection=["promoted_model"], partition_key="wl-guard", instance=env.instance,
-        resources=env.resources, raise_on_error=False,
-        run_config={**QUIET, "ops": {"promoted_model": {"config": {
-            "workload": "wl-guard", "candidate": CANDIDATE, "approver": "a", "reason": "r"}}}},
+        [*STUBS, promoted_model],
+        selection=["promoted_model"],
+        partition_key="wl-guard",
+        instance=env.instance,
+        resources=env.resources,
+        raise_on_error=False,
+        run_config={
+            **QUIET,
+            "ops": {
+                "promoted_model": {
+                    "config": {"workload": "wl-guard", "candidate": CANDIDATE, "approver": "a", "reason": "r"}
+                }
+            },
+        },
     )
     assert "only by the `promote` and `rollback` jobs" in failure(direct)
     assert "never automated" in failure(env.promote("wl-guard", tags={"dagster/sensor_name": "some_sensor"}))
-    assert "launch the job for the workload's partition" in failure(env.run("promote", "wl-guard", workload="wl-ok",
-                                                                             candidate=CANDIDATE))
+    assert "launch the job for the workload's partition" in failure(
+        env.run("promote", "wl-guard", workload="wl-ok", candidate=CANDIDATE)
+    )
     assert "approver and reason are required" in failure(env.promote("wl-guard", approver=" "))
 
 
@@ -235,7 +270,9 @@ def test_automation_never_requests_promoted_model(env):
     for trigger in [*(defs.sensors or []), *(defs.schedules or [])]:
         selection = getattr(trigger, "asset_selection", None)
         selected = set(selection.resolve(graph)) if selection is not None else set()
-        jobs = [trigger.job_name] if isinstance(trigger, dg.ScheduleDefinition) else [t.job_name for t in trigger.targets]
+        jobs = (
+            [trigger.job_name] if isinstance(trigger, dg.ScheduleDefinition) else [t.job_name for t in trigger.targets]
+        )
         for job in jobs:
             selected |= defs.resolve_job_def(job).asset_layer.selected_asset_keys
         assert promoted_model.key not in selected, trigger.name
@@ -251,7 +288,9 @@ def test_automation_never_requests_promoted_model(env):
 
     assert promoted_model.key not in requested(defs)
     # the same harness does see a request when the asset would be automated
-    eager = promoted_model.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager()))
+    eager = promoted_model.map_asset_specs(
+        lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
+    )
     control = dg.Definitions(assets=[*STUBS, eager], resources=env.resources)
     assert promoted_model.key in requested(control)
 
@@ -261,10 +300,16 @@ def test_audit_cli_prints_the_chain_and_the_production_record(env, capsys):
     env.promote("wl-cli", reason="first cheaper model")
     assert audit_cli.main(["wl-cli"]) == 0
     out = capsys.readouterr().out
-    for expected in ("workload wl-cli", "dataset    workload_dataset[wl-cli]", "lora_adapter[tiny-demo|wl-cli]",
-                     "customized_eval[tiny-demo|wl-cli]", "leaderboard[wl-cli]",
-                     "production", "promote: tiny-demo (customized) score 0.950, by alice@example.com",
-                     "'first cheaper model'"):
+    for expected in (
+        "workload wl-cli",
+        "dataset    workload_dataset[wl-cli]",
+        "lora_adapter[tiny-demo|wl-cli]",
+        "customized_eval[tiny-demo|wl-cli]",
+        "leaderboard[wl-cli]",
+        "production",
+        "promote: tiny-demo (customized) score 0.950, by alice@example.com",
+        "'first cheaper model'",
+    ):
         assert expected in out
     assert audit_cli.main(["wl-cli", "--json"]) == 0
     chain = json.loads(capsys.readouterr().out)
@@ -283,14 +328,26 @@ def test_refusal_rules_as_plain_functions():
     assert promotion_refusals(board, "a", "base", 0.9, leaderboard=lb) == []
     assert "no leaderboard" in promotion_refusals(board, "a", "base", 0.9, leaderboard=None)[0]
     newer = Materialization(asset="base_eval", partition="a|w", run_id="s" * 8, storage_id=11, timestamp=0)
-    assert "older than base_eval[a|w]" in promotion_refusals(board, "a", "base", 0.9, leaderboard=lb, evaluations=[newer])[0]
+    assert (
+        "older than base_eval[a|w]"
+        in promotion_refusals(board, "a", "base", 0.9, leaderboard=lb, evaluations=[newer])[0]
+    )
     assert "no score" in promotion_refusals([{**board[0], "score": None}], "a", "base", 0.9, leaderboard=lb)[0]
 
 
 def test_rollback_target_follows_previous_ids():
     def record(id_, previous):
-        return AuditRecord(id=id_, action="promote", workload_key="w", target={"candidate": id_, "experiment": "base"},
-                           approver="a", reason="r", at="t", dagster_run_id="x", previous_id=previous)
+        return AuditRecord(
+            id=id_,
+            action="promote",
+            workload_key="w",
+            target={"candidate": id_, "experiment": "base"},
+            approver="a",
+            reason="r",
+            at="t",
+            dagster_run_id="x",
+            previous_id=previous,
+        )
 
     a, b = record("a", None), record("b", "a")
     assert rollback_target(b, [b, a]).id == "a"

@@ -41,13 +41,15 @@ def ingest_stopped_by_a_signal(context):
 
 
 def record(day_offset: int, workload: str) -> str:
-    return json.dumps({
-        "timestamp": 1_735_700_000 + day_offset * 86_400,
-        "workload_id": workload,
-        "client_id": "c",
-        "request": {"messages": [{"role": "user", "content": "hi"}]},
-        "response": {"choices": [{"message": {"role": "assistant", "content": "hello"}}]},
-    })
+    return json.dumps(
+        {
+            "timestamp": 1_735_700_000 + day_offset * 86_400,
+            "workload_id": workload,
+            "client_id": "c",
+            "request": {"messages": [{"role": "user", "content": "hi"}]},
+            "response": {"choices": [{"message": {"role": "assistant", "content": "hello"}}]},
+        }
+    )
 
 
 def test_an_interrupted_run_stops_the_remaining_runs(tmp_path):
@@ -60,7 +62,9 @@ def test_an_interrupted_run_stops_the_remaining_runs(tmp_path):
     defs = dg.Definitions(assets=[ingest_stopped_by_a_signal], resources={"trace_source": source})
     calls.clear()
     with dg.instance_for_test() as instance:
-        with pytest.raises(FlywheelInterrupted, match=r"interrupted during ingest \[2025-01-01\|a\.\.\.2025-01-01\|b\]"):
+        with pytest.raises(
+            FlywheelInterrupted, match=r"interrupted during ingest \[2025-01-01\|a\.\.\.2025-01-01\|b\]"
+        ):
             run_flywheel(defs, instance, log=lambda _: None)
         (run,) = instance.get_runs()  # two ingest runs to go, only the first was tried
         assert run.job_name == "ingest"  # the stage's job, as the UI lists it
@@ -81,14 +85,22 @@ def test_a_run_left_started_by_a_killed_runner_is_failed_by_the_next(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with dg.instance_for_test() as instance:
+
         def started_run(pid: int) -> dg.DagsterRun:
             run = instance.create_run_for_job(
-                dg.GraphDefinition("g").to_job(), tags={**RUNNER_TAGS, RUNNER_PID_TAG: str(pid)},
+                dg.GraphDefinition("g").to_job(),
+                tags={**RUNNER_TAGS, RUNNER_PID_TAG: str(pid)},
             )
-            instance.handle_new_event(dg.EventLogEntry(
-                error_info=None, level="DEBUG", user_message="", run_id=run.run_id, timestamp=0.0,
-                dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
-            ))
+            instance.handle_new_event(
+                dg.EventLogEntry(
+                    error_info=None,
+                    level="DEBUG",
+                    user_message="",
+                    run_id=run.run_id,
+                    timestamp=0.0,
+                    dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
+                )
+            )
             return run
 
         orphan, alive = started_run(dead.pid), started_run(os.getpid())
@@ -130,7 +142,8 @@ def test_a_workload_whose_ingest_failed_is_not_curated_from_stale_data(tmp_path)
     (traces / "t.jsonl").write_text(record(0, "a") + "\n")
     source = FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), start_date="2025-01-01")
     defs = dg.Definitions(
-        assets=[failing_ingest, workload_dataset, eval_dataset, train_dataset], resources={"trace_source": source},
+        assets=[failing_ingest, workload_dataset, eval_dataset, train_dataset],
+        resources={"trace_source": source},
     )
     calls.clear()
     lines = []
@@ -145,21 +158,34 @@ def test_a_workload_below_the_minimum_is_one_line_with_reason_and_remedy(tmp_pat
     blocked small workload is normal. The real curation asset and its `has_min_records` check."""
     traces = tmp_path / "traces"
     traces.mkdir()
-    small = [json.dumps({**json.loads(record(0, "small")), "request": {"messages": [
-        {"role": "user", "content": f"question number {i}"}]}}) for i in range(12)]
+    small = [
+        json.dumps(
+            {
+                **json.loads(record(0, "small")),
+                "request": {"messages": [{"role": "user", "content": f"question number {i}"}]},
+            }
+        )
+        for i in range(12)
+    ]
     (traces / "t.jsonl").write_text("\n".join(small) + "\n")
     resources = {
         **build_resources(tmp_path, traces),
-        "trace_source": FileTraceSource(traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), start_date="2025-01-01"),
+        "trace_source": FileTraceSource(
+            traces_dir=str(traces), landing_dir=str(tmp_path / "landing"), start_date="2025-01-01"
+        ),
     }
     lines = []
     with dg.instance_for_test() as instance:
-        result = run_flywheel(dg.Definitions(assets=ASSETS, resources=resources), instance, log=lines.append, through="split")
+        result = run_flywheel(
+            dg.Definitions(assets=ASSETS, resources=resources), instance, log=lines.append, through="split"
+        )
     (held,) = result.held_back
     assert result.failed == [] and not held.success
     (line,) = [line for line in lines if "curate_and_split" in line]
     assert "\n" not in line and "Traceback" not in line
-    assert re.match(r"skip curate_and_split \[small\] \(2/2, \d+:\d\d\): workload has 12 records after curation, needs 50", line)
+    assert re.match(
+        r"skip curate_and_split \[small\] \(2/2, \d+:\d\d\): workload has 12 records after curation, needs 50", line
+    )
     assert "collect 38 more, or widen lookback_days or lower min_records in workload_dataset's run config" in line
     assert line.endswith("(check has_min_records)")
 
@@ -179,8 +205,10 @@ def test_a_real_failure_keeps_its_stack_trace(tmp_path):
     lines = []
     with dg.instance_for_test() as instance:
         result = run_flywheel(
-            dg.Definitions(assets=[failing_ingest], resources={"trace_source": source}), instance,
-            log=lines.append, through="split",
+            dg.Definitions(assets=[failing_ingest], resources={"trace_source": source}),
+            instance,
+            log=lines.append,
+            through="split",
         )
     assert len(result.failed) == 1 and result.held_back == []
     (report,) = [line for line in lines if "FAIL ingest" in line]
@@ -190,9 +218,17 @@ def test_a_real_failure_keeps_its_stack_trace(tmp_path):
 def test_the_printed_leaderboard_has_the_columns_to_decide_on_and_points_to_the_full_board(tmp_path, capsys):
     """Seen in the demo: every column, cut at 200 characters."""
     row = {column: None for column in LEADERBOARD_SCHEMA} | {
-        "candidate": "tiny-demo", "experiment": "customized", "score": 1.0, "ci_low": 0.8389, "ci_high": 1.0,
-        "n": 20, "function_name_and_args_accuracy": 0.0, "latency_p50_s": 0.123, "cost_vs_production": 0.0125,
-        "meets_threshold": False, "best": False,
+        "candidate": "tiny-demo",
+        "experiment": "customized",
+        "score": 1.0,
+        "ci_low": 0.8389,
+        "ci_high": 1.0,
+        "n": 20,
+        "function_name_and_args_accuracy": 0.0,
+        "latency_p50_s": 0.123,
+        "cost_vs_production": 0.0125,
+        "meets_threshold": False,
+        "best": False,
     }
     board = pl.DataFrame(
         [row, row | {"experiment": "base", "score": None, "best": True, "meets_threshold": True}],
@@ -209,9 +245,23 @@ def test_the_printed_leaderboard_has_the_columns_to_decide_on_and_points_to_the_
     assert f"leaderboard [tool_router] (all {board.width} columns: {path})" in printed
     tool_table, chat_table = (part.splitlines() for part in printed.split("leaderboard [")[1:])
     header = [cell.strip() for cell in tool_table[1].strip("|").split("|")]
-    assert header == ["candidate", "experiment", "score [95% CI]", "name+args", "p50 latency", "cost vs prod", "verdict"]
+    assert header == [
+        "candidate",
+        "experiment",
+        "score [95% CI]",
+        "name+args",
+        "p50 latency",
+        "cost vs prod",
+        "verdict",
+    ]
     assert [cell.strip() for cell in tool_table[3].strip("|").split("|")] == [
-        "tiny-demo", "customized", "1.00 [0.84, 1.00] n=20", "0.00", "0.12 s", "1.2%", "threshold not met",
+        "tiny-demo",
+        "customized",
+        "1.00 [0.84, 1.00] n=20",
+        "0.00",
+        "0.12 s",
+        "1.2%",
+        "threshold not met",
     ]
     assert "not scored" in tool_table[4] and "recommended" in tool_table[4]
     assert "name+args" not in chat_table[1]

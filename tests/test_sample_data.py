@@ -102,7 +102,6 @@ def test_every_malformed_kind_occurs_and_oversized_is_rare(labeled):
     assert all(len(x.line) > 1024 * 1024 for x in big)
 
 
-
 def test_oversized_capped_per_day_regardless_of_n():
     kinds = Counter(x.malformed for x in generate_labeled_records(20000, seed=1, days=2))
     assert kinds["oversized"] <= 2
@@ -125,8 +124,7 @@ def test_tool_router_tools_and_arguments(labeled):
             continue
         req, choice = rec["request"], rec["response"]["choices"][0]
         assert {t["function"]["name"] for t in req["tools"]} == names
-        assert all(t["type"] == "function" and t["function"]["parameters"]["type"] == "object"
-                   for t in req["tools"])
+        assert all(t["type"] == "function" and t["function"]["parameters"]["type"] == "object" for t in req["tools"])
         assert req["tool_choice"] == "auto"
         assert choice["finish_reason"] == "tool_calls"
         (call,) = choice["message"]["tool_calls"]
@@ -134,8 +132,9 @@ def test_tool_router_tools_and_arguments(labeled):
         assert isinstance(call["function"]["arguments"], str)
         args = json.loads(call["function"]["arguments"])
         assert isinstance(args, dict) and args
-        schema = next(t["function"]["parameters"] for t in TOOL_ROUTER_TOOLS
-                      if t["function"]["name"] == call["function"]["name"])
+        schema = next(
+            t["function"]["parameters"] for t in TOOL_ROUTER_TOOLS if t["function"]["name"] == call["function"]["name"]
+        )
         assert set(args) == set(schema["required"])
         user = req["messages"][-1]["content"]
         for value in args.values():  # every argument is copied from the message
@@ -146,9 +145,14 @@ def test_tool_router_tools_and_arguments(labeled):
 
 
 KEYWORDS = {
-    "get_order_status": "status", "cancel_order": "cancel", "track_shipment": "track",
-    "update_address": "address", "issue_refund": "refund", "search_products": "search",
-    "find_store": "store", "apply_coupon": r"coupon|promo",
+    "get_order_status": "status",
+    "cancel_order": "cancel",
+    "track_shipment": "track",
+    "update_address": "address",
+    "issue_refund": "refund",
+    "search_products": "search",
+    "find_store": "store",
+    "apply_coupon": r"coupon|promo",
 }
 
 
@@ -227,11 +231,10 @@ def test_duplicates(labeled):
 
 def test_days_span_and_files(tmp_path):
     paths = write_sample_traces(tmp_path, 1400, seed=2, days=7, end_date="2026-11-20")
-    assert [p.name for p in paths] == [
-        f"traces-{END - dt.timedelta(days=6 - i)}.jsonl" for i in range(7)]
+    assert [p.name for p in paths] == [f"traces-{END - dt.timedelta(days=6 - i)}.jsonl" for i in range(7)]
     total = 0
     for p in paths:
-        day = dt.date.fromisoformat(p.name[len("traces-"):-len(".jsonl")])
+        day = dt.date.fromisoformat(p.name[len("traces-") : -len(".jsonl")])
         lines = p.read_text().splitlines()
         assert 120 < len(lines) < 280
         total += len(lines)
@@ -258,8 +261,9 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_nothing(tmp_path, monke
                 raise RuntimeError("disk gone")
             yield item
 
-    monkeypatch.setattr(writers, "iter_days", lambda *a, **kw: (
-        (date, failing_midway(items)) for date, items in whole_days(*a, **kw)))
+    monkeypatch.setattr(
+        writers, "iter_days", lambda *a, **kw: ((date, failing_midway(items)) for date, items in whole_days(*a, **kw))
+    )
     with pytest.raises(RuntimeError, match="disk gone"):
         write_sample_traces(tmp_path, 300, seed=2, days=1, fmt=fmt)
     assert paths[0].read_bytes() == before
@@ -267,11 +271,9 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_nothing(tmp_path, monke
 
 
 def test_gzip_output_readable_with_polars(tmp_path):
-    paths = write_sample_traces(tmp_path, 600, seed=4, days=2, fmt="jsonl.gz",
-                                malformed_rate=0.0)
+    paths = write_sample_traces(tmp_path, 600, seed=4, days=2, fmt="jsonl.gz", malformed_rate=0.0)
     assert [p.suffixes[-2:] for p in paths] == [[".jsonl", ".gz"]] * 2
-    df = pl.concat([pl.read_ndjson(gzip.decompress(p.read_bytes())) for p in paths],
-                   how="diagonal_relaxed")
+    df = pl.concat([pl.read_ndjson(gzip.decompress(p.read_bytes())) for p in paths], how="diagonal_relaxed")
     assert df.height == 600
     assert {"timestamp", "workload_id", "client_id", "request", "response"} <= set(df.columns)
     # with malformed records the lines still decompress and count right
@@ -295,8 +297,7 @@ def test_parquet_output_readable_with_polars(tmp_path):
 
 
 def test_workload_subset():
-    lines = [json.loads(x) for x in generate_records(300, workloads="query_rewrite",
-                                                     malformed_rate=0.0)]
+    lines = [json.loads(x) for x in generate_records(300, workloads="query_rewrite", malformed_rate=0.0)]
     assert {r["workload_id"] for r in lines} == {"query_rewrite"}
     assert len({r["client_id"] for r in lines}) >= 2
     with pytest.raises(ValueError):
@@ -305,13 +306,27 @@ def test_workload_subset():
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["--out", str(out), "--records", "300", "--days", "3", "--seed", "9",
-               "--end-date", "2026-01-02", "--format", "jsonl.gz",
-               "--workloads", "tool_router,support_chat"])
+    rc = main(
+        [
+            "--out",
+            str(out),
+            "--records",
+            "300",
+            "--days",
+            "3",
+            "--seed",
+            "9",
+            "--end-date",
+            "2026-01-02",
+            "--format",
+            "jsonl.gz",
+            "--workloads",
+            "tool_router,support_chat",
+        ]
+    )
     assert rc == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["traces-2025-12-31.jsonl.gz", "traces-2026-01-01.jsonl.gz",
-                     "traces-2026-01-02.jsonl.gz"]
+    assert names == ["traces-2025-12-31.jsonl.gz", "traces-2026-01-01.jsonl.gz", "traces-2026-01-02.jsonl.gz"]
     assert "300" in capsys.readouterr().out
     assert main(["--out", str(out), "--workloads", "bogus"]) == 2
     with pytest.raises(SystemExit):
@@ -320,9 +335,23 @@ def test_cli(tmp_path, capsys):
 
 def test_runs_as_a_module(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-W", "error::RuntimeWarning", "-m", "flywheel_assets.sample_data",
-         "--out", str(tmp_path), "--records", "50", "--days", "1"],
-        capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-W",
+            "error::RuntimeWarning",
+            "-m",
+            "flywheel_assets.sample_data",
+            "--out",
+            str(tmp_path),
+            "--records",
+            "50",
+            "--days",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "wrote 50 records to 1 files" in done.stdout
 
@@ -334,8 +363,10 @@ def test_default_traffic_is_unchanged_by_the_serving_options():
 
 
 def test_post_promotion_traffic_served_by_a_promoted_candidate_is_labelled_simulated():
-    records = [json.loads(line) for line in generate_records(
-        300, seed=1, malformed_rate=0, serving=Serving(served_model="tiny-demo"))]
+    records = [
+        json.loads(line)
+        for line in generate_records(300, seed=1, malformed_rate=0, serving=Serving(served_model="tiny-demo"))
+    ]
     assert {r["request"]["model"] for r in records} == {"tiny-demo"}
     assert {r["response"]["model"] for r in records} == {"tiny-demo"}
     assert all(r["simulation"]["simulated"] and r["simulation"]["served_by"] == "tiny-demo" for r in records)
@@ -343,8 +374,10 @@ def test_post_promotion_traffic_served_by_a_promoted_candidate_is_labelled_simul
 
 def test_a_canary_split_serves_its_share_with_its_latency_factor():
     serving = Serving(served_model="old", canary_model="new", canary_share=0.3, canary_latency_factor=2.0)
-    records = [json.loads(line) for line in generate_records(
-        4000, seed=2, malformed_rate=0, workloads="tool_router", serving=serving)]
+    records = [
+        json.loads(line)
+        for line in generate_records(4000, seed=2, malformed_rate=0, workloads="tool_router", serving=serving)
+    ]
     by_model = {m: [r["latency_ms"] for r in records if r["response"]["model"] == m] for m in ("old", "new")}
     assert 0.27 < len(by_model["new"]) / len(records) < 0.33
     ratio = sorted(by_model["new"])[len(by_model["new"]) // 2] / sorted(by_model["old"])[len(by_model["old"]) // 2]
@@ -353,19 +386,44 @@ def test_a_canary_split_serves_its_share_with_its_latency_factor():
 
 
 def test_drift_offers_and_calls_a_tool_never_seen_before():
-    records = [json.loads(line) for line in generate_records(
-        2000, seed=3, malformed_rate=0, workloads="tool_router", serving=Serving(drift=True))]
+    records = [
+        json.loads(line)
+        for line in generate_records(
+            2000, seed=3, malformed_rate=0, workloads="tool_router", serving=Serving(drift=True)
+        )
+    ]
     calls = Counter(r["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] for r in records)
     assert 0.35 < calls["exchange_item"] / len(records) < 0.45
     assert all("exchange_item" in {t["function"]["name"] for t in r["request"]["tools"]} for r in records)
-    exchange = next(r for r in records if r["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "exchange_item")
+    exchange = next(
+        r
+        for r in records
+        if r["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "exchange_item"
+    )
     arguments = json.loads(exchange["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
     assert arguments["order_id"] in exchange["request"]["messages"][-1]["content"]
 
 
 def test_cli_simulated_traffic(tmp_path, capsys):
-    rc = main(["--out", str(tmp_path), "--records", "100", "--days", "1", "--served-model", "tiny-demo",
-               "--canary-model", "tiny-demo-v2", "--canary-share", "0.5", "--drift"])
+    rc = main(
+        [
+            "--out",
+            str(tmp_path),
+            "--records",
+            "100",
+            "--days",
+            "1",
+            "--served-model",
+            "tiny-demo",
+            "--canary-model",
+            "tiny-demo-v2",
+            "--canary-share",
+            "0.5",
+            "--drift",
+        ]
+    )
     assert rc == 0
-    assert "SIMULATED post-promotion records (served by tiny-demo, 50% by canary tiny-demo-v2" in capsys.readouterr().out
+    assert (
+        "SIMULATED post-promotion records (served by tiny-demo, 50% by canary tiny-demo-v2" in capsys.readouterr().out
+    )
     assert main(["--out", str(tmp_path), "--canary-share", "0.5"]) == 2  # a share needs a canary model

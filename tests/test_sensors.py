@@ -57,8 +57,13 @@ def resources(tmp_path: Path, server=None, **weave) -> dict:
     out = {"trace_source": FileTraceSource(traces_dir=str(tmp_path / "traces"), landing_dir=str(tmp_path / "landing"))}
     if server is not None:
         config = dict(
-            entity="acme", project="prod", api_key="k", base_url=server.base_url,
-            settle_seconds=0, max_retries=0, page_size=50,
+            entity="acme",
+            project="prod",
+            api_key="k",
+            base_url=server.base_url,
+            settle_seconds=0,
+            max_retries=0,
+            page_size=50,
         )
         out["weave_source"] = WeaveTraceSource(**{**config, **weave})
     return out
@@ -170,7 +175,10 @@ def test_bad_calls_are_quarantined_and_never_block_the_cursor(tmp_path, server, 
     # named ops: every call of them is read, with or without the workload attribute
     res = resources(tmp_path, server, op_names=["openai.chat.completions.create"])
     result = tick(weave_trace_sensor, instance, res)
-    assert partitions(result, instance) == {f"{day_of(int(T0))}|tool_router", f"{day_of(int(T0))}|{workload_key('../etc')}"}
+    assert partitions(result, instance) == {
+        f"{day_of(int(T0))}|tool_router",
+        f"{day_of(int(T0))}|{workload_key('../etc')}",
+    }
     assert landed_valid(tmp_path).height == 2
     quarantined = pl.read_parquet(next((tmp_path / "landing").glob("*/day=unattributed/*/quarantine-*.parquet")))
     assert quarantined["reason"].to_list() == ["missing_field"]
@@ -181,11 +189,15 @@ def test_bad_calls_are_quarantined_and_never_block_the_cursor(tmp_path, server, 
 # ------------------------------------------------------------------------ drop folder
 def write_traces(path: Path, workload: str, timestamps: list[int]) -> Path:
     lines = [
-        json.dumps({
-            "timestamp": t, "workload_id": workload, "client_id": "app",
-            "request": {"model": "m", "messages": [{"role": "user", "content": f"q {workload} {t}"}]},
-            "response": {"choices": [{"message": {"role": "assistant", "content": f"a {t}"}}]},
-        })
+        json.dumps(
+            {
+                "timestamp": t,
+                "workload_id": workload,
+                "client_id": "app",
+                "request": {"model": "m", "messages": [{"role": "user", "content": f"q {workload} {t}"}]},
+                "response": {"choices": [{"message": {"role": "assistant", "content": f"a {t}"}}]},
+            }
+        )
         for t in timestamps
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +228,7 @@ def test_drop_folder_ticks_land_only_new_files_and_request_their_partitions(tmp_
     assert not second.run_requests and "no new or changed" in second.skip_reason.skip_message
     cursor = next_cursor(second, cursor)
     new = write_traces(traces / "sub" / "new.jsonl", "support_chat", [int(T0 + DAY)])
-    past = (T0 - 30 * DAY)
+    past = T0 - 30 * DAY
     os.utime(new, (past, past))  # copied with its old mtime kept (cp -p): still new
     third = tick(drop_folder_sensor, instance, res, cursor)
     assert partitions(third, instance) == {f"{day_of(int(T0 + DAY))}|support_chat"}
@@ -250,7 +262,13 @@ def test_drop_folder_requests_only_the_partitions_that_received_records(tmp_path
     result = tick(drop_folder_sensor, instance, res)
     days = [day_of(int(T0 - d * DAY)) for d in (2, 1, 0)]
     assert len(result.run_requests) == 3  # d0 x [wa, wb], d1 x [wb], d2 x [wa, wb]
-    assert partitions(result, instance) == {f"{days[0]}|wa", f"{days[0]}|wb", f"{days[1]}|wb", f"{days[2]}|wa", f"{days[2]}|wb"}
+    assert partitions(result, instance) == {
+        f"{days[0]}|wa",
+        f"{days[0]}|wb",
+        f"{days[1]}|wb",
+        f"{days[2]}|wa",
+        f"{days[2]}|wb",
+    }
 
 
 def test_drop_folder_checks_only_recent_files_between_full_scans(tmp_path, instance, monkeypatch):
@@ -378,7 +396,9 @@ def test_drop_folder_a_tick_that_crashed_is_requested_again_under_the_same_keys(
     crashed = tick(drop_folder_sensor, instance, res, cursor)  # its cursor is never committed
     b.rename(b.with_name("c.jsonl"))  # even renamed meanwhile: the landing is still owed
     retried = tick(drop_folder_sensor, instance, res, cursor)
-    assert run_keys(retried) == run_keys(crashed) and partitions(retried, instance) == {f"{day_of(int(T0 + DAY))}|tool_router"}
+    assert run_keys(retried) == run_keys(crashed) and partitions(retried, instance) == {
+        f"{day_of(int(T0 + DAY))}|tool_router"
+    }
     assert run_keys(tick(drop_folder_sensor, instance, res, next_cursor(retried, cursor))) == set()
 
 

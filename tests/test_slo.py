@@ -14,19 +14,28 @@ from flywheel_assets.core.slo import SLO, find_breaches, load_monitoring, rollba
 def observations(rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(
         rows,
-        schema={"day": pl.String, "served_model": pl.String, "candidate": pl.String, "promotion": pl.String,
-                "requests": pl.Int64, "latency_p95_s": pl.Float64, "tool_call_schema_valid_rate": pl.Float64},
+        schema={
+            "day": pl.String,
+            "served_model": pl.String,
+            "candidate": pl.String,
+            "promotion": pl.String,
+            "requests": pl.Int64,
+            "latency_p95_s": pl.Float64,
+            "tool_call_schema_valid_rate": pl.Float64,
+        },
         orient="row",
     )
 
 
-OBS = observations([
-    ("2026-11-17", "tiny-demo", "tiny-demo", "P1", 100, 1.0, 0.99),
-    ("2026-11-18", "tiny-demo", "tiny-demo", "P1", 100, 6.0, 0.99),
-    ("2026-11-19", "tiny-demo", "tiny-demo", "P1", 100, 7.5, 0.90),
-    ("2026-11-20", "tiny-demo", "tiny-demo", "P1", 100, 8.0, None),
-    ("2026-11-20", "meta/llama", None, None, 5, 9.0, 0.10),  # too few requests to judge
-])
+OBS = observations(
+    [
+        ("2026-11-17", "tiny-demo", "tiny-demo", "P1", 100, 1.0, 0.99),
+        ("2026-11-18", "tiny-demo", "tiny-demo", "P1", 100, 6.0, 0.99),
+        ("2026-11-19", "tiny-demo", "tiny-demo", "P1", 100, 7.5, 0.90),
+        ("2026-11-20", "tiny-demo", "tiny-demo", "P1", 100, 8.0, None),
+        ("2026-11-20", "meta/llama", None, None, 5, 9.0, 0.10),  # too few requests to judge
+    ]
+)
 
 
 def test_a_breach_says_which_slo_by_how_much_since_when_and_for_which_version():
@@ -63,10 +72,16 @@ def test_the_rollback_proposal_is_a_valid_run_of_the_rollback_job():
 
 def test_configuration_per_workload_over_defaults(tmp_path):
     path = tmp_path / "monitoring.json"
-    path.write_text(json.dumps({
-        "default": {"slo": {"latency_p95_s": 2.0}},
-        "workloads": {"support_chat": {"slo": {"latency_p95_s": 4.0, "tokens_per_s": 20}, "drift": {"tool_mix_js": 0.5}}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "default": {"slo": {"latency_p95_s": 2.0}},
+                "workloads": {
+                    "support_chat": {"slo": {"latency_p95_s": 4.0, "tokens_per_s": 20}, "drift": {"tool_mix_js": 0.5}}
+                },
+            }
+        )
+    )
     config = load_monitoring(path)
     assert config.for_workload("tool_router").slo.latency_p95_s == 2.0
     chat = config.for_workload("support_chat")
@@ -89,14 +104,23 @@ def test_engine_slos_are_judged_on_the_days_serving_telemetry_of_the_same_model(
         row = dict.fromkeys(TELEMETRY_SCHEMA) | {"model": "tiny-demo"} | figures
         return pl.DataFrame([row], schema=TELEMETRY_SCHEMA)
 
-    metrics = {day: OBS.filter((pl.col("day") == day) & (pl.col("served_model") == "tiny-demo"))
-               .drop("day") for day in ("2026-11-19", "2026-11-20")}
-    observations = daily_observations(metrics, {
-        "2026-11-19": telemetry(ttft_p95_s=2.0, error_rate=0.0),
-        "2026-11-20": telemetry(ttft_p95_s=3.0, error_rate=0.0, generation_tokens_per_s=5.0, requests_waiting_max=90.0),
-    })
+    metrics = {
+        day: OBS.filter((pl.col("day") == day) & (pl.col("served_model") == "tiny-demo")).drop("day")
+        for day in ("2026-11-19", "2026-11-20")
+    }
+    observations = daily_observations(
+        metrics,
+        {
+            "2026-11-19": telemetry(ttft_p95_s=2.0, error_rate=0.0),
+            "2026-11-20": telemetry(
+                ttft_p95_s=3.0, error_rate=0.0, generation_tokens_per_s=5.0, requests_waiting_max=90.0
+            ),
+        },
+    )
     breaches = find_breaches(observations, SLO(tokens_per_s=10))
     assert [(b.observed, b.since) for b in breaches["ttft_p95_s"]] == [(3.0, "2026-11-19")]
-    assert [b.observed for b in breaches["tokens_per_s"]] == [5.0] and "below the limit 10" in breaches["tokens_per_s"][0].describe()
+    assert [b.observed for b in breaches["tokens_per_s"]] == [5.0] and "below the limit 10" in breaches["tokens_per_s"][
+        0
+    ].describe()
     assert [b.observed for b in breaches["queue_depth"]] == [90.0]
     assert breaches["error_rate"] == []

@@ -42,8 +42,11 @@ def near_copies(tmp_path_factory):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workload", ["leaky"])
         dg.materialize(
-            ASSETS, selection=["raw_traces", "quarantined_traces"],
-            partition_key=trace_partition_key("2025-11-20", "leaky"), instance=instance, resources=resources,
+            ASSETS,
+            selection=["raw_traces", "quarantined_traces"],
+            partition_key=trace_partition_key("2025-11-20", "leaky"),
+            instance=instance,
+            resources=resources,
         )
 
         def split(near_duplicate_threshold: float) -> dg.ExecuteInProcessResult:
@@ -54,9 +57,16 @@ def near_copies(tmp_path_factory):
                 instance=instance,
                 resources=resources,
                 raise_on_error=False,
-                run_config={"ops": {"workload_dataset": {"config": {
-                    "near_duplicate_threshold": near_duplicate_threshold, "min_records": 1,
-                }}}},
+                run_config={
+                    "ops": {
+                        "workload_dataset": {
+                            "config": {
+                                "near_duplicate_threshold": near_duplicate_threshold,
+                                "min_records": 1,
+                            }
+                        }
+                    }
+                },
             )
 
         yield tmp_path, split

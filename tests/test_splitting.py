@@ -130,18 +130,14 @@ def test_same_input_and_seed_give_byte_identical_files():
         fa = to_jsonl(a.filter(pl.col("split") == split))
         fb = to_jsonl(b.filter(pl.col("split") == split))
         assert fa == fb and fa
-        assert content_hash(a.filter(pl.col("split") == split)) == content_hash(
-            b.filter(pl.col("split") == split)
-        )
+        assert content_hash(a.filter(pl.col("split") == split)) == content_hash(b.filter(pl.col("split") == split))
 
 
 def test_another_seed_gives_another_split():
     a = split_dataset(dataset(120), SplitConfig(seed=1))
     b = split_dataset(dataset(120), SplitConfig(seed=2))
     assert ids(a, "eval") != ids(b, "eval")
-    assert content_hash(a.filter(pl.col("split") == "eval")) != content_hash(
-        b.filter(pl.col("split") == "eval")
-    )
+    assert content_hash(a.filter(pl.col("split") == "eval")) != content_hash(b.filter(pl.col("split") == "eval"))
 
 
 def test_content_hash_changes_when_the_data_changes():
@@ -271,17 +267,24 @@ def tool_dataset(tools: list[str | None], clusters: list[str] | None = None, pro
     rows = []
     for i, tool in enumerate(tools):
         answer = (
-            {"role": "assistant", "tool_calls": [
-                {"id": f"c{i}", "type": "function", "function": {"name": tool, "arguments": "{}"}},
-                {"id": f"d{i}", "type": "function", "function": {"name": "second_call", "arguments": "{}"}},
-            ]}
-            if tool else {"role": "assistant", "content": "no tool needed"}
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": f"c{i}", "type": "function", "function": {"name": tool, "arguments": "{}"}},
+                    {"id": f"d{i}", "type": "function", "function": {"name": "second_call", "arguments": "{}"}},
+                ],
+            }
+            if tool
+            else {"role": "assistant", "content": "no tool needed"}
         )
         text = prompts[i] if prompts else f"question {i} about {tool}"
-        record = {"request": {"messages": [{"role": "user", "content": text}], "tools": TOOLS},
-                  "response": {"choices": [{"message": answer}]}}
-        rows.append({"record_id": f"rec{i:04d}", "workload_id": "w", "workload_type": "tool_calling",
-                     "raw": _json(record)})
+        record = {
+            "request": {"messages": [{"role": "user", "content": text}], "tools": TOOLS},
+            "response": {"choices": [{"message": answer}]},
+        }
+        rows.append(
+            {"record_id": f"rec{i:04d}", "workload_id": "w", "workload_type": "tool_calling", "raw": _json(record)}
+        )
     data = pl.DataFrame(rows)
     return data.with_columns(near_duplicate_cluster=pl.Series(clusters)) if clusters else data
 
@@ -351,8 +354,10 @@ def test_stratified_split_with_clusters_is_byte_identical_for_the_same_seed():
 
 
 @settings(max_examples=200)
-@given(counts=st.dictionaries(st.text("abcdef", min_size=1, max_size=3), st.integers(1, 60), min_size=1, max_size=8),
-       size=st.integers(0, 120))
+@given(
+    counts=st.dictionaries(st.text("abcdef", min_size=1, max_size=3), st.integers(1, 60), min_size=1, max_size=8),
+    size=st.integers(0, 120),
+)
 def test_apportion_gives_each_class_its_share_rounded(counts, size):
     quotas = apportion(counts, size, one_each=False)
     total = sum(counts.values())
@@ -364,8 +369,10 @@ def test_apportion_gives_each_class_its_share_rounded(counts, size):
 
 
 @settings(max_examples=200)
-@given(counts=st.dictionaries(st.text("abcdef", min_size=1, max_size=3), st.integers(1, 60), min_size=1, max_size=8),
-       size=st.integers(0, 120))
+@given(
+    counts=st.dictionaries(st.text("abcdef", min_size=1, max_size=3), st.integers(1, 60), min_size=1, max_size=8),
+    size=st.integers(0, 120),
+)
 def test_apportion_gives_every_class_of_two_a_seat_when_seats_allow(counts, size):
     quotas = apportion(counts, size, one_each=True)
     assert sum(quotas.values()) == min(size, sum(counts.values()))
@@ -404,8 +411,11 @@ def test_leaks_finds_a_planted_near_copy_of_an_eval_prompt_in_train():
     assert leaks(rows, 0.8) == []
     victim = rows.filter(pl.col("split") == "eval").row(0, named=True)
     text = json.loads(victim["messages"])[0]["content"]
-    planted = victim | {"record_id": "planted", "split": "train",
-                        "messages": _json([{"role": "user", "content": text.replace("today", "now")}])}
+    planted = victim | {
+        "record_id": "planted",
+        "split": "train",
+        "messages": _json([{"role": "user", "content": text.replace("today", "now")}]),
+    }
     leaking = pl.concat([rows, pl.DataFrame([planted], schema=rows.schema)])
     (pair,) = leaks(leaking, 0.8)
     assert (pair.eval_id, pair.other_id, pair.kind) == (victim["record_id"], "planted", "near")

@@ -25,8 +25,7 @@ DAY = "2026-11-20"
 
 
 def source(tmp_path, url: str, **kw) -> TelemetrySource:
-    return TelemetrySource(url=url, store_dir=str(tmp_path / "telemetry"), timeout_s=kw.pop("timeout_s", 5.0),
-                           **kw)
+    return TelemetrySource(url=url, store_dir=str(tmp_path / "telemetry"), timeout_s=kw.pop("timeout_s", 5.0), **kw)
 
 
 def bucket_of(value: float, bounds: list[float]) -> tuple[float, float]:
@@ -79,8 +78,13 @@ def test_counters_growing_between_scrapes_and_reset_once_never_give_a_negative_r
                 engine.restart()
             if scrape:
                 for i in range(10 * scrape):
-                    engine.serve("m-1", 0.4 + i / 100, prompt_tokens=50, generation_tokens=7,
-                                 finished_reason="abort" if i == 0 else "stop")
+                    engine.serve(
+                        "m-1",
+                        0.4 + i / 100,
+                        prompt_tokens=50,
+                        generation_tokens=7,
+                        finished_reason="abort" if i == 0 else "stop",
+                    )
                     served_after_first_scrape += 1
             engine.set_load("m-1", running=scrape, waiting=2 * scrape)
             frames.append(telemetry.collect(None, NOW + 30 * scrape).samples)
@@ -122,7 +126,9 @@ def test_malformed_exposition_an_http_error_and_unknown_engines_are_clear_errors
         with pytest.raises(TelemetryError, match="none of the known metrics of tgi"):
             source(tmp_path, url, engines=["tgi"]).collect(None, NOW)
     with pytest.raises(TelemetryError, match="unknown serving engine"):
-        telemetry_from_env(tmp_path, {"FLYWHEEL_TELEMETRY_URL": "http://x", "FLYWHEEL_TELEMETRY_ENGINES": "vllm,foo"}.get)
+        telemetry_from_env(
+            tmp_path, {"FLYWHEEL_TELEMETRY_URL": "http://x", "FLYWHEEL_TELEMETRY_ENGINES": "vllm,foo"}.get
+        )
     with pytest.raises(TelemetryError, match="FLYWHEEL_TELEMETRY_KIND='graphite'"):
         telemetry_from_env(tmp_path, {"FLYWHEEL_TELEMETRY_KIND": "graphite"}.get)
     with pytest.raises(TelemetryError, match="none of the known metrics"):
@@ -154,14 +160,18 @@ def test_the_sensor_collects_from_prometheus_keeps_its_cursor_on_failure_and_los
         telemetry = source(tmp_path, url, kind="prometheus", max_window_s=600, max_retries=0, timeout_s=1.0)
 
         def tick(cursor):
-            return collect_telemetry(dg.build_sensor_context(instance=instance, cursor=cursor), telemetry,
-                                     now=day_start + 1500)
+            return collect_telemetry(
+                dg.build_sensor_context(instance=instance, cursor=cursor), telemetry, now=day_start + 1500
+            )
 
         first = tick(None)  # from the start of the day, 600 s at most
         assert first.cursor == f"{day_start + 600:.3f}"
         assert [r.partition_key for r in first.run_requests] == [DAY]
-        for fault, message in (("timeout", "Prometheus answered timeout"), ("internal", "HTTP 500"),
-                               ("hang", "no answer after 1 attempt")):
+        for fault, message in (
+            ("timeout", "Prometheus answered timeout"),
+            ("internal", "HTTP 500"),
+            ("hang", "no answer after 1 attempt"),
+        ):
             prometheus.fault = fault
             with pytest.raises(TelemetryError, match=message):  # the tick fails: Dagster keeps its cursor
                 tick(first.cursor)
@@ -172,7 +182,10 @@ def test_the_sensor_collects_from_prometheus_keeps_its_cursor_on_failure_and_los
         assert float(third.cursor) == day_start + 1500
         assert "{__name__=~" in prometheus.requests[-1]["query"]
         result = dg.materialize(
-            [_serving_telemetry()], partition_key=DAY, instance=instance, resources={"telemetry": telemetry},
+            [_serving_telemetry()],
+            partition_key=DAY,
+            instance=instance,
+            resources={"telemetry": telemetry},
         )
     summary = result.output_for_node("serving_telemetry")
     row = summary.row(0, named=True)

@@ -20,7 +20,8 @@ BROKEN = {"type": "function", "function": {"name": "broken", "parameters": {"typ
 
 def test_both_tool_forms_are_read():
     assert tool_schemas([WEATHER, FLAT_NO_SCHEMA]) == {
-        "get_weather": WEATHER["function"]["parameters"], "ping": None,
+        "get_weather": WEATHER["function"]["parameters"],
+        "ping": None,
     }
 
 

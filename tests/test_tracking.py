@@ -89,9 +89,15 @@ def test_every_stage_is_a_versioned_artifact(flywheel):
     *_, runs = flywheel
     found = artifacts(runs)
     expected = {
-        f"workload_dataset.{WL}": "dataset", f"eval_dataset.{WL}": "dataset", f"train_dataset.{WL}": "dataset",
-        f"lora_adapter.{CW}": "model", f"base_eval.{CW}": "evaluation", f"icl_eval.{CW}": "evaluation",
-        f"customized_eval.{CW}": "evaluation", f"leaderboard.{WL}": "leaderboard", f"promoted_model.{WL}": "model",
+        f"workload_dataset.{WL}": "dataset",
+        f"eval_dataset.{WL}": "dataset",
+        f"train_dataset.{WL}": "dataset",
+        f"lora_adapter.{CW}": "model",
+        f"base_eval.{CW}": "evaluation",
+        f"icl_eval.{CW}": "evaluation",
+        f"customized_eval.{CW}": "evaluation",
+        f"leaderboard.{WL}": "leaderboard",
+        f"promoted_model.{WL}": "model",
     }
     assert {name: a["type"] for name, a in found.items()} == expected
     assert all(a["digest"] and "latest" in a["aliases"] for a in found.values())
@@ -117,10 +123,16 @@ def test_lineage_edges_point_at_the_exact_upstream_versions(flywheel):
     assert edges(f"train_dataset.{WL}") == {f"workload_dataset.{WL}": digest[f"workload_dataset.{WL}"]}
     assert edges(f"lora_adapter.{CW}") == {f"train_dataset.{WL}": digest[f"train_dataset.{WL}"]}
     assert edges(f"customized_eval.{CW}") == {
-        f"eval_dataset.{WL}": digest[f"eval_dataset.{WL}"], f"lora_adapter.{CW}": digest[f"lora_adapter.{CW}"]}
+        f"eval_dataset.{WL}": digest[f"eval_dataset.{WL}"],
+        f"lora_adapter.{CW}": digest[f"lora_adapter.{CW}"],
+    }
     assert set(edges(f"base_eval.{CW}")) == {f"eval_dataset.{WL}", f"train_dataset.{WL}"}
     assert set(edges(f"leaderboard.{WL}")) == {
-        f"workload_dataset.{WL}", f"base_eval.{CW}", f"icl_eval.{CW}", f"customized_eval.{CW}"}
+        f"workload_dataset.{WL}",
+        f"base_eval.{CW}",
+        f"icl_eval.{CW}",
+        f"customized_eval.{CW}",
+    }
     assert set(edges(f"promoted_model.{WL}")) == {f"leaderboard.{WL}", f"lora_adapter.{CW}", f"customized_eval.{CW}"}
     # the run that logged an artifact lists the same inputs in its config
     adapter = found[f"lora_adapter.{CW}"]

@@ -103,10 +103,30 @@ PHRASINGS = {
         "I need a human agent for {topic}",
     ],
 }
-PRODUCTS = ["blue kettle", "desk lamp", "running shoes", "coffee grinder", "yoga mat", "phone case",
-            "garden hose", "wool blanket", "travel mug", "bike helmet", "water bottle", "laptop stand"]
-TOPICS = ["billing", "a damaged item", "my warranty", "a late delivery", "my invoice", "a missing part",
-          "my subscription", "a wrong charge"]
+PRODUCTS = [
+    "blue kettle",
+    "desk lamp",
+    "running shoes",
+    "coffee grinder",
+    "yoga mat",
+    "phone case",
+    "garden hose",
+    "wool blanket",
+    "travel mug",
+    "bike helmet",
+    "water bottle",
+    "laptop stand",
+]
+TOPICS = [
+    "billing",
+    "a damaged item",
+    "my warranty",
+    "a late delivery",
+    "my invoice",
+    "a missing part",
+    "my subscription",
+    "a wrong charge",
+]
 NAMES = ["anna", "ben", "carla", "dev", "emma", "farid", "gita", "hugo", "ines", "jon", "kim", "lars"]
 DOMAINS = ["example.com", "mail.net", "acme.org", "post.io"]
 
@@ -126,14 +146,19 @@ def routing_examples(n: int, seed: int = 0, workload_id: str = "support-router")
         }
         phrasing = rng.choice(PHRASINGS[tool])
         arguments = {k: v for k, v in values.items() if "{" + k + "}" in phrasing}
-        examples.append(ChatExample(
-            record_id=f"{seed}-{i}",
-            workload_id=workload_id,
-            workload_type="tool_calling",
-            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": phrasing.format(**values)}],
-            tools=TOOLS,
-            expected=AssistantMessage(tool_calls=[ToolCall(function=FunctionCall(name=tool, arguments=arguments))]),
-        ))
+        examples.append(
+            ChatExample(
+                record_id=f"{seed}-{i}",
+                workload_id=workload_id,
+                workload_type="tool_calling",
+                messages=[
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": phrasing.format(**values)},
+                ],
+                tools=TOOLS,
+                expected=AssistantMessage(tool_calls=[ToolCall(function=FunctionCall(name=tool, arguments=arguments))]),
+            )
+        )
     rng.shuffle(examples)
     return examples
 
@@ -178,11 +203,17 @@ def tuned(base_dir, tmp_path_factory):
     progress = []
     started = time.perf_counter()
     result = train_lora(
-        base_dir, TRAIN, VALIDATION, tmp_path_factory.mktemp("adapters") / "router", DEMO_HYPERPARAMETERS,
+        base_dir,
+        TRAIN,
+        VALIDATION,
+        tmp_path_factory.mktemp("adapters") / "router",
+        DEMO_HYPERPARAMETERS,
         on_progress=progress.append,
     )
-    print(f"\ndemo fine-tuning: {time.perf_counter() - started:.1f}s wall, {result.train_time_s:.1f}s in the loop, "
-          f"{result.tokens_per_s:.0f} tokens/s, final loss {result.loss_curve[-1].loss:.3f}, eval loss {result.eval_loss}")
+    print(
+        f"\ndemo fine-tuning: {time.perf_counter() - started:.1f}s wall, {result.train_time_s:.1f}s in the loop, "
+        f"{result.tokens_per_s:.0f} tokens/s, final loss {result.loss_curve[-1].loss:.3f}, eval loss {result.eval_loss}"
+    )
     return result, progress
 
 
@@ -305,9 +336,15 @@ def test_training_result_and_progress_reports(tuned):
     assert 0 < result.trainable_params < result.total_params
     assert result.adapter_size_bytes > 0 and result.tokens_per_s > 0 and result.truncated_examples == 0
     assert read_training_result(result.adapter_dir) == result
-    assert json.loads((Path(result.adapter_dir) / "adapter_config.json").read_text())["r"] == DEMO_HYPERPARAMETERS.adapter_dim
+    assert (
+        json.loads((Path(result.adapter_dir) / "adapter_config.json").read_text())["r"]
+        == DEMO_HYPERPARAMETERS.adapter_dim
+    )
 
-    assert [p["step"] for p in progress] == [*range(10, result.steps + 1, 10), *([result.steps] if result.steps % 10 else [])]
+    assert [p["step"] for p in progress] == [
+        *range(10, result.steps + 1, 10),
+        *([result.steps] if result.steps % 10 else []),
+    ]
     assert set(progress[0]) == {"step", "epoch", "loss", "tokens_per_s", "elapsed_s"}
     assert all(later["elapsed_s"] >= earlier["elapsed_s"] for earlier, later in zip(progress, progress[1:]))
 
@@ -328,7 +365,9 @@ def test_local_chat_model_reports_usage_and_isolates_bad_prompts(base_dir, tuned
     # greedy decoding: the same prompt gives the same answer alone or in a batch
     alone = model.complete([HELD_OUT[2]])[0]
     assert alone.message == completions[3].message
-    assert model.count_tokens(ChatPrompt(messages=[{"role": "user", "content": "hi"}])) < model.count_tokens(HELD_OUT[0])
+    assert model.count_tokens(ChatPrompt(messages=[{"role": "user", "content": "hi"}])) < model.count_tokens(
+        HELD_OUT[0]
+    )
 
 
 def test_a_model_put_in_place_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):

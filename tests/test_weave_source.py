@@ -29,8 +29,13 @@ def calls():
 
 def source(server, **overrides) -> WeaveTraceSource:
     config = dict(
-        entity="acme", project="prod", api_key="secret-key", base_url=server.base_url,
-        settle_seconds=0, max_retries=0, page_size=10,
+        entity="acme",
+        project="prod",
+        api_key="secret-key",
+        base_url=server.base_url,
+        settle_seconds=0,
+        max_retries=0,
+        page_size=10,
     )
     return WeaveTraceSource(**{**config, **overrides})
 
@@ -51,8 +56,10 @@ def test_a_chat_call_maps_to_a_valid_trace_record(calls):
     assert record["timestamp"] == int(T0)
     assert record["workload_id"] == "tool_router" and record["client_id"] == "shop-web"
     assert record["request"] == {
-        "model": "prod-model", "messages": [{"role": "user", "content": "where is order 123?"}],
-        "tools": TOOLS, "temperature": 0.2,
+        "model": "prod-model",
+        "messages": [{"role": "user", "content": "where is order 123?"}],
+        "tools": TOOLS,
+        "temperature": 0.2,
     }
     assert record["response"]["choices"][0]["message"]["content"] == "answer 1"
     assert record["latency_ms"] == 250.0
@@ -63,7 +70,9 @@ def test_a_chat_call_maps_to_a_valid_trace_record(calls):
 
 def test_a_trace_document_output_is_the_record_filled_from_the_call(calls):
     document = {
-        "timestamp": int(T0) - 60, "workload_id": "support_chat", "client_id": "helpdesk",
+        "timestamp": int(T0) - 60,
+        "workload_id": "support_chat",
+        "client_id": "helpdesk",
         "request": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
         "response": {"choices": [{"message": {"role": "assistant", "content": "hello"}}]},
         "workload_description": "help centre",
@@ -104,7 +113,9 @@ def test_poll_pages_with_server_side_selection_and_ended_at_filters(server, call
         assert body["project_id"] == "acme/prod" and body["filter"] == {}
         started, ended_from, ended_before, selection = body["query"]["$expr"]["$and"]
         # the bounded look-back: calls that ended after the cursor started at most an hour before it
-        assert started == {"$gte": [{"$getField": "started_at"}, {"$literal": int(to_micros("2025-01-01") // 1e6) - 3600}]}
+        assert started == {
+            "$gte": [{"$getField": "started_at"}, {"$literal": int(to_micros("2025-01-01") // 1e6) - 3600}]
+        }
         assert ended_from["$gte"][0] == {"$getField": "ended_at"}
         assert ended_before == {"$lt": [{"$getField": "ended_at"}, {"$literal": int(NOW.timestamp())}]}
         assert "$or" in selection
@@ -323,16 +334,23 @@ def test_reactions_on_document_and_chat_calls_become_feedback_whatever_the_skin_
 
 
 # --------------------------------------------------------------------- where, how
-@pytest.mark.parametrize("env, expected", [
-    ({}, "https://trace.wandb.ai"),
-    ({"WANDB_BASE_URL": "https://api.wandb.ai/"}, "https://trace.wandb.ai"),
-    ({"WANDB_BASE_URL": "https://acme.wandb.io"}, "https://acme.wandb.io/traces"),
-    ({"WANDB_BASE_URL": "http://wandb.internal:8080/", "WANDB_PUBLIC_BASE_URL": "https://wandb.acme.com"},
-     "https://wandb.acme.com/traces"),
-    ({"WANDB_BASE_URL": "https://acme.wandb.io", "WF_TRACE_SERVER_URL": "http://127.0.0.1:6345"},
-     "http://127.0.0.1:6345"),
-    ({"saved": "https://wandb.acme.com"}, "https://wandb.acme.com/traces"),  # `wandb login --host`
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, "https://trace.wandb.ai"),
+        ({"WANDB_BASE_URL": "https://api.wandb.ai/"}, "https://trace.wandb.ai"),
+        ({"WANDB_BASE_URL": "https://acme.wandb.io"}, "https://acme.wandb.io/traces"),
+        (
+            {"WANDB_BASE_URL": "http://wandb.internal:8080/", "WANDB_PUBLIC_BASE_URL": "https://wandb.acme.com"},
+            "https://wandb.acme.com/traces",
+        ),
+        (
+            {"WANDB_BASE_URL": "https://acme.wandb.io", "WF_TRACE_SERVER_URL": "http://127.0.0.1:6345"},
+            "http://127.0.0.1:6345",
+        ),
+        ({"saved": "https://wandb.acme.com"}, "https://wandb.acme.com/traces"),  # `wandb login --host`
+    ],
+)
 def test_the_trace_server_url_is_found_as_weave_finds_it(tmp_path, monkeypatch, env, expected):
     from weave.trace.env import weave_trace_server_url
 

@@ -43,8 +43,13 @@ def free_port() -> int:
 
 
 def env_for(tmp: Path) -> dict:
-    return {**os.environ, "DAGSTER_HOME": str(tmp / "dagster_home"), "FLYWHEEL_HOME": str(tmp),
-            "FLYWHEEL_TRACES_DIR": str(tmp / "traces"), "WANDB_MODE": "disabled"}
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp / "dagster_home"),
+        "FLYWHEEL_HOME": str(tmp),
+        "FLYWHEEL_TRACES_DIR": str(tmp / "traces"),
+        "WANDB_MODE": "disabled",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,11 @@ def graphql(home):
     log = open(home / "webserver.log", "wb")
     proc = subprocess.Popen(
         [str(webserver), "-h", "127.0.0.1", "-p", str(port), "-w", str(ROOT / "workspace.yaml")],
-        cwd=ROOT, env=env_for(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env_for(home),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/graphql"
 
@@ -70,8 +79,10 @@ def graphql(home):
         while True:
             assert proc.poll() is None, (home / "webserver.log").read_text()[-3000:]
             try:
-                status = query("{ workspaceOrError { ... on Workspace { locationEntries { name "
-                               "loadStatus locationOrLoadError { __typename } } } } }")
+                status = query(
+                    "{ workspaceOrError { ... on Workspace { locationEntries { name "
+                    "loadStatus locationOrLoadError { __typename } } } } }"
+                )
                 entries = status["workspaceOrError"]["locationEntries"]
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
                     assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation", entries
@@ -108,16 +119,33 @@ RUN = """query ($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run
 
 def test_graphql_shows_the_asset_graph_and_lineage_back_to_raw_traces(graphql):
     nodes = {"/".join(n["assetKey"]["path"]): n for n in graphql(ASSET_GRAPH)["assetNodes"]}
-    assert {"raw_traces", "workload_dataset", "eval_dataset", "train_dataset", "lora_adapter", "base_eval",
-            "icl_eval", "customized_eval", "leaderboard", "promoted_model"} <= set(nodes)
+    assert {
+        "raw_traces",
+        "workload_dataset",
+        "eval_dataset",
+        "train_dataset",
+        "lora_adapter",
+        "base_eval",
+        "icl_eval",
+        "customized_eval",
+        "leaderboard",
+        "promoted_model",
+    } <= set(nodes)
     parents = {key: {"/".join(d["path"]) for d in n["dependencyKeys"]} for key, n in nodes.items()}
 
     def paths_up(key):  # every lineage path from `key` to a root
         return [[key]] if not parents[key] else [[key, *p] for parent in sorted(parents[key]) for p in paths_up(parent)]
 
     paths = paths_up("promoted_model")
-    assert ["promoted_model", "leaderboard", "customized_eval", "lora_adapter", "train_dataset",
-            "workload_dataset", "raw_traces"] in paths
+    assert [
+        "promoted_model",
+        "leaderboard",
+        "customized_eval",
+        "lora_adapter",
+        "train_dataset",
+        "workload_dataset",
+        "raw_traces",
+    ] in paths
     assert all(path[-1] == "raw_traces" for path in paths)
     promoted = nodes["promoted_model"]
     assert promoted["groupName"] == "promote" and promoted["automationCondition"] is None
@@ -131,26 +159,38 @@ def test_graphql_shows_the_promotions_audit_metadata_and_upstream_runs(graphql):
     assert entries["action"]["text"] == "promote" and entries["candidate"]["text"] == "tiny-demo"
     assert '"upstream"' in entries["audit_record"]["jsonString"]
     assert graphql(RUN, runId=materialization["runId"])["runOrError"] == {
-        "__typename": "Run", "jobName": "promote", "status": "SUCCESS"}
+        "__typename": "Run",
+        "jobName": "promote",
+        "status": "SUCCESS",
+    }
     # every upstream materialization is linked by its run, and the runs are in the instance
     links = {label: e["runId"] for label, e in entries.items() if label.startswith("upstream/")}
-    assert {f"upstream/leaderboard[{WL}]", f"upstream/lora_adapter[tiny-demo|{WL}]",
-            f"upstream/customized_eval[tiny-demo|{WL}]", f"upstream/train_dataset[{WL}]",
-            f"upstream/workload_dataset[{WL}]"} <= set(links)
+    assert {
+        f"upstream/leaderboard[{WL}]",
+        f"upstream/lora_adapter[tiny-demo|{WL}]",
+        f"upstream/customized_eval[tiny-demo|{WL}]",
+        f"upstream/train_dataset[{WL}]",
+        f"upstream/workload_dataset[{WL}]",
+    } <= set(links)
     for run_id in set(links.values()):
         assert graphql(RUN, runId=run_id)["runOrError"]["status"] == "SUCCESS"
 
 
 def test_flywheel_audit_prints_the_chain(home):
     out = subprocess.run(
-        [sys.executable, "-m", "flywheel_assets.audit_cli", WL], cwd=ROOT, env=env_for(home),
-        capture_output=True, text=True, timeout=120, check=True,
+        [sys.executable, "-m", "flywheel_assets.audit_cli", WL],
+        cwd=ROOT,
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     lines = out.splitlines()
     stages = [line.split()[0] for line in lines[1:]]
     assert stages[:4] == ["traces", "dataset", "split", "split"]
     # the production record, then the models that served the traffic (production_metrics)
-    after_promotions = stages[stages.index("production") + 1:]
+    after_promotions = stages[stages.index("production") + 1 :]
     assert after_promotions and set(after_promotions) <= {"served", "UNAPPROVED"}
     assert "raw_traces: 1 days" in out and "content_hash" in out
     assert f"lora_adapter[tiny-demo|{WL}]" in out and "final_loss" in out

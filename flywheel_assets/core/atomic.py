@@ -149,7 +149,8 @@ def _last_touched(entry: os.DirEntry) -> float:
         return entry.stat(follow_symlinks=False).st_mtime
     inside = (
         os.lstat(os.path.join(folder, name)).st_mtime
-        for folder, dirs, names in os.walk(entry.path) for name in [*dirs, *names]
+        for folder, dirs, names in os.walk(entry.path)
+        for name in [*dirs, *names]
     )
     return max(entry.stat(follow_symlinks=False).st_mtime, *inside)
 
@@ -163,9 +164,7 @@ def _abandoned(entry: os.DirEntry, machine: str, pid: int, start: int, foreign_a
 
 
 def _folder_size(path: str) -> int:
-    return sum(
-        os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(path) for name in names
-    )
+    return sum(os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(path) for name in names)
 
 
 def sweep_leftovers(folder: Path, foreign_after_s: float | None = None) -> list[Leftover]:

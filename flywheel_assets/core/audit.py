@@ -159,14 +159,24 @@ def served_models(by_day: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     """Which models served the workload's production traffic on these days (`production_metrics`
     partitions by day), one row each: the candidate and promotions behind it, its days and
     requests, and how many of them no promotion had approved."""
-    frames = [frame.select("served_model", "candidate", "promotion", "approved", "requests")
-              .with_columns(day=pl.lit(day)) for day, frame in by_day.items()]
+    frames = [
+        frame.select("served_model", "candidate", "promotion", "approved", "requests").with_columns(day=pl.lit(day))
+        for day, frame in by_day.items()
+    ]
     if not frames:
-        return pl.DataFrame(schema={
-            "served_model": pl.String, "candidate": pl.String, "promotions": pl.List(pl.String),
-            "first_day": pl.String, "last_day": pl.String, "days": pl.UInt32, "requests": pl.Int64,
-            "unapproved_requests": pl.Int64, "unapproved_days": pl.List(pl.String),
-        })
+        return pl.DataFrame(
+            schema={
+                "served_model": pl.String,
+                "candidate": pl.String,
+                "promotions": pl.List(pl.String),
+                "first_day": pl.String,
+                "last_day": pl.String,
+                "days": pl.UInt32,
+                "requests": pl.Int64,
+                "unapproved_requests": pl.Int64,
+                "unapproved_days": pl.List(pl.String),
+            }
+        )
     return (
         pl.concat(frames)
         .group_by("served_model")
@@ -193,14 +203,18 @@ def format_served(served: pl.DataFrame) -> list[str]:
     for row in served.iter_rows(named=True):
         behind = f"candidate {row['candidate']}" if row["candidate"] else "no candidate serves under this name"
         approved_by = f", promotions {', '.join(row['promotions'])}" if row["promotions"] else ""
-        lines.append(f"  served     {row['served_model']}: {row['requests']} requests on {row['days']} days "
-                     f"{row['first_day']}..{row['last_day']}, {behind}{approved_by}")
+        lines.append(
+            f"  served     {row['served_model']}: {row['requests']} requests on {row['days']} days "
+            f"{row['first_day']}..{row['last_day']}, {behind}{approved_by}"
+        )
         if row["unapproved_requests"]:
             days = row["unapproved_days"]
             shown = ", ".join(days[:5]) + (f" (+{len(days) - 5} more)" if len(days) > 5 else "")
-            lines.append(f"  {'UNAPPROVED':<10}   {row['unapproved_requests']} requests served by "
-                         f"{row['served_model']} with no promotion approving it (days {shown}): promote it "
-                         "through the `promote` job, or take it out of production")
+            lines.append(
+                f"  {'UNAPPROVED':<10}   {row['unapproved_requests']} requests served by "
+                f"{row['served_model']} with no promotion approving it (days {shown}): promote it "
+                "through the `promote` job, or take it out of production"
+            )
     return lines
 
 
@@ -214,7 +228,9 @@ def format_chain(
     """The audit chain of one workload as text: traces -> dataset -> splits -> adapter ->
     evals -> leaderboard -> promotions (newest first) -> the models that served production
     (`served_models`)."""
-    lines = [f"workload {workload_key}" + (f" (id {workload_id!r})" if workload_id and workload_id != workload_key else "")]
+    lines = [
+        f"workload {workload_key}" + (f" (id {workload_id!r})" if workload_id and workload_id != workload_key else "")
+    ]
     current = promotions[0] if promotions else None
     promoted_at = {m.label: m for m in current.upstream} if current else {}
     by_asset: dict[str, list[Materialization]] = {}
@@ -230,8 +246,10 @@ def format_chain(
             lines.append(f"  {_stage(asset):<10} {m.label}: {_describe(m)}")
             was = promoted_at.get(m.label)
             if was is not None and was.storage_id != m.storage_id:
-                lines.append(f"  {'':<10}   (promoted from an older materialization: run {was.run_id[:8]}, "
-                             f"version {_short(was.data_version)})")
+                lines.append(
+                    f"  {'':<10}   (promoted from an older materialization: run {was.run_id[:8]}, "
+                    f"version {_short(was.data_version)})"
+                )
     if not promotions:
         lines.append("  promotion  none: launch the `promote` job")
     for i, record in enumerate(promotions):
@@ -262,9 +280,20 @@ def _stage(asset: str) -> str:
 
 
 _SHOWN = (
-    "dagster/row_count", "content_hash", "records_out", "duplicates", "eval_records", "train_records",
-    "validation_records", "final_loss", "function_name_accuracy", "function_name_and_args_accuracy",
-    "similarity", "latency_p50_s", "errors", "workload_type",
+    "dagster/row_count",
+    "content_hash",
+    "records_out",
+    "duplicates",
+    "eval_records",
+    "train_records",
+    "validation_records",
+    "final_loss",
+    "function_name_accuracy",
+    "function_name_and_args_accuracy",
+    "similarity",
+    "latency_p50_s",
+    "errors",
+    "workload_type",
 )
 
 

@@ -120,8 +120,9 @@ def _agreement(scored: list[dict[str, Any]]) -> tuple[float | None, float | None
     human = [row["human"] for row in scored]
     machine = [row["machine"] for row in scored]
     result = spearmanr(human, machine)  # nan when one side is constant: no ordering to compare
-    kappa = cohen_kappa_score([row["human_bin"] for row in scored], [row["machine_bin"] for row in scored],
-                              labels=list(SCORE_BINS))
+    kappa = cohen_kappa_score(
+        [row["human_bin"] for row in scored], [row["machine_bin"] for row in scored], labels=list(SCORE_BINS)
+    )
     return _finite(result.statistic), _finite(result.pvalue), _finite(kappa)
 
 

@@ -105,26 +105,42 @@ class CanaryResult:
     def table(self) -> pl.DataFrame:
         return pl.DataFrame(
             [vars(t) for t in self.tests],
-            schema={"metric": pl.String, "baseline": pl.Float64, "canary": pl.Float64, "p_value": pl.Float64,
-                    "p_adjusted": pl.Float64, "regression": pl.Boolean, "interval": pl.String, "note": pl.String},
+            schema={
+                "metric": pl.String,
+                "baseline": pl.Float64,
+                "canary": pl.Float64,
+                "p_value": pl.Float64,
+                "p_adjusted": pl.Float64,
+                "regression": pl.Boolean,
+                "interval": pl.String,
+                "note": pl.String,
+            },
         )
 
 
-def request_values(traces: pl.DataFrame | pl.LazyFrame, costs: dict[str, CostProfile], other: CostProfile) -> pl.DataFrame:
+def request_values(
+    traces: pl.DataFrame | pl.LazyFrame, costs: dict[str, CostProfile], other: CostProfile
+) -> pl.DataFrame:
     """One row per `raw_traces` record with the per-request values `VersionTraffic` reads,
     tool calls judged as `production_metrics` judges them (each distinct pair of offered
     tools and calls once). `costs`: served model name -> its candidate's cost profile;
     `other` prices the rest (the production model a promotion replaced)."""
     with_calls = pl.col("has_tools") & pl.col("has_tool_calls")
-    frame = traces.lazy().select(
-        served_model_expr(),
-        (pl.col("latency_ms") / 1000).alias("latency_s"),
-        pl.col("feedback_thumbs").alias("thumbs"),
-        "prompt_tokens", "completion_tokens",
-        pl.when(with_calls).then(pl.col("raw").str.json_path_match("$.request.tools")).alias("tools"),
-        pl.when(with_calls).then(pl.col("raw").str.json_path_match("$.response.choices[0].message.tool_calls"))
-        .alias("calls"),
-    ).collect()
+    frame = (
+        traces.lazy()
+        .select(
+            served_model_expr(),
+            (pl.col("latency_ms") / 1000).alias("latency_s"),
+            pl.col("feedback_thumbs").alias("thumbs"),
+            "prompt_tokens",
+            "completion_tokens",
+            pl.when(with_calls).then(pl.col("raw").str.json_path_match("$.request.tools")).alias("tools"),
+            pl.when(with_calls)
+            .then(pl.col("raw").str.json_path_match("$.response.choices[0].message.tool_calls"))
+            .alias("calls"),
+        )
+        .collect()
+    )
     pairs = frame.select("tools", "calls").drop_nulls().unique()
     judged = [_check_calls(tools, calls) for tools, calls in pairs.iter_rows()]
     checks = pairs.with_columns(
@@ -133,20 +149,26 @@ def request_values(traces: pl.DataFrame | pl.LazyFrame, costs: dict[str, CostPro
     )
     models = frame.get_column("served_model").unique().to_list()
     prices = pl.DataFrame(
-        {"served_model": models,
-         "_prompt_usd": [costs.get(m, other).usd_per_million_prompt_tokens / 1e6 for m in models],
-         "_completion_usd": [costs.get(m, other).usd_per_million_completion_tokens / 1e6 for m in models]},
+        {
+            "served_model": models,
+            "_prompt_usd": [costs.get(m, other).usd_per_million_prompt_tokens / 1e6 for m in models],
+            "_completion_usd": [costs.get(m, other).usd_per_million_completion_tokens / 1e6 for m in models],
+        },
         schema={"served_model": pl.String, "_prompt_usd": pl.Float64, "_completion_usd": pl.Float64},
     )
     return (
         frame.join(checks, on=["tools", "calls"], how="left", nulls_equal=False)
         .join(prices, on="served_model", how="left")
         .select(
-            "served_model", "latency_s", "thumbs",
+            "served_model",
+            "latency_s",
+            "thumbs",
             pl.col("schemas_valid").fill_null(0).alias("tool_calls_valid"),
             (pl.col("call_count") - pl.col("schemas_valid")).fill_null(0).alias("tool_calls_invalid"),
-            (pl.col("prompt_tokens") * pl.col("_prompt_usd") + pl.col("completion_tokens") * pl.col("_completion_usd"))
-            .alias("cost_usd"),
+            (
+                pl.col("prompt_tokens") * pl.col("_prompt_usd")
+                + pl.col("completion_tokens") * pl.col("_completion_usd")
+            ).alias("cost_usd"),
         )
     )
 
@@ -189,8 +211,9 @@ def _fisher(metric: str, base_bad: int, base_good: int, can_bad: int, can_good: 
 
 
 def _mann_whitney(metric: str, base: np.ndarray, can: np.ndarray, tolerance: float) -> MetricTest:
-    test = MetricTest(metric, float(np.median(base)) if len(base) else None,
-                      float(np.median(can)) if len(can) else None)
+    test = MetricTest(
+        metric, float(np.median(base)) if len(base) else None, float(np.median(can)) if len(can) else None
+    )
     if not len(base) or not len(can):
         test.note = "not tested: no data for one version"
         return test
@@ -204,8 +227,13 @@ def significance_tests(baseline: VersionTraffic, canary: VersionTraffic, policy:
     tests = [
         _mann_whitney("latency_s (median)", _latency(baseline), _latency(canary), policy.latency_tolerance),
         _fisher("thumbs_down_rate", baseline.thumbs_down, baseline.thumbs_up, canary.thumbs_down, canary.thumbs_up),
-        _fisher("tool_call_invalid_rate", baseline.tool_calls_invalid, baseline.tool_calls_valid,
-                canary.tool_calls_invalid, canary.tool_calls_valid),
+        _fisher(
+            "tool_call_invalid_rate",
+            baseline.tool_calls_invalid,
+            baseline.tool_calls_valid,
+            canary.tool_calls_invalid,
+            canary.tool_calls_valid,
+        ),
         _mann_whitney("cost_usd_per_request (median)", baseline.cost_usd, canary.cost_usd, policy.cost_tolerance),
     ]
     tested = [t for t in tests if t.p_value is not None]
@@ -217,20 +245,31 @@ def significance_tests(baseline: VersionTraffic, canary: VersionTraffic, policy:
     return tests
 
 
-def verdict(baseline: VersionTraffic, canary: VersionTraffic, policy: CanaryPolicy) -> tuple[Verdict, str, list[MetricTest], dict[str, int]]:
-    needed = {v.served_model: policy.min_requests - v.requests for v in (baseline, canary) if v.requests < policy.min_requests}
+def verdict(
+    baseline: VersionTraffic, canary: VersionTraffic, policy: CanaryPolicy
+) -> tuple[Verdict, str, list[MetricTest], dict[str, int]]:
+    needed = {
+        v.served_model: policy.min_requests - v.requests for v in (baseline, canary) if v.requests < policy.min_requests
+    }
     tests = significance_tests(baseline, canary, policy)
     if needed:
         more = ", ".join(f"{n} more requests of {name}" for name, n in needed.items())
         return "keep_watching", f"not enough traffic yet ({policy.min_requests} per version): {more}", tests, needed
     regressions = [t for t in tests if t.regression]
     if regressions:
-        what = ", ".join(f"{t.metric} {t.baseline:.4g} -> {t.canary:.4g} (adjusted p {t.p_adjusted:.2g})" for t in regressions)
+        what = ", ".join(
+            f"{t.metric} {t.baseline:.4g} -> {t.canary:.4g} (adjusted p {t.p_adjusted:.2g})" for t in regressions
+        )
         return "roll_back", f"{canary.served_model} is worse than {baseline.served_model}: {what}", tests, {}
-    return "promote_fully", (
-        f"no significant regression of {canary.served_model} against {baseline.served_model} "
-        f"at alpha {policy.alpha} ({canary.requests} vs {baseline.requests} requests)"
-    ), tests, {}
+    return (
+        "promote_fully",
+        (
+            f"no significant regression of {canary.served_model} against {baseline.served_model} "
+            f"at alpha {policy.alpha} ({canary.requests} vs {baseline.requests} requests)"
+        ),
+        tests,
+        {},
+    )
 
 
 def analyse_canary(baseline: VersionTraffic, canary: VersionTraffic, policy: CanaryPolicy) -> CanaryResult:
@@ -238,9 +277,12 @@ def analyse_canary(baseline: VersionTraffic, canary: VersionTraffic, policy: Can
     outcome, reason, tests, needed = verdict(baseline, canary, policy)
     intervals = {
         "latency_s (median)": _latency_interval(_latency(baseline), _latency(canary), policy),
-        "thumbs_down_rate": _rates_interval(baseline.thumbs_down, baseline.thumbs_up, canary.thumbs_down, canary.thumbs_up),
-        "tool_call_invalid_rate": _rates_interval(baseline.tool_calls_invalid, baseline.tool_calls_valid,
-                                                  canary.tool_calls_invalid, canary.tool_calls_valid),
+        "thumbs_down_rate": _rates_interval(
+            baseline.thumbs_down, baseline.thumbs_up, canary.thumbs_down, canary.thumbs_up
+        ),
+        "tool_call_invalid_rate": _rates_interval(
+            baseline.tool_calls_invalid, baseline.tool_calls_valid, canary.tool_calls_invalid, canary.tool_calls_valid
+        ),
         "cost_usd_per_request (median)": _mean_difference_interval(baseline.cost_usd, canary.cost_usd),
     }
     for test in tests:
@@ -253,11 +295,18 @@ def _latency_interval(base: np.ndarray, can: np.ndarray, policy: CanaryPolicy) -
         return ""
     parts = []
     for q in (50, 95):
+
         def ratio(b, c, axis, q=q):  # q bound now: the bootstrap calls it after the loop moved on
             return np.percentile(c, q, axis=axis) / np.percentile(b, q, axis=axis)
 
-        ci = stats.bootstrap((base, can), ratio, n_resamples=policy.bootstrap_resamples, method="percentile",
-                             vectorized=True, rng=np.random.default_rng(policy.seed)).confidence_interval
+        ci = stats.bootstrap(
+            (base, can),
+            ratio,
+            n_resamples=policy.bootstrap_resamples,
+            method="percentile",
+            vectorized=True,
+            rng=np.random.default_rng(policy.seed),
+        ).confidence_interval
         parts.append(f"p{q} canary/baseline {ratio(base, can, None):.3f} [95% CI {ci.low:.3f}, {ci.high:.3f}]")
     return "; ".join(parts)
 

@@ -43,9 +43,7 @@ class CostProfile(BaseModel):
 class CandidateSpec(BaseModel):
     name: str = Field(description="Partition key: lowercase letters, digits, '-' and '_'.")
     backend: Literal["local", "openai", "nemo"] = "local"
-    base_model: str = Field(
-        default=DEMO_BASE_MODEL, description="Local model directory, or demo:tiny (built here)."
-    )
+    base_model: str = Field(default=DEMO_BASE_MODEL, description="Local model directory, or demo:tiny (built here).")
     customizer_target: str | None = Field(
         default=None, description="NeMo Customizer target, e.g. meta/llama-3.2-1b-instruct@2.0."
     )
@@ -56,9 +54,7 @@ class CandidateSpec(BaseModel):
         description="Other model names production traffic names it by once promoted (the NIM model "
         "name, the LoRA adapter's name): how production monitoring ties a served model to it.",
     )
-    api_key_env: str | None = Field(
-        default=None, description="Environment variable holding the endpoint's API key."
-    )
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the endpoint's API key.")
     max_new_tokens: int = 128
     batch_size: int = 8
     max_concurrency: int = 8
@@ -81,9 +77,7 @@ class CandidateSpec(BaseModel):
 
 
 class FlywheelModels(BaseModel):
-    production: CostProfile = CostProfile(
-        usd_per_million_prompt_tokens=0.88, usd_per_million_completion_tokens=0.88
-    )
+    production: CostProfile = CostProfile(usd_per_million_prompt_tokens=0.88, usd_per_million_completion_tokens=0.88)
     candidates: list[CandidateSpec]
 
     @model_validator(mode="after")

@@ -83,9 +83,7 @@ def _text_content(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            part.get("text", "") if isinstance(part, dict) else str(part) for part in content
-        )
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
     return str(content)
 
 
@@ -139,7 +137,9 @@ def render_prompt(tokenizer: Any | None, prompt: ChatPrompt, *, add_generation_p
         from transformers.utils.chat_template_utils import render_jinja_template
 
         rendered, _ = render_jinja_template(
-            conversations=[messages], tools=tools, chat_template=CHAT_TEMPLATE,
+            conversations=[messages],
+            tools=tools,
+            chat_template=CHAT_TEMPLATE,
             add_generation_prompt=add_generation_prompt,
         )
         return rendered[0]
@@ -167,7 +167,7 @@ def render_example(tokenizer: Any | None, example: ChatExample) -> tuple[str, st
             f"chat template of record {example.record_id!r} does not render the answer after "
             "the generation prompt; cannot tell prompt from target"
         )
-    return prompt_text, full[len(prompt_text):]
+    return prompt_text, full[len(prompt_text) :]
 
 
 def example_texts(examples: Iterable[ChatExample]) -> Iterator[str]:
@@ -177,9 +177,7 @@ def example_texts(examples: Iterable[ChatExample]) -> Iterator[str]:
         yield "".join(render_example(None, example))
 
 
-_TOOL_CALL_BLOCK = re.compile(
-    re.escape(TOOL_CALL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CALL_CLOSE) + r"|\Z)", re.S
-)
+_TOOL_CALL_BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CALL_CLOSE) + r"|\Z)", re.S)
 _LLAMA_PREFIX = "<|python_tag|>"
 
 
@@ -222,7 +220,7 @@ def _named_call_with_broken_arguments(block: str) -> FunctionCall | None:
     named = _LEADING_NAME.match(block)
     if not named:
         return None
-    return FunctionCall(name=named.group(1), arguments={RAW_ARGUMENTS_KEY: block[named.end():].strip()})
+    return FunctionCall(name=named.group(1), arguments={RAW_ARGUMENTS_KEY: block[named.end() :].strip()})
 
 
 def _message(content: str, calls: list[FunctionCall]) -> AssistantMessage:
@@ -253,7 +251,7 @@ def parse_assistant_output(text: str) -> AssistantMessage:
                 call = _function_call(json.loads(match.group(1)))
             except json.JSONDecodeError:
                 call = _named_call_with_broken_arguments(match.group(1))
-            kept.append(text[last:match.start()])
+            kept.append(text[last : match.start()])
             if call is None:
                 kept.append(match.group(0))
             else:
@@ -264,7 +262,7 @@ def parse_assistant_output(text: str) -> AssistantMessage:
 
     stripped = text.strip()
     if stripped.startswith(_LLAMA_PREFIX):
-        stripped = stripped[len(_LLAMA_PREFIX):].strip()
+        stripped = stripped[len(_LLAMA_PREFIX) :].strip()
     if stripped.startswith(("{", "[")):
         values = _json_objects(stripped)
         if values and len(values) == 1 and isinstance(values[0], list):

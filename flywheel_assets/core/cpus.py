@@ -66,14 +66,14 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SEL
     except OSError:
         return None
     if unified is not None:
-        quota = _smallest_quota(self_and_ancestors(root, unified),
-                                lambda d: parse_cpu_max((d / "cpu.max").read_text()))
+        quota = _smallest_quota(self_and_ancestors(root, unified), lambda d: parse_cpu_max((d / "cpu.max").read_text()))
         if quota is not None:
             return quota
     if cpu is not None:
-        return _smallest_quota(self_and_ancestors(root / "cpu", cpu),
-                               lambda d: parse_cfs_quota((d / "cpu.cfs_quota_us").read_text(),
-                                                         (d / "cpu.cfs_period_us").read_text()))
+        return _smallest_quota(
+            self_and_ancestors(root / "cpu", cpu),
+            lambda d: parse_cfs_quota((d / "cpu.cfs_quota_us").read_text(), (d / "cpu.cfs_period_us").read_text()),
+        )
     return None
 
 

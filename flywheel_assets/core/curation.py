@@ -177,7 +177,7 @@ def _redact_text(text: str, found: dict[str, int]) -> str:
             continue
         matches = [m for m in regex.finditer(text) if check(m.group())]
         for match in reversed(matches):  # from the end, so earlier offsets stay valid
-            text = f"{text[: match.start()]}[{name.upper()}]{text[match.end():]}"
+            text = f"{text[: match.start()]}[{name.upper()}]{text[match.end() :]}"
         found[name] += len(matches)
     return text
 
@@ -224,9 +224,9 @@ def curate(
     )
     if redact:
         redacted, stats.redactions = _redact_candidates(records)
-        records = records.join(
-            redacted.lazy(), on=ROW_KEY, how="left", maintain_order="left"
-        ).with_columns(raw=pl.coalesce("redacted_raw", "raw"))
+        records = records.join(redacted.lazy(), on=ROW_KEY, how="left", maintain_order="left").with_columns(
+            raw=pl.coalesce("redacted_raw", "raw")
+        )
     if not winners.get_column("row").is_sorted():
         # stored partitions come in (timestamp, record_id) order already
         records = records.sort("timestamp", "record_id")
@@ -254,9 +254,7 @@ def mark_near_duplicates(records: pl.DataFrame, threshold: float) -> tuple[pl.Da
 def _redact_candidates(records: pl.LazyFrame) -> tuple[pl.DataFrame, dict[str, int]]:
     """Redacted `raw` by row key, for the records the PII patterns may match (a superset)."""
     candidates = (
-        records.filter(pl.col("raw").str.contains(_PII_CANDIDATE))
-        .select(*ROW_KEY, "raw")
-        .collect(engine="streaming")
+        records.filter(pl.col("raw").str.contains(_PII_CANDIDATE)).select(*ROW_KEY, "raw").collect(engine="streaming")
     )
     redacted, counts = redact_records(candidates.get_column("raw"))
     return candidates.select(*ROW_KEY, redacted_raw=redacted), counts

@@ -38,8 +38,10 @@ MEASURES = ("tool_mix_js", "unseen_tool_share", "prompt_length_ks", "novel_promp
 
 def _names(column: str) -> pl.Expr:
     element = pl.element().struct
-    names = pl.col(column).str.json_decode(_TOOLS).list.eval(
-        pl.coalesce(element.field("function").struct.field("name"), element.field("name"))
+    names = (
+        pl.col(column)
+        .str.json_decode(_TOOLS)
+        .list.eval(pl.coalesce(element.field("function").struct.field("name"), element.field("name")))
     )
     return names.list.drop_nulls().fill_null([])
 
@@ -73,7 +75,8 @@ def split_requests(split: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         pl.col("messages").str.json_decode(_MESSAGES).list.eval(users).list.join("\n"),
         pl.col("expected").str.json_path_match("$.tool_calls"),
         pl.col("tools"),
-        "record_id", "split",
+        "record_id",
+        "split",
     )
 
 
@@ -135,10 +138,17 @@ def measure_drift(recent: pl.DataFrame, reference: pl.DataFrame, thresholds: Dri
     held_out = reference.filter(pl.col("split") == "validation")
     limits = {m: getattr(thresholds, m) for m in MEASURES}
     if recent.height < thresholds.min_requests or train.is_empty():
-        return DriftResult(recent.height, train.height, dict.fromkeys(MEASURES), limits, judged=False, note=(
-            f"not judged: {recent.height} recent requests (needs {thresholds.min_requests}) "
-            f"against {train.height} train records"
-        ))
+        return DriftResult(
+            recent.height,
+            train.height,
+            dict.fromkeys(MEASURES),
+            limits,
+            judged=False,
+            note=(
+                f"not judged: {recent.height} recent requests (needs {thresholds.min_requests}) "
+                f"against {train.height} train records"
+            ),
+        )
     measures: dict[str, float | None] = {}
     recent_calls = Counter(recent.get_column("tools_called").explode().drop_nulls().to_list())
     train_calls = Counter(train.get_column("tools_called").explode().drop_nulls().to_list())
@@ -153,10 +163,15 @@ def measure_drift(recent: pl.DataFrame, reference: pl.DataFrame, thresholds: Dri
         measures["unseen_tool_share"] = sum(recent_calls[t] for t in unseen) / total if total else 0.0
     else:
         measures["tool_mix_js"] = measures["unseen_tool_share"] = None
-    measures["prompt_length_ks"] = float(stats.ks_2samp(
-        recent.get_column("prompt").str.len_chars().to_numpy(), train.get_column("prompt").str.len_chars().to_numpy()
-    ).statistic)
-    novel, baseline = _novel_shares(train.get_column("prompt"), recent.get_column("prompt"), held_out.get_column("prompt"))
+    measures["prompt_length_ks"] = float(
+        stats.ks_2samp(
+            recent.get_column("prompt").str.len_chars().to_numpy(),
+            train.get_column("prompt").str.len_chars().to_numpy(),
+        ).statistic
+    )
+    novel, baseline = _novel_shares(
+        train.get_column("prompt"), recent.get_column("prompt"), held_out.get_column("prompt")
+    )
     measures["novel_prompt_share"] = None if novel is None else max(0.0, novel - (baseline or 0.0))
     breached = [m for m in MEASURES if measures[m] is not None and measures[m] > limits[m]]
     return DriftResult(recent.height, train.height, measures, limits, breached, unseen)

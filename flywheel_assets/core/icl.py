@@ -133,8 +133,14 @@ def plan_icl_prompts(
     plan = IclPlan(options=options, token_budget=context_budget(options, model_limit, max_new_tokens))
     ranking = rank_pool(prompts, pool, options, embed=embed)
     for prompt in prompts:
-        choice = select_icl_examples(prompt, ranking, count_tokens=count_tokens, budget=plan.token_budget,
-                                     min_examples=options.min_examples, max_examples=options.max_examples)
+        choice = select_icl_examples(
+            prompt,
+            ranking,
+            count_tokens=count_tokens,
+            budget=plan.token_budget,
+            min_examples=options.min_examples,
+            max_examples=options.max_examples,
+        )
         plan.choices.append(choice)
         plan.prompts.append(build_icl_prompt(prompt, choice.examples))
     return plan
@@ -255,8 +261,13 @@ class PoolRanking:
     pool's vectors and one sort, all in numpy (see benchmarks/icl_selection.py).
     """
 
-    def __init__(self, pool: Sequence[ChatExample], options: IclOptions,
-                 pool_vectors: Any = None, prompt_vectors: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        pool: Sequence[ChatExample],
+        options: IclOptions,
+        pool_vectors: Any = None,
+        prompt_vectors: dict[str, Any] | None = None,
+    ) -> None:
         self._pool = unique_by_record_id(pool)
         self._options = options
         self._pool_vectors = pool_vectors  # rows in self._pool's order, unit length
@@ -320,9 +331,10 @@ def rank_pool(
                 "and FLYWHEEL_EMBEDDINGS_MODEL, or choose FLYWHEEL_ICL_STRATEGY=lexical"
             )
         vectors = _unit_rows(np.asarray(embed(pool_texts + prompt_texts), dtype=np.float32))
-        pool_vectors, prompt_vectors = vectors[: len(pool_texts)], vectors[len(pool_texts):]
-    return PoolRanking(pool, options, pool_vectors,
-                       {prompt.record_id: prompt_vectors[i] for i, prompt in enumerate(prompts)})
+        pool_vectors, prompt_vectors = vectors[: len(pool_texts)], vectors[len(pool_texts) :]
+    return PoolRanking(
+        pool, options, pool_vectors, {prompt.record_id: prompt_vectors[i] for i, prompt in enumerate(prompts)}
+    )
 
 
 def unique_by_record_id(pool: Sequence[ChatExample]) -> list[ChatExample]:

@@ -326,7 +326,8 @@ def pinned_workload_keys(landing_dir: Path) -> dict[str, str]:
     landed before dots were allowed): they keep that key, so a workload's data never moves
     to another partition silently."""
     return {
-        workload_id: key for workload_id, key in read_workload_keys(landing_dir).items()
+        workload_id: key
+        for workload_id, key in read_workload_keys(landing_dir).items()
         if workload_key(workload_id) != key
     }
 
@@ -356,8 +357,7 @@ def read_error(error: BaseException) -> SourceReadError:
     """What reading a source raised, with what the person who dropped it can do."""
     if isinstance(error, PermissionError):
         remedy = (
-            "make the file readable by the user the flywheel runs as; it is read again once it "
-            "changes (a chmod counts)"
+            "make the file readable by the user the flywheel runs as; it is read again once it changes (a chmod counts)"
         )
     elif isinstance(error, FileNotFoundError):
         remedy = "the file was removed while it was read; drop it again if that was not meant"
@@ -537,8 +537,14 @@ def land_files(
             try:
                 for path in changed:
                     outcomes[path] = _known_outcome(index, failures, path, landing_dir) or _land_or_fail(
-                        path, read_batches, index, failures, landing_dir,
-                        bounds=bounds, max_record_bytes=max_record_bytes, workers=workers,
+                        path,
+                        read_batches,
+                        index,
+                        failures,
+                        landing_dir,
+                        bounds=bounds,
+                        max_record_bytes=max_record_bytes,
+                        workers=workers,
                     )
             finally:
                 # once, not per file: the index grows with the drop folder. A file whose landing
@@ -554,7 +560,8 @@ def land_files(
     return Landings(
         results=[
             dataclasses.replace(results[path], generation=newest[results[path].source_id])
-            for path in paths if path in results
+            for path in paths
+            if path in results
         ],
         failed=[o for o in outcomes.values() if isinstance(o, FailedSource)],
         swept=swept,
@@ -580,8 +587,12 @@ def _known_outcome(
 
 
 def _land_or_fail(
-    path: Path, read_batches: Callable[[Path], Batches], index: SourceIndex, failures: FailedSources,
-    landing_dir: Path, **landing,
+    path: Path,
+    read_batches: Callable[[Path], Batches],
+    index: SourceIndex,
+    failures: FailedSources,
+    landing_dir: Path,
+    **landing,
 ) -> LandingResult | FailedSource:
     """`_land_content`, or the file's failure when it cannot be read: recorded with the stat
     signature it had before it was read, so a file written while it was read is read again."""
@@ -600,8 +611,12 @@ def _land_or_fail(
 
 
 def _land_content(
-    path: Path, signature: list[int], read_batches: Callable[[Path], Batches], index: SourceIndex,
-    landing_dir: Path, **landing,
+    path: Path,
+    signature: list[int],
+    read_batches: Callable[[Path], Batches],
+    index: SourceIndex,
+    landing_dir: Path,
+    **landing,
 ) -> LandingResult:
     """Land a file whose stat signature changed (or that is new), or find its content
     landed already; retire the landing of the content it held before if no other file
@@ -618,9 +633,7 @@ def _land_content(
     manifest = read_manifest(folder)
     landed = manifest is None
     if landed:
-        manifest = _stage_and_swap(
-            read_batches(path), folder, digest, _new_generation(landing_dir), retired, **landing
-        )
+        manifest = _stage_and_swap(read_batches(path), folder, digest, _new_generation(landing_dir), retired, **landing)
     else:
         _retire(retired)
         if previous not in (None, digest):
@@ -671,8 +684,14 @@ def land_file(
         if manifest and manifest["fingerprint"] == fingerprint:
             return _result_from(manifest, landed=False)
         manifest = _stage_and_swap(
-            batches, target, fingerprint, _new_generation(landing_dir), [target],
-            bounds=bounds, max_record_bytes=max_record_bytes, workers=workers,
+            batches,
+            target,
+            fingerprint,
+            _new_generation(landing_dir),
+            [target],
+            bounds=bounds,
+            max_record_bytes=max_record_bytes,
+            workers=workers,
         )
     return _result_from(manifest, landed=True)
 
@@ -712,7 +731,10 @@ def _stage_and_swap(
         parts: dict[str, dict[str, Any]] = {}
         known_keys = read_workload_keys(landing_dir)
         land = functools.partial(
-            _land_batch, staging=staging, bounds=bounds, max_record_bytes=max_record_bytes,
+            _land_batch,
+            staging=staging,
+            bounds=bounds,
+            max_record_bytes=max_record_bytes,
             pinned_keys=pinned_workload_keys(landing_dir),
         )
         # closed (its pool shut down) before the staging folder is removed
@@ -832,9 +854,7 @@ def read_partition(landing_dir: Path, day: str, key: str) -> tuple[pl.DataFrame,
 
 
 def read_unattributed(landing_dir: Path) -> pl.DataFrame:
-    return _read_parts(
-        _partition_glob(landing_dir, UNATTRIBUTED, UNATTRIBUTED, "quarantine"), QUARANTINE_SCHEMA
-    )
+    return _read_parts(_partition_glob(landing_dir, UNATTRIBUTED, UNATTRIBUTED, "quarantine"), QUARANTINE_SCHEMA)
 
 
 def _read_parts(paths: list[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -909,8 +929,14 @@ def repair_landing(
                 if content_digest(Path(path)) != folder.name:
                     continue  # changed since: landed under its new content on the next landing
                 _stage_and_swap(
-                    read_batches(Path(path)), folder, manifest["fingerprint"], manifest["generation"], [folder],
-                    bounds=bounds, max_record_bytes=max_record_bytes, workers=workers,
+                    read_batches(Path(path)),
+                    folder,
+                    manifest["fingerprint"],
+                    manifest["generation"],
+                    [folder],
+                    bounds=bounds,
+                    max_record_bytes=max_record_bytes,
+                    workers=workers,
                 )
                 return
             except SourceReadError as error:

@@ -100,13 +100,26 @@ class LeaderboardReport:
     def comparisons_frame(self) -> pl.DataFrame:
         return pl.DataFrame(
             [
-                {"reference": "/".join(c.reference), "other": "/".join(c.other), "shared_records": c.shared_records,
-                 "difference": c.difference, "ci_low": c.ci_low, "ci_high": c.ci_high,
-                 "distinguishable": c.distinguishable}
+                {
+                    "reference": "/".join(c.reference),
+                    "other": "/".join(c.other),
+                    "shared_records": c.shared_records,
+                    "difference": c.difference,
+                    "ci_low": c.ci_low,
+                    "ci_high": c.ci_high,
+                    "distinguishable": c.distinguishable,
+                }
                 for c in self.comparisons
             ],
-            schema={"reference": pl.String, "other": pl.String, "shared_records": pl.Int64, "difference": pl.Float64,
-                    "ci_low": pl.Float64, "ci_high": pl.Float64, "distinguishable": pl.Boolean},
+            schema={
+                "reference": pl.String,
+                "other": pl.String,
+                "shared_records": pl.Int64,
+                "difference": pl.Float64,
+                "ci_low": pl.Float64,
+                "ci_high": pl.Float64,
+                "distinguishable": pl.Boolean,
+            },
         )
 
 
@@ -151,8 +164,14 @@ def leaderboard_report(
     """The board, the paired comparisons of its top row and the recommendation sentence."""
     workload_type = workload_type_of(workload)
     board = build_leaderboard(
-        evals, workload_type=workload_type, costs=costs, production=production,
-        production_usage=production_tokens(workload), threshold=threshold, rule=rule, seed=seed,
+        evals,
+        workload_type=workload_type,
+        costs=costs,
+        production=production,
+        production_usage=production_tokens(workload),
+        threshold=threshold,
+        rule=rule,
+        seed=seed,
     )
     comparisons = compare_with_reference(board, evals, workload_type, seed=seed)
     return LeaderboardReport(workload_type, board, comparisons, recommend(board, comparisons, threshold, rule))
@@ -173,8 +192,11 @@ def build_leaderboard(
     row meeting the threshold under `rule` (ties broken by higher score)."""
     production_cost = production.cost(*production_usage)
     rows = [
-        {"candidate": candidate, "experiment": experiment,
-         **summarize_eval(df, workload_type, costs[candidate], production_cost, seed=seed)}
+        {
+            "candidate": candidate,
+            "experiment": experiment,
+            **summarize_eval(df, workload_type, costs[candidate], production_cost, seed=seed),
+        }
         for (candidate, experiment), df in sorted(evals.items())
         if df.height
     ]
@@ -248,13 +270,21 @@ def score_interval(
     return max(0.0, low), min(1.0, high)
 
 
-def _bootstrap_mean(samples: tuple[np.ndarray, ...], seed: int, confidence: float, n_resamples: int) -> tuple[float, float]:
+def _bootstrap_mean(
+    samples: tuple[np.ndarray, ...], seed: int, confidence: float, n_resamples: int
+) -> tuple[float, float]:
     def interval(method: str):
         with warnings.catch_warnings():  # degenerate resamples are handled below, not shown
             warnings.simplefilter("ignore")
             return stats.bootstrap(
-                samples, np.mean, confidence_level=confidence, n_resamples=n_resamples, method=method,
-                rng=np.random.default_rng(seed), vectorized=True, axis=-1,
+                samples,
+                np.mean,
+                confidence_level=confidence,
+                n_resamples=n_resamples,
+                method=method,
+                rng=np.random.default_rng(seed),
+                vectorized=True,
+                axis=-1,
             ).confidence_interval
 
     result = interval("BCa")
@@ -278,9 +308,11 @@ def paired_difference(
     reference: pl.DataFrame, other: pl.DataFrame, primary: str, *, seed: int = 0
 ) -> tuple[int, float, float, float] | None:
     """Mean of reference - other per shared record id, with a seeded bootstrap interval."""
-    joined = reference.select("record_id", pl.col(primary).alias("a")).join(
-        other.select("record_id", pl.col(primary).alias("b")), on="record_id"
-    ).drop_nulls()
+    joined = (
+        reference.select("record_id", pl.col(primary).alias("a"))
+        .join(other.select("record_id", pl.col(primary).alias("b")), on="record_id")
+        .drop_nulls()
+    )
     if not joined.height:
         return None
     differences = (joined["a"] - joined["b"]).to_numpy()
@@ -315,16 +347,25 @@ def compare_with_reference(
 
 # short headers for a terminal (`flywheel demo` prints the boards)
 _SHORT_NAMES = {
-    "function_name_and_args_accuracy": "name+args", "argument_precision": "arg_prec", "argument_recall": "arg_rec",
-    "schema_validity": "schema_ok", "hallucination_rate": "halluc", "abstention_error_rate": "abstain_err",
-    "latency_p50_s": "p50_s", "latency_p95_s": "p95_s", "cost_vs_production": "cost_vs_prod", "meets_threshold": "meets",
+    "function_name_and_args_accuracy": "name+args",
+    "argument_precision": "arg_prec",
+    "argument_recall": "arg_rec",
+    "schema_validity": "schema_ok",
+    "hallucination_rate": "halluc",
+    "abstention_error_rate": "abstain_err",
+    "latency_p50_s": "p50_s",
+    "latency_p95_s": "p95_s",
+    "cost_vs_production": "cost_vs_prod",
+    "meets_threshold": "meets",
 }
 
 
 def printable(board: pl.DataFrame) -> pl.DataFrame:
     """The board for a terminal: the interval beside the score as text, short headers."""
     if {"ci_low", "ci_high"} <= set(board.columns):
-        shown = [None if low is None else f"[{low:.2f}, {high:.2f}]" for low, high in zip(board["ci_low"], board["ci_high"])]
+        shown = [
+            None if low is None else f"[{low:.2f}, {high:.2f}]" for low, high in zip(board["ci_low"], board["ci_high"])
+        ]
         board = board.insert_column(board.columns.index("ci_low"), pl.Series("95% CI", shown, dtype=pl.String))
         board = board.drop("ci_low", "ci_high")
     return board.rename({k: v for k, v in _SHORT_NAMES.items() if k in board.columns})
@@ -351,8 +392,10 @@ def _settle(row: Mapping[str, Any], threshold: float) -> str:
 def _comparison_sentence(comparison: Comparison) -> str:
     reference, other = (f"{name} ({experiment})" for name, experiment in (comparison.reference, comparison.other))
     verdict = "a real difference" if comparison.distinguishable else "not distinguishable on these records"
-    return (f"{reference} minus {other} (the next row) on their {comparison.shared_records} shared records: "
-            f"{comparison.difference:+.2f} (95% CI {comparison.ci_low:+.2f} to {comparison.ci_high:+.2f}), {verdict}.")
+    return (
+        f"{reference} minus {other} (the next row) on their {comparison.shared_records} shared records: "
+        f"{comparison.difference:+.2f} (95% CI {comparison.ci_low:+.2f} to {comparison.ci_high:+.2f}), {verdict}."
+    )
 
 
 def recommend(board: pl.DataFrame, comparisons: list[Comparison], threshold: float, rule: ThresholdRule) -> str:
@@ -363,9 +406,11 @@ def recommend(board: pl.DataFrame, comparisons: list[Comparison], threshold: flo
     if best.height:
         row = best.row(0, named=True)
         cost = row["cost_vs_production"]
-        sentence = (f"{_name(row)} reaches the threshold {threshold} ({rule_text})"
-                    + (f" at {cost:.1%} of the production cost" if cost is not None else "")
-                    + f": score {_interval(row)}")
+        sentence = (
+            f"{_name(row)} reaches the threshold {threshold} ({rule_text})"
+            + (f" at {cost:.1%} of the production cost" if cost is not None else "")
+            + f": score {_interval(row)}"
+        )
         if row["ci_low"] >= threshold:
             sentence += "; the whole interval is above the threshold."
         else:
@@ -374,11 +419,14 @@ def recommend(board: pl.DataFrame, comparisons: list[Comparison], threshold: flo
         sentence = f"No candidate reaches the threshold {threshold} ({rule_text})."
         straddling = scored.filter((pl.col("ci_high") >= threshold) & (pl.col("ci_low") < threshold))
         if straddling.height:
-            row = straddling.sort(pl.col("cost_vs_production").fill_null(float("inf")), -pl.col("score")).row(0, named=True)
-            sentence += (f" {_name(row)} might: score {_interval(row)} straddles it; "
-                         f"{_settle(row, threshold)}.")
+            row = straddling.sort(pl.col("cost_vs_production").fill_null(float("inf")), -pl.col("score")).row(
+                0, named=True
+            )
+            sentence += f" {_name(row)} might: score {_interval(row)} straddles it; {_settle(row, threshold)}."
         elif scored.height:
-            sentence += f" The top row, {_name(scored.row(0, named=True))}, scores {_interval(scored.row(0, named=True))}."
+            sentence += (
+                f" The top row, {_name(scored.row(0, named=True))}, scores {_interval(scored.row(0, named=True))}."
+            )
     if comparisons:
         sentence += " " + _comparison_sentence(comparisons[0])
     return sentence

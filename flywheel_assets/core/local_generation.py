@@ -17,11 +17,14 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from flywheel_assets.core import torch_threads  # noqa: F401  (first: it sets OpenMP's environment for torch)
+
+# isort: split
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -116,7 +119,7 @@ class LocalChatModel:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
 
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         stop_ids = set(_stop_token_ids(self.model, self.tokenizer))
         lengths = [_generated_length(row.tolist(), stop_ids, self.tokenizer.pad_token_id) for row in new_tokens]
         total = sum(lengths)
@@ -124,12 +127,14 @@ class LocalChatModel:
         for ids, row, length in zip(batch, new_tokens, lengths):
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
             share = length / total if total else 1 / len(batch)
-            completions.append(Completion(
-                message=parse_assistant_output(text),
-                latency_s=elapsed * share,
-                prompt_tokens=len(ids),
-                completion_tokens=length,
-            ))
+            completions.append(
+                Completion(
+                    message=parse_assistant_output(text),
+                    latency_s=elapsed * share,
+                    prompt_tokens=len(ids),
+                    completion_tokens=length,
+                )
+            )
         return completions
 
 

@@ -202,13 +202,12 @@ def _compare_call(want: ToolCall, got: ToolCall, schema: dict[str, Any] | None) 
     expected = _normalise_json(want.function.arguments)
     candidate = _normalise_json(got.function.arguments)
     if _unparseable(got):
-        return _CallComparison(
-            0, len(expected), 1, f"unparseable arguments {_short(candidate[RAW_ARGUMENTS_KEY])}"
-        )
+        return _CallComparison(0, len(expected), 1, f"unparseable arguments {_short(candidate[RAW_ARGUMENTS_KEY])}")
     properties = _properties(schema)
     expected, candidate = _with_defaults(expected, candidate, properties)
     correct = sum(
-        1 for key in expected
+        1
+        for key in expected
         if key in candidate and _difference(expected[key], candidate[key], f"$.{key}", properties.get(key)) is None
     )
     return _CallComparison(
@@ -232,7 +231,9 @@ def _match_calls(
     for (i, j), comparison in comparisons.items():
         # lexicographic through scale: a name match outweighs every exact pair, which
         # outweighs every fraction of matching arguments (each below 1)
-        weights[i][j] = big * big + big * (comparison.difference is None) + comparison.correct / (comparison.correct + 1)
+        weights[i][j] = (
+            big * big + big * (comparison.difference is None) + comparison.correct / (comparison.correct + 1)
+        )
     rows, columns = linear_sum_assignment(weights, maximize=True)
     return sorted(zip(rows.tolist(), columns.tolist()))
 
@@ -366,6 +367,7 @@ def _properties(schema: Any) -> dict[str, Any]:
 def _with_defaults(expected: dict, got: dict, properties: dict[str, Any]) -> tuple[dict, dict]:
     """Fill an optional argument one side left out with its schema default, so leaving out
     an argument equals passing its default."""
+
     def filled(side: dict, other: dict) -> dict:
         defaults = {
             key: _normalise_json(properties[key]["default"])
@@ -509,9 +511,7 @@ JUDGE_UNPARSEABLE = "judge reply unparseable"
 _NUMBER = r"(-?\d+(?:\.\d+)?)(?!\w)"  # a whole number: "10" never reads as "1", "1O" not at all
 # "SIMILARITY: 7", "**Similarity score:** 7", "SIMILARITY = [[7]]", '{"similarity": 7}';
 # a trailing "-8" / "to 8" marks a range, which is no score
-_LABELLED = re.compile(
-    rf"SIMILARITY(?:\s+SCORE)?[\s*_\"'#:=\[(]*{_NUMBER}(\s*(?:-|–|to)\s*\d)?", re.IGNORECASE
-)
+_LABELLED = re.compile(rf"SIMILARITY(?:\s+SCORE)?[\s*_\"'#:=\[(]*{_NUMBER}(\s*(?:-|–|to)\s*\d)?", re.IGNORECASE)
 _OUT_OF_TEN = re.compile(rf"(?<![\w.]){_NUMBER}\s*(?:/|out\s+of)\s*10(?!\w)", re.IGNORECASE)
 _BARE_NUMBER = re.compile(rf"^\s*\**\s*{_NUMBER}\s*\**\s*\.?\s*$")
 # reasoning models think aloud first (and may try several scores there)
@@ -520,9 +520,7 @@ _THINKING = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.IGNORECASE | 
 
 def build_judge_prompt(expected: AssistantMessage | str, candidate: AssistantMessage | str) -> ChatPrompt:
     user = JUDGE_USER_TEMPLATE.format(expected=message_text(expected), candidate=message_text(candidate))
-    return ChatPrompt(
-        messages=[{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
-    )
+    return ChatPrompt(messages=[{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}])
 
 
 def judge_record(judge: ChatBackend | None) -> dict[str, Any] | None:
@@ -616,9 +614,7 @@ def _judge_outcome(completion: Completion) -> tuple[float | None, str]:
     return parse_judge_reply(completion.message.content)
 
 
-def _token_f1_outcome(
-    expected: AssistantMessage | str, candidate: AssistantMessage | str
-) -> tuple[float, str | None]:
+def _token_f1_outcome(expected: AssistantMessage | str, candidate: AssistantMessage | str) -> tuple[float, str | None]:
     score = token_f1_similarity(message_text(expected), message_text(candidate))
     return score, (None if score == 1.0 else f"token F1 {score:.3f}")
 
@@ -706,8 +702,10 @@ class EvalResult(BaseModel):
 
         predicted = sorted({name for row in self.tool_confusion.values() for name in row})
         return pl.DataFrame(
-            [{"expected": tool, **{name: row.get(name, 0) for name in predicted}}
-             for tool, row in sorted(self.tool_confusion.items())],
+            [
+                {"expected": tool, **{name: row.get(name, 0) for name in predicted}}
+                for tool, row in sorted(self.tool_confusion.items())
+            ],
             schema={"expected": pl.String, **{name: pl.Int64 for name in predicted}},
             orient="row",
         )
@@ -731,8 +729,13 @@ _ROW_SCHEMA = {
 }
 
 _TOOL_CALLING_COLUMNS = [
-    "function_name_accuracy", "function_name_and_args_accuracy", "argument_precision", "argument_recall",
-    "schema_valid", "hallucinated_tool", "abstention_error",
+    "function_name_accuracy",
+    "function_name_and_args_accuracy",
+    "argument_precision",
+    "argument_recall",
+    "schema_valid",
+    "hallucinated_tool",
+    "abstention_error",
 ]
 
 
@@ -788,21 +791,25 @@ def _score_tool_calling(examples: Sequence[ChatExample], completions: Sequence[C
     for example, completion in zip(examples, completions):
         failure = _failure_reason(completion)
         scored.append(
-            failed_tool_call_score(example.expected, failure) if failure
+            failed_tool_call_score(example.expected, failure)
+            if failure
             else score_tool_calls(example.expected, completion.message, example.tools)
         )
     rows = [
-        _ordered({
-            **_base_row(example, completion),
-            "function_name_accuracy": score.function_name,
-            "function_name_and_args_accuracy": score.function_name_and_args,
-            "argument_precision": score.argument_precision,
-            "argument_recall": score.argument_recall,
-            "schema_valid": score.schema_valid,
-            "hallucinated_tool": score.hallucinated_tool,
-            "abstention_error": score.abstention_error,
-            "reason": score.reason,
-        }, "tool_calling")
+        _ordered(
+            {
+                **_base_row(example, completion),
+                "function_name_accuracy": score.function_name,
+                "function_name_and_args_accuracy": score.function_name_and_args,
+                "argument_precision": score.argument_precision,
+                "argument_recall": score.argument_recall,
+                "schema_valid": score.schema_valid,
+                "hallucinated_tool": score.hallucinated_tool,
+                "abstention_error": score.abstention_error,
+                "reason": score.reason,
+            },
+            "tool_calling",
+        )
         for example, completion, score in zip(examples, completions, scored)
     ]
     expects_text = [not e.expected.tool_calls for e in examples]
@@ -821,7 +828,11 @@ def _score_tool_calling(examples: Sequence[ChatExample], completions: Sequence[C
             [float(s.abstention_error == "tool_call_instead_of_text") for s, text in zip(scored, expects_text) if text]
         ),
         "text_instead_of_tool_call_rate": _mean(
-            [float(s.abstention_error == "text_instead_of_tool_call") for s, text in zip(scored, expects_text) if not text]
+            [
+                float(s.abstention_error == "text_instead_of_tool_call")
+                for s, text in zip(scored, expects_text)
+                if not text
+            ]
         ),
         "tools_with_invalid_schema": len({name for s in scored for name in s.invalid_schemas}),
     }

@@ -135,9 +135,11 @@ def near_duplicate_clusters(texts: Sequence[str], threshold: float = DEFAULT_THR
     lsh = _lsh(threshold)
     left, right = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for band in range(lsh.b):
-        keys = np.ascontiguousarray(sig[:, band * lsh.r : (band + 1) * lsh.r]).view(
-            np.dtype((np.void, lsh.r * sig.itemsize))
-        ).ravel()
+        keys = (
+            np.ascontiguousarray(sig[:, band * lsh.r : (band + 1) * lsh.r])
+            .view(np.dtype((np.void, lsh.r * sig.itemsize)))
+            .ravel()
+        )
         a, b = _bucket_pairs(np.unique(keys, return_inverse=True)[1].ravel())
         # signatures agreeing on far fewer values than the threshold are not worth an exact
         # look; compared in chunks, so a band of templated traffic never holds all its pairs
@@ -156,9 +158,7 @@ def near_duplicate_clusters(texts: Sequence[str], threshold: float = DEFAULT_THR
             shingle_sets[i] = shingles(texts[i])
         return shingle_sets[i]
 
-    similar = np.array(
-        [jaccard(shingles_of(a), shingles_of(b)) >= threshold for a, b in pairs.tolist()], dtype=bool
-    )
+    similar = np.array([jaccard(shingles_of(a), shingles_of(b)) >= threshold for a, b in pairs.tolist()], dtype=bool)
     src, dst = pairs[similar, 0], pairs[similar, 1]
     graph = coo_array((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
     _, component = connected_components(graph, directed=False)

@@ -116,8 +116,9 @@ def metrics_by_served_model(
         "has_tool_calls",
         offered_tools(traces).alias("tools"),
     )
-    frame = pl.concat([frame, answer_fields(frame.get_column("response"), frame.get_column("tools").is_not_null())],
-                      how="horizontal").select(
+    frame = pl.concat(
+        [frame, answer_fields(frame.get_column("response"), frame.get_column("tools").is_not_null())], how="horizontal"
+    ).select(
         pl.coalesce("response_model", "request_model", pl.lit(UNKNOWN_MODEL)).alias("served_model"),
         "latency_ms",
         "prompt_tokens",
@@ -135,8 +136,10 @@ def metrics_by_served_model(
         .agg(
             pl.len().alias("requests"),
             pl.col("latency_ms").count().alias("latency_measured"),
-            *(pl.col("latency_ms").quantile(q, interpolation="linear").alias(f"latency_p{round(q * 100)}_s")
-              for q in (0.5, 0.95, 0.99)),
+            *(
+                pl.col("latency_ms").quantile(q, interpolation="linear").alias(f"latency_p{round(q * 100)}_s")
+                for q in (0.5, 0.95, 0.99)
+            ),
             pl.col("prompt_tokens").mean().alias("prompt_tokens_per_request"),
             pl.col("completion_tokens").mean().alias("completion_tokens_per_request"),
             pl.col("prompt_tokens").sum().alias("_prompt_tokens"),
@@ -199,17 +202,23 @@ def _verbatim_tools(raw: str) -> str | None:
         except ValueError:
             continue
         if value == tools:
-            return raw[match.end():end]
+            return raw[match.end() : end]
     return None
 
 
-_ANSWER = pl.Struct({
-    "model": pl.String,
-    "choices": pl.List(pl.Struct({
-        "finish_reason": pl.String,
-        "message": pl.Struct({"content": pl.String, "refusal": pl.String}),
-    })),
-})
+_ANSWER = pl.Struct(
+    {
+        "model": pl.String,
+        "choices": pl.List(
+            pl.Struct(
+                {
+                    "finish_reason": pl.String,
+                    "message": pl.Struct({"content": pl.String, "refusal": pl.String}),
+                }
+            )
+        ),
+    }
+)
 
 
 def answer_fields(response: pl.Series, with_tools: pl.Series) -> pl.DataFrame:
@@ -226,22 +235,26 @@ def answer_fields(response: pl.Series, with_tools: pl.Series) -> pl.DataFrame:
         decoded = response.str.json_decode(_ANSWER)
     except pl.exceptions.PolarsError:
         message = response.str.json_path_match(_MESSAGE)
-        return pl.DataFrame([
-            response.str.json_path_match("$.model").alias("response_model"),
-            response.str.json_path_match("$.choices[0].finish_reason").alias("finish_reason"),
-            message.str.json_path_match("$.content").alias("content"),
-            message.str.json_path_match("$.refusal").alias("refusal"),
-            calls,
-        ])
+        return pl.DataFrame(
+            [
+                response.str.json_path_match("$.model").alias("response_model"),
+                response.str.json_path_match("$.choices[0].finish_reason").alias("finish_reason"),
+                message.str.json_path_match("$.content").alias("content"),
+                message.str.json_path_match("$.refusal").alias("refusal"),
+                calls,
+            ]
+        )
     first = decoded.struct.field("choices").list.first()
     message = first.struct.field("message")
-    return pl.DataFrame([
-        decoded.struct.field("model").alias("response_model"),
-        first.struct.field("finish_reason"),
-        message.struct.field("content"),
-        message.struct.field("refusal"),
-        calls,
-    ])
+    return pl.DataFrame(
+        [
+            decoded.struct.field("model").alias("response_model"),
+            first.struct.field("finish_reason"),
+            message.struct.field("content"),
+            message.struct.field("refusal"),
+            calls,
+        ]
+    )
 
 
 def _refused() -> pl.Expr:
@@ -276,7 +289,9 @@ def _check_calls(tools_json: str | None, calls_json: str | None) -> tuple[int, i
         check = check_tool_call(tools, name if isinstance(name, str) else "", function.get("arguments"))
         offered += check.name_offered
         # a tool that declares no usable schema: its calls count as valid once their arguments parse
-        valid += bool(check.schema_valid or (check.schema_valid is None and check.name_offered and check.arguments_parse))
+        valid += bool(
+            check.schema_valid or (check.schema_valid is None and check.name_offered and check.arguments_parse)
+        )
     return len(calls), offered, valid
 
 
@@ -299,8 +314,19 @@ def _with_empty_answers(by_model: pl.DataFrame, empty_answers: Mapping[str, int]
     return joined.with_columns(
         (pl.col("requests").fill_null(0) + pl.col("_empty").fill_null(0)).alias("requests"),
         (pl.col("_refused").fill_null(0) + pl.col("_empty").fill_null(0)).alias("_refused"),
-        *(pl.col(c).fill_null(0) for c in ("latency_measured", "feedback_count", "tool_calls", "_up", "_down",
-                                           "_names_offered", "_schemas_valid", "_usage_reported")),
+        *(
+            pl.col(c).fill_null(0)
+            for c in (
+                "latency_measured",
+                "feedback_count",
+                "tool_calls",
+                "_up",
+                "_down",
+                "_names_offered",
+                "_schemas_valid",
+                "_usage_reported",
+            )
+        ),
     ).drop("_empty")
 
 
@@ -320,8 +346,13 @@ def _finish(
             "_usd_per_prompt_token": [_per_token(profiles.get(m), "prompt") for m in models],
             "_usd_per_completion_token": [_per_token(profiles.get(m), "completion") for m in models],
         },
-        schema={"served_model": pl.String, "candidate": pl.String, "promotion": pl.String,
-                "_usd_per_prompt_token": pl.Float64, "_usd_per_completion_token": pl.Float64},
+        schema={
+            "served_model": pl.String,
+            "candidate": pl.String,
+            "promotion": pl.String,
+            "_usd_per_prompt_token": pl.Float64,
+            "_usd_per_completion_token": pl.Float64,
+        },
     )
 
     def rate(part: str, whole: str) -> pl.Expr:
@@ -331,10 +362,12 @@ def _finish(
         by_model.join(resolved, on="served_model", how="left")
         .with_columns(
             pl.col("promotion").is_not_null().alias("approved"),
-            pl.when(pl.col("_usage_reported") > 0).then(
+            pl.when(pl.col("_usage_reported") > 0)
+            .then(
                 pl.col("_prompt_tokens").fill_null(0) * pl.col("_usd_per_prompt_token")
                 + pl.col("_completion_tokens").fill_null(0) * pl.col("_usd_per_completion_token")
-            ).alias("estimated_cost_usd"),
+            )
+            .alias("estimated_cost_usd"),
             rate("_up", "feedback_count").alias("thumbs_up_rate"),
             rate("_down", "feedback_count").alias("thumbs_down_rate"),
             rate("_names_offered", "tool_calls").alias("tool_call_name_valid_rate"),

@@ -159,9 +159,7 @@ def validate_trace(
         short = isinstance(raw, str) and 4 * len(raw) <= max_record_bytes
         size = len(raw) if isinstance(raw, bytes) or short else len(raw.encode())
         if size > max_record_bytes:
-            return Rejection(
-                reason="oversized", detail=f"{size} bytes > limit of {max_record_bytes}"
-            )
+            return Rejection(reason="oversized", detail=f"{size} bytes > limit of {max_record_bytes}")
         try:
             return TraceRecord.model_validate_json(raw)
         except ValidationError as err:

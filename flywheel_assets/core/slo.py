@@ -66,9 +66,13 @@ class DriftThresholds(BaseModel):
 
     tool_mix_js: float = Field(default=0.2, ge=0, le=1, description="Jensen-Shannon distance of the tool mix (base 2).")
     unseen_tool_share: float = Field(default=0.05, ge=0, le=1, description="Share of calls to tools never trained on.")
-    prompt_length_ks: float = Field(default=0.25, ge=0, le=1, description="Kolmogorov-Smirnov statistic of prompt lengths.")
+    prompt_length_ks: float = Field(
+        default=0.25, ge=0, le=1, description="Kolmogorov-Smirnov statistic of prompt lengths."
+    )
     novel_prompt_share: float = Field(
-        default=0.15, ge=0, le=1,
+        default=0.15,
+        ge=0,
+        le=1,
         description="Share of prompts unlike any train prompt (TF-IDF), beyond that of held-out prompts.",
     )
     min_requests: int = Field(default=100, ge=1, description="Recent requests needed before drift is judged.")
@@ -138,7 +142,9 @@ class Breach:
         side = "above" if o.kind == "max" else "below"
         unit = f" {o.unit}" if o.unit else ""
         relative = f" ({self.excess / self.limit:+.0%})" if self.limit else ""
-        version = f"candidate {self.candidate}, promotion {self.promotion}" if self.promotion else "approved by no promotion"
+        version = (
+            f"candidate {self.candidate}, promotion {self.promotion}" if self.promotion else "approved by no promotion"
+        )
         return (
             f"{o.name} of {self.served_model} ({version}) is {self.observed:.4g}{unit} on {self.day}, "
             f"{abs(self.excess):.4g}{unit}{relative} {side} the limit {self.limit:g}{unit}, since {self.since}"
@@ -157,9 +163,13 @@ def daily_observations(metrics: dict[str, pl.DataFrame], telemetry: dict[str, pl
         return pl.DataFrame(schema={k: pl.String for k in OBSERVATION_KEYS} | {"requests": pl.Int64})
     observed = pl.concat(frames, how="diagonal_relaxed")
     engine = [
-        frame.select(pl.lit(day).alias("day"), pl.col("model").alias("served_model"),
-                     *(pl.col(c).cast(pl.Float64) for c in TELEMETRY_COLUMNS))
-        for day, frame in telemetry.items() if frame.height
+        frame.select(
+            pl.lit(day).alias("day"),
+            pl.col("model").alias("served_model"),
+            *(pl.col(c).cast(pl.Float64) for c in TELEMETRY_COLUMNS),
+        )
+        for day, frame in telemetry.items()
+        if frame.height
     ]
     if engine:
         observed = observed.join(pl.concat(engine), on=["day", "served_model"], how="left")
@@ -198,10 +208,18 @@ def find_breaches(observations: pl.DataFrame, slo: SLO) -> dict[str, list[Breach
                 if not is_breached:
                     break
                 since = day
-            breaches[objective.name].append(Breach(
-                objective, row["served_model"], float(row[objective.column]), float(limit), since, row["day"],
-                row["candidate"], row["promotion"],
-            ))
+            breaches[objective.name].append(
+                Breach(
+                    objective,
+                    row["served_model"],
+                    float(row[objective.column]),
+                    float(limit),
+                    since,
+                    row["day"],
+                    row["candidate"],
+                    row["promotion"],
+                )
+            )
     return breaches
 
 
@@ -209,17 +227,29 @@ def rollback_proposal(breach: Breach, workload_key: str, workload_id: str | None
     """What a person launches to undo the promotion behind `breach`: the `rollback` job's
     run config and partition, and the command line; or why no rollback fits."""
     if breach.promotion is None:
-        return {"rollback": None, "why_not": f"{breach.served_model} was approved by no promotion: nothing to roll back"}
+        return {
+            "rollback": None,
+            "why_not": f"{breach.served_model} was approved by no promotion: nothing to roll back",
+        }
     if breach.promotion != production_id:
-        return {"rollback": None, "why_not": (
-            f"{breach.served_model} was approved by {breach.promotion}, which is no longer the current promotion "
-            f"({production_id}): route its traffic away in the serving layer"
-        )}
-    run_config = {"ops": {"promoted_model": {"config": {
-        "workload": workload_id or workload_key,
-        "approver": "<your name or e-mail>",
-        "reason": f"SLO breach: {breach.describe()}",
-    }}}}
+        return {
+            "rollback": None,
+            "why_not": (
+                f"{breach.served_model} was approved by {breach.promotion}, which is no longer the current promotion "
+                f"({production_id}): route its traffic away in the serving layer"
+            ),
+        }
+    run_config = {
+        "ops": {
+            "promoted_model": {
+                "config": {
+                    "workload": workload_id or workload_key,
+                    "approver": "<your name or e-mail>",
+                    "reason": f"SLO breach: {breach.describe()}",
+                }
+            }
+        }
+    }
     return {
         "rollback": {"job": "rollback", "partition": workload_key, "run_config": run_config},
         "command": (

@@ -35,9 +35,7 @@ from flywheel_assets.core.near_duplicates import LeakedPair, leaked_pairs, promp
 class SplitConfig(BaseModel):
     eval_size: int = Field(default=20, ge=1)
     validation_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    max_records: int | None = Field(
-        default=1000, description="Sample at most this many records (reference `limit`)."
-    )
+    max_records: int | None = Field(default=1000, description="Sample at most this many records (reference `limit`).")
     seed: int = 42
 
 
@@ -124,8 +122,9 @@ def split_dataset(dataset: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
     n_eval = min(config.eval_size, n)
     rest = n - n_eval
     n_validation = round(rest * config.validation_ratio) if rest > 1 else 0
-    clusters = (shuffled.get_column(CLUSTER_COLUMN) if CLUSTER_COLUMN in shuffled.columns
-                else shuffled.get_column("record_id")).to_list()
+    clusters = (
+        shuffled.get_column(CLUSTER_COLUMN) if CLUSTER_COLUMN in shuffled.columns else shuffled.get_column("record_id")
+    ).to_list()
     labels = assign_splits([row["first_tool"] or "" for row in rows], clusters, n_eval, n_validation)
     for row, label in zip(rows, labels):
         row["split"] = label
@@ -144,8 +143,7 @@ def assign_splits(classes: Sequence[str], clusters: Sequence[str], n_eval: int, 
     for position, cluster in enumerate(clusters):
         units.setdefault(cluster, []).append(position)
     singles = {c for c, k in Counter(classes).items() if k == 1}
-    stratum = {key: SINGLE_RECORD_TOOLS if classes[m[0]] in singles else classes[m[0]]
-               for key, m in units.items()}
+    stratum = {key: SINGLE_RECORD_TOOLS if classes[m[0]] in singles else classes[m[0]] for key, m in units.items()}
     labels = ["train"] * len(classes)
     left = list(units)
     for split, size, guarantee in (("eval", n_eval, True), ("validation", n_validation, False)):
@@ -157,8 +155,9 @@ def assign_splits(classes: Sequence[str], clusters: Sequence[str], n_eval: int, 
     return labels
 
 
-def _draw(order: list[str], units: dict[str, list[int]], stratum: dict[str, str], size: int,
-          guarantee: bool) -> set[str]:
+def _draw(
+    order: list[str], units: dict[str, list[int]], stratum: dict[str, str], size: int, guarantee: bool
+) -> set[str]:
     counts = Counter()
     for key in order:
         counts[stratum[key]] += len(units[key])
@@ -215,9 +214,7 @@ def tool_counts(rows: pl.DataFrame) -> pl.DataFrame:
         .select("first_tool", *present)
         .fill_null(0)
     )
-    return counts.with_columns(total=pl.sum_horizontal(present)).sort(
-        "total", "first_tool", descending=[True, False]
-    )
+    return counts.with_columns(total=pl.sum_horizontal(present)).sort("total", "first_tool", descending=[True, False])
 
 
 def leaks(rows: pl.DataFrame, threshold: float) -> list[LeakedPair]:

@@ -157,16 +157,19 @@ def sample_rows(
             continue  # quantiles need the buckets only
         if any(labels.get(k) != v for k, v in metric.where):
             continue
-        model = next((labels[k] for k in MODEL_LABELS if labels.get(k)), None) or default_model or (
-            f"instance:{labels.get('instance') or instance}"
+        model = (
+            next((labels[k] for k in MODEL_LABELS if labels.get(k)), None)
+            or default_model
+            or (f"instance:{labels.get('instance') or instance}")
         )
         le = _bucket_bound(labels["le"]) if metric.kind == "histogram" else None
         series = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("le", "__name__"))
         series = f"{instance}|{name.removesuffix('_bucket')}|{series}"
         for timestamp, value in points:
             if not math.isnan(value):
-                rows.append((metric.engine, metric.field, metric.kind, model, series, le, timestamp,
-                             value * metric.scale))
+                rows.append(
+                    (metric.engine, metric.field, metric.kind, model, series, le, timestamp, value * metric.scale)
+                )
     return rows
 
 
@@ -178,7 +181,11 @@ def _bucket_bound(le: str) -> float:
 
 
 def parse_exposition(
-    text: str, *, scraped_at: float, instance: str, engines: Iterable[str] | None = None,
+    text: str,
+    *,
+    scraped_at: float,
+    instance: str,
+    engines: Iterable[str] | None = None,
     default_model: str | None = None,
 ) -> pl.DataFrame:
     """An engine's `/metrics` text (Prometheus text format) as samples; raises TelemetryError
@@ -188,8 +195,14 @@ def parse_exposition(
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 at = sample.timestamp if sample.timestamp is not None else scraped_at
-                rows += sample_rows(sample.name, sample.labels, [(float(at), float(sample.value))],
-                                    engines=engines, default_model=default_model, instance=instance)
+                rows += sample_rows(
+                    sample.name,
+                    sample.labels,
+                    [(float(at), float(sample.value))],
+                    engines=engines,
+                    default_model=default_model,
+                    instance=instance,
+                )
     except (ValueError, TypeError, IndexError) as err:
         if isinstance(err, TelemetryError):
             raise
@@ -218,24 +231,27 @@ def summarize(samples: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         .with_columns(_increase().alias("increase"))
     )
     counters = (
-        increases.filter(pl.col("kind") == "counter")
-        .group_by("model", "field").agg(pl.col("increase").sum())
-        .collect()
+        increases.filter(pl.col("kind") == "counter").group_by("model", "field").agg(pl.col("increase").sum()).collect()
     )
     buckets = (
         increases.filter(pl.col("kind") == "histogram")
-        .group_by("model", "field", "le").agg(pl.col("increase").sum())
+        .group_by("model", "field", "le")
+        .agg(pl.col("increase").sum())
         .collect()
     )
     gauges = (
         samples.filter(pl.col("kind") == "gauge")
-        .group_by("model", "field").agg(pl.col("value").mean().alias("mean"), pl.col("value").max().alias("max"))
+        .group_by("model", "field")
+        .agg(pl.col("value").mean().alias("mean"), pl.col("value").max().alias("max"))
         .collect()
     )
     spans = (
         samples.group_by("model")
-        .agg(pl.col("engine").unique().sort().str.join(",").alias("engines"),
-             pl.col("timestamp").min().alias("first_sample"), pl.col("timestamp").max().alias("last_sample"))
+        .agg(
+            pl.col("engine").unique().sort().str.join(",").alias("engines"),
+            pl.col("timestamp").min().alias("first_sample"),
+            pl.col("timestamp").max().alias("last_sample"),
+        )
         .collect()
     )
     rows = []
@@ -246,7 +262,8 @@ def summarize(samples: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         total = _value(counters, model, "requests", "increase")
         failed = _value(counters, model, "failed_requests", "increase")
         row |= {
-            "requests": total, "failed_requests": failed,
+            "requests": total,
+            "failed_requests": failed,
             "request_rate_per_s": _per_s(total, window),
             "error_rate": failed / total if total and failed is not None else None,
             "prompt_tokens_per_s": _per_s(_value(counters, model, "prompt_tokens", "increase"), window),
@@ -272,8 +289,10 @@ def _increase() -> pl.Expr:
     reset (the value went down: the engine restarted) it grew from zero to the value."""
     previous = pl.col("previous")  # the series' sample before, by time
     return (
-        pl.when(previous.is_null()).then(0.0)
-        .when(pl.col("value") >= previous).then(pl.col("value") - previous)
+        pl.when(previous.is_null())
+        .then(0.0)
+        .when(pl.col("value") >= previous)
+        .then(pl.col("value") - previous)
         .otherwise(pl.col("value"))
     )
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from flywheel_assets.core import torch_threads  # noqa: F401  (first: it sets OpenMP's environment for torch)
+
+# isort: split
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -61,11 +63,13 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     # JSON of tool specs and calls compresses into few tokens: prompts stay short and a
     # tool call's name falls into one or two tokens, which a tiny model learns far faster.
     # Digits stand alone, so copying a number from the prompt is copying digit by digit.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s+"), behavior="merged_with_next"),
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\s+"), behavior="merged_with_next"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -76,7 +80,9 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     tokenizer.train_from_iterator(texts, trainer=trainer)
     # The tool-call tags are single tokens too, but not special ones: decoding with
     # skip_special_tokens=True drops the role and end markers and keeps the tool calls.
-    tokenizer.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE)])
+    tokenizer.add_tokens(
+        [AddedToken(tag, special=False, normalized=False) for tag in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE)]
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token=PAD,
@@ -112,9 +118,14 @@ def build_tiny_model(
     if not texts:
         raise ValueError("build_tiny_model needs texts to train its tokenizer on")
     params = {
-        "seed": seed, "vocab_size": vocab_size, "hidden_size": hidden_size, "layers": layers,
-        "heads": heads, "intermediate_size": intermediate_size,
-        "max_position_embeddings": max_position_embeddings, "initializer_range": initializer_range,
+        "seed": seed,
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "layers": layers,
+        "heads": heads,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+        "initializer_range": initializer_range,
     }
     fingerprint = _fingerprint(texts, params)
     if _cached_fingerprint(out_dir) == fingerprint:

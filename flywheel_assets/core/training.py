@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from flywheel_assets.core import torch_threads  # noqa: F401  (first: it sets OpenMP's environment for torch)
+
+# isort: split
 import torch
 from peft import LoraConfig, get_peft_model
 from pydantic import BaseModel, Field
@@ -50,10 +53,15 @@ class TrainingResult(BaseModel):
     base_model_dir: str
     hyperparameters: LoraHyperparameters
     device: str
-    cpu_threads: int | None = Field(None, description="torch's CPU threads in the run (with the seed, what makes it "
-                                    "reproducible); None in results written before it was recorded")
+    cpu_threads: int | None = Field(
+        None,
+        description="torch's CPU threads in the run (with the seed, what makes it "
+        "reproducible); None in results written before it was recorded",
+    )
     loss_curve: list[LossPoint]
-    eval_loss: list[float] = Field(description="mean validation loss per token after each epoch; empty without validation")
+    eval_loss: list[float] = Field(
+        description="mean validation loss per token after each epoch; empty without validation"
+    )
     steps: int
     train_examples: int
     truncated_examples: int
@@ -80,11 +88,13 @@ def encode_example(tokenizer: Any, example: ChatExample, max_seq_length: int) ->
     truncated = len(prompt_ids) + len(target_ids) > max_seq_length
     if truncated:
         target_ids = target_ids[: max_seq_length - 1]
-        prompt_ids = prompt_ids[len(prompt_ids) - (max_seq_length - len(target_ids)):]
+        prompt_ids = prompt_ids[len(prompt_ids) - (max_seq_length - len(target_ids)) :]
     return prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids, truncated
 
 
-def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_seq_length: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+def encode_examples(
+    tokenizer: Any, examples: Sequence[ChatExample], max_seq_length: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Encoded (input ids, labels) of every example, and how many were truncated."""
     encoded, truncated = [], 0
     for example in examples:
@@ -149,7 +159,9 @@ def lora_model(base: torch.nn.Module, hp: LoraHyperparameters) -> torch.nn.Modul
         return get_peft_model(base, config)
 
 
-def learning_rate_schedule(optimizer: torch.optim.Optimizer, hp: LoraHyperparameters, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def learning_rate_schedule(
+    optimizer: torch.optim.Optimizer, hp: LoraHyperparameters, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = int(hp.warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
@@ -177,7 +189,13 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 @torch.no_grad()
-def evaluation_loss(model: torch.nn.Module, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, device: torch.device) -> float:
+def evaluation_loss(
+    model: torch.nn.Module,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+) -> float:
     """Mean loss per target token over `encoded`."""
     model.eval()
     total, tokens = torch.zeros((), device=device), 0
@@ -225,7 +243,9 @@ def train_lora(
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         batches_per_epoch = -(-len(encoded) // hp.batch_size)
-        scheduler = learning_rate_schedule(optimizer, hp, hp.epochs * -(-batches_per_epoch // hp.gradient_accumulation_steps))
+        scheduler = learning_rate_schedule(
+            optimizer, hp, hp.epochs * -(-batches_per_epoch // hp.gradient_accumulation_steps)
+        )
         model.train()
 
         accumulation = hp.gradient_accumulation_steps
@@ -246,13 +266,15 @@ def train_lora(
             flush()
             if on_progress is not None and step > reported:
                 recent = loss_curve[reported:]
-                on_progress({
-                    "step": step,
-                    "epoch": recent[-1].epoch,
-                    "loss": sum(p.loss for p in recent) / len(recent),
-                    "tokens_per_s": train_tokens / train_time if train_time else 0.0,
-                    "elapsed_s": time.perf_counter() - wall_start,
-                })
+                on_progress(
+                    {
+                        "step": step,
+                        "epoch": recent[-1].epoch,
+                        "loss": sum(p.loss for p in recent) / len(recent),
+                        "tokens_per_s": train_tokens / train_time if train_time else 0.0,
+                        "elapsed_s": time.perf_counter() - wall_start,
+                    }
+                )
             reported = step
 
         for epoch in range(hp.epochs):

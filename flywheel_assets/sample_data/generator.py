@@ -83,6 +83,7 @@ class LabeledLine(NamedTuple):
 
 # --------------------------------------------------------------------------- serving
 
+
 class Serving(NamedTuple):
     """Who serves the traffic: by default the workload's production model. Post-promotion
     traffic (simulated, and labelled so in every record's ``simulation`` field): every
@@ -110,19 +111,30 @@ class Serving(NamedTuple):
             raise ValueError("canary_latency_factor must be > 0")
 
     def label(self, model: str) -> dict[str, Any]:
-        return {"simulated": True, "scenario": "post-promotion traffic (flywheel-sample-traces)",
-                "served_by": model, "canary": model == self.canary_model, "drifted_tool_mix": self.drift}
+        return {
+            "simulated": True,
+            "scenario": "post-promotion traffic (flywheel-sample-traces)",
+            "served_by": model,
+            "canary": model == self.canary_model,
+            "drifted_tool_mix": self.drift,
+        }
 
 
 # --------------------------------------------------------------------------- generator
 
+
 class _Generator:
-    def __init__(self, seed: int, workloads: Sequence[str], malformed_rate: float,
-                 allow_invalid_json: bool, serving: Serving | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        workloads: Sequence[str],
+        malformed_rate: float,
+        allow_invalid_json: bool,
+        serving: Serving | None = None,
+    ) -> None:
         unknown = [w for w in workloads if w not in WORKLOADS]
         if unknown or not workloads:
-            raise ValueError(f"unknown or empty workloads {list(workloads)}; "
-                             f"known: {sorted(WORKLOADS)}")
+            raise ValueError(f"unknown or empty workloads {list(workloads)}; known: {sorted(WORKLOADS)}")
         if not 0.0 <= malformed_rate <= 1.0:
             raise ValueError("malformed_rate must lie in [0, 1]")
         self.rng = random.Random(seed)
@@ -136,13 +148,15 @@ class _Generator:
             self.cum.append(acc)
         self.cum[-1] = 1.0
         self.malformed_rate = malformed_rate
-        self.kinds = [k for k in MALFORMED_KINDS
-                      if k != "oversized" and (allow_invalid_json or k != "invalid_json")]
+        self.kinds = [k for k in MALFORMED_KINDS if k != "oversized" and (allow_invalid_json or k != "invalid_json")]
         # recent valid records (workload, record, pii kind), the sources of duplicates
         self.pool: deque[tuple[Workload, dict, str | None]] = deque(maxlen=_POOL_SIZE)
         self._oversized_body: str | None = None
-        self._build = {"tool_router": self._tool_router, "support_chat": self._support_chat,
-                       "query_rewrite": self._query_rewrite}
+        self._build = {
+            "tool_router": self._tool_router,
+            "support_chat": self._support_chat,
+            "query_rewrite": self._query_rewrite,
+        }
 
     # -- small helpers
     def _pick(self, seq: Sequence[Any]) -> Any:
@@ -153,23 +167,30 @@ class _Generator:
         kind = pick(PII_KINDS)
         if kind == "email":
             sep = pick([".", "_", ""])
-            value = f"{pick(FIRST_NAMES)}{sep}{pick(LAST_NAMES)}{rng.randint(1, 99) if rng.random() < .4 else ''}@{pick(EMAIL_DOMAINS)}"
+            value = f"{pick(FIRST_NAMES)}{sep}{pick(LAST_NAMES)}{rng.randint(1, 99) if rng.random() < 0.4 else ''}@{pick(EMAIL_DOMAINS)}"
             text = pick(["My email is {v}.", "You can reach me at {v}.", "Email me at {v}."])
         elif kind == "phone":
             a, b = rng.randint(201, 989), rng.randint(100, 9999)
-            value = (f"+1 {a}-555-{b:04d}" if rng.random() < .5 else f"({a}) 555-{b:04d}")
+            value = f"+1 {a}-555-{b:04d}" if rng.random() < 0.5 else f"({a}) 555-{b:04d}"
             text = pick(["Call me at {v}.", "My phone number is {v}.", "Text me at {v}."])
         elif kind == "card":
-            value = pick(["4111 1111 1111 1111", "5500 0000 0000 0004", "4242 4242 4242 4242",
-                          "3782 822463 10005", "6011 1111 1111 1117"])
-            text = pick(["I paid with card {v}.", "My card number is {v}.",
-                         "The charge was on {v}."])
+            value = pick(
+                [
+                    "4111 1111 1111 1111",
+                    "5500 0000 0000 0004",
+                    "4242 4242 4242 4242",
+                    "3782 822463 10005",
+                    "6011 1111 1111 1117",
+                ]
+            )
+            text = pick(["I paid with card {v}.", "My card number is {v}.", "The charge was on {v}."])
         elif kind == "ssn":
             value = f"{rng.randint(100, 899)}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}"
             text = pick(["My SSN is {v}.", "For verification my social is {v}."])
         else:
-            value = (f"{pick([10, 73, 98, 172, 192, 203])}.{rng.randint(0, 255)}."
-                     f"{rng.randint(0, 255)}.{rng.randint(1, 254)}")
+            value = (
+                f"{pick([10, 73, 98, 172, 192, 203])}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            )
             text = pick(["My IP is {v}.", "I'm connecting from {v}."])
         return kind, text.format(v=value)
 
@@ -198,9 +219,12 @@ class _Generator:
             text = tmpl.format(**args)
         elif name == "update_address":
             city, zip_ = pick(CITIES)
-            args = {"order_id": self._order_id(),
-                    "street": f"{rng.randint(1, 9999)} {pick(STREETS)}", "city": city,
-                    "zip": zip_}
+            args = {
+                "order_id": self._order_id(),
+                "street": f"{rng.randint(1, 9999)} {pick(STREETS)}",
+                "city": city,
+                "zip": zip_,
+            }
             text = tmpl.format(**args)
         elif name == "issue_refund":
             dollars = rng.randint(5, 499)
@@ -237,11 +261,13 @@ class _Generator:
         message = {
             "role": "assistant",
             "content": None,
-            "tool_calls": [{
-                "id": f"call_{rng.getrandbits(96):024x}",
-                "type": "function",
-                "function": {"name": name, "arguments": json.dumps(args)},
-            }],
+            "tool_calls": [
+                {
+                    "id": f"call_{rng.getrandbits(96):024x}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(args)},
+                }
+            ],
         }
         return [{"role": "user", "content": text}], message, "tool_calls", pii_kind
 
@@ -282,9 +308,9 @@ class _Generator:
             i = rng.randint(1, len(word) - 2)
             op = rng.random()
             if op < 0.4:
-                return word[:i] + word[i + 1:]  # dropped letter
+                return word[:i] + word[i + 1 :]  # dropped letter
             if op < 0.7:
-                return word[:i] + word[i + 1] + word[i] + word[i + 2:]  # swapped letters
+                return word[:i] + word[i + 1] + word[i] + word[i + 2 :]  # swapped letters
             return word[:i] + word[i] + word[i:]  # doubled letter
         return word
 
@@ -307,12 +333,17 @@ class _Generator:
         if pii:
             pii_kind, extra = self._pii()
             raw = f"{raw} {extra}"
-        return [{"role": "user", "content": raw}], {"role": "assistant", "content": rewrite}, \
-            "stop", pii_kind
+        return [{"role": "user", "content": raw}], {"role": "assistant", "content": rewrite}, "stop", pii_kind
 
     # -- record assembly
-    def _request(self, wl: Workload, messages: list[dict], tools_idx: int = 0,
-                 system: str | None = None, model: str | None = None) -> dict:
+    def _request(
+        self,
+        wl: Workload,
+        messages: list[dict],
+        tools_idx: int = 0,
+        system: str | None = None,
+        model: str | None = None,
+    ) -> dict:
         req: dict[str, Any] = {
             "model": model or wl.model,
             "messages": [{"role": "system", "content": system or wl.system_prompt}, *messages],
@@ -324,8 +355,7 @@ class _Generator:
         req["max_tokens"] = wl.max_tokens
         return req
 
-    def _record(self, wl: Workload, ts: int, request: dict, message: dict,
-                finish_reason: str) -> dict:
+    def _record(self, wl: Workload, ts: int, request: dict, message: dict, finish_reason: str) -> dict:
         rng = self.rng
         client = wl.clients[int(rng.random() * len(wl.clients))]
         latency = round(rng.lognormvariate(wl.latency_mu, wl.latency_sigma), 1)
@@ -337,16 +367,15 @@ class _Generator:
             if canary:
                 latency = round(latency * serving.canary_latency_factor, 1)
         chars = sum(len(m["content"] or "") for m in request["messages"])
-        prompt_tokens = chars // 4 + 4 * len(request["messages"]) + (
-            TOOLS_TOKENS if "tools" in request else 0)
+        prompt_tokens = chars // 4 + 4 * len(request["messages"]) + (TOOLS_TOKENS if "tools" in request else 0)
         if message.get("tool_calls"):
-            out_chars = sum(len(tc["function"]["arguments"]) + len(tc["function"]["name"])
-                            for tc in message["tool_calls"])
+            out_chars = sum(
+                len(tc["function"]["arguments"]) + len(tc["function"]["name"]) for tc in message["tool_calls"]
+            )
         else:
             out_chars = len(message.get("content") or "")
         completion_tokens = out_chars // 4 + 3
-        rec: dict[str, Any] = {"timestamp": ts, "workload_id": wl.workload_id,
-                               "client_id": client}
+        rec: dict[str, Any] = {"timestamp": ts, "workload_id": wl.workload_id, "client_id": client}
         if client in wl.describing_clients:
             rec["workload_description"] = wl.description
         rec["request"] = request
@@ -356,8 +385,11 @@ class _Generator:
             "created": ts + int(latency // 1000),
             "model": request["model"],
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
         rec["latency_ms"] = latency
         if serving.simulated:
@@ -405,38 +437,58 @@ class _Generator:
         what = pick(options)
         req, msg = old_req, old_msg
         if what == "system":
-            other = (wl.alt_system_prompt if old_req["messages"][0]["content"] == wl.system_prompt
-                     else wl.system_prompt)
-            req = dict(old_req, messages=[{"role": "system", "content": other},
-                                          *old_req["messages"][1:]])
+            other = wl.alt_system_prompt if old_req["messages"][0]["content"] == wl.system_prompt else wl.system_prompt
+            req = dict(old_req, messages=[{"role": "system", "content": other}, *old_req["messages"][1:]])
         elif what == "model":
             req = dict(old_req, model=wl.alt_model if old_req["model"] == wl.model else wl.model)
         elif what == "tools":
             current = TOOLS_SENTINELS.index(old_req["tools"])
-            req = dict(old_req, tools=TOOLS_SENTINELS[
-                (current + 1 + int(rng.random() * (TOOL_ORDER_VARIANTS - 1)))
-                % TOOL_ORDER_VARIANTS])
+            req = dict(
+                old_req,
+                tools=TOOLS_SENTINELS[
+                    (current + 1 + int(rng.random() * (TOOL_ORDER_VARIANTS - 1))) % TOOL_ORDER_VARIANTS
+                ],
+            )
         elif msg.get("tool_calls"):
             tc = msg["tool_calls"][0]
             args = json.loads(tc["function"]["arguments"])
-            msg = dict(msg, tool_calls=[{
-                "id": f"call_{rng.getrandbits(96):024x}", "type": "function",
-                "function": {"name": tc["function"]["name"],
-                             "arguments": json.dumps(args, separators=(",", ":"))}}])
+            msg = dict(
+                msg,
+                tool_calls=[
+                    {
+                        "id": f"call_{rng.getrandbits(96):024x}",
+                        "type": "function",
+                        "function": {
+                            "name": tc["function"]["name"],
+                            "arguments": json.dumps(args, separators=(",", ":")),
+                        },
+                    }
+                ],
+            )
         elif wl.workload_id == "query_rewrite":
             msg = dict(msg, content=msg["content"].lower().replace(" (", ", ").rstrip(")"))
         else:
-            msg = dict(msg, content=msg["content"] + pick(
-                [" Is there anything else I can help you with?",
-                 " Let me know if you have other questions.", " Happy shopping!"]))
+            msg = dict(
+                msg,
+                content=msg["content"]
+                + pick(
+                    [
+                        " Is there anything else I can help you with?",
+                        " Let me know if you have other questions.",
+                        " Happy shopping!",
+                    ]
+                ),
+            )
         return wl, self._record(wl, ts, req, msg, finish), pii_kind
 
     def _oversized(self, rec: dict) -> dict:
         if self._oversized_body is None:
             lines, size, i = [], 0, 0
             while size < OVERSIZED_BYTES:
-                line = (f"2026-11-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z ERROR checkout-svc "
-                        f"request_id={i:08d} upstream timeout after 30000ms (retry {i % 5})\n")
+                line = (
+                    f"2026-11-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z ERROR checkout-svc "
+                    f"request_id={i:08d} upstream timeout after 30000ms (retry {i % 5})\n"
+                )
                 lines.append(line)
                 size += len(line)
                 i += 1
@@ -451,21 +503,20 @@ class _Generator:
         if kind == "missing_workload_id":
             del rec["workload_id"]
         elif kind == "non_numeric_timestamp":
-            rec["timestamp"] = dt.datetime.fromtimestamp(
-                rec["timestamp"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            rec["timestamp"] = dt.datetime.fromtimestamp(rec["timestamp"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         elif kind == "non_chat_request":
             user = rec["request"]["messages"][-1]["content"]
-            rec["request"] = {"model": rec["request"]["model"],
-                              "prompt": f"{wl.system_prompt}\n\nUser: {user}\nAssistant:",
-                              "max_tokens": wl.max_tokens}
+            rec["request"] = {
+                "model": rec["request"]["model"],
+                "prompt": f"{wl.system_prompt}\n\nUser: {user}\nAssistant:",
+                "max_tokens": wl.max_tokens,
+            }
             resp = rec["response"]
             msg = resp["choices"][0]["message"]
-            text = msg.get("content") or json.dumps(
-                [tc["function"] for tc in msg.get("tool_calls") or []])
+            text = msg.get("content") or json.dumps([tc["function"] for tc in msg.get("tool_calls") or []])
             resp["id"] = resp["id"].replace("chatcmpl-", "cmpl-")
             resp["object"] = "text_completion"
-            resp["choices"] = [{"index": 0, "text": text, "logprobs": None,
-                                "finish_reason": "stop"}]
+            resp["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}]
         elif kind == "empty_choices":
             rec["response"]["choices"] = []
         elif kind == "empty_message":
@@ -481,14 +532,18 @@ class _Generator:
         return rec
 
     # -- one day of records
-    def day(self, day_start: int, count: int
-            ) -> Iterator[tuple[Workload, dict | str, str | None, str | None, str | None]]:
+    def day(
+        self, day_start: int, count: int
+    ) -> Iterator[tuple[Workload, dict | str, str | None, str | None, str | None]]:
         """Yield (workload, record dict or raw line, malformed kind, variant, pii kind)."""
         rng = self.rng
         stamps = sorted(day_start + int(rng.random() * _DAY_S) for _ in range(count))
         oversized_at = -1
-        if count and self.malformed_rate > 0 and rng.random() < min(
-                1.0, count * self.malformed_rate / len(MALFORMED_KINDS)):
+        if (
+            count
+            and self.malformed_rate > 0
+            and rng.random() < min(1.0, count * self.malformed_rate / len(MALFORMED_KINDS))
+        ):
             oversized_at = int(rng.random() * count)
         exact = _EXACT_DUP_RATE
         near = exact + _NEAR_DUP_RATE
@@ -504,8 +559,7 @@ class _Generator:
             if kind is None:
                 r = rng.random()
                 if r < ws:
-                    variant = ("exact_duplicate" if r < exact else
-                               "near_duplicate" if r < near else "whitespace_variant")
+                    variant = "exact_duplicate" if r < exact else "near_duplicate" if r < near else "whitespace_variant"
                     dup = self._duplicate(ts, day_start, variant)
                     if dup is not None:
                         wl, rec, pii_kind = dup
@@ -545,9 +599,16 @@ def _parse_date(value: dt.date | str | None) -> dt.date:
     return dt.date.fromisoformat(value)
 
 
-def iter_days(n: int, seed: int, days: int, end_date: dt.date | str | None,
-              malformed_rate: float, workloads: Sequence[str] | str,
-              allow_invalid_json: bool = True, serving: Serving | None = None):
+def iter_days(
+    n: int,
+    seed: int,
+    days: int,
+    end_date: dt.date | str | None,
+    malformed_rate: float,
+    workloads: Sequence[str] | str,
+    allow_invalid_json: bool = True,
+    serving: Serving | None = None,
+):
     """Yield (date, iterator over that day's items) for each day, oldest first; an item is
     (workload, record dict or raw line, malformed kind, variant, pii kind)."""
     if n < 0:
@@ -563,8 +624,7 @@ def iter_days(n: int, seed: int, days: int, end_date: dt.date | str | None,
     counts = _day_counts(gen.rng, n, days)
     for d in range(days):
         date = end - dt.timedelta(days=days - 1 - d)
-        start = int(dt.datetime(date.year, date.month, date.day,
-                                tzinfo=dt.UTC).timestamp())
+        start = int(dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC).timestamp())
         yield date, gen.day(start, counts[d])
 
 
@@ -606,8 +666,12 @@ def generate_records(
     recent records for duplicates), so ``n = 1_000_000`` is fine.
     """
     labeled = generate_labeled_records(
-        n, seed=seed, days=days, end_date=end_date, malformed_rate=malformed_rate, workloads=workloads,
+        n,
+        seed=seed,
+        days=days,
+        end_date=end_date,
+        malformed_rate=malformed_rate,
+        workloads=workloads,
         serving=serving,
     )
     return (item.line for item in labeled)
-

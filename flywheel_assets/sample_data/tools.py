@@ -23,54 +23,90 @@ def _function_tool(name: str, description: str, properties: dict[str, Any], requ
 _STRING = {"type": "string"}
 TOOL_ROUTER_TOOLS: list[dict[str, Any]] = [
     _function_tool(
-        "get_order_status", "Look up the current status of a customer's order.",
-        {"order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."}}, ["order_id"]),
+        "get_order_status",
+        "Look up the current status of a customer's order.",
+        {"order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."}},
+        ["order_id"],
+    ),
     _function_tool(
-        "cancel_order", "Cancel an order that has not shipped yet.",
-        {"order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
-         "reason": {**_STRING, "description": "Why the customer cancels, in their words."}},
-        ["order_id", "reason"]),
+        "cancel_order",
+        "Cancel an order that has not shipped yet.",
+        {
+            "order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
+            "reason": {**_STRING, "description": "Why the customer cancels, in their words."},
+        },
+        ["order_id", "reason"],
+    ),
     _function_tool(
-        "track_shipment", "Get carrier tracking events for a shipped package.",
+        "track_shipment",
+        "Get carrier tracking events for a shipped package.",
         {"tracking_number": {**_STRING, "description": "Carrier tracking number, e.g. 1Z12345678."}},
-        ["tracking_number"]),
+        ["tracking_number"],
+    ),
     _function_tool(
-        "update_address", "Change the shipping address of an order.",
-        {"order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
-         "street": {**_STRING, "description": "Street and house number."},
-         "city": _STRING, "zip": {**_STRING, "description": "5-digit ZIP code."}},
-        ["order_id", "street", "city", "zip"]),
+        "update_address",
+        "Change the shipping address of an order.",
+        {
+            "order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
+            "street": {**_STRING, "description": "Street and house number."},
+            "city": _STRING,
+            "zip": {**_STRING, "description": "5-digit ZIP code."},
+        },
+        ["order_id", "street", "city", "zip"],
+    ),
     _function_tool(
-        "issue_refund", "Refund an amount in USD for an order.",
-        {"order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
-         "amount": {"type": "number", "description": "Amount in USD."}},
-        ["order_id", "amount"]),
+        "issue_refund",
+        "Refund an amount in USD for an order.",
+        {
+            "order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
+            "amount": {"type": "number", "description": "Amount in USD."},
+        },
+        ["order_id", "amount"],
+    ),
     _function_tool(
-        "search_products", "Search the product catalog.",
-        {"query": {**_STRING, "description": "What the customer is looking for."},
-         "max_results": {"type": "integer", "minimum": 1, "maximum": 50}},
-        ["query", "max_results"]),
+        "search_products",
+        "Search the product catalog.",
+        {
+            "query": {**_STRING, "description": "What the customer is looking for."},
+            "max_results": {"type": "integer", "minimum": 1, "maximum": 50},
+        },
+        ["query", "max_results"],
+    ),
+    _function_tool("find_store", "Find retail store locations in a city.", {"city": _STRING}, ["city"]),
     _function_tool(
-        "find_store", "Find retail store locations in a city.",
-        {"city": _STRING}, ["city"]),
-    _function_tool(
-        "apply_coupon", "Apply a coupon or promo code to an order.",
-        {"order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
-         "code": {**_STRING, "description": "Coupon code."}},
-        ["order_id", "code"]),
+        "apply_coupon",
+        "Apply a coupon or promo code to an order.",
+        {
+            "order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
+            "code": {**_STRING, "description": "Coupon code."},
+        },
+        ["order_id", "code"],
+    ),
 ]
 TOOL_NAMES = [t["function"]["name"] for t in TOOL_ROUTER_TOOLS]
 
 # Drifted traffic (``drift=True``): a tool the flywheel never trained on, offered and called
 # on 40% of tool_router requests, and the rest skewed towards refunds and cancellations.
 EXCHANGE_TOOL = _function_tool(
-    "exchange_item", "Exchange an item of an order for another size.",
-    {"order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
-     "size": {"type": "string", "enum": ["XS", "S", "M", "L", "XL"]}},
-    ["order_id", "size"])
+    "exchange_item",
+    "Exchange an item of an order for another size.",
+    {
+        "order_id": {**_STRING, "description": "Order id, e.g. ORD-123456."},
+        "size": {"type": "string", "enum": ["XS", "S", "M", "L", "XL"]},
+    },
+    ["order_id", "size"],
+)
 DRIFTED_TOOLS_CUM = [0.4, 0.65, 0.85, 0.9, 0.93, 0.96, 0.98, 1.0]  # exchange, refund, cancel, the rest
-DRIFTED_TOOL_NAMES = ["exchange_item", "issue_refund", "cancel_order", "get_order_status",
-                      "track_shipment", "search_products", "find_store", "apply_coupon"]
+DRIFTED_TOOL_NAMES = [
+    "exchange_item",
+    "issue_refund",
+    "cancel_order",
+    "get_order_status",
+    "track_shipment",
+    "search_products",
+    "find_store",
+    "apply_coupon",
+]
 
 # Tools JSON is serialised once; records carry a sentinel string that is swapped for it.
 _TOOL_ORDERS: list[list[dict]] = [

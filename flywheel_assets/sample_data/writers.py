@@ -25,8 +25,7 @@ FORMATS = ("jsonl", "jsonl.gz", "parquet")
 
 def _write_lines(path: Path, items, gz: bool) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as raw:
-        out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                            compresslevel=6) if gz else raw
+        out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) if gz else raw
         buf: list[str] = []
         for item in labeled_lines(items):
             buf.append(item.line)
@@ -42,11 +41,18 @@ def _write_lines(path: Path, items, gz: bool) -> None:
 def _parquet_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("timestamp", pa.int64()), ("workload_id", pa.string()), ("client_id", pa.string()),
-        ("workload_description", pa.string()), ("request", pa.string()),
-        ("response", pa.string()), ("latency_ms", pa.float64()), ("feedback", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("timestamp", pa.int64()),
+            ("workload_id", pa.string()),
+            ("client_id", pa.string()),
+            ("workload_description", pa.string()),
+            ("request", pa.string()),
+            ("response", pa.string()),
+            ("latency_ms", pa.float64()),
+            ("feedback", pa.string()),
+        ]
+    )
 
 
 def _write_parquet(path: Path, items) -> None:
@@ -107,8 +113,9 @@ def write_sample_traces(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for date, items in iter_days(n, seed, days, end_date, malformed_rate, workloads,
-                                  allow_invalid_json=fmt != "parquet", serving=serving):
+    for date, items in iter_days(
+        n, seed, days, end_date, malformed_rate, workloads, allow_invalid_json=fmt != "parquet", serving=serving
+    ):
         path = out / f"traces-{date.isoformat()}.{fmt}"
         if fmt == "parquet":
             _write_parquet(path, items)
@@ -116,4 +123,3 @@ def write_sample_traces(
             _write_lines(path, items, gz=fmt == "jsonl.gz")
         paths.append(path)
     return paths
-

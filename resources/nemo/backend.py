@@ -83,8 +83,11 @@ def split_files(train: bytes, validation: bytes = b"", evaluation: bytes = b"") 
     """The reference's repo layout for chat-format JSONL splits (empty splits left out):
     Customizer reads ``training/`` and ``validation/`` (in its own format), Evaluator one
     file of ``testing/`` (earlier tool calls with string arguments); see `formats`."""
-    files = {TRAINING_FILE: customizer_jsonl(train), VALIDATION_FILE: customizer_jsonl(validation),
-             EVAL_FILE: evaluator_jsonl(evaluation)}
+    files = {
+        TRAINING_FILE: customizer_jsonl(train),
+        VALIDATION_FILE: customizer_jsonl(validation),
+        EVAL_FILE: evaluator_jsonl(evaluation),
+    }
     return {path: data for path, data in files.items() if data}
 
 
@@ -105,7 +108,8 @@ class CustomizationResult(BaseModel):
     status: str
     hyperparameters: dict[str, Any] = Field(description="what was sent to the Customizer")
     ignored_hyperparameters: dict[str, Any] = Field(
-        description="LoraHyperparameters set to non-default values that the Customizer job does not take")
+        description="LoraHyperparameters set to non-default values that the Customizer job does not take"
+    )
     epochs_completed: int | None = None
     steps_completed: int | None = None
     train_loss: list[tuple[int, float]] = Field(default_factory=list)
@@ -115,7 +119,9 @@ class CustomizationResult(BaseModel):
 class EvaluationScores(BaseModel):
     job_id: str
     resumed: bool
-    scores: dict[str, float] = Field(description="function_name_accuracy, function_name_and_args_accuracy, similarity, correctness (those the config computes), in [0, 1]")
+    scores: dict[str, float] = Field(
+        description="function_name_accuracy, function_name_and_args_accuracy, similarity, correctness (those the config computes), in [0, 1]"
+    )
     raw: dict[str, Any] = Field(description="the Evaluator's results document")
 
 
@@ -145,10 +151,14 @@ class NemoBackend(NemoServices):
     chat_timeout_s: float = 120
     # evaluation
     evaluation_timeout_s: float = Field(default=6000, description="Deadline of one evaluation job.")
-    evaluator_nim_url: str | None = Field(default=None, description=(
-        "NIM proxy base URL as the Evaluator reaches it from inside the cluster (e.g. "
-        "http://nemo-nim-proxy:8000). Unset: jobs name the model and the platform routes "
-        "to it, as the reference does."))
+    evaluator_nim_url: str | None = Field(
+        default=None,
+        description=(
+            "NIM proxy base URL as the Evaluator reaches it from inside the cluster (e.g. "
+            "http://nemo-nim-proxy:8000). Unset: jobs name the model and the platform routes "
+            "to it, as the reference does."
+        ),
+    )
 
     # ----------------------------------------------------------------------- datasets
     def dataset_name(self, workload_key: str, files: Mapping[str, bytes]) -> str:
@@ -170,8 +180,11 @@ class NemoBackend(NemoServices):
             store.create_repo(self.namespace, name)
             store.upload_files(self.namespace, name, files, message=f"flywheel splits of workload {workload_key}")
             entities.register_dataset(
-                self.namespace, name, DataStoreClient.files_url(self.namespace, name),
-                description=description or f"flywheel splits of workload {workload_key}", project=self.project,
+                self.namespace,
+                name,
+                DataStoreClient.files_url(self.namespace, name),
+                description=description or f"flywheel splits of workload {workload_key}",
+                project=self.project,
             )
         return name
 
@@ -187,29 +200,46 @@ class NemoBackend(NemoServices):
             if any(t.ref == requested for t in enabled):
                 return requested
             state = "is disabled" if any(t.ref == requested for t in targets) else "does not exist"
-            raise NemoError(f"Customizer: target {requested!r} {state}. Enabled targets: {available}. "
-                            "Set the candidate's customizer_target to one of them.", service="Customizer")
+            raise NemoError(
+                f"Customizer: target {requested!r} {state}. Enabled targets: {available}. "
+                "Set the candidate's customizer_target to one of them.",
+                service="Customizer",
+            )
         matches = [t for t in enabled if base_model in (t.base_model, t.ref.split("@")[0])]
         if len(matches) == 1:
             return matches[0].ref
-        problem = (f"several targets fine-tune {base_model!r} ({', '.join(t.ref for t in matches)})" if matches
-                   else f"no enabled target fine-tunes {base_model!r}")
-        raise NemoError(f"Customizer: {problem}. Enabled targets: {available}. "
-                        "Set the candidate's customizer_target to one of them.", service="Customizer")
+        problem = (
+            f"several targets fine-tune {base_model!r} ({', '.join(t.ref for t in matches)})"
+            if matches
+            else f"no enabled target fine-tunes {base_model!r}"
+        )
+        raise NemoError(
+            f"Customizer: {problem}. Enabled targets: {available}. "
+            "Set the candidate's customizer_target to one of them.",
+            service="Customizer",
+        )
 
     def customization_config(self, target: str, max_seq_length: int) -> CustomizationConfigRequest:
         options = TrainingOption(
-            num_gpus=self.customization_num_gpus, num_nodes=self.customization_num_nodes,
+            num_gpus=self.customization_num_gpus,
+            num_nodes=self.customization_num_nodes,
             tensor_parallel_size=self.customization_tensor_parallel_size,
             micro_batch_size=self.customization_micro_batch_size,
         )
-        spec = {"target": target, "options": options.model_dump(), "precision": self.customization_training_precision,
-                "max_seq_length": max_seq_length}
+        spec = {
+            "target": target,
+            "options": options.model_dump(),
+            "precision": self.customization_training_precision,
+            "max_seq_length": max_seq_length,
+        }
         model = re.sub(r"[^a-z0-9.]+", "-", target.split("/")[-1].split("@")[0].lower()).strip("-.")[:40]
         return CustomizationConfigRequest(
             name=f"{model or 'model'}@v1.0.0+dfw.{_digest(spec, 8)}",
-            namespace=self.namespace, target=target, training_options=[options],
-            training_precision=self.customization_training_precision, max_seq_length=max_seq_length,
+            namespace=self.namespace,
+            target=target,
+            training_options=[options],
+            training_precision=self.customization_training_precision,
+            max_seq_length=max_seq_length,
         )
 
     def customize(
@@ -230,25 +260,38 @@ class NemoBackend(NemoServices):
         cluster's one enabled target of the base model (`resolve_target`); see the module
         docstring for resumption and cancellation."""
         hyper = Hyperparameters(
-            epochs=hp.epochs, batch_size=hp.batch_size, learning_rate=hp.learning_rate,
+            epochs=hp.epochs,
+            batch_size=hp.batch_size,
+            learning_rate=hp.learning_rate,
             lora=LoraParameters(adapter_dim=hp.adapter_dim, adapter_dropout=hp.adapter_dropout),
         )
         defaults = type(hp)()
-        ignored = {name: getattr(hp, name) for name in type(hp).model_fields
-                   if name not in SENT_HYPERPARAMETERS and getattr(hp, name) != getattr(defaults, name)}
+        ignored = {
+            name: getattr(hp, name)
+            for name in type(hp).model_fields
+            if name not in SENT_HYPERPARAMETERS and getattr(hp, name) != getattr(defaults, name)
+        }
         say = on_progress or (lambda progress: None)
         with self.customizer() as customizer:
             target = self.resolve_target(candidate_base_model, target, customizer.list_targets())
             config = self.customization_config(target, hp.max_seq_length)
             config_ref = customizer.ensure_config(config)
-            identity = {"config": config_ref, "dataset": f"{self.namespace}/{dataset_name}",
-                        "hyperparameters": hyper.model_dump(), "output_model": output_model_name}
+            identity = {
+                "config": config_ref,
+                "dataset": f"{self.namespace}/{dataset_name}",
+                "hyperparameters": hyper.model_dump(),
+                "output_model": output_model_name,
+            }
             job_name = f"{_slug(dataset_name, 44) or 'dataset'}-{_digest(identity, 12)}"
             job, resumed = None, False
             if existing_job_id:
                 job = customizer.get_job(existing_job_id)
                 if job is None:
-                    say(Progress(customizer.service, f"job {existing_job_id}", "not found", message="starting a new job"))
+                    say(
+                        Progress(
+                            customizer.service, f"job {existing_job_id}", "not found", message="starting a new job"
+                        )
+                    )
                 else:
                     state = customizer.get_status(job.id).state
                     if state in CUSTOMIZATION_FAILED:
@@ -260,18 +303,32 @@ class NemoBackend(NemoServices):
                 job = customizer.find_job(job_name)
                 resumed = job is not None
             if job is None:
-                job = customizer.create_job(CustomizationJobRequest(
-                    name=job_name, output_model=f"{self.namespace}/{output_model_name or job_name}",
-                    config=config_ref, dataset=DatasetRef(name=dataset_name, namespace=self.namespace),
-                    hyperparameters=hyper,
-                ))
+                job = customizer.create_job(
+                    CustomizationJobRequest(
+                        name=job_name,
+                        output_model=f"{self.namespace}/{output_model_name or job_name}",
+                        config=config_ref,
+                        dataset=DatasetRef(name=dataset_name, namespace=self.namespace),
+                        hyperparameters=hyper,
+                    )
+                )
             if on_job_id is not None:
                 on_job_id(job.id)
-            say(Progress(customizer.service, f"job {job.id}", "resumed" if resumed else "submitted",
-                         message=f"output model {job.output_model}"))
+            say(
+                Progress(
+                    customizer.service,
+                    f"job {job.id}",
+                    "resumed" if resumed else "submitted",
+                    message=f"output model {job.output_model}",
+                )
+            )
             try:
-                status = customizer.wait(job.id, timeout_s=self.customization_timeout_s,
-                                         interval_s=self.poll_interval_s, on_progress=on_progress)
+                status = customizer.wait(
+                    job.id,
+                    timeout_s=self.customization_timeout_s,
+                    interval_s=self.poll_interval_s,
+                    on_progress=on_progress,
+                )
             except BaseException as error:
                 if cancel_on_interrupt and not isinstance(error, Exception):
                     try:
@@ -281,21 +338,35 @@ class NemoBackend(NemoServices):
                         error.add_note(f"cleanup: could not cancel customization job {job.id}: {cleanup_error}")
                 raise
         return CustomizationResult(
-            job_id=job.id, output_model=job.output_model, config=config_ref, job_name=job_name,
-            resumed=resumed, status=status.state, hyperparameters=hyper.model_dump(),
-            ignored_hyperparameters=ignored, epochs_completed=status.epochs_completed,
-            steps_completed=status.steps_completed, train_loss=status.loss_curve("train_loss"),
+            job_id=job.id,
+            output_model=job.output_model,
+            config=config_ref,
+            job_name=job_name,
+            resumed=resumed,
+            status=status.state,
+            hyperparameters=hyper.model_dump(),
+            ignored_hyperparameters=ignored,
+            epochs_completed=status.epochs_completed,
+            steps_completed=status.steps_completed,
+            train_loss=status.loss_curve("train_loss"),
             val_loss=status.loss_curve("val_loss"),
         )
 
     # -------------------------------------------------------------------- deployments
     def deployment_request(self, model: str, name: str | None = None) -> ModelDeploymentRequest:
         return ModelDeploymentRequest(
-            name=name or deployment_name(model), namespace=self.namespace,
-            config=DeploymentConfig(model=model, nim_deployment=NimDeploymentConfig(
-                image_name=f"{self.nim_image_registry.rstrip('/')}/{model}", image_tag=self.nim_image_tag,
-                pvc_size=self.nim_pvc_size, gpu=self.nim_gpu, additional_envs=dict(self.nim_additional_envs),
-            )),
+            name=name or deployment_name(model),
+            namespace=self.namespace,
+            config=DeploymentConfig(
+                model=model,
+                nim_deployment=NimDeploymentConfig(
+                    image_name=f"{self.nim_image_registry.rstrip('/')}/{model}",
+                    image_tag=self.nim_image_tag,
+                    pvc_size=self.nim_pvc_size,
+                    gpu=self.nim_gpu,
+                    additional_envs=dict(self.nim_additional_envs),
+                ),
+            ),
         )
 
     @contextmanager
@@ -314,12 +385,23 @@ class NemoBackend(NemoServices):
         name share it, and the first to end deletes it, so give concurrent users distinct
         names. ``chat_options`` go to `OpenAICompatibleBackend` (max_tokens, ...)."""
         request = self.deployment_request(model, name)
-        options = {"max_concurrency": self.chat_max_concurrency, "max_tokens": self.chat_max_tokens,
-                   "timeout_s": self.chat_timeout_s, **chat_options}
+        options = {
+            "max_concurrency": self.chat_max_concurrency,
+            "max_tokens": self.chat_max_tokens,
+            "timeout_s": self.chat_timeout_s,
+            **chat_options,
+        }
         with self.deployments() as deployments, self.nim() as nim:
-            with nim_deployment(deployments, nim, request, served_model=served_model,
-                                ready_timeout_s=self.deployment_timeout_s, sync_timeout_s=self.model_sync_timeout_s,
-                                interval_s=self.poll_interval_s, on_progress=on_progress) as served:
+            with nim_deployment(
+                deployments,
+                nim,
+                request,
+                served_model=served_model,
+                ready_timeout_s=self.deployment_timeout_s,
+                sync_timeout_s=self.model_sync_timeout_s,
+                interval_s=self.poll_interval_s,
+                on_progress=on_progress,
+            ) as served:
                 yield nim.chat_backend(served, **options)
 
     # --------------------------------------------------------------------- evaluation
@@ -345,8 +427,10 @@ class NemoBackend(NemoServices):
         if workload_type == "tool_calling":
             config = tool_calling_config(files_url, judge=judge, limit=limit)
         elif judge is None:
-            raise ValueError("a chat evaluation through the Evaluator needs a judge (JudgeEndpoint); "
-                             "or score locally through deployment() and flywheel_assets.core.metrics")
+            raise ValueError(
+                "a chat evaluation through the Evaluator needs a judge (JudgeEndpoint); "
+                "or score locally through deployment() and flywheel_assets.core.metrics"
+            )
         else:
             config = chat_judge_config(files_url, judge=judge, limit=limit)
         target = model_target(model, self.evaluator_nim_url)
@@ -358,8 +442,10 @@ class NemoBackend(NemoServices):
                 job = evaluator.create_job(config, target, namespace=self.namespace, request_key=request_key)
             if on_job_id is not None:
                 on_job_id(job.id)
-            evaluator.wait(job.id, timeout_s=self.evaluation_timeout_s, interval_s=self.poll_interval_s,
-                           on_progress=on_progress)
+            evaluator.wait(
+                job.id, timeout_s=self.evaluation_timeout_s, interval_s=self.poll_interval_s, on_progress=on_progress
+            )
             results = evaluator.results(job.id)
-        return EvaluationScores(job_id=job.id, resumed=resumed, scores=results.flywheel_scores(),
-                                raw=results.model_dump())
+        return EvaluationScores(
+            job_id=job.id, resumed=resumed, scores=results.flywheel_scores(), raw=results.model_dump()
+        )

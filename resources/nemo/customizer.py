@@ -121,8 +121,11 @@ class CustomizationStatus(Wire):
 
     def failure_detail(self) -> str:
         """The service's explanation of a failure: the last ``status_logs[].detail``."""
-        return first_text(log.detail for log in reversed(self.status_logs)) or \
-            first_text(log.message for log in reversed(self.status_logs)) or "no detail given"
+        return (
+            first_text(log.detail for log in reversed(self.status_logs))
+            or first_text(log.message for log in reversed(self.status_logs))
+            or "no detail given"
+        )
 
     def loss_curve(self, key: str = "train_loss") -> list[tuple[int, float]]:
         """(step, value) points of a loss the service reports under ``metrics``, if any."""
@@ -183,7 +186,9 @@ class CustomizerClient(ServiceClient):
         (as long as names are unique per intended job)."""
         what = "POST /v1/customization/jobs"
         response = self.request(
-            "POST", "/v1/customization/jobs", json=job.model_dump(exclude_none=True),
+            "POST",
+            "/v1/customization/jobs",
+            json=job.model_dump(exclude_none=True),
             recover=lambda: self.find_job(job.name),
         )
         if isinstance(response, Recovered):
@@ -203,16 +208,25 @@ class CustomizerClient(ServiceClient):
 
     def list_jobs(self, *, page_size: int = 100, max_pages: int = 20) -> Iterator[CustomizationJob]:
         """Jobs, newest first (pages fetched lazily)."""
-        yield from self._pages("/v1/customization/jobs", CustomizationJobList, page_size=page_size,
-                               max_pages=max_pages, sort="-created_at")
+        yield from self._pages(
+            "/v1/customization/jobs", CustomizationJobList, page_size=page_size, max_pages=max_pages, sort="-created_at"
+        )
 
     def list_targets(self, *, page_size: int = 100, max_pages: int = 20) -> list[CustomizationTarget]:
         """Every customization target the cluster has (enabled or not)."""
-        return list(self._pages("/v1/customization/targets", CustomizationTargetList, page_size=page_size,
-                                max_pages=max_pages))
+        return list(
+            self._pages("/v1/customization/targets", CustomizationTargetList, page_size=page_size, max_pages=max_pages)
+        )
 
-    def _pages(self, path: str, listing_type: type[CustomizationJobList] | type[CustomizationTargetList], *,
-               page_size: int, max_pages: int, **params: str) -> Iterator[Any]:
+    def _pages(
+        self,
+        path: str,
+        listing_type: type[CustomizationJobList] | type[CustomizationTargetList],
+        *,
+        page_size: int,
+        max_pages: int,
+        **params: str,
+    ) -> Iterator[Any]:
         for page in range(1, max_pages + 1):
             payload = self.request_json("GET", path, params={"page": page, "page_size": page_size, **params})
             listing = self.parse(listing_type, payload, f"GET {path}")
@@ -221,7 +235,9 @@ class CustomizerClient(ServiceClient):
             if not listing.data or total is None or page >= total:
                 return
 
-    def find_job(self, name: str, *, usable: Callable[[str], bool] = lambda s: s in ACTIVE_STATES) -> CustomizationJob | None:
+    def find_job(
+        self, name: str, *, usable: Callable[[str], bool] = lambda s: s in ACTIVE_STATES
+    ) -> CustomizationJob | None:
         """The newest job called ``name`` whose state passes ``usable`` (by default:
         not failed or cancelled), else None."""
         for job in self.list_jobs():
@@ -265,12 +281,21 @@ class CustomizerClient(ServiceClient):
                 detail = status.failure_detail()
                 raise NemoJobFailed(
                     f"{self.service}: job {job_id} {status.state}: {detail}",
-                    service=self.service, job_id=job_id, status=status.state, detail=detail,
+                    service=self.service,
+                    job_id=job_id,
+                    status=status.state,
+                    detail=detail,
                 )
             return status.state == "completed"
 
         return poll(
-            lambda: self.get_status(job_id), service=self.service, subject=f"job {job_id}",
-            observe=observe, done=done, timeout_s=timeout_s, interval_s=interval_s, on_progress=on_progress,
+            lambda: self.get_status(job_id),
+            service=self.service,
+            subject=f"job {job_id}",
+            observe=observe,
+            done=done,
+            timeout_s=timeout_s,
+            interval_s=interval_s,
+            on_progress=on_progress,
             timeout_hint=f"the job keeps running: resume it with existing_job_id={job_id!r}",
         )

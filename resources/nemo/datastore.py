@@ -101,7 +101,9 @@ class DataStoreClient(ServiceClient):
     def create_namespace(self, namespace: str) -> bool:
         """Create ``namespace``; False when it already existed."""
         response = self.request(
-            "POST", "/v1/datastore/namespaces", data={"namespace": namespace},
+            "POST",
+            "/v1/datastore/namespaces",
+            data={"namespace": namespace},
             accept=lambda r: says_exists(r) or r.status_code == 422,
         )
         return response.status_code < 400
@@ -109,7 +111,8 @@ class DataStoreClient(ServiceClient):
     def create_repo(self, namespace: str, name: str) -> bool:
         """Create the dataset repo ``{namespace}/{name}``; False when it already existed."""
         response = self.request(
-            "POST", "/v1/hf/api/repos/create",
+            "POST",
+            "/v1/hf/api/repos/create",
             json={"name": name, "organization": namespace, "type": "dataset"},
             accept=says_exists,
         )
@@ -118,14 +121,17 @@ class DataStoreClient(ServiceClient):
     def delete_repo(self, namespace: str, name: str) -> bool:
         """Delete the repo; False when there was none."""
         response = self.request(
-            "DELETE", "/v1/hf/api/repos/delete",
+            "DELETE",
+            "/v1/hf/api/repos/delete",
             json={"name": name, "organization": namespace, "type": "dataset"},
             accept=status_is(404),
         )
         return response.status_code < 400
 
     # -- files
-    def upload_files(self, namespace: str, name: str, files: Mapping[str, bytes], *, message: str = "flywheel upload") -> list[str]:
+    def upload_files(
+        self, namespace: str, name: str, files: Mapping[str, bytes], *, message: str = "flywheel upload"
+    ) -> list[str]:
         """Commit ``files`` (path in repo -> bytes) to the repo in one commit; files whose
         content is already there are skipped. Returns the paths actually committed."""
         repo = f"{quote(namespace, safe='')}/{quote(name, safe='')}"
@@ -139,8 +145,9 @@ class DataStoreClient(ServiceClient):
                 for path in paths
             ]
         }
-        preupload = self.parse(PreuploadResponse, self.request_json("POST", preupload_path, json=payload),
-                               f"POST {preupload_path}")
+        preupload = self.parse(
+            PreuploadResponse, self.request_json("POST", preupload_path, json=payload), f"POST {preupload_path}"
+        )
         modes = {entry.path: entry for entry in preupload.files}
         lines: list[dict] = [{"key": "header", "value": {"summary": message, "description": ""}}]
         lfs: dict[str, bytes] = {}
@@ -156,11 +163,18 @@ class DataStoreClient(ServiceClient):
                 if entry and entry.oid == oid:
                     continue  # unchanged
                 lfs[oid] = data
-                lines.append({"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": oid, "size": len(data)}})
+                lines.append(
+                    {"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": oid, "size": len(data)}}
+                )
             else:
                 if entry and entry.oid == git_blob_oid(data):
                     continue  # unchanged
-                lines.append({"key": "file", "value": {"path": path, "content": base64.b64encode(data).decode(), "encoding": "base64"}})
+                lines.append(
+                    {
+                        "key": "file",
+                        "value": {"path": path, "content": base64.b64encode(data).decode(), "encoding": "base64"},
+                    }
+                )
             committed.append(path)
         if not committed:
             return []
@@ -168,24 +182,34 @@ class DataStoreClient(ServiceClient):
             self._upload_lfs(repo, lfs)
         body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         path = f"/v1/hf/api/datasets/{repo}/commit/{REVISION}"
-        self.parse(CommitResponse, self.request_json(
-            "POST", path, content=body, headers={"Content-Type": "application/x-ndjson"}
-        ), f"POST {path}")
+        self.parse(
+            CommitResponse,
+            self.request_json("POST", path, content=body, headers={"Content-Type": "application/x-ndjson"}),
+            f"POST {path}",
+        )
         return committed
 
     def _upload_lfs(self, repo: str, objects: Mapping[str, bytes]) -> None:
         path = f"/v1/hf/datasets/{repo}.git/info/lfs/objects/batch"
         lfs_headers = {"Accept": "application/vnd.git-lfs+json", "Content-Type": "application/vnd.git-lfs+json"}
-        batch = self.parse(LfsBatchResponse, self.request_json(
-            "POST", path, headers=lfs_headers,
-            content=json.dumps({
-                "operation": "upload",
-                "transfers": ["basic"],
-                "objects": [{"oid": oid, "size": len(data)} for oid, data in objects.items()],
-                "hash_algo": "sha256",
-                "ref": {"name": REVISION},
-            }).encode(),
-        ), f"POST {path}")
+        batch = self.parse(
+            LfsBatchResponse,
+            self.request_json(
+                "POST",
+                path,
+                headers=lfs_headers,
+                content=json.dumps(
+                    {
+                        "operation": "upload",
+                        "transfers": ["basic"],
+                        "objects": [{"oid": oid, "size": len(data)} for oid, data in objects.items()],
+                        "hash_algo": "sha256",
+                        "ref": {"name": REVISION},
+                    }
+                ).encode(),
+            ),
+            f"POST {path}",
+        )
         for obj in batch.objects:
             if obj.error is not None:
                 raise self._lfs_error(obj)
@@ -205,12 +229,16 @@ class DataStoreClient(ServiceClient):
         """A link on the store's own base URL as a path, so it gets our key; a link to
         another host stays absolute and does not (our key goes to the store only)."""
         absolute = self._absolute(href)
-        return absolute[len(self.base_url):] if absolute.startswith(f"{self.base_url}/") else absolute
+        return absolute[len(self.base_url) :] if absolute.startswith(f"{self.base_url}/") else absolute
 
     def _lfs_error(self, obj: LfsObject) -> NemoHTTPError:
         error = obj.error or LfsObjectError()
-        return NemoHTTPError(f"{self.service}: LFS upload of object {obj.oid[:12]} refused: {error.code} {error.message}",
-                             service=self.service, status_code=error.code, detail=error.message)
+        return NemoHTTPError(
+            f"{self.service}: LFS upload of object {obj.oid[:12]} refused: {error.code} {error.message}",
+            service=self.service,
+            status_code=error.code,
+            detail=error.message,
+        )
 
     def download_file(self, namespace: str, name: str, path: str) -> bytes:
         check_repo_path(path)

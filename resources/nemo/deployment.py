@@ -94,8 +94,9 @@ class DeploymentClient(ServiceClient):
 
     def create(self, request: ModelDeploymentRequest) -> bool:
         """Deploy; False when a deployment of that name already existed (idempotent)."""
-        response = self.request("POST", "/v1/deployment/model-deployments",
-                                json=request.model_dump(exclude_none=True), accept=says_exists)
+        response = self.request(
+            "POST", "/v1/deployment/model-deployments", json=request.model_dump(exclude_none=True), accept=says_exists
+        )
         return response.status_code < 400
 
     def get(self, namespace: str, name: str) -> ModelDeployment | None:
@@ -110,8 +111,15 @@ class DeploymentClient(ServiceClient):
         response = self.request("DELETE", self._path(namespace, name), accept=status_is(404))
         return response.status_code < 400
 
-    def wait_ready(self, namespace: str, name: str, *, timeout_s: float, interval_s: float,
-                   on_progress: ProgressCallback | None = None) -> ModelDeployment:
+    def wait_ready(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        timeout_s: float,
+        interval_s: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> ModelDeployment:
         subject = f"deployment {namespace}/{name}"
 
         def fetch() -> ModelDeployment:
@@ -123,14 +131,25 @@ class DeploymentClient(ServiceClient):
         def done(deployment: ModelDeployment) -> bool:
             if deployment.state in FAILED_STATES:
                 detail = first_text([deployment.status_details.description]) or "no detail given"
-                raise NemoJobFailed(f"{self.service}: {subject} {deployment.state}: {detail}",
-                                    service=self.service, job_id=f"{namespace}/{name}",
-                                    status=deployment.state, detail=detail)
+                raise NemoJobFailed(
+                    f"{self.service}: {subject} {deployment.state}: {detail}",
+                    service=self.service,
+                    job_id=f"{namespace}/{name}",
+                    status=deployment.state,
+                    detail=detail,
+                )
             return deployment.state == "ready"
 
-        return poll(fetch, service=self.service, subject=subject,
-                    observe=lambda d: (d.state, None, d.status_details.description),
-                    done=done, timeout_s=timeout_s, interval_s=interval_s, on_progress=on_progress)
+        return poll(
+            fetch,
+            service=self.service,
+            subject=subject,
+            observe=lambda d: (d.state, None, d.status_details.description),
+            done=done,
+            timeout_s=timeout_s,
+            interval_s=interval_s,
+            on_progress=on_progress,
+        )
 
 
 @contextmanager
@@ -155,13 +174,17 @@ def nim_deployment(
     def teardown() -> None:
         existed = deployments.delete(namespace, name)
         if on_progress is not None:
-            on_progress(Progress(deployments.service, f"deployment {namespace}/{name}",
-                                 "deleted" if existed else "already gone"))
+            on_progress(
+                Progress(
+                    deployments.service, f"deployment {namespace}/{name}", "deleted" if existed else "already gone"
+                )
+            )
 
     try:
         deployments.create(request)
-        deployments.wait_ready(namespace, name, timeout_s=ready_timeout_s, interval_s=interval_s,
-                               on_progress=on_progress)
+        deployments.wait_ready(
+            namespace, name, timeout_s=ready_timeout_s, interval_s=interval_s, on_progress=on_progress
+        )
         nim.wait_for_model(model, timeout_s=sync_timeout_s, interval_s=interval_s, on_progress=on_progress)
         yield model
     except BaseException as error:  # also KeyboardInterrupt, DagsterExecutionInterruptedError, GeneratorExit

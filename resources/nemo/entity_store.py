@@ -39,7 +39,9 @@ class EntityStoreClient(ServiceClient):
     def create_namespace(self, namespace: str) -> bool:
         """Create ``namespace``; False when it already existed."""
         response = self.request(
-            "POST", "/v1/namespaces", json={"id": namespace},
+            "POST",
+            "/v1/namespaces",
+            json={"id": namespace},
             accept=lambda r: says_exists(r) or r.status_code == 422,
         )
         return response.status_code < 400
@@ -56,8 +58,13 @@ class EntityStoreClient(ServiceClient):
         self, namespace: str, name: str, files_url: str, *, description: str = "", project: str = "flywheel"
     ) -> DatasetEntity:
         """Register (or update) the dataset; repeatable."""
-        body = {"name": name, "namespace": namespace, "description": description,
-                "files_url": files_url, "project": project}
+        body = {
+            "name": name,
+            "namespace": namespace,
+            "description": description,
+            "files_url": files_url,
+            "project": project,
+        }
         response = self.request("POST", "/v1/datasets", json=body, accept=says_exists)
         if response.status_code >= 400:  # exists: bring it up to date
             path = f"/v1/datasets/{_entity_path(namespace, name)}"

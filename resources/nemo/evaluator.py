@@ -103,7 +103,9 @@ def _dataset(files_url: str, limit: int | None) -> dict[str, Any]:
     return {"files_url": files_url, **({"limit": limit} if limit is not None else {})}
 
 
-def tool_calling_config(files_url: str, *, judge: JudgeEndpoint | None = None, limit: int | None = None) -> dict[str, Any]:
+def tool_calling_config(
+    files_url: str, *, judge: JudgeEndpoint | None = None, limit: int | None = None
+) -> dict[str, Any]:
     """Replay each record with its tools (``tool_choice: required``) and score the calls."""
     metrics: dict[str, Any] = {
         "tool-calling-accuracy": {
@@ -116,10 +118,12 @@ def tool_calling_config(files_url: str, *, judge: JudgeEndpoint | None = None, l
             "type": "llm-judge",
             "params": {
                 "model": judge.as_model(),
-                "template": {"messages": [
-                    {"role": "system", "content": TOOL_JUDGE_SYSTEM_PROMPT},
-                    {"role": "user", "content": TOOL_JUDGE_USER_PROMPT},
-                ]},
+                "template": {
+                    "messages": [
+                        {"role": "system", "content": TOOL_JUDGE_SYSTEM_PROMPT},
+                        {"role": "user", "content": TOOL_JUDGE_USER_PROMPT},
+                    ]
+                },
                 "scores": {"rating": {"type": "int", "parser": {"type": "regex", "pattern": r"RATING:\s*(\d+)"}}},
             },
         }
@@ -129,11 +133,13 @@ def tool_calling_config(files_url: str, *, judge: JudgeEndpoint | None = None, l
             TOOL_TASK: {
                 "type": "chat-completion",
                 "dataset": _dataset(files_url, limit),
-                "params": {"template": {
-                    "messages": "{{ item.messages[:-1] | tojson }}",
-                    "tools": "{{ item.tools | tojson }}",
-                    "tool_choice": "required",
-                }},
+                "params": {
+                    "template": {
+                        "messages": "{{ item.messages[:-1] | tojson }}",
+                        "tools": "{{ item.tools | tojson }}",
+                        "tool_choice": "required",
+                    }
+                },
                 "metrics": metrics,
             }
         },
@@ -154,11 +160,18 @@ def chat_judge_config(files_url: str, *, judge: JudgeEndpoint, limit: int | None
                         "type": "llm-judge",
                         "params": {
                             "model": judge.as_model(),
-                            "template": {"messages": [
-                                {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-                                {"role": "user", "content": JUDGE_USER_PROMPT},
-                            ]},
-                            "scores": {"similarity": {"type": "int", "parser": {"type": "regex", "pattern": JUDGE_SCORE_PATTERN}}},
+                            "template": {
+                                "messages": [
+                                    {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+                                    {"role": "user", "content": JUDGE_USER_PROMPT},
+                                ]
+                            },
+                            "scores": {
+                                "similarity": {
+                                    "type": "int",
+                                    "parser": {"type": "regex", "pattern": JUDGE_SCORE_PATTERN},
+                                }
+                            },
                         },
                     }
                 },
@@ -173,9 +186,15 @@ def model_target(model_id: str, nim_url: str | None = None) -> dict[str, Any]:
     the platform routes to the serving NIM (the reference's form)."""
     if nim_url is None:
         return {"type": "model", "model": model_id}
-    return {"type": "model", "model": {"api_endpoint": {
-        "url": f"{nim_url.rstrip('/')}/v1/chat/completions", "model_id": model_id,
-    }}}
+    return {
+        "type": "model",
+        "model": {
+            "api_endpoint": {
+                "url": f"{nim_url.rstrip('/')}/v1/chat/completions",
+                "model_id": model_id,
+            }
+        },
+    }
 
 
 # ----------------------------------------------------------------------------- responses
@@ -246,14 +265,18 @@ class EvaluationResults(Wire):
 class EvaluatorClient(ServiceClient):
     service = "Evaluator"
 
-    def create_job(self, config: dict[str, Any], target: dict[str, Any], *, namespace: str,
-                   request_key: str) -> EvaluationJob:
+    def create_job(
+        self, config: dict[str, Any], target: dict[str, Any], *, namespace: str, request_key: str
+    ) -> EvaluationJob:
         """Start a job tagged ``custom_fields.flywheel_request = request_key``; a creation
         whose answer was lost is found by that tag instead of being repeated."""
-        body = {"namespace": namespace, "config": config, "target": target,
-                "custom_fields": {"flywheel_request": request_key}}
-        response = self.request("POST", "/v1/evaluation/jobs", json=body,
-                                recover=lambda: self.find_job(request_key))
+        body = {
+            "namespace": namespace,
+            "config": config,
+            "target": target,
+            "custom_fields": {"flywheel_request": request_key},
+        }
+        response = self.request("POST", "/v1/evaluation/jobs", json=body, recover=lambda: self.find_job(request_key))
         if isinstance(response, Recovered):
             return response.value
         return self.parse(EvaluationJob, self.json_of(response, "POST /v1/evaluation/jobs"), "POST /v1/evaluation/jobs")
@@ -261,8 +284,9 @@ class EvaluatorClient(ServiceClient):
     def find_job(self, request_key: str, *, max_pages: int = 10, page_size: int = 100) -> EvaluationJob | None:
         """The newest job tagged ``request_key`` that has not failed, else None."""
         for page in range(1, max_pages + 1):
-            payload = self.request_json("GET", "/v1/evaluation/jobs",
-                                        params={"page": page, "page_size": page_size, "sort": "-created_at"})
+            payload = self.request_json(
+                "GET", "/v1/evaluation/jobs", params={"page": page, "page_size": page_size, "sort": "-created_at"}
+            )
             listing = self.parse(EvaluationJobList, payload, "GET /v1/evaluation/jobs")
             for job in listing.data:
                 if (job.custom_fields or {}).get("flywheel_request") == request_key and job.state not in FAILED_STATES:
@@ -290,8 +314,9 @@ class EvaluatorClient(ServiceClient):
         response = self.request("DELETE", f"/v1/evaluation/jobs/{job_id}", accept=status_is(404))
         return response.status_code < 400
 
-    def wait(self, job_id: str, *, timeout_s: float, interval_s: float,
-             on_progress: ProgressCallback | None = None) -> EvaluationJob:
+    def wait(
+        self, job_id: str, *, timeout_s: float, interval_s: float, on_progress: ProgressCallback | None = None
+    ) -> EvaluationJob:
         def observe(job: EvaluationJob) -> tuple[str, float | None, str | None]:
             details = job.status_details or StatusDetails()
             return job.state or "unknown", details.progress, details.message
@@ -300,18 +325,32 @@ class EvaluatorClient(ServiceClient):
             if not job.status:
                 raise NemoSchemaError(
                     f"{self.service}: unexpected response to GET /v1/evaluation/jobs/{job_id}: "
-                    "required field 'status' is missing", service=self.service)
+                    "required field 'status' is missing",
+                    service=self.service,
+                )
             if job.state in FAILED_STATES:
                 details = job.status_details or StatusDetails()
                 detail = first_text([details.error, details.message]) or "no detail given"
-                raise NemoJobFailed(f"{self.service}: job {job_id} {job.state}: {detail}",
-                                    service=self.service, job_id=job_id, status=job.state, detail=detail)
+                raise NemoJobFailed(
+                    f"{self.service}: job {job_id} {job.state}: {detail}",
+                    service=self.service,
+                    job_id=job_id,
+                    status=job.state,
+                    detail=detail,
+                )
             return job.state == "completed"
 
-        return poll(lambda: self.get_job(job_id), service=self.service, subject=f"job {job_id}",
-                    observe=observe, done=done, timeout_s=timeout_s, interval_s=interval_s,
-                    on_progress=on_progress,
-                    timeout_hint=f"the job keeps running: resume it with existing_job_id={job_id!r}")
+        return poll(
+            lambda: self.get_job(job_id),
+            service=self.service,
+            subject=f"job {job_id}",
+            observe=observe,
+            done=done,
+            timeout_s=timeout_s,
+            interval_s=interval_s,
+            on_progress=on_progress,
+            timeout_hint=f"the job keeps running: resume it with existing_job_id={job_id!r}",
+        )
 
 
 WorkloadKind = Literal["tool_calling", "chat"]

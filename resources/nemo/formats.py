@@ -23,13 +23,17 @@ MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
 
 def _map_lines(data: bytes, convert: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
-    lines = [json.dumps(convert(json.loads(line)), ensure_ascii=False) for line in data.decode().splitlines() if line.strip()]
+    lines = [
+        json.dumps(convert(json.loads(line)), ensure_ascii=False) for line in data.decode().splitlines() if line.strip()
+    ]
     return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 def _customizer_line(record: dict[str, Any]) -> dict[str, Any]:
-    messages = [{**{key: message[key] for key in MESSAGE_FIELDS if key in message}, "content": message.get("content") or ""}
-                for message in record["messages"]]
+    messages = [
+        {**{key: message[key] for key in MESSAGE_FIELDS if key in message}, "content": message.get("content") or ""}
+        for message in record["messages"]
+    ]
     return {"messages": messages, **({"tools": record["tools"]} if record.get("tools") else {})}
 
 
@@ -46,7 +50,10 @@ def _wire_tool_calls(message: dict[str, Any]) -> dict[str, Any]:
         function = call.get("function") or {}
         arguments = function.get("arguments")
         if not isinstance(arguments, str):
-            function = {**function, "arguments": json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)}
+            function = {
+                **function,
+                "arguments": json.dumps(arguments if arguments is not None else {}, ensure_ascii=False),
+            }
         calls.append({**call, "function": function})
     return {**message, "tool_calls": calls}
 

@@ -32,13 +32,20 @@ class NimProxyClient(ServiceClient):
         payload = self.request_json("GET", "/v1/models")
         return [model.id for model in self.parse(NimModelList, payload, "GET /v1/models").data]
 
-    def wait_for_model(self, model: str, *, timeout_s: float, interval_s: float,
-                       on_progress: ProgressCallback | None = None) -> None:
+    def wait_for_model(
+        self, model: str, *, timeout_s: float, interval_s: float, on_progress: ProgressCallback | None = None
+    ) -> None:
         """Poll ``GET /v1/models`` until ``model`` is listed."""
-        poll(self.list_models, service=self.service, subject=f"model {model}",
-             observe=lambda models: ("listed" if model in models else "not listed yet", None, None),
-             done=lambda models: model in models, timeout_s=timeout_s, interval_s=interval_s,
-             on_progress=on_progress)
+        poll(
+            self.list_models,
+            service=self.service,
+            subject=f"model {model}",
+            observe=lambda models: ("listed" if model in models else "not listed yet", None, None),
+            done=lambda models: model in models,
+            timeout_s=timeout_s,
+            interval_s=interval_s,
+            on_progress=on_progress,
+        )
 
     def chat_backend(self, model: str, **options: Any) -> OpenAICompatibleBackend:
         """A `ChatBackend` answering with ``model`` through this proxy."""

@@ -28,7 +28,9 @@ class NemoServices(dg.ConfigurableResource):
     nim_base_url: str = Field(description="NIM proxy (OpenAI-compatible; /v1/models, /v1/chat/completions).")
     namespace: str = Field(default="dfwbp", description="Namespace of everything the flywheel creates.")
     api_key: str | None = Field(default=None, description="Bearer token for all services; set with dg.EnvVar.")
-    datastore_token: str | None = Field(default=None, description="Data Store (HF) token if it differs from api_key; dg.EnvVar.")
+    datastore_token: str | None = Field(
+        default=None, description="Data Store (HF) token if it differs from api_key; dg.EnvVar."
+    )
     nim_api_key: str | None = Field(default=None, description="NIM proxy key if it differs from api_key; dg.EnvVar.")
     request_timeout_s: float = Field(default=60.0, description="Connect/read timeout of one HTTP request.")
     max_retries: int = Field(default=5, description="Retries of one call on 429/5xx/connection errors.")

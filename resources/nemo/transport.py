@@ -107,7 +107,9 @@ def retry_call(
     def give_up(failure: Retryable, attempts: str) -> NemoHTTPError:
         return NemoHTTPError(
             f"{service}: {what} failed after {attempts}: {failure}",
-            service=service, status_code=failure.status_code, detail=failure.detail,
+            service=service,
+            status_code=failure.status_code,
+            detail=failure.detail,
         )
 
     return retry(attempt, policy, give_up=give_up, recover=recover, sleep=sleep)
@@ -156,7 +158,9 @@ def error_detail(response: httpx.Response, limit: int = 300) -> str:
                 break
     if isinstance(text, list):
         text = "; ".join(
-            f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg', item)}" if isinstance(item, dict) else str(item)
+            f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg', item)}"
+            if isinstance(item, dict)
+            else str(item)
             for item in text
         )
     elif isinstance(text, dict):
@@ -165,6 +169,7 @@ def error_detail(response: httpx.Response, limit: int = 300) -> str:
 
 
 # ------------------------------------------------------------------------------- client
+
 
 @dataclass(frozen=True)
 class Recovered:
@@ -244,7 +249,9 @@ class ServiceClient:
                 lambda: self._http.request(
                     method, url, json=json, content=content, data=data, params=params, headers=send_headers
                 ),
-                timeout_s=self.timeout_s, detail=lambda r: self._redact(error_detail(r)), accept=accept,
+                timeout_s=self.timeout_s,
+                detail=lambda r: self._redact(error_detail(r)),
+                accept=accept,
             )
             if accept is not None and accept(response):
                 return response
@@ -252,7 +259,9 @@ class ServiceClient:
                 detail = self._redact(error_detail(response))
                 raise NemoHTTPError(
                     f"{self.service}: {what} answered HTTP {response.status_code}" + (f": {detail}" if detail else ""),
-                    service=self.service, status_code=response.status_code, detail=detail,
+                    service=self.service,
+                    status_code=response.status_code,
+                    detail=detail,
                 )
             return response
 
@@ -260,8 +269,9 @@ class ServiceClient:
             found = recover() if recover is not None else None
             return Recovered(found) if found is not None else None
 
-        return retry_call(attempt, self.retry, service=self.service, what=what,
-                          recover=recovered if recover is not None else None)
+        return retry_call(
+            attempt, self.retry, service=self.service, what=what, recover=recovered if recover is not None else None
+        )
 
     def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
