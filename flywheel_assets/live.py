@@ -376,6 +376,8 @@ def demo_traces(folder: Path, records: int, seed: int) -> tuple[list[Path], str,
 def print_leaderboards(home: Path, workloads: Iterable[str]) -> None:
     import polars as pl
 
+    from resources.datasets import partition_file
+
     with pl.Config(
         tbl_rows=50,
         tbl_width_chars=120,
@@ -384,7 +386,7 @@ def print_leaderboards(home: Path, workloads: Iterable[str]) -> None:
         tbl_hide_dataframe_shape=True,
     ):
         for workload in workloads:
-            path = home / "assets" / "leaderboard" / f"{workload}.parquet"
+            path = partition_file(home / "assets", ["leaderboard"], workload)
             board = pl.read_parquet(path)
             print(f"\nleaderboard [{workload}] (all {board.width} columns: {path})")
             print(decision_table(board))

@@ -14,7 +14,6 @@ from flywheel_assets.core.leaderboard import (
     gather_evals,
     leaderboard_report,
     paired_difference,
-    printable,
     records_to_settle,
     score_interval,
 )
@@ -167,13 +166,6 @@ def test_gather_evals_keys_rows_by_candidate_and_experiment():
     )
     assert set(gathered) == {("small", "base"), ("small", "icl"), ("large", "icl")}
     assert all(isinstance(frame, pl.DataFrame) for frame in gathered.values())
-
-
-def test_printable_board_shows_the_interval_beside_the_score():
-    evals = {("small", "icl"): eval_rows([1] * 19 + [0]), ("large", "base"): eval_rows([1] * 20)}
-    shown = printable(report(evals).board)
-    assert shown.columns[:5] == ["candidate", "experiment", "score", "95% CI", "n"]
-    assert shown["95% CI"][0] == "[0.84, 1.00]" and "cost_vs_prod" in shown.columns
 
 
 def test_a_chat_record_the_judge_could_not_score_is_left_out_and_counted_not_scored_zero():

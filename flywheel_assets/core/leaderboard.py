@@ -346,31 +346,6 @@ def compare_with_reference(
 # ------------------------------------------------------------------------------ display
 
 # short headers for a terminal (`flywheel demo` prints the boards)
-_SHORT_NAMES = {
-    "function_name_and_args_accuracy": "name+args",
-    "argument_precision": "arg_prec",
-    "argument_recall": "arg_rec",
-    "schema_validity": "schema_ok",
-    "hallucination_rate": "halluc",
-    "abstention_error_rate": "abstain_err",
-    "latency_p50_s": "p50_s",
-    "latency_p95_s": "p95_s",
-    "cost_vs_production": "cost_vs_prod",
-    "meets_threshold": "meets",
-}
-
-
-def printable(board: pl.DataFrame) -> pl.DataFrame:
-    """The board for a terminal: the interval beside the score as text, short headers."""
-    if {"ci_low", "ci_high"} <= set(board.columns):
-        shown = [
-            None if low is None else f"[{low:.2f}, {high:.2f}]" for low, high in zip(board["ci_low"], board["ci_high"])
-        ]
-        board = board.insert_column(board.columns.index("ci_low"), pl.Series("95% CI", shown, dtype=pl.String))
-        board = board.drop("ci_low", "ci_high")
-    return board.rename({k: v for k, v in _SHORT_NAMES.items() if k in board.columns})
-
-
 # ------------------------------------------------------------------------ recommendation
 
 
