@@ -103,6 +103,35 @@ def _dataset(files_url: str, limit: int | None) -> dict[str, Any]:
     return {"files_url": files_url, **({"limit": limit} if limit is not None else {})}
 
 
+def _judge_metric(judge: JudgeEndpoint, system: str, user: str, score: str, pattern: str) -> dict[str, Any]:
+    """An ``llm-judge`` metric: the judge model, its prompt, and the regex reading one integer score."""
+    return {
+        "type": "llm-judge",
+        "params": {
+            "model": judge.as_model(),
+            "template": {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]},
+            "scores": {score: {"type": "int", "parser": {"type": "regex", "pattern": pattern}}},
+        },
+    }
+
+
+def _replay_config(
+    task: str, files_url: str, limit: int | None, template: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """A custom evaluation: one chat-completion task replaying the dataset's records."""
+    return {
+        "type": "custom",
+        "tasks": {
+            task: {
+                "type": "chat-completion",
+                "dataset": _dataset(files_url, limit),
+                "params": {"template": template},
+                "metrics": metrics,
+            }
+        },
+    }
+
+
 def tool_calling_config(
     files_url: str, *, judge: JudgeEndpoint | None = None, limit: int | None = None
 ) -> dict[str, Any]:
@@ -114,70 +143,22 @@ def tool_calling_config(
         }
     }
     if judge is not None:
-        metrics["correctness"] = {
-            "type": "llm-judge",
-            "params": {
-                "model": judge.as_model(),
-                "template": {
-                    "messages": [
-                        {"role": "system", "content": TOOL_JUDGE_SYSTEM_PROMPT},
-                        {"role": "user", "content": TOOL_JUDGE_USER_PROMPT},
-                    ]
-                },
-                "scores": {"rating": {"type": "int", "parser": {"type": "regex", "pattern": r"RATING:\s*(\d+)"}}},
-            },
-        }
-    return {
-        "type": "custom",
-        "tasks": {
-            TOOL_TASK: {
-                "type": "chat-completion",
-                "dataset": _dataset(files_url, limit),
-                "params": {
-                    "template": {
-                        "messages": "{{ item.messages[:-1] | tojson }}",
-                        "tools": "{{ item.tools | tojson }}",
-                        "tool_choice": "required",
-                    }
-                },
-                "metrics": metrics,
-            }
-        },
+        metrics["correctness"] = _judge_metric(
+            judge, TOOL_JUDGE_SYSTEM_PROMPT, TOOL_JUDGE_USER_PROMPT, "rating", r"RATING:\s*(\d+)"
+        )
+    template = {
+        "messages": "{{ item.messages[:-1] | tojson }}",
+        "tools": "{{ item.tools | tojson }}",
+        "tool_choice": "required",
     }
+    return _replay_config(TOOL_TASK, files_url, limit, template, metrics)
 
 
 def chat_judge_config(files_url: str, *, judge: JudgeEndpoint, limit: int | None = None) -> dict[str, Any]:
     """Replay each record and have the judge rate similarity to the expected answer."""
-    return {
-        "type": "custom",
-        "tasks": {
-            CHAT_TASK: {
-                "type": "chat-completion",
-                "dataset": _dataset(files_url, limit),
-                "params": {"template": {"messages": "{{ item.messages[:-1] | tojson }}"}},
-                "metrics": {
-                    "llm-judge": {
-                        "type": "llm-judge",
-                        "params": {
-                            "model": judge.as_model(),
-                            "template": {
-                                "messages": [
-                                    {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-                                    {"role": "user", "content": JUDGE_USER_PROMPT},
-                                ]
-                            },
-                            "scores": {
-                                "similarity": {
-                                    "type": "int",
-                                    "parser": {"type": "regex", "pattern": JUDGE_SCORE_PATTERN},
-                                }
-                            },
-                        },
-                    }
-                },
-            }
-        },
-    }
+    metric = _judge_metric(judge, JUDGE_SYSTEM_PROMPT, JUDGE_USER_PROMPT, "similarity", JUDGE_SCORE_PATTERN)
+    template = {"messages": "{{ item.messages[:-1] | tojson }}"}
+    return _replay_config(CHAT_TASK, files_url, limit, template, {"llm-judge": metric})
 
 
 def model_target(model_id: str, nim_url: str | None = None) -> dict[str, Any]:
