@@ -30,6 +30,14 @@ class CurationConfig(dg.Config):
         "near-duplicate cluster, which the split keeps on one side.",
     )
 
+    def curate_options(self) -> dict:
+        """`core.curation.curate`'s keyword arguments."""
+        return {
+            "feedback_filter": self.feedback_filter,
+            "redact": self.redact_pii,
+            "near_duplicate_threshold": self.near_duplicate_threshold,
+        }
+
 
 @dg.asset(
     partitions_def=workload_partitions,
@@ -56,12 +64,7 @@ def workload_dataset(
     # raw_traces partition may be re-ingested meanwhile
     with stored_assets.pinned("raw_traces", [keys[day] for day in days]) as frames:
         traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
-        dataset, stats = curate(
-            traces,
-            feedback_filter=config.feedback_filter,
-            redact=config.redact_pii,
-            near_duplicate_threshold=config.near_duplicate_threshold,
-        )
+        dataset, stats = curate(traces, **config.curate_options())
         yield dg.Output(
             dataset,  # lazy: the I/O manager streams it to the store
             data_version=dataset_version(stats, config.redact_pii),

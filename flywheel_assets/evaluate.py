@@ -117,31 +117,29 @@ def icl_eval(
     examples = to_eval_examples(eval_dataset)
     pool = split_examples(train_dataset, "train")
     with platform.serving(candidate, pool) as backend:
-        count_tokens, model_limit = token_counter(backend)
-        embedder = embeddings.client() if config.strategy == "embedding" else None
-        plan = plan_icl_prompts(
-            examples,
-            pool,
-            config,
-            count_tokens=count_tokens,
-            model_limit=model_limit,
-            max_new_tokens=candidate.max_new_tokens,
-            embed=embedder.embed if embedder else None,
+        plan = _plan_icl(context, config, examples, pool, backend, candidate.max_new_tokens, embeddings)
+        metadata = {**plan.summary(), "icl_choices": icl_choices_table(plan)}
+        return _score(context, "icl", backend, examples, plan.prompts, platform, metadata, {"icl": plan.provenance()})
+
+
+def _plan_icl(context, config: IclConfig, examples, pool, backend: ChatBackend, max_new_tokens: int, embeddings):
+    """Each eval prompt with its in-context examples, within the candidate's token budget."""
+    count_tokens, model_limit = token_counter(backend)
+    embedder = embeddings.client() if config.strategy == "embedding" else None
+    plan = plan_icl_prompts(
+        examples,
+        pool,
+        config,
+        count_tokens=count_tokens,
+        model_limit=model_limit,
+        max_new_tokens=max_new_tokens,
+        embed=embedder.embed if embedder else None,
+    )
+    if embedder:
+        context.log.info(
+            f"embeddings: {embedder.requests_made} requests to {embedder.embeddings_url} (the rest cached)"
         )
-        if embedder:
-            context.log.info(
-                f"embeddings: {embedder.requests_made} requests to {embedder.embeddings_url} (the rest cached)"
-            )
-        return _score(
-            context,
-            "icl",
-            backend,
-            examples,
-            plan.prompts,
-            platform,
-            {**plan.summary(), "icl_choices": icl_choices_table(plan)},
-            {"icl": plan.provenance()},
-        )
+    return plan
 
 
 @dg.asset(

@@ -23,6 +23,17 @@ class JudgeCalibrationConfig(dg.Config):
     min_kappa: float = Field(default=0.4, description="warn below this Cohen's kappa on low/mid/high bins")
 
 
+CALIBRATION_ROWS = {
+    "id": pl.String,
+    "human": pl.Float64,
+    "machine": pl.Float64,
+    "human_bin": pl.String,
+    "machine_bin": pl.String,
+    "reason": pl.String,
+    "note": pl.String,
+}
+
+
 @dg.asset(
     group_name="evaluate",
     kinds={"polars"},
@@ -38,19 +49,7 @@ class JudgeCalibrationConfig(dg.Config):
 )
 def judge_calibration(context: dg.AssetExecutionContext, config: JudgeCalibrationConfig, platform: ModelPlatform):
     result = calibrate(load_gold_set(), platform.judge())
-    rows = pl.DataFrame(
-        result.rows,
-        schema={
-            "id": pl.String,
-            "human": pl.Float64,
-            "machine": pl.Float64,
-            "human_bin": pl.String,
-            "machine_bin": pl.String,
-            "reason": pl.String,
-            "note": pl.String,
-        },
-        orient="row",
-    )
+    rows = pl.DataFrame(result.rows, schema=CALIBRATION_ROWS, orient="row")
     yield dg.Output(rows, metadata=_calibration_metadata(result, rows))
     yield _agreement_check(result.method, result.spearman, result.kappa, result.unscored, config)
 

@@ -179,24 +179,26 @@ def serving_telemetry(context: dg.AssetExecutionContext, telemetry: TelemetrySou
     return dg.Output(
         summary,
         data_version=dg.DataVersion(frames_digest({context.partition_key: summary})),
-        metadata={
-            "dagster/row_count": summary.height,
-            "samples": samples.height,
-            "models": ", ".join(summary.get_column("model")) or "(no telemetry collected for this day)",
-            "engines": ", ".join(sorted(set(samples.get_column("engine")))) or "none",
-            "by_model": table(
-                summary.select(
-                    "model",
-                    "engines",
-                    "request_rate_per_s",
-                    "error_rate",
-                    "e2e_latency_p95_s",
-                    "ttft_p95_s",
-                    "generation_tokens_per_s",
-                    "requests_waiting_max",
-                    "kv_cache_usage_max",
-                ),
-                max_rows=50,
-            ),
-        },
+        metadata=_telemetry_metadata(samples, summary),
     )
+
+
+def _telemetry_metadata(samples: pl.DataFrame, summary: pl.DataFrame) -> dict:
+    shown = summary.select(
+        "model",
+        "engines",
+        "request_rate_per_s",
+        "error_rate",
+        "e2e_latency_p95_s",
+        "ttft_p95_s",
+        "generation_tokens_per_s",
+        "requests_waiting_max",
+        "kv_cache_usage_max",
+    )
+    return {
+        "dagster/row_count": summary.height,
+        "samples": samples.height,
+        "models": ", ".join(summary.get_column("model")) or "(no telemetry collected for this day)",
+        "engines": ", ".join(sorted(set(samples.get_column("engine")))) or "none",
+        "by_model": table(shown, max_rows=50),
+    }

@@ -99,17 +99,20 @@ def production_slos(context: dg.AssetExecutionContext, stored_assets: StoredAsse
     observations = daily_observations(metrics, _stored_telemetry(stored_assets, list(metrics)))
     breaches = find_breaches(observations, settings.slo)
     newest = max(metrics) if metrics else None
-    yield dg.Output(
-        observations,
-        metadata={
-            "dagster/row_count": observations.height,
-            "newest_day": newest or "(no production metrics yet)",
-            "production": production.id if production else "(no promotion)",
-            "breached": ", ".join(name for name, found in breaches.items() if found) or "none",
-            "observations": table(observations.sort("day", descending=True), max_rows=30),
-        },
-    )
+    yield dg.Output(observations, metadata=_slo_metadata(observations, breaches, newest, production))
     yield from _slo_checks(key, settings, breaches, observations, newest, production)
+
+
+def _slo_metadata(
+    observations: pl.DataFrame, breaches: dict[str, list[Breach]], newest: str | None, production: AuditRecord | None
+) -> dict:
+    return {
+        "dagster/row_count": observations.height,
+        "newest_day": newest or "(no production metrics yet)",
+        "production": production.id if production else "(no promotion)",
+        "breached": ", ".join(name for name, found in breaches.items() if found) or "none",
+        "observations": table(observations.sort("day", descending=True), max_rows=30),
+    }
 
 
 def _slo_checks(
@@ -295,16 +298,21 @@ def traffic_drift(context: dg.AssetExecutionContext, stored_assets: StoredAssets
     if tracker.enabled:
         metadata |= _log(context, tracker, "traffic_drift", key, result.table(), {"breached": len(result.breached)})
     yield dg.Output(result.table(), data_version=dg.DataVersion(result.signature(reference_version)), metadata=metadata)
-    yield dg.AssetCheckResult(
+    yield _drift_check(result, metadata["breached"], key)
+
+
+def _drift_check(result, breached: str, key: str) -> dg.AssetCheckResult:
+    description = (
+        f"drift: {breached}; a new turn is requested for {key}"
+        if result.breached
+        else result.note or "within thresholds"
+    )
+    return dg.AssetCheckResult(
         check_name=DRIFT_CHECK,
         passed=not result.breached,
         severity=WARN,
-        description=(
-            f"drift: {metadata['breached']}; a new turn is requested for {key}"
-            if result.breached
-            else result.note or "within thresholds"
-        ),
-        metadata={"breached": metadata["breached"]},
+        description=description,
+        metadata={"breached": breached},
     )
 
 

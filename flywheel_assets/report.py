@@ -44,12 +44,17 @@ def leaderboard(
     icl_eval: dict[str, pl.LazyFrame],
     customized_eval: dict[str, pl.LazyFrame],
 ) -> dg.Output[pl.DataFrame]:
+    evals = {"base": base_eval, "icl": icl_eval, "customized": customized_eval}
+    report = _report(config, workload_dataset, gather_evals(evals, lambda key: key.keys_by_dimension["candidate"]))
+    context.log.info(f"{context.partition_key}: {report.recommendation}\n{report.board}")
+    metadata = board_metadata(report, config.threshold_rule) | turn_started_by(context.instance, context.partition_key)
+    return dg.Output(report.board, metadata=metadata)
+
+
+def _report(config: LeaderboardConfig, workload_dataset: pl.LazyFrame, evals: dict) -> LeaderboardReport:
     models = load_models()
-    report = leaderboard_report(
-        gather_evals(
-            {"base": base_eval, "icl": icl_eval, "customized": customized_eval},
-            lambda key: key.keys_by_dimension["candidate"],
-        ),
+    return leaderboard_report(
+        evals,
         workload_dataset.select("workload_type", "prompt_tokens", "completion_tokens").collect(),
         costs={c.name: c.cost for c in models.candidates},
         production=models.production,
@@ -57,9 +62,6 @@ def leaderboard(
         rule=config.threshold_rule,
         seed=config.bootstrap_seed,
     )
-    context.log.info(f"{context.partition_key}: {report.recommendation}\n{report.board}")
-    metadata = board_metadata(report, config.threshold_rule) | turn_started_by(context.instance, context.partition_key)
-    return dg.Output(report.board, metadata=metadata)
 
 
 def board_metadata(report: LeaderboardReport, threshold_rule: str) -> dict:

@@ -56,14 +56,9 @@ def lora_adapter(
 ) -> dg.Output[dict]:
     candidate = candidate_of(context)
     hp = LoraHyperparameters(**{**candidate.hyperparameters, **config.overrides()})
-    trained = platform.train(
-        candidate,
-        split_examples(train_dataset, "train"),
-        split_examples(train_dataset, "validation"),
-        hp,
-        workload_key=context.partition_key.keys_by_dimension["workload"],
-        log=context.log.info,
-    )
+    train, validation = (split_examples(train_dataset, split) for split in ("train", "validation"))
+    workload = context.partition_key.keys_by_dimension["workload"]
+    trained = platform.train(candidate, train, validation, hp, workload_key=workload, log=context.log.info)
     if not trained.adapter.trained:
         context.log.info(f"{candidate.name}: not fine-tuned ({trained.adapter.reason})")
     return dg.Output(
