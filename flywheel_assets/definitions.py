@@ -91,6 +91,7 @@ def build_platform(settings: FlywheelSettings, home: Path) -> ModelPlatform:
             nemo_base_url=settings.nemo_base_url,
             datastore_base_url=settings.nemo_datastore_url,
             nim_base_url=settings.nim_base_url,
+            evaluator_nim_url=settings.evaluator_nim_url,
             namespace=settings.nemo_namespace,
             api_key=_secret("NGC_API_KEY"),
         )

@@ -23,6 +23,7 @@
 | FLYWHEEL_NEMO_BASE_URL      |                         | NeMo gateway: Entity Store, Customizer, Evaluator, Deployment Mgmt (`nemo`) |
 | FLYWHEEL_NEMO_DATASTORE_URL |                         | NeMo Data Store (`nemo`)                          |
 | FLYWHEEL_NIM_BASE_URL       |                         | NIM proxy, OpenAI-compatible (`nemo`)             |
+| FLYWHEEL_NEMO_EVALUATOR_NIM_URL |                     | the NIM proxy as the Evaluator reaches it in the cluster (default: jobs name the model) |
 | FLYWHEEL_NEMO_NAMESPACE     | flywheel                | namespace of everything the flywheel creates in NeMo |
 
 Secrets are never read here, only named: FLYWHEEL_JUDGE_API_KEY, FLYWHEEL_EMBEDDINGS_API_KEY, NGC_API_KEY, WANDB_API_KEY
@@ -84,6 +85,7 @@ class FlywheelSettings(BaseModel):
     nemo_base_url: str | None = _var("FLYWHEEL_NEMO_BASE_URL")
     nemo_datastore_url: str | None = _var("FLYWHEEL_NEMO_DATASTORE_URL")
     nim_base_url: str | None = _var("FLYWHEEL_NIM_BASE_URL")
+    evaluator_nim_url: str | None = _var("FLYWHEEL_NEMO_EVALUATOR_NIM_URL")
     nemo_namespace: str = _var("FLYWHEEL_NEMO_NAMESPACE", "flywheel")
 
     @field_validator("home", "traces_dir")
@@ -98,7 +100,14 @@ class FlywheelSettings(BaseModel):
             raise ValueError("is not a file")
         return path
 
-    @field_validator("judge_base_url", "embeddings_base_url", "nemo_base_url", "nemo_datastore_url", "nim_base_url")
+    @field_validator(
+        "judge_base_url",
+        "embeddings_base_url",
+        "nemo_base_url",
+        "nemo_datastore_url",
+        "nim_base_url",
+        "evaluator_nim_url",
+    )
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
         if url is None:

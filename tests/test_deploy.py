@@ -698,3 +698,21 @@ def test_the_trace_source_quarantines_records_before_the_configured_start_date(t
     assert landed.partitions == {"2025-01-01|w": {"valid": 0, "quarantined": 1}}
     _, quarantined = read_partition(source.landing_path, "2025-01-01", "w")
     assert quarantined["reason"].to_list() == ["before_start_date"]
+
+
+def test_the_evaluator_targets_the_nim_proxy_at_its_in_cluster_address(tmp_path):
+    from flywheel_assets.definitions import build_platform
+
+    nemo = {
+        "FLYWHEEL_BACKEND": "nemo",
+        "FLYWHEEL_NEMO_BASE_URL": "http://nemo.example:8080",
+        "FLYWHEEL_NEMO_DATASTORE_URL": "http://datastore.example:3000",
+        "FLYWHEEL_NIM_BASE_URL": "https://nim.example.com",
+    }
+    inside = build_platform(
+        load_settings({**nemo, "FLYWHEEL_NEMO_EVALUATOR_NIM_URL": "http://nemo-nim-proxy:8000"}), tmp_path
+    )
+    assert inside.nemo.evaluator_nim_url == "http://nemo-nim-proxy:8000"
+    assert build_platform(load_settings(nemo), tmp_path).nemo.evaluator_nim_url is None  # jobs name the model
+    with pytest.raises(SettingsError, match="FLYWHEEL_NEMO_EVALUATOR_NIM_URL='nim:8000' is not an http"):
+        load_settings({**nemo, "FLYWHEEL_NEMO_EVALUATOR_NIM_URL": "nim:8000"})
