@@ -20,6 +20,7 @@ of one serving-telemetry sensor tick.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import tempfile
 import time
@@ -29,6 +30,8 @@ import httpx
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from fake_prometheus import VLLM_LATENCY_BUCKETS  # noqa: E402
 
 from flywheel_assets.core.candidates import CandidateSpec  # noqa: E402
 from flywheel_assets.core.ingest import TimeBounds, validate_batch  # noqa: E402
@@ -42,7 +45,7 @@ def traces(records: int, base: int) -> pl.DataFrame:
     )
     valid, _ = validate_batch(
         (("bench", line) for line in lines),
-        TimeBounds(__import__("datetime").date(2026, 1, 1), __import__("datetime").date(2027, 1, 1)),
+        TimeBounds(dt.date(2026, 1, 1), dt.date(2027, 1, 1)),
     )
     copies = -(-records // valid.height)
     frame = pl.concat([valid] * copies).head(records)
@@ -102,30 +105,7 @@ def exposition(models: int, series: int) -> str:
     """vLLM-style text: per model `series` series (histogram buckets of 3 histograms,
     counters by finished_reason, gauges), with vLLM's names and labels."""
     lines = []
-    buckets = [
-        0.3,
-        0.5,
-        0.8,
-        1.0,
-        1.5,
-        2.0,
-        2.5,
-        5.0,
-        10.0,
-        15.0,
-        20.0,
-        30.0,
-        40.0,
-        50.0,
-        60.0,
-        120.0,
-        240.0,
-        480.0,
-        960.0,
-        1920.0,
-        7680.0,
-        float("inf"),
-    ]
+    buckets = [*VLLM_LATENCY_BUCKETS, float("inf")]
     names = ["vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds", "vllm:request_queue_time_seconds"]
     for name in names:
         lines.append(f"# TYPE {name} histogram")
