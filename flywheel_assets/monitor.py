@@ -72,7 +72,22 @@ def production_metrics(
         )
         for partition in context.partition_keys
     }
+    _warn_unapproved(context, frames)
     return dg.Output(frames, data_version=dg.DataVersion(frames_digest(frames)))
+
+
+def _warn_unapproved(context: dg.AssetExecutionContext, frames: dict[str, pl.DataFrame]) -> None:
+    """One warning per run, not per partition: before a first promotion every day of every
+    workload is served by a model no promotion approved (the incumbent production model)."""
+    partitions_by_model: dict[str, list[str]] = {}
+    for partition, frame in frames.items():
+        for model in frame.filter(~pl.col("approved")).get_column("served_model"):
+            partitions_by_model.setdefault(model, []).append(partition)
+    for model, partitions in sorted(partitions_by_model.items()):
+        context.log.warning(
+            f"traffic served by {model}, which no promotion approved, in {len(partitions)} partition(s): "
+            f"{partitions[0]}{' ...' if len(partitions) > 1 else ''} (flywheel-audit lists it)"
+        )
 
 
 def _measure_partition(
@@ -99,9 +114,6 @@ def _measure_partition(
     if tracker.enabled and approved:
         metadata |= log_to_wandb(context, tracker, partition, workload, frame)
     context.add_asset_metadata(metadata, partition_key=partition)
-    unapproved = metadata["unapproved_models"]
-    if frame.height and unapproved != "none":
-        context.log.warning(f"{partition}: traffic served by models no promotion approved: {unapproved}")
     return frame
 
 

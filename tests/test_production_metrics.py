@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 
 import numpy as np
 import polars as pl
@@ -352,6 +353,17 @@ def test_the_ingest_job_records_production_metrics_per_partition_with_promotions
             instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
         )
         assert run.success
+        warnings = [
+            e.message
+            for e in instance.all_logs(run.run_id)
+            if e.level == logging.WARNING and "no promotion approved" in e.message
+        ]
+        # one warning per model for the whole run, not one per partition
+        assert [w.split(", in ")[0] for w in warnings] == [
+            "traffic served by llama-1b-router-lora, which no promotion approved",
+            "traffic served by prod-70b, which no promotion approved",
+        ]
+        assert "in 2 partition(s)" in warnings[1]
         events = {
             e.partition: e.metadata
             for e in (m.materialization for m in run.get_asset_materialization_events())
