@@ -113,7 +113,8 @@ def run_report(
     check's reason and remedy), or `FAIL` followed by the stack traces of a real failure."""
     if run.success:
         found = run_warnings(instance, run.run_id)
-        more = f", {len(found)} warnings in its run log, first: {found[0].splitlines()[0]}" if found else ""
+        counted = f"{len(found)} warning{'s' if len(found) > 1 else ''} in its run log"
+        more = f", {counted}, first: {found[0].splitlines()[0]}" if found else ""
         return f"ok   {job} [{target}] ({progress}{more})"
     if was_held_back(run):
         return f"skip {job} [{target}] ({progress}): " + "; ".join(
