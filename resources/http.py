@@ -98,25 +98,14 @@ def retry(
     raise AssertionError("unreachable")  # the loop always returns or raises
 
 
-def send_once(
-    request: Callable[[], httpx.Response],
-    *,
-    timeout_s: float,
-    where: str = "",
-    detail: Callable[[httpx.Response], str] = lambda response: response.text[:200].strip(),
-    accept: Callable[[httpx.Response], bool] | None = None,
-) -> httpx.Response:
-    """One HTTP attempt: the response, unless it is worth another attempt (`Retryable`).
-
-    A connection that never reached the server is safe to send again (not ambiguous); a
-    timeout or a connection broken mid-request may have been acted on (ambiguous); so may a
-    5xx, while a 429 was refused. A response ``accept`` takes is returned whatever its status
-    (a repeated create answered "already exists"). ``where`` names the call in messages when
-    the caller's own error does not; ``detail`` is what of an error response may be shown.
-    """
+def send_once(request: Callable[[], httpx.Response], *, timeout_s: float, where: str = "") -> httpx.Response:
+    """One HTTP attempt's response; a failure to get one as `Retryable`. A connection that
+    never reached the server is safe to send again (not ambiguous); a timeout or a
+    connection broken mid-request may have been acted on (ambiguous). ``where`` names the
+    call in messages when the caller's own error does not."""
     calling = f" calling {where}" if where else ""
     try:
-        response = request()
+        return request()
     except (httpx.ConnectError, httpx.ConnectTimeout) as error:
         to = f" to {where}" if where else ""
         raise Retryable(f"cannot connect{to}: {type(error).__name__}: {error}", ambiguous=False) from None
@@ -124,8 +113,16 @@ def send_once(
         raise Retryable(f"timed out after {timeout_s:g}s{calling}") from None
     except httpx.TransportError as error:
         raise Retryable(f"connection error{calling}: {type(error).__name__}: {error}") from None
-    if accept is not None and accept(response):
-        return response
+
+
+def raise_if_retryable(
+    response: httpx.Response,
+    *,
+    where: str = "",
+    detail: Callable[[httpx.Response], str] = lambda response: response.text[:200].strip(),
+) -> None:
+    """`Retryable` for HTTP 429 (refused: not ambiguous) and 5xx (may have been acted on);
+    ``detail`` is what of the response may be shown (redact secrets)."""
     if response.status_code in RETRYABLE_STATUS:
         shown = detail(response)
         raise Retryable(
@@ -135,7 +132,6 @@ def send_once(
             status_code=response.status_code,
             detail=shown,
         )
-    return response
 
 
 def retry_after_s(response: httpx.Response) -> float | None:

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flywheel_assets.core.chat import AssistantMessage, ChatPrompt, Completion, FunctionCall, ToolCall
 from flywheel_assets.core.metrics import RAW_ARGUMENTS_KEY  # the metric recognises such calls
-from resources.http import RetryPolicy, retry, send_once, shared_ssl_context
+from resources.http import RetryPolicy, raise_if_retryable, retry, send_once, shared_ssl_context
 
 T = TypeVar("T")
 
@@ -241,6 +241,7 @@ class OpenAICompatibleBackend:
         """One HTTP attempt: the JSON payload, or Retryable / EndpointError."""
         where = f"{url} (model {self.model})"
         response = send_once(lambda: client.request(method, url, json=body), timeout_s=self.timeout_s, where=where)
+        raise_if_retryable(response, where=where)
         if response.status_code >= 400:
             raise EndpointError(_status_message(response, where))
         try:

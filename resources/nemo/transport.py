@@ -42,6 +42,7 @@ from resources.http import (  # noqa: F401  Retryable, RetryPolicy: part of this
     RETRYABLE_STATUS,
     Retryable,
     RetryPolicy,
+    raise_if_retryable,
     retry,
     send_once,
     shared_ssl_context,
@@ -250,11 +251,10 @@ class ServiceClient:
                     method, url, json=json, content=content, data=data, params=params, headers=send_headers
                 ),
                 timeout_s=self.timeout_s,
-                detail=lambda r: self._redact(error_detail(r)),
-                accept=accept,
             )
-            if accept is not None and accept(response):
+            if accept is not None and accept(response):  # e.g. a repeated create: "already exists"
                 return response
+            raise_if_retryable(response, detail=lambda r: self._redact(error_detail(r)))
             if response.status_code >= 400:
                 detail = self._redact(error_detail(response))
                 raise NemoHTTPError(
