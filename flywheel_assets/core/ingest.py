@@ -321,15 +321,11 @@ def read_workload_keys(landing_dir: Path) -> dict[str, str]:
         return keys
 
 
-def pinned_workload_keys(landing_dir: Path) -> dict[str, str]:
-    """Workload ids landed under a key other than `workload_key`'s today (an id with a dot,
-    landed before dots were allowed): they keep that key, so a workload's data never moves
-    to another partition silently."""
-    return {
-        workload_id: key
-        for workload_id, key in read_workload_keys(landing_dir).items()
-        if workload_key(workload_id) != key
-    }
+def pinned_workload_keys(known_keys: dict[str, str]) -> dict[str, str]:
+    """Of `read_workload_keys`, the ids landed under a key other than `workload_key`'s today
+    (an id with a dot, landed before dots were allowed): they keep that key, so a
+    workload's data never moves to another partition silently."""
+    return {workload_id: key for workload_id, key in known_keys.items() if workload_key(workload_id) != key}
 
 
 def _pin_keys(frame: pl.DataFrame, pinned: dict[str, str]) -> pl.DataFrame:
@@ -735,7 +731,7 @@ def _stage_and_swap(
             staging=staging,
             bounds=bounds,
             max_record_bytes=max_record_bytes,
-            pinned_keys=pinned_workload_keys(landing_dir),
+            pinned_keys=pinned_workload_keys(known_keys),
         )
         # closed (its pool shut down) before the staging folder is removed
         with contextlib.closing(_map_batches(land, batches, workers)) as landed_batches:
