@@ -112,7 +112,9 @@ def _measure_partition(
     )
     metadata = partition_metadata(frame)
     if tracker.enabled and approved:
-        metadata |= log_to_wandb(context, tracker, partition, workload, frame)
+        totals = frame.select(pl.col("requests").sum(), pl.col("estimated_cost_usd").sum()).row(0, named=True)
+        metrics = {name: value for name, value in totals.items() if value is not None}
+        metadata |= log_with_promoted_model(context, tracker, "production_metrics", partition, workload, frame, metrics)
     context.add_asset_metadata(metadata, partition_key=partition)
     return frame
 
@@ -130,23 +132,28 @@ def partition_metadata(frame: pl.DataFrame) -> dict:
     }
 
 
-def log_to_wandb(
-    context: dg.AssetExecutionContext, tracker: Tracker, partition: str, workload: str, frame: pl.DataFrame
+def log_with_promoted_model(
+    context: dg.AssetExecutionContext,
+    tracker: Tracker,
+    asset: str,
+    partition: str,
+    workload: str,
+    frame: pl.DataFrame,
+    metrics: dict,
 ) -> dict:
-    """The partition's figures in a W&B run that uses the promoted model's artifact, so W&B
-    lineage runs from production back to the adapter, its dataset and its traces."""
+    """A monitoring result in a W&B run that uses the workload's promoted model artifact, so
+    W&B lineage runs from production back to the adapter, its dataset and its traces."""
     promoted = latest_wandb_ref(context.instance, "promoted_model", workload)
-    totals = frame.select(pl.col("requests").sum(), pl.col("estimated_cost_usd").sum()).row(0, named=True)
     ref = tracker.log(
         ArtifactRequest(
-            name=artifact_name("production_metrics", partition),
-            type="production-metrics",
-            asset="production_metrics",
+            name=artifact_name(asset, partition),
+            type=asset.replace("_", "-"),
+            asset=asset,
             partition=partition,
             dagster_run_id=context.run_id,
             dagster_job=context.job_name,
-            tables={"production_metrics": frame},
-            metrics={k: v for k, v in totals.items() if v is not None},
+            tables={asset: frame},
+            metrics=metrics,
             inputs=[promoted] if promoted else [],
         )
     )

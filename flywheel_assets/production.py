@@ -43,11 +43,11 @@ from flywheel_assets.core.splitting import SPLIT_SCHEMA
 from flywheel_assets.curate import materialized_days
 from flywheel_assets.lineage import latest_materialization, promotion_history
 from flywheel_assets.metadata import table
-from flywheel_assets.monitor import stored_production_metrics
+from flywheel_assets.monitor import log_with_promoted_model, stored_production_metrics
 from flywheel_assets.settings import load_settings
 from partitions.slices import BY_WORKLOAD, workload_partitions
 from resources.datasets import StoredAssets
-from resources.tracking import ArtifactRequest, Tracker, artifact_name, latest_wandb_ref, wandb_metadata
+from resources.tracking import Tracker
 from sensors.automation import refresh_when_traffic_changed
 
 DRIFT_CHECK = "drift_within_thresholds"
@@ -229,7 +229,9 @@ def canary_analysis(context: dg.AssetExecutionContext, stored_assets: StoredAsse
     context.log.info(f"{key}: {result.verdict}: {result.reason}")
     metadata = _canary_metadata(result, baseline, canary, sorted(metrics), settings.canary.alpha)
     if tracker.enabled:
-        metadata |= _log(context, tracker, "canary_analysis", key, result.table(), {"verdict": result.verdict})
+        metadata |= log_with_promoted_model(
+            context, tracker, "canary_analysis", key, key, result.table(), {"verdict": result.verdict}
+        )
     return dg.Output(result.table(), metadata=metadata)
 
 
@@ -296,7 +298,9 @@ def traffic_drift(context: dg.AssetExecutionContext, stored_assets: StoredAssets
     metadata = _drift_metadata(result, window, reference_note)
     context.log.info(f"{key}: drift {metadata['breached']} ({result.note or reference_note})")
     if tracker.enabled:
-        metadata |= _log(context, tracker, "traffic_drift", key, result.table(), {"breached": len(result.breached)})
+        metadata |= log_with_promoted_model(
+            context, tracker, "traffic_drift", key, key, result.table(), {"breached": len(result.breached)}
+        )
     yield dg.Output(result.table(), data_version=dg.DataVersion(result.signature(reference_version)), metadata=metadata)
     yield _drift_check(result, metadata["breached"], key)
 
@@ -372,28 +376,6 @@ def _reference(
             f"{promoted.data_version}, no longer stored"
         ),
     )
-
-
-def _log(
-    context: dg.AssetExecutionContext, tracker: Tracker, asset: str, key: str, frame: pl.DataFrame, metrics: dict
-) -> dict:
-    """A W&B run that uses the promoted model's artifact, so lineage runs from this result
-    back to the adapter and its data."""
-    promoted = latest_wandb_ref(context.instance, "promoted_model", key)
-    ref = tracker.log(
-        ArtifactRequest(
-            name=artifact_name(asset, key),
-            type=asset.replace("_", "-"),
-            asset=asset,
-            partition=key,
-            dagster_run_id=context.run_id,
-            dagster_job=context.job_name,
-            tables={asset: frame},
-            metrics=metrics,
-            inputs=[promoted] if promoted else [],
-        )
-    )
-    return wandb_metadata(ref) if ref else {}
 
 
 def turn_started_by(instance: dg.DagsterInstance, key: str) -> dict:
