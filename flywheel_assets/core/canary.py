@@ -34,7 +34,7 @@ from scipy import stats
 from flywheel_assets.core.candidates import CostProfile
 
 # the same judgement of a tool call as production_metrics (one place for it)
-from flywheel_assets.core.production_metrics import _check_calls, served_model_expr
+from flywheel_assets.core.production_metrics import served_model_expr, tool_call_checks
 
 Verdict = Literal["promote_fully", "keep_watching", "roll_back"]
 
@@ -141,12 +141,7 @@ def request_values(
         )
         .collect()
     )
-    pairs = frame.select("tools", "calls").drop_nulls().unique()
-    judged = [_check_calls(tools, calls) for tools, calls in pairs.iter_rows()]
-    checks = pairs.with_columns(
-        pl.Series("call_count", [j[0] for j in judged], dtype=pl.Int64),
-        pl.Series("schemas_valid", [j[2] for j in judged], dtype=pl.Int64),
-    )
+    checks = tool_call_checks(frame.select("tools", "calls").drop_nulls().unique())
     models = frame.get_column("served_model").unique().to_list()
     prices = pl.DataFrame(
         {

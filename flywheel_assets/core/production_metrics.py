@@ -128,7 +128,7 @@ def metrics_by_served_model(
         "tools",
         "calls",
     )
-    checks = _tool_call_checks(frame.select("tools", "calls").drop_nulls().unique())
+    checks = tool_call_checks(frame.select("tools", "calls").drop_nulls().unique())
     by_model = (
         frame.lazy()
         .join(checks.lazy(), on=["tools", "calls"], how="left", nulls_equal=False)
@@ -266,7 +266,7 @@ def _refused() -> pl.Expr:
     ).fill_null(False)
 
 
-def _tool_call_checks(distinct: pl.DataFrame) -> pl.DataFrame:
+def tool_call_checks(distinct: pl.DataFrame) -> pl.DataFrame:
     """Per distinct (tools, calls) pair of JSON texts: calls made, calls naming an offered
     tool, calls whose arguments validate against the tool's schema. A workload offers the
     same tools all day and models repeat their calls, so pairs repeat."""
