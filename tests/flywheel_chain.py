@@ -17,6 +17,23 @@ CANDIDATE = "tiny-demo"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+def materialize_quietly(
+    instance: dg.DagsterInstance, resources: dict, selection: list[str], key: str, run_config: dict | None = None
+) -> dg.ExecuteInProcessResult:
+    """`selection` of the flywheel's assets for partition `key`, the console logger at
+    WARNING; the run must succeed."""
+    result = dg.materialize(
+        ASSETS,
+        selection=selection,
+        partition_key=key,
+        instance=instance,
+        resources=resources,
+        run_config={**QUIET, **(run_config or {})},
+    )
+    assert result.success
+    return result
+
+
 def write_traces(folder: Path) -> None:
     """One day of WL's sample traces, enough for a candidate to train and be evaluated."""
     write_sample_traces(folder, n=400, seed=5, days=1, workloads=WL)
@@ -30,24 +47,14 @@ def promoted_chain(
     candidate's run and the promotion's."""
     assert not run_flywheel(defs, instance, log=lambda _: None, through="split").failed
 
-    def materialize(selection: list[str], key: str, run_config: dict) -> dg.ExecuteInProcessResult:
-        result = dg.materialize(
-            ASSETS,
-            selection=selection,
-            partition_key=key,
-            instance=instance,
-            resources=resources,
-            run_config={**QUIET, **run_config},
-        )
-        assert result.success
-        return result
-
-    candidate = materialize(
+    candidate = materialize_quietly(
+        instance,
+        resources,
         ["lora_adapter", "base_eval", "icl_eval", "customized_eval"],
         candidate_workload_key(CANDIDATE, WL),
         {"ops": {"lora_adapter": {"config": {"epochs": 1}}}},
     )
-    materialize(["leaderboard"], WL, {})
+    materialize_quietly(instance, resources, ["leaderboard"], WL)
     promotion = defs.resolve_job_def("promote").execute_in_process(
         instance=instance,
         partition_key=WL,

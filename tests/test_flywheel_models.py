@@ -3,12 +3,11 @@ one candidate, in a temporary instance (tiny demo model, short training)."""
 
 import dagster as dg
 import pytest
+from flywheel_chain import materialize_quietly
 
-from flywheel_assets.definitions import ASSETS, build_resources
+from flywheel_assets.definitions import build_resources
 from flywheel_assets.sample_data import write_sample_traces
 from partitions.slices import candidate_workload_key, trace_partition_key
-
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +19,7 @@ def trained(tmp_path_factory):
         instance.add_dynamic_partitions("workload", ["tool_router"])
 
         def run(selection, key, run_config=None):
-            result = dg.materialize(
-                ASSETS,
-                selection=selection,
-                partition_key=key,
-                instance=instance,
-                resources=resources,
-                run_config={**QUIET, **(run_config or {})},
-            )
-            assert result.success
-            return result
+            return materialize_quietly(instance, resources, selection, key, run_config)
 
         run(["raw_traces", "quarantined_traces"], trace_partition_key("2026-11-20", "tool_router"))
         run(["workload_dataset", "eval_dataset", "train_dataset"], "tool_router")
@@ -85,13 +75,12 @@ def test_leaderboard_ranks_every_experiment(trained):
 def test_retrying_training_with_the_same_inputs_reuses_the_adapter(trained):
     tmp, instance, models, _ = trained
     first = metadata(models, "lora_adapter")["adapter_dir"]
-    resources_again = dg.materialize(
-        ASSETS,
-        selection=["lora_adapter"],
-        partition_key=candidate_workload_key("tiny-demo", "tool_router"),
-        instance=instance,
-        run_config={**QUIET, "ops": {"lora_adapter": {"config": {"epochs": 1}}}},
-        resources=build_resources(tmp, tmp / "traces"),
+    resources_again = materialize_quietly(
+        instance,
+        build_resources(tmp, tmp / "traces"),
+        ["lora_adapter"],
+        candidate_workload_key("tiny-demo", "tool_router"),
+        {"ops": {"lora_adapter": {"config": {"epochs": 1}}}},
     )
     again = metadata(resources_again, "lora_adapter")
     assert again["adapter_dir"] == first
