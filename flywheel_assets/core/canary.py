@@ -29,12 +29,14 @@ from typing import Literal
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
-from scipy import stats
 
 from flywheel_assets.core.candidates import CostProfile
 
 # the same judgement of a tool call as production_metrics (one place for it)
 from flywheel_assets.core.production_metrics import served_model_expr, tool_call_checks
+
+# scipy.stats is imported where it is used: importing it takes about half a second, and the
+# code location (every run's process) imports this module
 
 Verdict = Literal["promote_fully", "keep_watching", "roll_back"]
 
@@ -196,6 +198,8 @@ def _rate(bad: int, good: int) -> float | None:
 
 
 def _fisher(metric: str, base_bad: int, base_good: int, can_bad: int, can_good: int) -> MetricTest:
+    from scipy import stats
+
     test = MetricTest(metric, _rate(base_bad, base_good), _rate(can_bad, can_good))
     if test.baseline is None or test.canary is None:
         test.note = "not tested: no data for one version"
@@ -206,6 +210,8 @@ def _fisher(metric: str, base_bad: int, base_good: int, can_bad: int, can_good: 
 
 
 def _mann_whitney(metric: str, base: np.ndarray, can: np.ndarray, tolerance: float) -> MetricTest:
+    from scipy import stats
+
     test = MetricTest(
         metric, float(np.median(base)) if len(base) else None, float(np.median(can)) if len(can) else None
     )
@@ -219,6 +225,8 @@ def _mann_whitney(metric: str, base: np.ndarray, can: np.ndarray, tolerance: flo
 
 def significance_tests(baseline: VersionTraffic, canary: VersionTraffic, policy: CanaryPolicy) -> list[MetricTest]:
     """One test per metric both versions have data for, adjusted together (no intervals)."""
+    from scipy import stats
+
     tests = [
         _mann_whitney("latency_s (median)", _latency(baseline), _latency(canary), policy.latency_tolerance),
         _fisher("thumbs_down_rate", baseline.thumbs_down, baseline.thumbs_up, canary.thumbs_down, canary.thumbs_up),
@@ -286,6 +294,8 @@ def analyse_canary(baseline: VersionTraffic, canary: VersionTraffic, policy: Can
 
 
 def _latency_interval(base: np.ndarray, can: np.ndarray, policy: CanaryPolicy) -> str:
+    from scipy import stats
+
     if len(base) < 2 or len(can) < 2:
         return ""
     parts = []
@@ -307,6 +317,8 @@ def _latency_interval(base: np.ndarray, can: np.ndarray, policy: CanaryPolicy) -
 
 
 def _wilson(bad: int, good: int) -> str:
+    from scipy import stats
+
     if not bad + good:
         return "n/a"
     ci = stats.binomtest(bad, bad + good).proportion_ci(method="wilson")
@@ -318,6 +330,8 @@ def _rates_interval(base_bad: int, base_good: int, can_bad: int, can_good: int) 
 
 
 def _mean_difference_interval(base: np.ndarray, can: np.ndarray) -> str:
+    from scipy import stats
+
     if len(base) < 2 or len(can) < 2:
         return ""
     ci = stats.ttest_ind(can, base, equal_var=False).confidence_interval()

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-from scipy import stats
-from scipy.spatial.distance import jensenshannon
 
 from flywheel_assets.core.slo import DriftThresholds
+
+# scipy is imported where it is used: importing it takes about half a second, and the
+# code location (every run's process) imports this module
 
 # a tool call ({"function": {"name"}}) or an offered tool (that, or the flat {"name"} form)
 _TOOLS = pl.List(pl.Struct({"function": pl.Struct({"name": pl.String}), "name": pl.String}))
@@ -133,6 +134,9 @@ def measure_drift(recent: pl.DataFrame, reference: pl.DataFrame, thresholds: Dri
     """Compare `recent_requests` rows with `split_requests` rows (train + validation). The
     split's records of the recent traffic itself are left out: a split rebuilt since the
     traffic arrived must not hide the drift from itself."""
+    from scipy import stats
+    from scipy.spatial.distance import jensenshannon
+
     reference = reference.filter(~pl.col("record_id").is_in(recent.get_column("record_id").implode()))
     train = reference.filter(pl.col("split") == "train")
     held_out = reference.filter(pl.col("split") == "validation")

@@ -35,9 +35,11 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from flywheel_assets.core.candidates import CostProfile
+
+# scipy.stats is imported where it is used: importing it takes about half a second, and the
+# code location (every run's process) imports this module
 
 EXPERIMENTS = ("base", "icl", "customized")
 PRIMARY_SCORE = {"tool_calling": "function_name_accuracy", "chat": "similarity"}
@@ -258,6 +260,8 @@ def score_interval(
     scores: np.ndarray, *, seed: int = 0, confidence: float = CONFIDENCE, n_resamples: int = BOOTSTRAP_RESAMPLES
 ) -> tuple[float | None, float | None]:
     """A seeded bootstrap interval of the mean of per-record scores in [0, 1]."""
+    from scipy import stats
+
     scores = np.asarray(scores, dtype=float)
     if scores.size == 0:
         return None, None
@@ -273,6 +277,8 @@ def score_interval(
 def _bootstrap_mean(
     samples: tuple[np.ndarray, ...], seed: int, confidence: float, n_resamples: int
 ) -> tuple[float, float]:
+    from scipy import stats
+
     def interval(method: str):
         with warnings.catch_warnings():  # degenerate resamples are handled below, not shown
             warnings.simplefilter("ignore")

@@ -21,12 +21,16 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
-from datasketch import MinHash, MinHashLSH
-from scipy.sparse import coo_array
-from scipy.sparse.csgraph import connected_components
+
+if TYPE_CHECKING:
+    from datasketch import MinHash, MinHashLSH
+
+# datasketch and scipy are imported where they are used: importing them takes about half a
+# second, and the code location (every run's process) imports this module
 
 DEFAULT_THRESHOLD = 0.8
 # 64 permutations: the estimate's standard error at J = 0.8 is 0.05, half the cost of 128
@@ -68,10 +72,14 @@ def jaccard(a: set[bytes], b: set[bytes]) -> float:
 
 def _minhash() -> MinHash:
     # xxh32: stable across versions and machines (the split's bytes depend on it), 4x sha1's speed
+    from datasketch import MinHash
+
     return MinHash(num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
 
 
 def _minhashes(shingle_sets: Iterable[set[bytes]]) -> Iterable[MinHash]:
+    from datasketch import MinHash
+
     return MinHash.generator(shingle_sets, num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
 
 
@@ -92,6 +100,8 @@ def _lsh(threshold: float) -> MinHashLSH:
     threshold and for recall over precision, because a missed pair can leak into training
     while a false candidate only costs a comparison (recall 0.99 at J = 0.8 with 64
     permutations: 12 bands x 5 rows)."""
+    from datasketch import MinHashLSH
+
     return MinHashLSH(threshold=max(threshold - 0.1, 0.1), num_perm=NUM_PERM, weights=(0.05, 0.95))
 
 
@@ -128,6 +138,9 @@ def _bucket_pairs(bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def near_duplicate_clusters(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """For each text, the index of the first text of its near-duplicate cluster (itself
     when it has none). Pass texts earliest first and the earliest record names its cluster."""
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import connected_components
+
     n = len(texts)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
