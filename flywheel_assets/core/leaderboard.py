@@ -41,7 +41,6 @@ from flywheel_assets.core.candidates import CostProfile
 # scipy.stats is imported where it is used: importing it takes about half a second, and the
 # code location (every run's process) imports this module
 
-EXPERIMENTS = ("base", "icl", "customized")
 PRIMARY_SCORE = {"tool_calling": "function_name_accuracy", "chat": "similarity"}
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 4999

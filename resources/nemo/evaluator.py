@@ -21,7 +21,7 @@ scaled to [0, 1]; for tool calling an optional judge ``rating`` 0/1 as ``correct
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -332,6 +332,3 @@ class EvaluatorClient(ServiceClient):
             on_progress=on_progress,
             timeout_hint=f"the job keeps running: resume it with existing_job_id={job_id!r}",
         )
-
-
-WorkloadKind = Literal["tool_calling", "chat"]
