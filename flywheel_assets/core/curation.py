@@ -24,7 +24,7 @@ from typing import Literal
 import polars as pl
 import pydantic_core
 
-from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_clusters, user_key_text
+from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_clusters, user_key_texts
 
 DEDUP_KEY = ("user_key", "tool_names")
 # one landed row: its content hash and where it was read (file and line, or row)
@@ -236,12 +236,12 @@ def curate(
 def mark_near_duplicates(records: pl.DataFrame, threshold: float) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`records` (earliest first, with `record_id` and `user_key`) with their
     `near_duplicate_cluster`, and the clusters of two or more records, largest first."""
-    texts = [user_key_text(key) for key in records.get_column("user_key")]
+    texts = user_key_texts(records.get_column("user_key"))
     first = near_duplicate_clusters(texts, threshold)
     ids = records.get_column("record_id")
     marked = records.with_columns(near_duplicate_cluster=ids.gather(first))
     clusters = (
-        marked.with_columns(prompt=pl.Series(texts, dtype=pl.String))
+        marked.with_columns(prompt=texts)
         .group_by("near_duplicate_cluster", maintain_order=True)
         .agg(records=pl.len(), record_ids=pl.col("record_id"), prompt=pl.col("prompt").first())
         .filter(pl.col("records") > 1)
