@@ -2,14 +2,21 @@
 of one serving-telemetry sensor tick.
 
 1. Generates `--base` sample traces (tool_router + support_chat, seeded), validates them as
-   ingest does, and repeats them up to `--records` rows (default 1,000,000) of the
-   `raw_traces` schema; a third of the rows are re-labelled as served by a second model.
-   Then, in the same process, best of `--repeat`:
-     baseline  a bare polars group-by of the same columns: the served model taken from the
-               raw record, requests, latency p50/p95/p99, tokens per request, feedback counts
+   ingest does (which computes the served model, refusals and tool-call checks per trace),
+   repeats them up to `--records` rows (default 1,000,000) of the `raw_traces` schema, a
+   third of them re-labelled as served by a canary model, and stores them as the I/O manager
+   stores a `raw_traces` partition. Then, in the same process, each scanning that file, best
+   of `--repeat`:
+     baseline  a bare polars group-by of the same columns: requests, latency p50/p95/p99,
+               tokens per request, feedback counts per `served_model`
      ours      `metrics_by_served_model`: the same, plus refusals, tool-call name and JSON
-               Schema checks and promotion resolution
+               Schema validity rates, cost and promotion resolution
    and prints rows/s and the ratio ours / baseline (target <= 1.5).
+
+   Measured on the shared 2-core development box (other work beside it), best of 3:
+   1,000,000 traces; baseline 0.11-0.12 s, ours 0.13-0.14 s, ratio 1.1-1.2. Before the
+   per-trace columns were computed at ingest (the answer and tools parsed out of `raw` here):
+   baseline 4.5 s (it parsed `response.model` out of `raw`), ours 17.5-20.6 s, ratio 3.8-4.6.
 2. A vLLM-style `/metrics` endpoint on loopback with `--models` models x `--series` series
    each, scraped by `TelemetrySource.collect` and filed (`write`): the sensor tick's work;
    best of `--repeat`, against the bare HTTP GET of the same text.
@@ -35,8 +42,9 @@ from fake_prometheus import VLLM_LATENCY_BUCKETS  # noqa: E402
 
 from flywheel_assets.core.candidates import CandidateSpec  # noqa: E402
 from flywheel_assets.core.ingest import TimeBounds, validate_batch  # noqa: E402
-from flywheel_assets.core.production_metrics import metrics_by_served_model, served_model_expr  # noqa: E402
+from flywheel_assets.core.production_metrics import metrics_by_served_model  # noqa: E402
 from flywheel_assets.sample_data import generate_records  # noqa: E402
+from resources.datasets import write_parquet_atomically  # noqa: E402
 
 
 def traces(records: int, base: int) -> pl.DataFrame:
@@ -50,18 +58,16 @@ def traces(records: int, base: int) -> pl.DataFrame:
     copies = -(-records // valid.height)
     frame = pl.concat([valid] * copies).head(records)
     # a canary: a third of the traffic answered by another served model
+    canary = pl.int_range(pl.len()) % 3 == 0
     return frame.with_columns(
-        raw=pl.when(pl.int_range(pl.len()) % 3 == 0)
-        .then(pl.col("raw").str.replace('"model":"', '"model":"canary-', literal=True))
-        .otherwise(pl.col("raw"))
+        served_model=pl.when(canary).then("canary-" + pl.col("served_model")).otherwise(pl.col("served_model"))
     )
 
 
-def baseline(frame: pl.DataFrame) -> pl.DataFrame:
+def baseline(frame: pl.LazyFrame) -> pl.DataFrame:
     return (
-        frame.lazy()
-        .select(
-            served_model_expr(), pl.col("latency_ms") / 1000, "prompt_tokens", "completion_tokens", "feedback_thumbs"
+        frame.select(
+            "served_model", pl.col("latency_ms") / 1000, "prompt_tokens", "completion_tokens", "feedback_thumbs"
         )
         .group_by("served_model")
         .agg(
@@ -93,11 +99,26 @@ def production_metrics_figures(args) -> None:
         f"{frame.height:,} traces ({args.base:,} distinct, generated and validated in "
         f"{time.perf_counter() - start:.1f} s), {frame.get_column('has_tool_calls').sum():,} with tool calls"
     )
-    candidates = [CandidateSpec(name="tiny-demo", served_as=["canary-llama-3.1-8b-instruct"])]
-    base_s, _ = best_of(args.repeat, lambda: baseline(frame))
-    ours_s, ours = best_of(args.repeat, lambda: metrics_by_served_model(frame, candidates=candidates, approved={}))
-    print(f"baseline  bare polars group-by       {base_s:7.2f} s  {frame.height / base_s:12,.0f} traces/s")
-    print(f"ours      metrics_by_served_model    {ours_s:7.2f} s  {frame.height / ours_s:12,.0f} traces/s")
+    candidates = [CandidateSpec(name="tiny-demo", served_as=["canary-meta/llama-3.3-70b-instruct"])]
+    with tempfile.TemporaryDirectory() as folder:
+        stored = Path(folder) / "raw_traces.parquet"
+        write_parquet_atomically(frame, stored)
+        rows = frame.height
+        del frame
+        # interleaved, so that both see the same moments of a busy machine
+        timings = [
+            (
+                best_of(1, lambda: baseline(pl.scan_parquet(stored)))[0],
+                best_of(
+                    1, lambda: metrics_by_served_model(pl.scan_parquet(stored), candidates=candidates, approved={})
+                ),
+            )
+            for _ in range(args.repeat)
+        ]
+        base_s = min(base for base, _ in timings)
+        ours_s, ours = min((o for _, o in timings), key=lambda o: o[0])
+    print(f"baseline  bare polars group-by       {base_s * 1000:7.1f} ms  {rows / base_s:12,.0f} traces/s")
+    print(f"ours      metrics_by_served_model    {ours_s * 1000:7.1f} ms  {rows / ours_s:12,.0f} traces/s")
     print(f"ratio ours / baseline: {ours_s / base_s:.2f} (target <= 1.5); {ours.height} served models")
 
 
@@ -172,7 +193,7 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=50_000, help="distinct generated traces, repeated")
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--series", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     production_metrics_figures(args)
     telemetry_figures(args)

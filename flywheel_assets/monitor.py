@@ -15,6 +15,7 @@ import dagster as dg
 import polars as pl
 
 from flywheel_assets.core.candidates import load_models
+from flywheel_assets.core.ingest import with_quality_columns
 from flywheel_assets.core.production_metrics import (
     approvals,
     day_end,
@@ -105,7 +106,7 @@ def _measure_partition(
     history = histories.setdefault(workload, promotion_history(context.instance, workload))
     approved = approvals(history, day_end(day))
     frame = metrics_by_served_model(
-        raw,
+        with_quality_columns(raw),  # a day stored before raw_traces had them (read alone)
         candidates=candidates,
         approved=approved,
         empty_answers=empty_answers_by_model(quarantined),

@@ -24,6 +24,7 @@ import flywheel_assets.core.ingest as ingest_module
 import resources.traces as traces_module
 from flywheel_assets.core.ingest import (
     MANIFEST,
+    QUALITY_COLUMNS,
     UNATTRIBUTED,
     TimeBounds,
     land_file,
@@ -32,6 +33,7 @@ from flywheel_assets.core.ingest import (
     read_partition,
     read_unattributed,
     validate_batch,
+    with_quality_columns,
 )
 from flywheel_assets.sample_data import generate_labeled_records, write_sample_traces
 from partitions.keys import workload_key
@@ -569,6 +571,81 @@ def test_a_landing_named_by_path_before_is_replaced_not_duplicated(tmp_path):
     (result,) = source.land()
     assert landing_folders(source.landing_path) == [result.source_id]
     assert landed_user_keys(source) == keys(1)
+
+
+# --------------------------------------------------------------------------- quality columns
+SCHEMAS = [
+    {"type": "function", "function": {"name": "track_shipment", "parameters": {"type": "object"}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "find_store",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+]
+
+
+def answered(i: int, *, calls=None, content=None, tools=SCHEMAS, **response) -> dict:
+    """trace(i) answered by the served model `response["model"]` with `calls` (name, arguments)
+    to `tools`, or with `content`."""
+    record = trace(i, tools=calls is not None)
+    message = {"role": "assistant", "content": content}
+    if calls is not None:
+        record["request"]["tools"] = tools
+        message["tool_calls"] = [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls]
+    finish = response.pop("finish_reason", "stop")
+    record["response"] |= {"choices": [{"message": message | response.pop("message", {}), "finish_reason": finish}]}
+    record["response"] |= response
+    return record
+
+
+QUALITY_CASES = [
+    # (record, served_model, finish_reason, refused, (calls, naming an offered tool, valid))
+    (answered(0, content="Open at 9.", model="llama-1b-lora"), "llama-1b-lora", "stop", False, (0, 0, 0)),
+    (answered(1, content="Open at 9."), "prod-model", "stop", False, (0, 0, 0)),  # no response.model
+    (answered(2, content="I'm sorry, but I can't help with that."), "prod-model", "stop", True, (0, 0, 0)),
+    (answered(3, content="partial", finish_reason="content_filter"), "prod-model", "content_filter", True, (0, 0, 0)),
+    (answered(4, content="Here", message={"refusal": {"kind": "policy"}}), "prod-model", "stop", True, (0, 0, 0)),
+    (answered(5, content="ok", model=7), "7", "stop", False, (0, 0, 0)),  # a number: its JSON text
+    (
+        answered(6, calls=[("find_store", '{"city": "Oslo"}'), ("find_store", '{"town": 1}'), ("refund", "{}")]),
+        "prod-model",
+        "stop",
+        False,
+        (3, 2, 1),
+    ),
+    (answered(7, calls=[("track_shipment", '{"id": ')]), "prod-model", "stop", False, (1, 1, 0)),  # not JSON
+    (answered(8, calls=[("find_store", "{}")], tools=None), "prod-model", "stop", False, (0, 0, 0)),  # none offered
+]
+
+
+def test_quality_columns_are_computed_when_a_trace_lands():
+    valid, quarantined = validate_batch(pairs([case[0] for case in QUALITY_CASES]), BOUNDS)
+    assert quarantined.height == 0
+    rows = valid.select(QUALITY_COLUMNS).rows()
+    expected = [(model, finish, refused, *calls) for _, model, finish, refused, calls in QUALITY_CASES]
+    assert rows == expected
+
+
+def test_a_part_landed_before_the_quality_columns_gets_them_from_its_raw_text(tmp_path):
+    """Landings written by the previous version lack the columns: read_partition derives them
+    by the function ingest uses, so old and new parts read as one frame."""
+    records = [case[0] for case in QUALITY_CASES]
+    land(tmp_path, records[:5], source_id="new")
+    old, _ = validate_batch(pairs(records[5:], source="old.jsonl"), BOUNDS)
+    part = tmp_path / "old" / "day=2025-01-01" / "workload=support_chat" / "valid-00000.parquet"
+    part.parent.mkdir(parents=True)
+    old.drop(QUALITY_COLUMNS).write_parquet(part)  # the schema before this change
+
+    valid, _ = read_partition(tmp_path, "2025-01-01", "support_chat")
+    fresh, _ = validate_batch(pairs(records), BOUNDS)
+    assert valid.schema == fresh.schema
+    by_id = {row[0]: row[1:] for row in valid.select("record_id", *QUALITY_COLUMNS).rows()}
+    assert by_id == {row[0]: row[1:] for row in fresh.select("record_id", *QUALITY_COLUMNS).rows()}
+    # a stored raw_traces day of the old schema, read lazily (canary), is upgraded the same way
+    stored = with_quality_columns(old.drop(QUALITY_COLUMNS).lazy()).collect()
+    assert stored.equals(old)
 
 
 # --------------------------------------------------------------------------- read_partition

@@ -256,16 +256,19 @@ def test_empty_and_refused_answers():
     assert row["empty_or_refused_rate"] == pytest.approx(4 / 6)
 
 
-def test_an_answer_field_of_another_type_falls_back_to_lookups_by_path():
-    """A refusal given as an object makes the typed decoding of the whole column fail:
-    every figure is still computed, the odd record included."""
+def test_an_answer_field_of_another_type_is_read_as_its_json_text():
+    """A refusal given as an object (or a model as a number) is no reason to quarantine the
+    trace: every figure is still computed, the odd record included."""
     lines = [
         trace("llama-1b", content="I cannot help with that."),
         trace("llama-1b", content="Sure."),
         trace("llama-1b", content="Fine", refusal={"category": "violence"}),
+        trace(3, content="Fine"),  # a number as the model: served as "3", its JSON text
     ]
-    row = metrics(lines)["llama-1b"]
+    rows = metrics(lines)
+    row = rows["llama-1b"]
     assert row["requests"] == 3 and row["empty_or_refused_rate"] == pytest.approx(2 / 3)
+    assert rows["3"]["requests"] == 1
 
 
 def test_served_names_must_not_be_claimed_twice():

@@ -57,3 +57,13 @@ def test_an_invalid_schema_is_reported_and_the_call_judged_on_its_name():
 
 def test_a_tool_without_parameters_accepts_any_object():
     assert check_tool_call([FLAT_NO_SCHEMA], "ping", "") == (True, True, None, None)
+
+
+def test_a_schema_whose_ref_cannot_be_resolved_is_reported_not_raised():
+    """Tools come from production traffic: a `$ref` to nowhere, to a remote document (never
+    fetched) or to itself without end shows only when a call is validated, and must not fail
+    the landing of the trace file that holds it."""
+    for parameters in ({"$ref": "#/definitions/missing"}, {"$ref": "http://127.0.0.1:9/x.json"}, {"$ref": "#"}):
+        check = check_tool_call([{"name": "t", "parameters": parameters}], "t", {"a": 1})
+        assert (check.name_offered, check.arguments_parse, check.schema_valid) == (True, True, None), parameters
+        assert "invalid JSON Schema" in check.problem

@@ -32,9 +32,6 @@ from pydantic import BaseModel, Field
 
 from flywheel_assets.core.candidates import CostProfile
 
-# the same judgement of a tool call as production_metrics (one place for it)
-from flywheel_assets.core.production_metrics import served_model_expr, tool_call_checks
-
 # scipy.stats is imported where it is used: importing it takes about half a second, and the
 # code location (every run's process) imports this module
 
@@ -123,27 +120,23 @@ class CanaryResult:
 def request_values(
     traces: pl.DataFrame | pl.LazyFrame, costs: dict[str, CostProfile], other: CostProfile
 ) -> pl.DataFrame:
-    """One row per `raw_traces` record with the per-request values `VersionTraffic` reads,
-    tool calls judged as `production_metrics` judges them (each distinct pair of offered
-    tools and calls once). `costs`: served model name -> its candidate's cost profile;
-    `other` prices the rest (the production model a promotion replaced)."""
-    with_calls = pl.col("has_tools") & pl.col("has_tool_calls")
+    """One row per `raw_traces` record with the per-request values `VersionTraffic` reads;
+    its tool calls as judged when it landed (the columns `production_metrics` sums).
+    `costs`: served model name -> its candidate's cost profile; `other` prices the rest (the
+    production model a promotion replaced)."""
     frame = (
         traces.lazy()
         .select(
-            served_model_expr(),
+            "served_model",
             (pl.col("latency_ms") / 1000).alias("latency_s"),
             pl.col("feedback_thumbs").alias("thumbs"),
             "prompt_tokens",
             "completion_tokens",
-            pl.when(with_calls).then(pl.col("raw").str.json_path_match("$.request.tools")).alias("tools"),
-            pl.when(with_calls)
-            .then(pl.col("raw").str.json_path_match("$.response.choices[0].message.tool_calls"))
-            .alias("calls"),
+            pl.col("tool_calls_schema_valid").alias("tool_calls_valid"),
+            (pl.col("tool_calls") - pl.col("tool_calls_schema_valid")).alias("tool_calls_invalid"),
         )
         .collect()
     )
-    checks = tool_call_checks(frame.select("tools", "calls").drop_nulls().unique())
     models = frame.get_column("served_model").unique().to_list()
     prices = pl.DataFrame(
         {
@@ -153,20 +146,15 @@ def request_values(
         },
         schema={"served_model": pl.String, "_prompt_usd": pl.Float64, "_completion_usd": pl.Float64},
     )
-    return (
-        frame.join(checks, on=["tools", "calls"], how="left", nulls_equal=False)
-        .join(prices, on="served_model", how="left")
-        .select(
-            "served_model",
-            "latency_s",
-            "thumbs",
-            pl.col("schemas_valid").fill_null(0).alias("tool_calls_valid"),
-            (pl.col("call_count") - pl.col("schemas_valid")).fill_null(0).alias("tool_calls_invalid"),
-            (
-                pl.col("prompt_tokens") * pl.col("_prompt_usd")
-                + pl.col("completion_tokens") * pl.col("_completion_usd")
-            ).alias("cost_usd"),
-        )
+    return frame.join(prices, on="served_model", how="left").select(
+        "served_model",
+        "latency_s",
+        "thumbs",
+        "tool_calls_valid",
+        "tool_calls_invalid",
+        (
+            pl.col("prompt_tokens") * pl.col("_prompt_usd") + pl.col("completion_tokens") * pl.col("_completion_usd")
+        ).alias("cost_usd"),
     )
 
 

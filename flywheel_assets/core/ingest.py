@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import polars as pl
 import pydantic_core
 
@@ -71,6 +72,7 @@ from flywheel_assets.core.schema import (
     TraceRecord,
     validate_trace,
 )
+from flywheel_assets.core.tool_schema import CallCounts, OfferedTools
 from partitions.keys import workload_key
 
 UNATTRIBUTED = "unattributed"
@@ -81,7 +83,9 @@ FAILED_SOURCES = "failed_sources.json"  # path -> stat signature and error, per 
 WORKLOAD_KEYS = "workload_keys.json"  # workload id -> the partition key its records landed under
 
 # a valid trace: typed columns for filtering, keys and metadata, plus the record verbatim
-# (`raw`); curation cuts messages, tools and the answer out of `raw` for the records it keeps
+# (`raw`); curation cuts messages, tools and the answer out of `raw` for the records it keeps.
+# Production monitoring reads the answer's columns (`served_model` .. `tool_calls_schema_valid`,
+# `trace_quality`), computed from the parsed record when it lands.
 TRACE_SCHEMA = {
     "record_id": pl.String,
     "timestamp": pl.Int64,
@@ -100,9 +104,24 @@ TRACE_SCHEMA = {
     "prompt_tokens": pl.Int64,
     "completion_tokens": pl.Int64,
     "workload_description": pl.String,
+    "served_model": pl.String,
+    "finish_reason": pl.String,
+    "refused": pl.Boolean,
+    # tool calls judged against the tools the request offered (none offered: none judged)
+    "tool_calls": pl.Int64,
+    "tool_calls_name_offered": pl.Int64,
+    "tool_calls_schema_valid": pl.Int64,
     "source": pl.String,
     "raw": pl.String,
 }
+QUALITY_COLUMNS = (
+    "served_model",
+    "finish_reason",
+    "refused",
+    "tool_calls",
+    "tool_calls_name_offered",
+    "tool_calls_schema_valid",
+)
 
 QUARANTINE_SCHEMA = {
     "source": pl.String,
@@ -194,9 +213,64 @@ def _valid_row(record: TraceRecord, raw_text: str, source: str, day: str) -> tup
         usage.get("prompt_tokens"),
         usage.get("completion_tokens"),
         record.workload_description,
+        *trace_quality(record, raw_text),
         source,
         raw_text,
     )
+
+
+_NOT_JUDGED = CallCounts(0, 0, 0)
+
+
+def trace_quality(record: TraceRecord, raw_text: str) -> tuple:
+    """The QUALITY_COLUMNS of a valid record (`raw_text`: the record as landed): served
+    model, finish reason, refused, and its tool calls judged against the offered tools."""
+    calls = record.answer.tool_calls
+    judged = _offered_tools(_tools_text(raw_text)).count(calls) if calls and record.request.tools else _NOT_JUDGED
+    return (record.served_model, record.finish_reason, record.refused, *judged)
+
+
+class _RequestTools(msgspec.Struct):
+    tools: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _RecordTools(msgspec.Struct):
+    request: _RequestTools
+
+
+_RECORD_TOOLS = msgspec.json.Decoder(_RecordTools)
+
+
+def _tools_text(raw_text: str) -> bytes:
+    """The record's `request.tools` as its JSON text, cut out without building Python
+    objects for the record (pydantic leaves the tools' schemas unread, on purpose)."""
+    try:
+        return bytes(_RECORD_TOOLS.decode(raw_text).request.tools)
+    except msgspec.DecodeError:  # JSON that msgspec is stricter about (an escaped lone surrogate)
+        return json.dumps(json.loads(raw_text)["request"]["tools"]).encode()
+
+
+@functools.lru_cache(maxsize=128)
+def _offered_tools(tools_text: bytes) -> OfferedTools:
+    # keyed by the tools' text: a workload offers the same few tool sets all day, so each
+    # set is decoded and its schemas compiled once per process
+    return OfferedTools(json.loads(tools_text))
+
+
+def with_quality_columns(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    """`frame` (TRACE_SCHEMA rows) with its QUALITY_COLUMNS: rows landed (or stored) before
+    those columns existed get them from their `raw` text, by `trace_quality` as at landing."""
+    lazy = isinstance(frame, pl.LazyFrame)
+    if set(QUALITY_COLUMNS) <= set(frame.collect_schema().names()):
+        return frame
+    frame = frame.collect() if lazy else frame
+    rows = [trace_quality(TraceRecord.model_validate_json(raw), raw) for raw in frame.get_column("raw")]
+    quality = pl.DataFrame(
+        dict(zip(QUALITY_COLUMNS, zip(*rows))) if rows else None,
+        schema={column: TRACE_SCHEMA[column] for column in QUALITY_COLUMNS},
+    )
+    upgraded = pl.concat([frame.drop(QUALITY_COLUMNS, strict=False), quality], how="horizontal").select(*TRACE_SCHEMA)
+    return upgraded.lazy() if lazy else upgraded
 
 
 def _workload_in_raw(raw: str) -> str | None:
@@ -840,7 +914,7 @@ def _partition_glob(landing_dir: Path, day: str, key: str, prefix: str) -> list[
 
 def read_partition(landing_dir: Path, day: str, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """All landed valid and quarantined records of one day x workload, in a stable order."""
-    valid = _read_parts(_partition_glob(landing_dir, day, key, "valid"), TRACE_SCHEMA)
+    valid = _read_parts(_partition_glob(landing_dir, day, key, "valid"), TRACE_SCHEMA, with_quality_columns)
     quarantined = _read_parts(_partition_glob(landing_dir, day, key, "quarantine"), QUARANTINE_SCHEMA)
     return (
         # (timestamp, record_id): the order curation keeps, so its output needs no sort
@@ -853,10 +927,13 @@ def read_unattributed(landing_dir: Path) -> pl.DataFrame:
     return _read_parts(_partition_glob(landing_dir, UNATTRIBUTED, UNATTRIBUTED, "quarantine"), QUARANTINE_SCHEMA)
 
 
-def _read_parts(paths: list[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read_parts(
+    paths: list[Path], schema: dict[str, pl.DataType], upgrade: Callable[[pl.DataFrame], pl.DataFrame] = lambda f: f
+) -> pl.DataFrame:
+    """The parts, each `upgrade`d to the current schema (a part landed by an older version)."""
     if not paths:
         return pl.DataFrame(schema=schema)
-    return pl.concat([_read_part(p) for p in paths], how="vertical")
+    return pl.concat([upgrade(_read_part(p)) for p in paths], how="vertical")
 
 
 def _read_part(path: Path) -> pl.DataFrame:

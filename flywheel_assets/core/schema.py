@@ -8,14 +8,18 @@ reason instead of crashing the run or disappearing.
 The models type only what the flywheel relies on and ignore other fields (`extra="ignore"`):
 the record is kept verbatim as JSON next to the typed columns, and pydantic then never
 builds Python objects for the parts nobody reads (a tool's JSON schema, extra fields),
-which is most of the validation time per record.
+which is most of the validation time per record. Fields read only for production
+monitoring (the response's `model`, `finish_reason`, `refusal`) are `Any`: a value of an
+unexpected type there is no reason to quarantine a trace.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -39,6 +43,17 @@ QUARANTINE_REASONS = (
     "future_timestamp",
 )
 
+
+UNKNOWN_MODEL = "(unknown)"  # a trace that names no model at all
+
+# an answer that opens like this declines the request (English; other refusals come through
+# the `refusal` field or `finish_reason`)
+_DECLINE = r"(?:can['’]?t|cannot|won['’]?t|will not|(?:am|['’]m) (?:not able|unable) to)"
+REFUSAL_OPENING = re.compile(
+    rf"(?i)^\s*(?:(?:(?:i['’]?m|i am) sorry|sorry|i apologi[sz]e)[,.!]?\s*(?:but,?\s*)?(?:i|we)\s*{_DECLINE}"
+    rf"|(?:i|we)\s*{_DECLINE}\s+(?:help|assist|provide|comply|do that|answer)"
+    r"|as an ai\b)"
+)
 
 _TYPED_ONLY = ConfigDict(extra="ignore")
 
@@ -86,6 +101,7 @@ class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    refusal: Any = None
 
     @model_validator(mode="after")
     def _has_an_answer(self) -> ResponseMessage:
@@ -98,6 +114,7 @@ class Choice(BaseModel):
     model_config = _TYPED_ONLY
 
     message: ResponseMessage
+    finish_reason: Any = None
 
 
 class ChatResponse(BaseModel):
@@ -105,6 +122,7 @@ class ChatResponse(BaseModel):
 
     model_config = _TYPED_ONLY
 
+    model: Any = None  # the model that answered, as the serving layer reports it
     choices: list[Choice] = Field(min_length=1)
     usage: dict[str, Any] | None = None
 
@@ -132,6 +150,29 @@ class TraceRecord(BaseModel):
     def answer(self) -> ResponseMessage:
         return self.response.choices[0].message
 
+    @property
+    def served_model(self) -> str:
+        """The model that answered: `response.model`, else the request's `model`."""
+        model = _as_text(self.response.model)
+        model = self.request.model if model is None else model
+        return UNKNOWN_MODEL if model is None else model
+
+    @property
+    def finish_reason(self) -> str | None:
+        return _as_text(self.response.choices[0].finish_reason)
+
+    @property
+    def refused(self) -> bool:
+        """The answer declines: a `refusal` in the message, `finish_reason` `content_filter`,
+        or a text answer that opens with a refusal (`REFUSAL_OPENING`)."""
+        answer = self.answer
+        refusal = _as_text(answer.refusal)
+        return bool(
+            (refusal is not None and refusal.strip())
+            or self.finish_reason == "content_filter"
+            or (not answer.tool_calls and answer.content and REFUSAL_OPENING.match(answer.content))
+        )
+
     def user_contents(self) -> list[str]:
         """The dedup key's parts: every user message's content, in order."""
         return [_content_text(m.content) for m in self.request.messages if m.role == "user"]
@@ -140,6 +181,14 @@ class TraceRecord(BaseModel):
 class Rejection(BaseModel):
     reason: Literal[QUARANTINE_REASONS]  # type: ignore[valid-type]
     detail: str
+
+
+def _as_text(value: Any) -> str | None:
+    """A string as it is, another JSON value as its JSON text (a number for `model`, an
+    object for `refusal`), null as None."""
+    if value is None or isinstance(value, str):
+        return value
+    return pydantic_core.to_json(value).decode()
 
 
 def _content_text(content: Any) -> str:
