@@ -236,12 +236,12 @@ def curate(
 def mark_near_duplicates(records: pl.DataFrame, threshold: float) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`records` (earliest first, with `record_id` and `user_key`) with their
     `near_duplicate_cluster`, and the clusters of two or more records, largest first."""
-    texts = user_key_texts(records.get_column("user_key"))
+    texts = user_key_texts(records.get_column("user_key")).to_list()
     first = near_duplicate_clusters(texts, threshold)
     ids = records.get_column("record_id")
     marked = records.with_columns(near_duplicate_cluster=ids.gather(first))
     clusters = (
-        marked.with_columns(prompt=texts)
+        marked.with_columns(prompt=pl.Series(texts, dtype=pl.String))
         .group_by("near_duplicate_cluster", maintain_order=True)
         .agg(records=pl.len(), record_ids=pl.col("record_id"), prompt=pl.col("prompt").first())
         .filter(pl.col("records") > 1)

@@ -1,60 +1,44 @@
-"""Near-duplicate prompts: MinHash signatures and LSH over all prompts at once, clusters, leaks.
+"""Near-duplicate prompts: MinHash signatures and LSH (datasketch), clusters, leakage pairs.
 
-A prompt's text is its user messages' contents. It is lowercased and cut into words (runs of
-Unicode word characters); its shingles are the word bigrams (a one-word prompt: the word, an
-empty one: one empty shingle). Two prompts are near-duplicates when the Jaccard similarity of
-their shingle sets reaches the threshold (default 0.8: one word changed in a 20-word prompt
-still counts, "status of order A" vs "... order B" does not). Whitespace, case and
-punctuation variants have the same shingles (similarity 1).
+A prompt's text is its user messages' contents. It is lowercased and cut into words; its
+shingles are the word bigrams (a one-word prompt: the word). Two prompts are near-duplicates
+when the Jaccard similarity of their shingle sets reaches the threshold (default 0.8: one
+word changed in a 20-word prompt still counts, "status of order A" vs "... order B" does
+not). Whitespace, case and punctuation variants have the same shingles (similarity 1).
 
-Candidates come from MinHash and locality-sensitive hashing (Broder 1997; Leskovec, Rajaraman
-and Ullman, "Mining of Massive Datasets", ch. 3), computed as vectorised numpy and polars
-passes over every prompt at once rather than one sketch per prompt:
-- each word is hashed by polars and each bigram is a mix of its two words' hashes (64 bits);
-- a prompt's signature is, for each of NUM_PERM multiply-shift hash functions (Dietzfelbinger
-  et al. 1997), the least hash of its shingles;
-- the signatures are cut into b bands of r values, with b and r chosen as datasketch's
-  `MinHashLSH` chooses them, for recall over precision (12 x 5 at 0.8: 99% of the pairs at
-  0.8 share a band); prompts sharing a band are candidates;
-- a candidate whose signatures agree on far fewer values than the threshold is dropped, and
-  every other is confirmed by the exact Jaccard similarity of its shingle sets, so no pair
-  is reported from a collision.
-Curation's clusters are the connected components of the confirmed pairs. In a band bucket of
-more than 64 prompts (templated traffic) each prompt is compared with the bucket's first
-only, so comparisons grow with the prompts, not their square. The split's leakage check
-compares each held-out prompt with every prompt it shares a bucket with.
-
-datasketch's per-prompt sketch (a Python call per prompt) took 30 times as long as the exact
-dedup over a million prompts; see benchmarks/near_duplicates.py for this path's figures.
+Curation clusters a whole workload (`near_duplicate_clusters`): the records' signatures are
+banded as datasketch's `MinHashLSH` bands them (its bands x rows, tuned for recall), records
+sharing a band value are candidates, a candidate pair is confirmed by the exact Jaccard
+similarity of its shingle sets, and clusters are the connected components of the confirmed
+pairs. The split's leakage check (`leaked_pairs`) is small (hundreds of records), so it
+queries a `MinHashLSH` index of the other side and confirms every candidate the same way.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import xxhash
 
-# scipy is imported where it is used: importing it takes a quarter of a second, and the
-# code location (every run's process) imports this module
+if TYPE_CHECKING:
+    from datasketch import MinHash, MinHashLSH
+
+# datasketch and scipy are imported where they are used: importing them takes about half a
+# second, and the code location (every run's process) imports this module
 
 DEFAULT_THRESHOLD = 0.8
+# 64 permutations: the estimate's standard error at J = 0.8 is 0.05, half the cost of 128
 NUM_PERM = 64
-_WORD = r"\w+"
-_WORD_SEED = 0x5EED  # polars' word hash seed: any fixed value
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-# odd 64-bit multipliers of the multiply-shift hash functions, fixed so signatures are the
-# same on every run
-_MULTIPLIERS = np.random.default_rng(20261201).integers(0, 1 << 63, NUM_PERM, dtype=np.uint64) * np.uint64(
-    2
-) + np.uint64(1)
-# three standard errors of a 64-value signature's agreement near J = 0.8
+_WORD = re.compile(r"\w+")
+# three standard errors of a 64-value signature's estimate near J = 0.8
 _ESTIMATE_MARGIN = 0.15
-# band buckets up to this size are compared pair by pair, larger ones against their first
-_ALL_PAIRS_BUCKET = 64
 
 
 def prompt_text(messages: Sequence[dict]) -> str:
@@ -70,212 +54,94 @@ def prompt_text(messages: Sequence[dict]) -> str:
     return "\n".join(parts)
 
 
-def user_key_texts(user_keys: pl.Series) -> pl.Series:
-    """`prompt_text` of each dedup key (the JSON list of user contents written at ingest)."""
-    return user_keys.str.json_decode(pl.List(pl.String)).list.join("\n").fill_null("")
-
-
 def user_key_text(user_key: str) -> str:
+    """`prompt_text` from a dedup key (the JSON list of user contents written at ingest)."""
     return "\n".join(json.loads(user_key))
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every bit of the result depends on every bit of x."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+def user_key_texts(user_keys: pl.Series) -> pl.Series:
+    """`user_key_text` of each dedup key, decoded by polars in one pass."""
+    return user_keys.str.json_decode(pl.List(pl.String)).list.join("\n")
 
 
-@dataclass(frozen=True)
-class Shingles:
-    """Each text's shingles as rows (`text` index ascending, `token` hash); every text has
-    at least one row, and a bigram repeated in a text has a row each time."""
-
-    text: np.ndarray
-    token: np.ndarray
-    texts: int
-
-    @functools.cached_property
-    def starts(self) -> np.ndarray:
-        """Each text's first row."""
-        return np.searchsorted(self.text, np.arange(self.texts))
+def shingles(text: str) -> set[bytes]:
+    words = _WORD.findall(text.lower())
+    if len(words) < 2:
+        return {w.encode() for w in words} or {b""}
+    return {f"{a} {b}".encode() for a, b in zip(words, words[1:])}
 
 
-def shingle_table(texts: pl.Series) -> Shingles:
-    words = pl.col("text").str.to_lowercase().str.extract_all(_WORD)
-    hashed = (
-        texts.cast(pl.String)
-        .fill_null("")
-        .to_frame("text")
-        .lazy()
-        # a text without words has one empty word, so its one shingle is the empty one
-        .select(pl.when(words.list.len() > 0).then(words).otherwise(pl.lit([""])).alias("word"))
-        .with_row_index("text")
-        .explode("word")
-        .select(pl.col("text").cast(pl.Int64), pl.col("word").hash(_WORD_SEED))
-        .collect(engine="streaming")
-    )
-    text = hashed.get_column("text").to_numpy()
-    word = hashed.get_column("word").to_numpy()
-    if not (text[1:] >= text[:-1]).all():  # the streaming engine keeps the order; be sure
-        order = np.argsort(text, kind="stable")
-        text, word = text[order], word[order]
-    # each word with the next one of its text; a text's only word alone
-    follows = np.zeros(len(text), dtype=bool)
-    follows[:-1] = text[1:] == text[:-1]
-    first = np.ones(len(text), dtype=bool)
-    first[1:] = text[1:] != text[:-1]
-    alone = first & ~follows
-    following = np.zeros(len(text), dtype=np.uint64)
-    following[:-1] = word[1:]
-    token = _mix(np.where(follows, word * _GOLDEN ^ following, word))
-    keep = follows | alone
-    return Shingles(text[keep], token[keep], len(texts))
+def jaccard(a: set[bytes], b: set[bytes]) -> float:
+    shared = len(a & b)
+    return shared / (len(a) + len(b) - shared)
 
 
-def signatures(shingles: Shingles) -> np.ndarray:
-    """One MinHash signature per text: an (n, NUM_PERM) uint32 array."""
-    out = np.empty((shingles.texts, NUM_PERM), dtype=np.uint32)
-    for column, multiplier in enumerate(_MULTIPLIERS):
-        hashed = ((shingles.token * multiplier) >> np.uint64(32)).astype(np.uint32)
-        out[:, column] = np.minimum.reduceat(hashed, shingles.starts)
+def _minhash() -> MinHash:
+    # xxh32: stable across versions and machines (the split's bytes depend on it), 4x sha1's speed
+    from datasketch import MinHash
+
+    return MinHash(num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
+
+
+def _minhashes(shingle_sets: Iterable[set[bytes]]) -> Iterable[MinHash]:
+    from datasketch import MinHash
+
+    return MinHash.generator(shingle_sets, num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
+
+
+def signatures(texts: Sequence[str]) -> np.ndarray:
+    """One MinHash signature per text: an (n, NUM_PERM) uint32 array. One sketch is cleared
+    and refilled per text: building a sketch per text costs as much as filling it."""
+    out = np.empty((len(texts), NUM_PERM), dtype=np.uint32)
+    sketch = _minhash()
+    for i, text in enumerate(texts):
+        sketch.clear()
+        sketch.update_batch(shingles(text))
+        out[i] = sketch.hashvalues
     return out
 
 
+def _lsh(threshold: float) -> MinHashLSH:
+    """An index whose candidates are confirmed afterwards: banded for 0.1 below the
+    threshold and for recall over precision, because a missed pair can leak into training
+    while a false candidate only costs a comparison (recall 0.99 at J = 0.8 with 64
+    permutations: 12 bands x 5 rows)."""
+    from datasketch import MinHashLSH
+
+    return MinHashLSH(threshold=max(threshold - 0.1, 0.1), num_perm=NUM_PERM, weights=(0.05, 0.95))
+
+
+# LSH buckets up to this size are compared pair by pair, larger ones (templated traffic)
+# against their first record only, so the comparisons grow with the records, not their square
+_ALL_PAIRS_BUCKET = 64
+_CHUNK = 1 << 18  # pairs compared at once: 64 MiB of signature values
+
+
 @functools.cache
-def bands(threshold: float) -> tuple[int, int]:
-    """(bands, rows per band) for NUM_PERM values as datasketch's `MinHashLSH` picks them,
-    for candidates 0.1 below the threshold and false negatives weighted 0.95 against
-    false positives 0.05: the pair of least weighted error area."""
-    lowered = max(threshold - 0.1, 0.1)
-    grid = np.linspace(0.0, 1.0, 1001)
-
-    def area(b: int, r: int, low: float, high: float) -> float:
-        s = grid[(grid >= low) & (grid <= high)]
-        return float(np.trapezoid(1 - (1 - s**r) ** b, s)) if len(s) > 1 else 0.0
-
-    def error(b: int, r: int) -> float:
-        false_positive = area(b, r, 0.0, lowered)
-        false_negative = (1.0 - lowered) - area(b, r, lowered, 1.0)
-        return 0.05 * false_positive + 0.95 * false_negative
-
-    return min(((b, r) for b in range(1, NUM_PERM + 1) for r in range(1, NUM_PERM // b + 1)), key=lambda p: error(*p))
+def _pairs_of(size: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(size, k=1)
 
 
-def _ragged_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The concatenation of range(start, start + length) for each pair."""
-    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.arange(int(lengths.sum())) - offsets + np.repeat(starts, lengths)
+def _bucket_pairs(bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (i < j) of records sharing a band value: every record with its
+    bucket's first record, and all pairs of the small buckets."""
+    order = np.argsort(bucket, kind="stable")
+    sorted_bucket = bucket[order]
+    starts = np.flatnonzero(np.r_[True, sorted_bucket[1:] != sorted_bucket[:-1]])
+    sizes = np.diff(np.r_[starts, len(bucket)])
+    left, right = [np.repeat(order[starts], sizes)], [order]
+    small = (sizes > 2) & (sizes <= _ALL_PAIRS_BUCKET)
+    for start, size in zip(starts[small].tolist(), sizes[small].tolist()):
+        members = order[start : start + size]
+        i, j = _pairs_of(size)
+        left.append(members[i])
+        right.append(members[j])
+    a, b = np.concatenate(left), np.concatenate(right)
+    keep = a != b
+    return np.minimum(a, b)[keep], np.maximum(a, b)[keep]
 
 
-def _bucket_pairs(keys: np.ndarray, probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of positions holding the same key. Without `probes`: every position with its
-    bucket's first, and all pairs of buckets up to _ALL_PAIRS_BUCKET positions. With
-    `probes` (a mask): every probe with every position of its bucket."""
-    # a stable sort: a bucket's first is its earliest position, on every run
-    order = pl.DataFrame({"key": keys}).with_row_index().sort("key", maintain_order=True).get_column("index")
-    order = order.to_numpy().astype(np.int64)
-    sorted_keys = keys[order]
-    new = np.ones(len(keys), dtype=bool)
-    new[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    starts = np.flatnonzero(new)
-    sizes = np.diff(np.r_[starts, len(keys)])
-    bucket_of = np.cumsum(new) - 1  # per sorted position
-    if probes is not None:
-        probing = np.flatnonzero(probes[order])
-        buckets = bucket_of[probing]
-        return np.repeat(order[probing], sizes[buckets]), order[_ragged_ranges(starts[buckets], sizes[buckets])]
-    # each member of a bucket with its first (the pairs of a bucket of two), then all other
-    # pairs of the small buckets
-    shared = np.flatnonzero(~new & (sizes[bucket_of] > 1))
-    left, right = [order[starts[bucket_of[shared]]]], [order[shared]]
-    for size in np.unique(sizes[(sizes > 2) & (sizes <= _ALL_PAIRS_BUCKET)]).tolist():
-        members = order[starts[sizes == size][:, None] + np.arange(1, size)]  # the first is paired already
-        i, j = np.triu_indices(size - 1, k=1)
-        left.append(members[:, i].ravel())
-        right.append(members[:, j].ravel())
-    return np.concatenate(left), np.concatenate(right)
-
-
-def _candidates(signature: np.ndarray, threshold: float, between: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of texts (a < b) that share a band and whose signatures agree enough;
-    `between`: only pairs of a text before that index with one at or after it."""
-    n = len(signature)
-    b, r = bands(threshold)
-    keys = np.zeros((n, b), dtype=np.uint64)
-    for row in range(r):
-        keys = _mix(keys * _GOLDEN ^ signature[:, row::r][:, :b].astype(np.uint64))
-    keys = _mix(keys ^ np.arange(b, dtype=np.uint64))  # the same values in two bands are different keys
-    probes = None if between is None else np.repeat(np.arange(n) < between, b)
-    i, j = _bucket_pairs(keys.ravel(), probes)
-    a, c = i // b, j // b
-    pairs = pl.Series(np.minimum(a, c) * n + np.maximum(a, c)).unique().to_numpy()
-    a, c = pairs // n, pairs % n
-    wanted = a != c if between is None else (a < between) & (c >= between)
-    a, c = a[wanted], c[wanted]
-    # column by column: gathering whole signature rows per pair costs four times as much
-    agree = np.zeros(len(a), dtype=np.uint8)
-    columns = np.asfortranarray(signature)
-    for column in columns.T:
-        agree += column[a] == column[c]
-    plausible = agree >= (threshold - _ESTIMATE_MARGIN) * NUM_PERM
-    return a[plausible], c[plausible]
-
-
-def _confirmed(
-    shingles: Shingles, a: np.ndarray, b: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pairs whose exact Jaccard similarity reaches the threshold, with it."""
-    involved = np.zeros(shingles.texts, dtype=bool)
-    involved[a] = involved[b] = True
-    rows = pl.DataFrame({"text": shingles.text, "token": shingles.token}).filter(pl.Series(involved[shingles.text]))
-    sets = rows.unique()
-    sizes = sets.group_by("text").len("size")
-    pairs = pl.DataFrame({"a": a, "b": b})
-    shared = (
-        pairs.lazy()
-        .join(sets.lazy().rename({"text": "a"}), on="a")
-        .join(sets.lazy().rename({"text": "b"}), on=["b", "token"], how="semi")
-        .group_by("a", "b")
-        .len("shared")
-    )
-    scored = (
-        pairs.lazy()
-        .join(shared, on=["a", "b"], how="left")
-        .join(sizes.lazy().rename({"text": "a", "size": "size_a"}), on="a")
-        .join(sizes.lazy().rename({"text": "b", "size": "size_b"}), on="b")
-        .select(
-            "a",
-            "b",
-            similarity=pl.col("shared").fill_null(0)
-            / (pl.col("size_a") + pl.col("size_b") - pl.col("shared").fill_null(0)),
-        )
-        .filter(pl.col("similarity") >= threshold - 1e-12)
-        .collect()
-    )
-    return tuple(scored.get_column(c).to_numpy() for c in ("a", "b", "similarity"))
-
-
-def similar_pairs(
-    texts: Sequence[str] | pl.Series, threshold: float = DEFAULT_THRESHOLD, *, between: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of texts (a < b, indices) found near-duplicate, with their Jaccard similarity;
-    `between`: only pairs of a text before that index with one at or after it."""
-    shingles = shingle_table(pl.Series(texts, dtype=pl.String))
-    a, b = _candidates(signatures(shingles), threshold, between)
-    return _confirmed(shingles, a, b, threshold)
-
-
-def similarity(first: str, second: str) -> float:
-    """The exact Jaccard similarity of two texts' shingle sets."""
-    shingles = shingle_table(pl.Series([first, second]))
-    first_set, second_set = (set(shingles.token[shingles.text == i].tolist()) for i in (0, 1))
-    return len(first_set & second_set) / len(first_set | second_set)
-
-
-def near_duplicate_clusters(texts: Sequence[str] | pl.Series, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+def near_duplicate_clusters(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """For each text, the index of the first text of its near-duplicate cluster (itself
     when it has none). Pass texts earliest first and the earliest record names its cluster."""
     from scipy.sparse import coo_array
@@ -284,8 +150,36 @@ def near_duplicate_clusters(texts: Sequence[str] | pl.Series, threshold: float =
     n = len(texts)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    a, b, _ = similar_pairs(texts, threshold)
-    graph = coo_array((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    sig = signatures(texts)
+    lsh = _lsh(threshold)
+    left, right = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for band in range(lsh.b):
+        keys = (
+            np.ascontiguousarray(sig[:, band * lsh.r : (band + 1) * lsh.r])
+            .view(np.dtype((np.void, lsh.r * sig.itemsize)))
+            .ravel()
+        )
+        a, b = _bucket_pairs(np.unique(keys, return_inverse=True)[1].ravel())
+        # signatures agreeing on far fewer values than the threshold are not worth an exact
+        # look; compared in chunks, so a band of templated traffic never holds all its pairs
+        for start in range(0, len(a), _CHUNK):
+            ca, cb = a[start : start + _CHUNK], b[start : start + _CHUNK]
+            plausible = (sig[ca] == sig[cb]).mean(axis=1) >= threshold - _ESTIMATE_MARGIN
+            left.append(ca[plausible])
+            right.append(cb[plausible])
+    # each pair once (a band's pairs recur in others), as one integer: a 1-d unique is fast
+    pairs = np.unique(np.concatenate(left) * n + np.concatenate(right))
+    pairs = np.stack([pairs // n, pairs % n], axis=1)
+    shingle_sets: dict[int, set[bytes]] = {}
+
+    def shingles_of(i: int) -> set[bytes]:
+        if i not in shingle_sets:
+            shingle_sets[i] = shingles(texts[i])
+        return shingle_sets[i]
+
+    similar = np.array([jaccard(shingles_of(a), shingles_of(b)) >= threshold for a, b in pairs.tolist()], dtype=bool)
+    src, dst = pairs[similar, 0], pairs[similar, 1]
+    graph = coo_array((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     first_of = np.full(component.max() + 1, n, dtype=np.int64)
     np.minimum.at(first_of, component, np.arange(n))
@@ -309,12 +203,20 @@ def leaked_pairs(
     threshold: float = DEFAULT_THRESHOLD,
 ) -> list[LeakedPair]:
     """Every (held-out id, other id) whose texts are exact or near duplicates, from
-    (id, text) pairs: each held-out text against every text it shares a band with."""
+    (id, text) pairs. Candidates come from LSH; each is confirmed by its exact Jaccard
+    similarity, so none is reported from a signature collision."""
     if not held_out or not others:
         return []
-    texts = [text for _, text in (*held_out, *others)]
-    a, b, similarities = similar_pairs(texts, threshold, between=len(held_out))
-    return [
-        LeakedPair(held_out[i][0], others[j - len(held_out)][0], round(s, 4))
-        for i, j, s in sorted(zip(a.tolist(), b.tolist(), similarities.tolist()))
-    ]
+    other_shingles = [shingles(text) for _, text in others]
+    index = _lsh(threshold)
+    with index.insertion_session() as session:
+        for position, minhash in enumerate(_minhashes(other_shingles)):
+            session.insert(position, minhash, check_duplication=False)
+    found = []
+    held_shingles = [shingles(text) for _, text in held_out]
+    for (eval_id, _), mine, minhash in zip(held_out, held_shingles, _minhashes(held_shingles)):
+        for position in sorted(index.query(minhash)):
+            similarity = jaccard(mine, other_shingles[position])
+            if similarity >= threshold:
+                found.append(LeakedPair(eval_id, others[position][0], round(similarity, 4)))
+    return found
