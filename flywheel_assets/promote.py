@@ -35,6 +35,7 @@ from flywheel_assets.core.audit import (
     rollback_target,
 )
 from flywheel_assets.core.candidates import load_models
+from flywheel_assets.core.leaderboard import ThresholdRule
 from flywheel_assets.jobs import PROMOTE_JOB, ROLLBACK_JOB
 from flywheel_assets.lineage import AUDIT_METADATA_KEY, latest_materializations, promotion_history
 from partitions.keys import workload_key
@@ -64,6 +65,10 @@ class PromotionConfig(dg.Config):
         default="customized", description="promote: as evaluated: base, icl (in-context examples), customized (LoRA)."
     )
     min_score: float = Field(default=0.9, ge=0, le=1, description="promote: refuse below this score.")
+    threshold_rule: ThresholdRule = Field(
+        default="lower_bound",
+        description="promote: lower_bound: the whole 95% interval of the score must reach min_score; point: the score",
+    )
     force: bool = Field(default=False, description="promote: override refusals (recorded with the reason).")
 
 
@@ -159,6 +164,7 @@ def _promote(
         leaderboard=leaderboard,
         evaluations=evaluations,
         workload_key=key,
+        rule=config.threshold_rule,
     )
     if refusals and not config.force:
         raise Refused("promotion refused: " + "; ".join(refusals))
@@ -183,6 +189,7 @@ def _promote(
         at=now.isoformat(),
         dagster_run_id=context.run_id,
         min_score=config.min_score,
+        threshold_rule=config.threshold_rule,
         forced=bool(refusals),
         overridden_refusals=refusals,
         replaces_id=current.id if current else None,

@@ -335,6 +335,28 @@ def test_refusal_rules_as_plain_functions():
     assert "no score" in promotion_refusals([{**board[0], "score": None}], "a", "base", 0.9, leaderboard=lb)[0]
 
 
+def test_promotion_judges_the_score_by_the_leaderboards_rule():
+    from flywheel_assets.core.audit import Materialization
+
+    lb = Materialization(asset="leaderboard", run_id="r" * 8, storage_id=10, timestamp=0)
+    # 19/20 right: a score above 0.9 whose interval reaches well below it; 20 * (0.19 / 0.05)^2
+    # = 288.8 records would shrink the interval above the threshold
+    row = {"candidate": "a", "experiment": "customized", "score": 0.95, "ci_low": 0.76, "ci_high": 0.99, "n": 20}
+
+    def refusals(board_row: dict, rule: str) -> list[str]:
+        return promotion_refusals([board_row], "a", "customized", 0.9, leaderboard=lb, rule=rule)
+
+    (unsure,) = refusals(row, "lower_bound")
+    assert "score 0.950 (95% interval 0.76-0.99 over 20 eval records)" in unsure
+    assert "about 289 eval records would settle it" in unsure and "threshold_rule: point" in unsure
+    assert refusals(row, "point") == []
+    assert refusals({**row, "ci_low": 0.91}, "lower_bound") == []
+    (below,) = refusals({**row, "score": 0.85, "ci_low": 0.64}, "lower_bound")
+    assert "below the threshold 0.9" in below and "not yet sure" not in below
+    # a board written before intervals: the score decides
+    assert refusals({"candidate": "a", "experiment": "customized", "score": 0.95}, "lower_bound") == []
+
+
 def test_rollback_target_follows_previous_ids():
     def record(id_, previous):
         return AuditRecord(

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, Field
 
+from flywheel_assets.core.leaderboard import ThresholdRule, records_to_settle
+
 Action = Literal["promote", "rollback"]
 Experiment = Literal["base", "icl", "customized"]
 
@@ -84,6 +86,7 @@ class AuditRecord(BaseModel):
     at: str = Field(description="UTC, ISO 8601")
     dagster_run_id: str
     min_score: float | None = None
+    threshold_rule: ThresholdRule | None = None
     forced: bool = False
     overridden_refusals: list[str] = Field(default_factory=list)
     replaces_id: str | None = Field(default=None, description="The record in production until this one.")
@@ -112,8 +115,10 @@ def promotion_refusals(
     leaderboard: Materialization | None,
     evaluations: Iterable[Materialization] = (),
     workload_key: str = "",
+    rule: ThresholdRule = "lower_bound",
 ) -> list[str]:
-    """Why `candidate` (`experiment`) must not be promoted; empty when it may."""
+    """Why `candidate` (`experiment`) must not be promoted; empty when it may. `rule` judges
+    the row against `min_score` as the leaderboard does: its score, or its whole interval."""
     if leaderboard is None:
         return [f"workload {workload_key!r} has no leaderboard: run the flywheel through `leaderboard` first"]
     row = board_row(board, candidate, experiment)
@@ -123,14 +128,7 @@ def promotion_refusals(
             f"{candidate} ({experiment}) is not on the current leaderboard of {workload_key!r} "
             f"(run {leaderboard.run_id[:8]}); it ranks {on_board}"
         ]
-    refusals = []
-    score = row.get("score")
-    if score is None or score < min_score:
-        shown = "no score" if score is None else f"score {score:.3f}"
-        refusals.append(
-            f"{candidate} ({experiment}) has {shown}, below the threshold {min_score}: pick a candidate "
-            "that meets it, or set force: true with a reason"
-        )
+    refusals = [r for r in [_score_refusal(row, f"{candidate} ({experiment})", min_score, rule)] if r]
     newer = [e.label for e in evaluations if e.storage_id > leaderboard.storage_id]
     if newer:
         refusals.append(
@@ -138,6 +136,29 @@ def promotion_refusals(
             "rematerialize the leaderboard so the score you promote on is the current one"
         )
     return refusals
+
+
+def _score_refusal(row: Mapping[str, Any], label: str, min_score: float, rule: ThresholdRule) -> str | None:
+    score, low, high, n = (row.get(k) for k in ("score", "ci_low", "ci_high", "n"))
+    remedy = "pick a candidate that meets it, or set force: true with a reason"
+    if score is None:
+        return f"{label} has no score, below the threshold {min_score}: {remedy}"
+    if rule == "point" or low is None or high is None or n is None:  # a board from before intervals
+        return (
+            None if score >= min_score else f"{label} has score {score:.3f}, below the threshold {min_score}: {remedy}"
+        )
+    if low >= min_score:
+        return None
+    measured = f"score {score:.3f} (95% interval {low:.2f}-{high:.2f} over {n} eval records)"
+    if score < min_score:
+        return f"{label} has {measured}, below the threshold {min_score}: {remedy}"
+    needed = records_to_settle(score, low, high, n, min_score)
+    settle = f"about {needed} eval records would settle it" if needed else "more records will not settle it"
+    return (
+        f"{label} has {measured}: its interval reaches below the threshold {min_score}, so under "
+        f"threshold_rule lower_bound it is not yet sure to meet it ({settle}). Evaluate on more records, "
+        "set threshold_rule: point to judge the score alone, or set force: true with a reason"
+    )
 
 
 def rollback_target(current: AuditRecord | None, history: Sequence[AuditRecord]) -> AuditRecord:
