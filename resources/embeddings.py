@@ -7,12 +7,13 @@ The wire format is OpenAI's: the request is ``{"model", "input": [texts]}`` (plu
 ``nvidia/llama-3.2-nv-embedqa-1b-v2`` require ``"query"`` or ``"passage"``); the response
 is ``{"data": [{"index": i, "embedding": [floats]}, ...]}``.
 
-The transport is the chat client's (`OpenAICompatibleBackend`): the same retries (429,
-5xx, connection errors, timeouts), error messages naming the URL and model, and API key
-kept out of every message. A response with the wrong number of vectors or the wrong
-dimension is retried too (a proxy can answer from the wrong model); when the retries are
-spent, `EmbeddingError` says what was wrong and what to check. There is never a silent
-fallback to another strategy: a failed embedding fails the ICL evaluation.
+The transport is the one the chat client uses (`OpenAICompatibleEndpoint`, without the
+chat calls): the same retries (429, 5xx, connection errors, timeouts), error messages
+naming the URL and model, and API key kept out of every message. A response with the
+wrong number of vectors or the wrong dimension is retried too (a proxy can answer from the
+wrong model); when the retries are spent, `EmbeddingError` says what was wrong and what
+to check. There is never a silent fallback to another strategy: a failed embedding fails
+the ICL evaluation.
 
 Cache: one SQLite file (transactions make writes atomic and safe between concurrent runs),
 keyed by the SHA-256 of (model, input_type, text), so a rerun embeds only new texts.
@@ -33,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from resources.http import Retryable
-from resources.openai_compatible import EndpointError, OpenAICompatibleBackend
+from resources.openai_compatible import EndpointError, OpenAICompatibleEndpoint
 
 
 class EmbeddingError(EndpointError):
@@ -51,7 +52,7 @@ class EmbeddingsResponse(BaseModel):
     data: list[_WireEmbedding]
 
 
-class EmbeddingClient(OpenAICompatibleBackend):
+class EmbeddingClient(OpenAICompatibleEndpoint):
     """``embed(texts)``: one unit-agnostic row per text, from the cache or the endpoint."""
 
     def __init__(
@@ -76,9 +77,6 @@ class EmbeddingClient(OpenAICompatibleBackend):
         self.dimensions = dimensions
         self.batch_size = batch_size
         self.requests_made = 0  # endpoint calls that returned vectors (reruns should make none)
-
-    def __repr__(self) -> str:
-        return f"EmbeddingClient(base_url={self.base_url!r}, model={self.model!r})"
 
     @property
     def embeddings_url(self) -> str:
@@ -144,7 +142,7 @@ class EmbeddingClient(OpenAICompatibleBackend):
         if self.input_type:
             body["input_type"] = self.input_type
         try:
-            vectors = self._with_retries(lambda: self._post_once_embeddings(client, body, dimension))
+            vectors = self._with_retries(lambda: self._post_once(client, body, dimension))
         except EndpointError as error:
             raise EmbeddingError(
                 f"{error}. The ICL strategy 'embedding' needs this endpoint: check FLYWHEEL_EMBEDDINGS_BASE_URL, "
@@ -154,7 +152,7 @@ class EmbeddingClient(OpenAICompatibleBackend):
         self.requests_made += 1
         return vectors
 
-    def _post_once_embeddings(self, client: httpx.Client, body: dict[str, Any], dimension: int | None) -> np.ndarray:
+    def _post_once(self, client: httpx.Client, body: dict[str, Any], dimension: int | None) -> np.ndarray:
         payload = self._send(client, "POST", self.embeddings_url, body)
         where = f"{self.embeddings_url} (model {self.model})"
         try:

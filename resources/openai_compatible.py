@@ -13,6 +13,9 @@ shared pool: httpcore's pool scans every connection for every queued request, wh
 while it waits to retry, so a rate-limited endpoint is not hit harder by the others.
 `complete` is plain sync code, safe to call from inside a running event loop.
 
+The transport under it (`OpenAICompatibleEndpoint`: base URL, API key, clients, retries,
+error messages) is shared with the embeddings client (`resources.embeddings`).
+
 Failures never raise out of `complete`: after the retries are spent the prompt's
 `Completion` carries an `error` that names the endpoint URL, the model and what went
 wrong, and never the API key.
@@ -120,10 +123,84 @@ class EndpointError(Exception):
     """A call that failed for good; the message names the URL and model, never the key."""
 
 
+# ----------------------------------------------------------------------------- endpoint
+
+
+class OpenAICompatibleEndpoint:
+    """The transport every OpenAI-compatible client shares (chat here, embeddings in
+    `resources.embeddings`): base URL, bearer key, one-connection httpx clients, one attempt
+    as JSON or `Retryable` / `EndpointError`, and retries whose final error names the URL and
+    model but never the key. Subclasses add the calls their kind of model answers."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._api_key = api_key  # private: kept out of repr, logs and errors
+        self.timeout_s = timeout_s
+        self._retry_policy = RetryPolicy(max_retries=max_retries, backoff_s=backoff_s)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"
+
+    # -- internals shared by the clients
+    def _client(self) -> httpx.Client:
+        """A client with a single keep-alive connection (the chat backend opens one per worker)."""
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return httpx.Client(
+            timeout=httpx.Timeout(self.timeout_s),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            headers=headers,
+            verify=shared_ssl_context(),
+        )
+
+    def _send(self, client: httpx.Client, method: str, url: str, body: Any) -> Any:
+        """One HTTP attempt: the JSON payload, or Retryable / EndpointError."""
+        where = f"{url} (model {self.model})"
+        response = send_once(lambda: client.request(method, url, json=body), timeout_s=self.timeout_s, where=where)
+        raise_if_retryable(response, where=where)
+        if response.status_code >= 400:
+            raise EndpointError(_status_message(response, where))
+        try:
+            return response.json()
+        except ValueError:
+            raise EndpointError(f"response from {where} is not JSON: {response.text[:200]!r}") from None
+
+    def _with_retries(self, attempt: Callable[[], T]) -> T:
+        """Run `attempt` up to 1 + max_retries times; the last failure becomes EndpointError."""
+        try:
+            return retry(
+                attempt,
+                self._retry_policy,
+                give_up=lambda failure, attempts: EndpointError(f"{failure} ({attempts})"),
+            )
+        except EndpointError as error:
+            raise EndpointError(self._redact(str(error))) from None
+
+    def _invalid(self, url: str, error: ValidationError) -> str:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or '<root>'}: {issue['msg']}"
+            for issue in error.errors()[:5]
+        )
+        return f"invalid response from {url} (model {self.model}): {problems}"
+
+    def _redact(self, text: str) -> str:
+        """Belt and braces: a server could echo the key back in an error body."""
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
 # ------------------------------------------------------------------------------ backend
 
 
-class OpenAICompatibleBackend:
+class OpenAICompatibleBackend(OpenAICompatibleEndpoint):
     """Chat completions from ``POST {base_url}/chat/completions`` (base_url ends in /v1)."""
 
     def __init__(
@@ -142,18 +219,13 @@ class OpenAICompatibleBackend:
     ) -> None:
         if max_concurrency < 1 or max_retries < 0:
             raise ValueError("max_concurrency must be at least 1 and max_retries at least 0")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self._api_key = api_key  # private: kept out of repr, logs and errors
+        super().__init__(
+            base_url, model, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s
+        )
         self.max_concurrency = max_concurrency
-        self.timeout_s = timeout_s
-        self._retry_policy = RetryPolicy(max_retries=max_retries, backoff_s=backoff_s)
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.tool_choice = tool_choice
-
-    def __repr__(self) -> str:
-        return f"OpenAICompatibleBackend(base_url={self.base_url!r}, model={self.model!r})"
 
     @property
     def chat_url(self) -> str:
@@ -198,16 +270,6 @@ class OpenAICompatibleBackend:
             raise EndpointError(self._redact(self._invalid(url, error))) from None
 
     # -- internals
-    def _client(self) -> httpx.Client:
-        """A client with a single keep-alive connection (one per worker thread)."""
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        return httpx.Client(
-            timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            headers=headers,
-            verify=shared_ssl_context(),
-        )
-
     def _complete_one(self, client: httpx.Client, prompt: ChatPrompt) -> Completion:
         started = time.perf_counter()
         body = self._request_body(prompt)
@@ -237,29 +299,6 @@ class OpenAICompatibleBackend:
             raise EndpointError(self._invalid(self.chat_url, error)) from None
         return parsed, time.perf_counter() - started
 
-    def _send(self, client: httpx.Client, method: str, url: str, body: Any) -> Any:
-        """One HTTP attempt: the JSON payload, or Retryable / EndpointError."""
-        where = f"{url} (model {self.model})"
-        response = send_once(lambda: client.request(method, url, json=body), timeout_s=self.timeout_s, where=where)
-        raise_if_retryable(response, where=where)
-        if response.status_code >= 400:
-            raise EndpointError(_status_message(response, where))
-        try:
-            return response.json()
-        except ValueError:
-            raise EndpointError(f"response from {where} is not JSON: {response.text[:200]!r}") from None
-
-    def _with_retries(self, attempt: Callable[[], T]) -> T:
-        """Run `attempt` up to 1 + max_retries times; the last failure becomes EndpointError."""
-        try:
-            return retry(
-                attempt,
-                self._retry_policy,
-                give_up=lambda failure, attempts: EndpointError(f"{failure} ({attempts})"),
-            )
-        except EndpointError as error:
-            raise EndpointError(self._redact(str(error))) from None
-
     def _to_completion(self, response: ChatCompletionResponse, latency_s: float) -> Completion:
         usage = response.usage or WireUsage()
         return Completion(
@@ -268,17 +307,6 @@ class OpenAICompatibleBackend:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
         )
-
-    def _invalid(self, url: str, error: ValidationError) -> str:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or '<root>'}: {issue['msg']}"
-            for issue in error.errors()[:5]
-        )
-        return f"invalid response from {url} (model {self.model}): {problems}"
-
-    def _redact(self, text: str) -> str:
-        """Belt and braces: a server could echo the key back in an error body."""
-        return text.replace(self._api_key, "***") if self._api_key else text
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -98,6 +98,12 @@ def test_vectors_of_another_dimension_in_the_cache_are_refused(server, tmp_path)
         client(server, tmp_path, dimensions=32).embed(["cached text"])
 
 
+def test_an_embedding_client_answers_no_chat_prompts(tmp_path):
+    # it shares the chat client's transport only: no chat completion can reach an embedding model
+    embed = EmbeddingClient("http://127.0.0.1:9/v1", "nv-embed", cache_path=tmp_path / "cache.sqlite")
+    assert not hasattr(embed, "complete")
+
+
 def test_the_resource_is_off_until_configured(server, tmp_path):
     assert EmbeddingsResource(cache_path=str(tmp_path / "c.sqlite")).client() is None
     resource = EmbeddingsResource(
