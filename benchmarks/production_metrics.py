@@ -13,15 +13,18 @@ of one serving-telemetry sensor tick.
                Schema validity rates, cost and promotion resolution
    and prints rows/s and the ratio ours / baseline (target <= 1.5).
 
-   Measured on the shared 2-core development box (other work beside it), best of 3:
-   1,000,000 traces; baseline 0.11-0.12 s, ours 0.13-0.14 s, ratio 1.1-1.2. Before the
-   per-trace columns were computed at ingest (the answer and tools parsed out of `raw` here):
-   baseline 4.5 s (it parsed `response.model` out of `raw`), ours 17.5-20.6 s, ratio 3.8-4.6.
+   Measured on the shared 2-core development box (other work beside it), 1,000,000 traces,
+   best of 20 alternating runs, four runs of the script: baseline 28-35 ms, ours 37-50 ms,
+   ratio 1.31-1.43. Before the per-trace columns were computed at ingest (the answer and
+   the tools parsed out of `raw` here): baseline 4.5 s (it parsed `response.model` out of
+   `raw`), ours 17.5-20.6 s, ratio 3.8-4.6. The columns moved that work to landing: about
+   10 us more per trace there (benchmarks/curation.py's landing phase, 200,000 traces, one
+   validation worker: 6.4-6.7 s before, 8.5-8.7 s after, +32%; the README says where).
 2. A vLLM-style `/metrics` endpoint on loopback with `--models` models x `--series` series
    each, scraped by `TelemetrySource.collect` and filed (`write`): the sensor tick's work;
    best of `--repeat`, against the bare HTTP GET of the same text.
 
-    python benchmarks/production_metrics.py [--records N] [--base N] [--models 50] [--series 200]
+    python benchmarks/production_metrics.py [--records N] [--base N] [--models 50] [--series 200] [--repeat 20]
 """
 
 from __future__ import annotations
