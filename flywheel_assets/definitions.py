@@ -33,10 +33,10 @@ from resources.datasets import JsonIOManager, LocalDatasetStore, ParquetIOManage
 from resources.embeddings import EmbeddingsResource
 from resources.nemo.backend import NemoBackend
 from resources.platform import LocalPlatform, ModelPlatform, NemoPlatform
-from resources.telemetry import telemetry_from_env
+from resources.telemetry import TelemetrySource
 from resources.traces import FileTraceSource
 from resources.tracking import build_tracker, tracked
-from resources.weave_source import weave_source_from_env
+from resources.weave_source import WeaveTraceSource, trace_server_url
 from sensors.automation import weekly_schedules
 from sensors.drop_folder import drop_folder_sensor
 from sensors.telemetry import serving_telemetry_sensor
@@ -62,7 +62,13 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
             validation_workers=settings.validation_workers,
         ),
         "platform": build_platform(settings, home),
-        "telemetry": telemetry_from_env(home),  # off unless FLYWHEEL_TELEMETRY_URL is set
+        "telemetry": TelemetrySource(  # off unless FLYWHEEL_TELEMETRY_URL is set
+            url=settings.telemetry_url or "",
+            kind=settings.telemetry_kind,
+            engines=list(settings.telemetry_engines),
+            default_model=settings.telemetry_model,
+            store_dir=str(home / "telemetry"),
+        ),
         "embeddings": EmbeddingsResource(
             base_url=settings.embeddings_base_url,
             model=settings.embeddings_model,
@@ -97,6 +103,20 @@ def build_platform(settings: FlywheelSettings, home: Path) -> ModelPlatform:
         )
         return NemoPlatform(nemo=nemo, **judge)
     return LocalPlatform(model_cache_dir=str(home / "models"), adapters_dir=str(home / "adapters"), **judge)
+
+
+def build_weave_source(settings: FlywheelSettings) -> WeaveTraceSource:
+    """The Weave project that weave_trace_sensor reads: FLYWHEEL_WEAVE_ENTITY/PROJECT, else
+    W&B's own WANDB_ENTITY/WANDB_PROJECT; the key WANDB_API_KEY (an EnvVar: never in config or
+    logs); the trace server as weave finds it (`trace_server_url`)."""
+    return WeaveTraceSource(
+        entity=settings.weave_entity or dg.EnvVar("WANDB_ENTITY"),
+        project=settings.weave_project or dg.EnvVar("WANDB_PROJECT"),
+        api_key=dg.EnvVar("WANDB_API_KEY"),
+        base_url=trace_server_url(),
+        op_names=list(settings.weave_ops) if settings.weave_ops is not None else None,
+        start_date=settings.start_date.isoformat(),
+    )
 
 
 ASSETS = [
@@ -162,7 +182,7 @@ defs = dg.Definitions(
         rollback_job,
         serving_telemetry_job,
     ],
-    resources={**build_resources(), "weave_source": weave_source_from_env()},
+    resources={**build_resources(), "weave_source": build_weave_source(load_settings())},
     sensors=[
         drop_folder_sensor,
         weave_trace_sensor,

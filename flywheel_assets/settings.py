@@ -13,6 +13,11 @@
 | FLYWHEEL_EXECUTOR           | in_process              | `in_process`, `multiprocess` (a process per step), or `k8s` (one pod per step) |
 | FLYWHEEL_WEAVE_ENTITY       | (WANDB_ENTITY)          | W&B entity of the Weave project with the traces  |
 | FLYWHEEL_WEAVE_PROJECT      | (WANDB_PROJECT)         | W&B project holding the traces (weave_trace_sensor) |
+| FLYWHEEL_WEAVE_OPS          | (traces by their shape) | comma-separated ops whose calls are all traces (names or weave:/// refs); `*`: every call |
+| FLYWHEEL_TELEMETRY_URL      | (telemetry off)         | Prometheus base URL, or comma-separated engine /metrics URLs |
+| FLYWHEEL_TELEMETRY_KIND     | metrics                 | `metrics` (scrape the URLs) or `prometheus` (query_range of one server) |
+| FLYWHEEL_TELEMETRY_ENGINES  | (all)                   | comma-separated engines read: `dcgm`, `nim`, `tgi`, `vllm` |
+| FLYWHEEL_TELEMETRY_MODEL    |                         | served model of series without a model label (TGI, DCGM) |
 | FLYWHEEL_JUDGE_BASE_URL     |                         | OpenAI-compatible endpoint of an LLM judge        |
 | FLYWHEEL_JUDGE_MODEL        |                         | model name sent to the judge (required with FLYWHEEL_JUDGE_BASE_URL) |
 | FLYWHEEL_ICL_STRATEGY       | lexical                 | ICL example choice: `uniform`, `lexical` (TF-IDF), `embedding` |
@@ -44,7 +49,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flywheel_assets.core.telemetry import TelemetryError, check_engines
 from partitions.keys import SAFE_KEY
+
+# defaults that resources built by hand (tests, benchmarks) take too, so each exists once
+DEFAULT_START_DATE = date(2025, 1, 1)
+TelemetryKind = Literal["prometheus", "metrics"]
+DEFAULT_TELEMETRY_KIND: TelemetryKind = "metrics"
 
 
 class SettingsError(ValueError):
@@ -63,7 +74,7 @@ class FlywheelSettings(BaseModel):
     backend: Literal["local", "nemo"] = _var("FLYWHEEL_BACKEND", "local")
     home: Path = _var("FLYWHEEL_HOME", Path(".flywheel_data"))
     traces_dir: Path | None = _var("FLYWHEEL_TRACES_DIR")
-    start_date: date = _var("FLYWHEEL_START_DATE", date(2025, 1, 1))
+    start_date: date = _var("FLYWHEEL_START_DATE", DEFAULT_START_DATE)
     validation_workers: int = Field(default=0, ge=0, alias="FLYWHEEL_VALIDATION_WORKERS")
     candidates_file: Path | None = _var("FLYWHEEL_CANDIDATES")
     monitoring_file: Path | None = _var("FLYWHEEL_MONITORING")
@@ -75,6 +86,12 @@ class FlywheelSettings(BaseModel):
     executor: Literal["multiprocess", "in_process", "k8s"] = _var("FLYWHEEL_EXECUTOR", "in_process")
     weave_entity: str | None = _var("FLYWHEEL_WEAVE_ENTITY")
     weave_project: str | None = _var("FLYWHEEL_WEAVE_PROJECT")
+    # None: trace documents and OpenAI calls with the workload attribute; (): every call
+    weave_ops: tuple[str, ...] | None = _var("FLYWHEEL_WEAVE_OPS")
+    telemetry_url: str | None = _var("FLYWHEEL_TELEMETRY_URL")
+    telemetry_kind: TelemetryKind = _var("FLYWHEEL_TELEMETRY_KIND", DEFAULT_TELEMETRY_KIND)
+    telemetry_engines: tuple[str, ...] = _var("FLYWHEEL_TELEMETRY_ENGINES", ())  # (): all
+    telemetry_model: str | None = _var("FLYWHEEL_TELEMETRY_MODEL")
     judge_base_url: str | None = _var("FLYWHEEL_JUDGE_BASE_URL")
     judge_model: str | None = _var("FLYWHEEL_JUDGE_MODEL")
     icl_strategy: Literal["uniform", "lexical", "embedding"] = _var("FLYWHEEL_ICL_STRATEGY", "lexical")
@@ -112,10 +129,51 @@ class FlywheelSettings(BaseModel):
     def _http_url(cls, url: str | None) -> str | None:
         if url is None:
             return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not _is_http_url(url):
             raise ValueError("is not an http(s) URL")
         return url.rstrip("/")
+
+    @field_validator("telemetry_url")
+    @classmethod
+    def _http_urls(cls, urls: str | None) -> str | None:
+        if urls is None:
+            return None
+        items = [u.strip() for u in urls.split(",") if u.strip()]
+        if not items or not all(map(_is_http_url, items)):
+            raise ValueError("is not an http(s) URL or comma-separated http(s) URLs")
+        return urls
+
+    @field_validator("telemetry_kind", mode="before")
+    @classmethod
+    def _stripped(cls, value):
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("telemetry_engines", "weave_ops", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if not isinstance(value, str):
+            return value
+        items = tuple(item.strip() for item in value.split(",") if item.strip())
+        if not items:
+            raise ValueError("lists nothing: give comma-separated names, or leave it empty for the default")
+        return items
+
+    @field_validator("telemetry_engines")
+    @classmethod
+    def _known_engines(cls, engines: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(check_engines(engines))
+        except TelemetryError as err:
+            raise ValueError(f"names {err}") from None
+
+    @field_validator("weave_ops")
+    @classmethod
+    def _every_op(cls, ops: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if ops is None or "*" not in ops:
+            return ops
+        if ops != ("*",):
+            raise ValueError("mixes `*` (every call) with op names: give one or the other")
+        return ()
 
     @field_validator("nemo_namespace")
     @classmethod
@@ -151,9 +209,23 @@ class FlywheelSettings(BaseModel):
                 raise ValueError(f"FLYWHEEL_ICL_STRATEGY=embedding needs {', '.join(missing)} (unset)")
         return self
 
+    @model_validator(mode="after")
+    def _prometheus_is_one_server(self) -> FlywheelSettings:
+        if self.telemetry_kind == "prometheus" and self.telemetry_url is not None and "," in self.telemetry_url:
+            raise ValueError(
+                "FLYWHEEL_TELEMETRY_KIND=prometheus queries one server: set FLYWHEEL_TELEMETRY_URL to its base URL "
+                "(comma-separated URLs are engines' /metrics, FLYWHEEL_TELEMETRY_KIND=metrics)"
+            )
+        return self
+
     @property
     def traces(self) -> Path:
         return self.traces_dir or self.home / "traces"
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _alias(field: str) -> str:

@@ -1,6 +1,7 @@
 """Serving-engine telemetry: a Prometheus server's HTTP API, or the engines' own `/metrics`.
 
-Off unless `FLYWHEEL_TELEMETRY_URL` is set (`telemetry_from_env`). Two kinds of source:
+Off unless `FLYWHEEL_TELEMETRY_URL` is set (read with the other FLYWHEEL_TELEMETRY_*
+variables in `flywheel_assets/settings.py`). Two kinds of source:
 
 - `prometheus` (the usual Kubernetes setup, Prometheus scraping the serving pods): one
   `GET /api/v1/query_range` per collection for every metric name the engine table knows
@@ -18,10 +19,8 @@ day's parts (flywheel_assets/core/telemetry.py).
 from __future__ import annotations
 
 import datetime as dt
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import dagster as dg
 import httpx
@@ -37,10 +36,9 @@ from flywheel_assets.core.telemetry import (
     sample_rows,
     samples_frame,
 )
+from flywheel_assets.settings import DEFAULT_TELEMETRY_KIND, TelemetryKind
 from resources.datasets import write_parquet_atomically
 from resources.http import Retryable, RetryPolicy, retry
-
-TELEMETRY_KINDS = ("prometheus", "metrics")
 
 
 class Collected(NamedTuple):
@@ -52,7 +50,7 @@ class TelemetrySource(dg.ConfigurableResource):
     """Where serving telemetry comes from; `url` empty: telemetry is off."""
 
     url: str = Field(default="", description="Prometheus base URL, or comma-separated /metrics URLs.")
-    kind: Literal["prometheus", "metrics"] = "metrics"
+    kind: TelemetryKind = DEFAULT_TELEMETRY_KIND
     engines: list[str] = Field(default_factory=list, description="Engines to read (vllm, nim, tgi, dcgm); empty: all.")
     default_model: str | None = Field(
         default=None, description="Served model of series without a model label (TGI, DCGM)."
@@ -192,19 +190,3 @@ def _series_name(name: str, kind: str) -> str:
 def _day_start(now: float) -> float:
     day = dt.datetime.fromtimestamp(now, dt.UTC).date()
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp()
-
-
-def telemetry_from_env(home: Path, env: Callable[[str], str | None] = os.environ.get) -> TelemetrySource:
-    """FLYWHEEL_TELEMETRY_URL / _KIND (prometheus|metrics) / _ENGINES / _MODEL; off without a URL."""
-    kind = (env("FLYWHEEL_TELEMETRY_KIND") or "metrics").strip()
-    if kind not in TELEMETRY_KINDS:
-        raise TelemetryError(f"FLYWHEEL_TELEMETRY_KIND={kind!r}: use one of {', '.join(TELEMETRY_KINDS)}")
-    engines = [e.strip() for e in (env("FLYWHEEL_TELEMETRY_ENGINES") or "").split(",") if e.strip()]
-    check_engines(engines)
-    return TelemetrySource(
-        url=env("FLYWHEEL_TELEMETRY_URL") or "",
-        kind=kind,
-        engines=engines,
-        default_model=env("FLYWHEEL_TELEMETRY_MODEL") or None,
-        store_dir=str(home / "telemetry"),
-    )

@@ -53,6 +53,7 @@ from flywheel_assets.core.ingest import (
     repair_landing,
 )
 from flywheel_assets.core.schema import DEFAULT_MAX_RECORD_BYTES
+from flywheel_assets.settings import DEFAULT_START_DATE
 
 TRACE_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 _SCAN_BLOCK_BYTES = 8 << 20
@@ -224,7 +225,9 @@ class FileTraceSource(dg.ConfigurableResource):
 
     traces_dir: str = Field(description="Folder that production traces are dropped into.")
     landing_dir: str = Field(description="Folder for validated records filed by day x workload.")
-    start_date: str = Field(default="2025-01-01", description="First day partition; older records are quarantined.")
+    start_date: str = Field(
+        default=DEFAULT_START_DATE.isoformat(), description="First day partition; older records are quarantined."
+    )
     batch_size: int = Field(default=20_000, description="Records validated per batch.")
     max_record_bytes: int = Field(default=DEFAULT_MAX_RECORD_BYTES)
     validation_workers: int = Field(

@@ -53,6 +53,7 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_assets.core.atomic import atomic_path
+from flywheel_assets.settings import DEFAULT_START_DATE
 
 # <traces_dir>/weave/: the files the Weave sensor writes and lands itself (the drop-folder sensor skips it)
 WEAVE_FOLDER = "weave"
@@ -286,7 +287,9 @@ class WeaveTraceSource(dg.ConfigurableResource):
     default_client_id: str | None = Field(
         default=None, description="client_id of calls without that attribute (default: weave:<entity>/<project>)."
     )
-    start_date: str = Field(default="2025-01-01", description="First poll reads calls started from this day on.")
+    start_date: str = Field(
+        default=DEFAULT_START_DATE.isoformat(), description="First poll reads calls started from this day on."
+    )
     page_size: int = Field(default=1000, ge=1, le=10_000)
     max_calls_per_tick: int = Field(default=50_000, ge=1, description="The rest waits for the next tick.")
     settle_seconds: float = Field(
@@ -543,21 +546,3 @@ def trace_server_url(env: Mapping[str, str] | None = None) -> str:
         base = env.get("WANDB_BASE_URL", saved).rstrip("/")
     default = DEFAULT_TRACE_SERVER_URL if base == SAAS_API_URL else f"{base}/traces"
     return env.get("WF_TRACE_SERVER_URL", default)
-
-
-def weave_source_from_env() -> WeaveTraceSource:
-    """The resource as `definitions.py` registers it, from the environment: the project from
-    FLYWHEEL_WEAVE_ENTITY / FLYWHEEL_WEAVE_PROJECT or W&B's WANDB_ENTITY / WANDB_PROJECT, the
-    key WANDB_API_KEY (an EnvVar: never in config or logs), the server as weave finds it
-    (`trace_server_url`), the ops FLYWHEEL_WEAVE_OPS (comma-separated; unset: trace
-    documents and OpenAI calls with the workload attribute)."""
-    ops = os.environ.get("FLYWHEEL_WEAVE_OPS")
-    return WeaveTraceSource(
-        # FLYWHEEL_WEAVE_ENTITY/PROJECT (flywheel settings) win over W&B's own variables
-        entity=os.environ.get("FLYWHEEL_WEAVE_ENTITY") or dg.EnvVar("WANDB_ENTITY"),
-        project=os.environ.get("FLYWHEEL_WEAVE_PROJECT") or dg.EnvVar("WANDB_PROJECT"),
-        api_key=dg.EnvVar("WANDB_API_KEY"),
-        base_url=trace_server_url(),
-        op_names=[o.strip() for o in ops.split(",") if o.strip()] if ops is not None else None,
-        start_date=os.environ.get("FLYWHEEL_START_DATE", "2025-01-01"),
-    )

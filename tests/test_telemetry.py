@@ -17,7 +17,8 @@ from flywheel_assets.core.telemetry import (
     parse_exposition,
     summarize,
 )
-from resources.telemetry import TelemetrySource, telemetry_from_env
+from flywheel_assets.settings import SettingsError, load_settings
+from resources.telemetry import TelemetrySource
 from sensors.telemetry import collect_telemetry
 
 NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC).timestamp()
@@ -125,12 +126,6 @@ def test_malformed_exposition_an_http_error_and_unknown_engines_are_clear_errors
             source(tmp_path, url, engines=["sglang"]).collect(None, NOW)
         with pytest.raises(TelemetryError, match="none of the known metrics of tgi"):
             source(tmp_path, url, engines=["tgi"]).collect(None, NOW)
-    with pytest.raises(TelemetryError, match="unknown serving engine"):
-        telemetry_from_env(
-            tmp_path, {"FLYWHEEL_TELEMETRY_URL": "http://x", "FLYWHEEL_TELEMETRY_ENGINES": "vllm,foo"}.get
-        )
-    with pytest.raises(TelemetryError, match="FLYWHEEL_TELEMETRY_KIND='graphite'"):
-        telemetry_from_env(tmp_path, {"FLYWHEEL_TELEMETRY_KIND": "graphite"}.get)
     with pytest.raises(TelemetryError, match="none of the known metrics"):
         parse_exposition("# TYPE go_goroutines gauge\ngo_goroutines 12\n", scraped_at=NOW, instance="x")
 
@@ -214,8 +209,61 @@ def test_the_code_location_with_telemetry_loads():
     assert defs.get_sensor_def("serving_telemetry_sensor").job_name == "refresh_serving_telemetry"
 
 
-def test_telemetry_is_off_without_a_url(tmp_path):
-    telemetry = telemetry_from_env(tmp_path, {}.get)
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"FLYWHEEL_TELEMETRY_URL": "http://x", "FLYWHEEL_TELEMETRY_ENGINES": "vllm,foo"},
+            "FLYWHEEL_TELEMETRY_ENGINES='vllm,foo' names unknown serving engine(s) ['foo']: known engines are dcgm, nim",
+        ),
+        ({"FLYWHEEL_TELEMETRY_ENGINES": " , "}, "FLYWHEEL_TELEMETRY_ENGINES=' , ' lists nothing"),
+        (
+            {"FLYWHEEL_TELEMETRY_KIND": "graphite"},
+            "FLYWHEEL_TELEMETRY_KIND='graphite' is not one of prometheus, metrics",
+        ),
+        (
+            {"FLYWHEEL_TELEMETRY_URL": "prometheus:9090"},
+            "FLYWHEEL_TELEMETRY_URL='prometheus:9090' is not an http(s) URL",
+        ),
+        (
+            {
+                "FLYWHEEL_TELEMETRY_URL": "http://a:8000/metrics,http://b:9400/metrics",
+                "FLYWHEEL_TELEMETRY_KIND": "prometheus",
+            },
+            "FLYWHEEL_TELEMETRY_KIND=prometheus queries one server: set FLYWHEEL_TELEMETRY_URL to its base URL",
+        ),
+    ],
+)
+def test_bad_telemetry_settings_name_the_variable_and_what_is_allowed(env, message):
+    with pytest.raises(SettingsError) as err:
+        load_settings(env)
+    assert message in str(err.value)
+
+
+def test_the_telemetry_resource_is_built_from_the_settings(tmp_path, monkeypatch):
+    from flywheel_assets.definitions import build_resources
+
+    monkeypatch.setenv("FLYWHEEL_TELEMETRY_URL", "http://vllm:8000/metrics, http://dcgm:9400/metrics")
+    monkeypatch.setenv("FLYWHEEL_TELEMETRY_KIND", " metrics ")
+    monkeypatch.setenv("FLYWHEEL_TELEMETRY_ENGINES", "vllm, dcgm")
+    monkeypatch.setenv("FLYWHEEL_TELEMETRY_MODEL", "llama-1b")
+    telemetry = build_resources(tmp_path, tmp_path / "traces")["telemetry"]
+    assert (telemetry.url, telemetry.kind, telemetry.engines, telemetry.default_model) == (
+        "http://vllm:8000/metrics, http://dcgm:9400/metrics",
+        "metrics",
+        ["vllm", "dcgm"],
+        "llama-1b",
+    )
+    assert telemetry.store_dir == str(tmp_path / "telemetry") and telemetry.enabled
+
+
+def test_telemetry_is_off_without_a_url(tmp_path, monkeypatch):
+    from flywheel_assets.definitions import build_resources
+
+    for name in ("FLYWHEEL_TELEMETRY_URL", "FLYWHEEL_TELEMETRY_KIND", "FLYWHEEL_TELEMETRY_ENGINES"):
+        monkeypatch.setenv(name, "")  # as a chart or compose file carries it: unset
+    telemetry = build_resources(tmp_path, tmp_path / "traces")["telemetry"]
+    assert (telemetry.url, telemetry.kind, telemetry.engines) == ("", "metrics", [])
     with dg.instance_for_test() as instance:
         result = collect_telemetry(dg.build_sensor_context(instance=instance), telemetry)
     assert isinstance(result, dg.SkipReason) and "FLYWHEEL_TELEMETRY_URL" in result.skip_message

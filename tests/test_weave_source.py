@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+import dagster as dg
 import httpx
 import pytest
 from fake_weave_server import CallFactory, Fault, fake_weave_server, iso, op_ref, to_micros
 
 from flywheel_assets.core.schema import Rejection, TraceRecord, validate_trace
-from resources.weave_source import WeaveCursor, WeaveTraceSource, call_to_trace, weave_source_from_env
+from flywheel_assets.settings import SettingsError, load_settings
+from resources.weave_source import WeaveCursor, WeaveTraceSource, call_to_trace
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 T0 = (NOW - dt.timedelta(days=2)).timestamp()  # a recent day: inside the day partitions
@@ -278,6 +280,54 @@ def test_op_names_are_weave_refs_and_files_are_named_by_cursor(server, calls):
     assert path != ws.window_file("/traces", WeaveCursor(ended_at=to_micros(T0), ids=("a",)))
 
 
+@pytest.mark.parametrize(
+    ("ops", "op_names"),
+    [
+        (None, None),  # unset: trace documents and OpenAI calls with the workload attribute
+        ("", None),  # empty counts as unset (charts and compose files carry `VAR: ""`)
+        ("my_op, weave:///acme/prod/op/log:abc,", ["my_op", "weave:///acme/prod/op/log:abc"]),
+        ("*", []),  # every call of the project
+    ],
+)
+def test_flywheel_weave_ops_chooses_the_calls_that_are_traces(ops, op_names):
+    from flywheel_assets.definitions import build_weave_source
+
+    env = {} if ops is None else {"FLYWHEEL_WEAVE_OPS": ops}
+    assert build_weave_source(load_settings(env)).op_names == op_names
+
+
+@pytest.mark.parametrize(
+    ("ops", "message"),
+    [
+        ("*, my_op", "FLYWHEEL_WEAVE_OPS='*, my_op' mixes `*` (every call) with op names"),
+        (" , ", "FLYWHEEL_WEAVE_OPS=' , ' lists nothing"),
+    ],
+)
+def test_a_bad_flywheel_weave_ops_names_the_variable(ops, message):
+    with pytest.raises(SettingsError) as err:
+        load_settings({"FLYWHEEL_WEAVE_OPS": ops})
+    assert message in str(err.value)
+
+
+def test_the_weave_project_and_first_day_come_from_the_settings(monkeypatch):
+    from flywheel_assets.definitions import build_weave_source
+
+    for var, value in {"WANDB_ENTITY": "wandb-team", "WANDB_PROJECT": "traces", "WANDB_API_KEY": "k"}.items():
+        monkeypatch.setenv(var, value)
+    own = build_weave_source(
+        load_settings(
+            {"FLYWHEEL_WEAVE_ENTITY": "acme", "FLYWHEEL_WEAVE_PROJECT": "prod", "FLYWHEEL_START_DATE": "2026-11-14"}
+        )
+    )
+    assert (own.entity, own.project, own.start_date) == ("acme", "prod", "2026-11-14")
+    # unset or empty: W&B's own variables, read when the resource starts; the first day is the
+    # day partitions' (an empty FLYWHEEL_START_DATE was passed on as "" and failed the first poll)
+    fallback = build_weave_source(load_settings({"FLYWHEEL_WEAVE_PROJECT": "", "FLYWHEEL_START_DATE": ""}))
+    with dg.build_resources({"weave_source": fallback}) as started:
+        assert (started.weave_source.entity, started.weave_source.project) == ("wandb-team", "traces")
+    assert fallback.start_date == load_settings({}).start_date.isoformat() == "2025-01-01"
+
+
 # ------------------------------------------------- the blueprint's logging pattern
 def test_the_blueprint_logging_pattern_is_read_by_default(server, calls):
     """`@weave.op() log_chat(...)` returns the trace document; its OpenAI child carries no
@@ -366,7 +416,9 @@ def test_the_trace_server_url_is_found_as_weave_finds_it(tmp_path, monkeypatch, 
     monkeypatch.setenv("WANDB_ENTITY", "acme")
     monkeypatch.setenv("WANDB_PROJECT", "prod")
     assert weave_trace_server_url() == expected  # weave's own answer
-    assert weave_source_from_env().base_url == expected
+    from flywheel_assets.definitions import build_weave_source
+
+    assert build_weave_source(load_settings()).base_url == expected
 
 
 def test_a_cursor_of_the_started_at_version_goes_on_from_its_time_by_end(server, calls):
