@@ -63,7 +63,8 @@ def workload_dataset(
     # pinned: the lazy result is read again when the I/O manager stores it, and today's
     # raw_traces partition may be re-ingested meanwhile
     with stored_assets.pinned("raw_traces", [keys[day] for day in days]) as frames:
-        traces = pl.concat(frames) if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
+        # diagonal: a day stored before raw_traces had the answer's columns (curation reads none)
+        traces = pl.concat(frames, how="diagonal_relaxed") if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
         dataset, stats = curate(traces, **config.curate_options())
         yield dg.Output(
             dataset,  # lazy: the I/O manager streams it to the store
