@@ -48,7 +48,8 @@ def build_resources(home: Path | None = None, traces: Path | None = None) -> dic
     settings = load_settings()
     home = home or settings.home
     traces = traces or settings.traces
-    tracker = build_tracker(home)  # W&B when configured, else a no-op (resources/tracking.py)
+    # W&B when WANDB_MODE/WANDB_API_KEY configure it, else a no-op (resources/tracking.py)
+    tracker = build_tracker(home, project=settings.wandb_project, registry=settings.wandb_registry)
     return {
         "io_manager": tracked(ParquetIOManager(base_dir=str(home / "assets")), tracker),
         "json_io_manager": tracked(JsonIOManager(base_dir=str(home / "assets")), tracker),

@@ -18,6 +18,8 @@
 | FLYWHEEL_TELEMETRY_KIND     | metrics                 | `metrics` (scrape the URLs) or `prometheus` (query_range of one server) |
 | FLYWHEEL_TELEMETRY_ENGINES  | (all)                   | comma-separated engines read: `dcgm`, `nim`, `tgi`, `vllm` |
 | FLYWHEEL_TELEMETRY_MODEL    |                         | served model of series without a model label (TGI, DCGM) |
+| FLYWHEEL_WANDB_PROJECT      | (WANDB_PROJECT, else flywheel) | W&B project of the tracked artifacts (tracking is on with WANDB_MODE/WANDB_API_KEY) |
+| FLYWHEEL_WANDB_REGISTRY     | (none)                  | `wandb-registry-<name>`: promotions are also linked to this W&B registry (online) |
 | FLYWHEEL_JUDGE_BASE_URL     |                         | OpenAI-compatible endpoint of an LLM judge        |
 | FLYWHEEL_JUDGE_MODEL        |                         | model name sent to the judge (required with FLYWHEEL_JUDGE_BASE_URL) |
 | FLYWHEEL_ICL_STRATEGY       | lexical                 | ICL example choice: `uniform`, `lexical` (TF-IDF), `embedding` |
@@ -33,6 +35,8 @@
 
 Secrets are never read here, only named: FLYWHEEL_JUDGE_API_KEY, FLYWHEEL_EMBEDDINGS_API_KEY, NGC_API_KEY, WANDB_API_KEY
 reach resources through `dagster.EnvVar`, so they stay out of settings, metadata and logs.
+W&B's own variables (WANDB_MODE, WANDB_API_KEY, WANDB_PROJECT, WANDB_ENTITY, WANDB_BASE_URL...) are
+W&B's settings, read where W&B is set up (resources/tracking.py, resources/weave_source.py, wandb).
 
 An empty variable counts as unset (Kubernetes and compose files often carry `VAR: ""`).
 A bad value fails with the variable's name: `FLYWHEEL_BACKEND='foo' is not one of local, nemo`.
@@ -41,6 +45,7 @@ A bad value fails with the variable's name: `FLYWHEEL_BACKEND='foo' is not one o
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
@@ -56,6 +61,9 @@ from partitions.keys import SAFE_KEY
 DEFAULT_START_DATE = date(2025, 1, 1)
 TelemetryKind = Literal["prometheus", "metrics"]
 DEFAULT_TELEMETRY_KIND: TelemetryKind = "metrics"
+DEFAULT_WANDB_PROJECT = "flywheel"  # the tracker's project without FLYWHEEL_WANDB_PROJECT or WANDB_PROJECT
+WANDB_REGISTRY_PREFIX = "wandb-registry-"
+_WANDB_REGISTRY = re.compile(rf"{WANDB_REGISTRY_PREFIX}[^/\\#?%:\s]+")
 
 
 class SettingsError(ValueError):
@@ -92,6 +100,8 @@ class FlywheelSettings(BaseModel):
     telemetry_kind: TelemetryKind = _var("FLYWHEEL_TELEMETRY_KIND", DEFAULT_TELEMETRY_KIND)
     telemetry_engines: tuple[str, ...] = _var("FLYWHEEL_TELEMETRY_ENGINES", ())  # (): all
     telemetry_model: str | None = _var("FLYWHEEL_TELEMETRY_MODEL")
+    wandb_project: str | None = _var("FLYWHEEL_WANDB_PROJECT")  # None: W&B's WANDB_PROJECT, else the default
+    wandb_registry: str | None = _var("FLYWHEEL_WANDB_REGISTRY")
     judge_base_url: str | None = _var("FLYWHEEL_JUDGE_BASE_URL")
     judge_model: str | None = _var("FLYWHEEL_JUDGE_MODEL")
     icl_strategy: Literal["uniform", "lexical", "embedding"] = _var("FLYWHEEL_ICL_STRATEGY", "lexical")
@@ -175,6 +185,11 @@ class FlywheelSettings(BaseModel):
             raise ValueError("mixes `*` (every call) with op names: give one or the other")
         return ()
 
+    @field_validator("wandb_registry")
+    @classmethod
+    def _a_wandb_registry(cls, registry: str | None) -> str | None:
+        return check_wandb_registry(registry) if registry is not None else None
+
     @field_validator("nemo_namespace")
     @classmethod
     def _safe_namespace(cls, namespace: str) -> str:
@@ -221,6 +236,17 @@ class FlywheelSettings(BaseModel):
     @property
     def traces(self) -> Path:
         return self.traces_dir or self.home / "traces"
+
+
+def check_wandb_registry(registry: str) -> str:
+    """`registry` if W&B reads it as a registry, else ValueError saying how to write one."""
+    # W&B reads `<registry>/<name>` as a project path unless it starts with the prefix
+    if not _WANDB_REGISTRY.fullmatch(registry):
+        raise ValueError(
+            f"is not a W&B registry: write it as {WANDB_REGISTRY_PREFIX}<name>, e.g. wandb-registry-model "
+            "for the Model registry (without the prefix W&B would link promotions to a project of that name)"
+        )
+    return registry
 
 
 def _is_http_url(url: str) -> bool:

@@ -2,7 +2,9 @@
 
 Off unless W&B is configured (`build_tracker`): with neither `WANDB_API_KEY` nor
 `WANDB_MODE` set, or with `WANDB_MODE=disabled`, the tracker is a no-op and the IO managers
-are left as they are, so the embedded default needs no W&B at all.
+are left as they are, so the embedded default needs no W&B at all. W&B's own variables
+(`WANDB_*`) are read here; the flywheel's (`FLYWHEEL_WANDB_PROJECT`, `FLYWHEEL_WANDB_REGISTRY`)
+in `flywheel_assets/settings.py`, and `definitions.py` passes them to `build_tracker`.
 
 How it hooks in: `tracked(storage, tracker)` wraps an asset IO manager. After the wrapped
 manager has stored a value, the wrapper logs it as a W&B artifact (one W&B run per Dagster
@@ -28,8 +30,8 @@ import hashlib
 import io
 import json
 import os
-import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +39,8 @@ from typing import Any, Literal
 import dagster as dg
 import polars as pl
 from pydantic import Field, field_validator
+
+from flywheel_assets.settings import DEFAULT_WANDB_PROJECT, check_wandb_registry
 
 # asset -> W&B artifact type; other assets (raw traces, promotions) are not logged here
 TRACKED_ASSETS = {
@@ -56,8 +60,6 @@ MAX_TABLE_ROWS = 10_000
 WANDB_METADATA_KEY = "wandb_artifact"
 # W&B refuses longer artifact (and registry collection) names
 ARTIFACT_NAME_MAX = 128
-REGISTRY_PREFIX = "wandb-registry-"
-_REGISTRY = re.compile(rf"{REGISTRY_PREFIX}[^/\\#?%:\s]+")
 
 
 def artifact_name(asset: str, partition: str | None) -> str:
@@ -109,7 +111,7 @@ class NoOpTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    project: str = Field(default="flywheel", description="W&B project (WANDB_PROJECT).")
+    project: str = Field(default=DEFAULT_WANDB_PROJECT, description="W&B project (FLYWHEEL_WANDB_PROJECT).")
     entity: str | None = Field(default=None, description="W&B entity (WANDB_ENTITY); default: the key's user.")
     mode: Literal["online", "offline"] = "online"
     run_dir: str = Field(description="Where W&B keeps run files (offline runs stay there until `wandb sync`).")
@@ -121,14 +123,13 @@ class WandbTracker(Tracker):
     @field_validator("registry")
     @classmethod
     def _a_wandb_registry(cls, registry: str | None) -> str | None:
-        # W&B reads `<registry>/<name>` as a project path unless it starts with the prefix
-        if registry is not None and not _REGISTRY.fullmatch(registry):
-            raise ValueError(
-                f"FLYWHEEL_WANDB_REGISTRY={registry!r} is not a W&B registry: write it as "
-                f"{REGISTRY_PREFIX}<name>, e.g. wandb-registry-model for the Model registry "
-                "(without the prefix W&B would link promotions to a project of that name)"
-            )
-        return registry
+        # also checked here: run config may set it at launch, past the settings
+        if registry is None:
+            return None
+        try:
+            return check_wandb_registry(registry)
+        except ValueError as err:
+            raise ValueError(f"registry={registry!r} {err}") from None
 
     wandb: dg.ResourceDependency[dict] = Field(
         description="dagster-wandb's `wandb_resource` (or the same handle for keyless offline mode)."
@@ -409,8 +410,10 @@ def _online_handle(host: str | None) -> dict:
     return wandb_resource.resource_fn(dg.build_init_resource_context(config=config))
 
 
-def build_tracker(home: Path, env: dict[str, str] | None = None) -> Tracker:
-    """The tracker the environment asks for.
+def build_tracker(
+    home: Path, env: Mapping[str, str] | None = None, *, project: str | None = None, registry: str | None = None
+) -> Tracker:
+    """The tracker W&B's variables in `env` (default: os.environ) ask for.
 
     WANDB_MODE=disabled, or neither WANDB_MODE nor WANDB_API_KEY: off (`NoOpTracker`).
     WANDB_MODE=offline (or dryrun): offline runs under `$FLYWHEEL_HOME/wandb`, never logged
@@ -418,9 +421,10 @@ def build_tracker(home: Path, env: dict[str, str] | None = None) -> Tracker:
     WANDB_API_KEY or WANDB_MODE=online: online, logged in by dagster-wandb's `wandb_resource`
     with the key in the run's environment (never in config or metadata); a run without one
     fails naming WANDB_API_KEY instead of W&B prompting for a key.
-    Also read: FLYWHEEL_WANDB_PROJECT, else WANDB_PROJECT (which the Weave trace source may
-    use too), else `flywheel`; WANDB_ENTITY; WANDB_BASE_URL (W&B Server);
-    FLYWHEEL_WANDB_REGISTRY (e.g. wandb-registry-model: promotions are linked there, online).
+    Also read: WANDB_ENTITY; WANDB_BASE_URL (W&B Server); WANDB_PROJECT, the project unless
+    `project` (FLYWHEEL_WANDB_PROJECT) names one (the Weave trace source may use WANDB_PROJECT
+    too), else `flywheel`. `registry` (FLYWHEEL_WANDB_REGISTRY, e.g. wandb-registry-model):
+    promotions are also linked there, online.
     """
     env = os.environ if env is None else env
     mode = env.get("WANDB_MODE", "").strip().lower()
@@ -435,11 +439,11 @@ def build_tracker(home: Path, env: dict[str, str] | None = None) -> Tracker:
         host = env.get("WANDB_BASE_URL")
         handle = dg.ResourceDefinition(lambda _: _online_handle(host), description="W&B, logged in")
     return WandbTracker(
-        project=env.get("FLYWHEEL_WANDB_PROJECT") or env.get("WANDB_PROJECT") or "flywheel",
+        project=project or env.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
         entity=env.get("WANDB_ENTITY") or None,
         mode="offline" if offline else "online",
         run_dir=str(wandb_dir),
-        registry=env.get("FLYWHEEL_WANDB_REGISTRY") or None,
+        registry=registry,
         wandb=handle,
     )
 

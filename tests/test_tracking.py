@@ -5,6 +5,7 @@ W&B never logs in offline and never prompts for a key: online without one fails 
 
 import getpass
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from wandb.errors import term
 
 from flywheel_assets.definitions import ASSETS, build_resources
 from flywheel_assets.jobs import promote_job, rollback_job
+from flywheel_assets.settings import SettingsError, load_settings
 from resources.datasets import ParquetIOManager
 from resources.tracking import NoOpTracker, WandbTracker, artifact_name, build_tracker, read_offline_runs, tracked
 
@@ -212,8 +214,9 @@ def test_tracking_is_off_unless_wandb_is_configured(tmp_path):
         assert isinstance(tracker, NoOpTracker) and tracked(storage, tracker) is storage
     offline = build_tracker(tmp_path, {"WANDB_MODE": "offline", "WANDB_PROJECT": "traces"})
     assert (offline.mode, offline.project, offline.run_dir) == ("offline", "traces", str(tmp_path / "wandb"))
-    own = build_tracker(tmp_path, {"WANDB_MODE": "offline", "WANDB_PROJECT": "traces", "FLYWHEEL_WANDB_PROJECT": "fw"})
+    own = build_tracker(tmp_path, {"WANDB_MODE": "offline", "WANDB_PROJECT": "traces"}, project="fw")
     assert own.project == "fw"
+    assert build_tracker(tmp_path, {"WANDB_MODE": "offline"}).project == "flywheel"
     online = build_tracker(tmp_path, {"WANDB_API_KEY": "secret-key-" + "k" * 29})
     assert online.mode == "online"
     # the key is read from the run's environment when W&B logs in, never held in config
@@ -237,7 +240,26 @@ def test_artifact_names_of_the_longest_partitions_are_within_wandbs_limit_stable
 
 @pytest.mark.parametrize("registry", ["model", "wandb-registry-", "acme/wandb-registry-model", "wandb-registry-a/b"])
 def test_a_registry_that_is_not_a_wandb_registry_is_refused_naming_the_form(tmp_path, registry):
-    with pytest.raises(ValueError, match="FLYWHEEL_WANDB_REGISTRY.*wandb-registry-model"):
-        build_tracker(tmp_path, {"WANDB_API_KEY": KEY, "FLYWHEEL_WANDB_REGISTRY": registry})
-    tracker = build_tracker(tmp_path, {"WANDB_API_KEY": KEY, "FLYWHEEL_WANDB_REGISTRY": "wandb-registry-model"})
+    form = "is not a W&B registry: write it as wandb-registry-<name>, e.g. wandb-registry-model"
+    with pytest.raises(SettingsError) as err:
+        load_settings({"FLYWHEEL_WANDB_REGISTRY": registry})  # refused when the definitions load, W&B on or off
+    assert f"FLYWHEEL_WANDB_REGISTRY={registry!r} {form}" in str(err.value)
+    # a tracker built by hand, or given the registry by run config at launch, refuses it too
+    with pytest.raises(ValueError, match=re.escape(f"registry={registry!r} {form}")):
+        build_tracker(tmp_path, {"WANDB_API_KEY": KEY}, registry=registry)
+    tracker = build_tracker(tmp_path, {"WANDB_API_KEY": KEY}, registry="wandb-registry-model")
     assert tracker.registry == "wandb-registry-model"
+
+
+def test_the_code_location_takes_the_project_and_registry_from_the_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "traces")
+    monkeypatch.setenv("FLYWHEEL_WANDB_PROJECT", "fw")
+    monkeypatch.setenv("FLYWHEEL_WANDB_REGISTRY", "wandb-registry-model")
+    tracker = build_resources(tmp_path, tmp_path / "traces")["tracker"]
+    assert (tracker.project, tracker.registry) == ("fw", "wandb-registry-model")
+    # empty counts as unset: W&B's own project, and no registry
+    monkeypatch.setenv("FLYWHEEL_WANDB_PROJECT", "")
+    monkeypatch.setenv("FLYWHEEL_WANDB_REGISTRY", " ")
+    tracker = build_resources(tmp_path, tmp_path / "traces")["tracker"]
+    assert (tracker.project, tracker.registry) == ("traces", None)
