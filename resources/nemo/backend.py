@@ -35,9 +35,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from resources.nemo.customizer import (
-    FAILED_STATES as CUSTOMIZATION_FAILED,
-)
-from resources.nemo.customizer import (
     CustomizationConfigRequest,
     CustomizationJobRequest,
     CustomizationTarget,
@@ -55,9 +52,6 @@ from resources.nemo.deployment import (
     nim_deployment,
 )
 from resources.nemo.evaluator import (
-    FAILED_STATES as EVALUATION_FAILED,
-)
-from resources.nemo.evaluator import (
     JudgeEndpoint,
     chat_judge_config,
     model_target,
@@ -65,7 +59,7 @@ from resources.nemo.evaluator import (
 )
 from resources.nemo.formats import customizer_jsonl, evaluator_jsonl
 from resources.nemo.services import NemoServices
-from resources.nemo.transport import NemoError, Progress, ProgressCallback
+from resources.nemo.transport import JOB_FAILED_STATES, NemoError, Progress, ProgressCallback
 from resources.openai_compatible import OpenAICompatibleBackend
 
 if TYPE_CHECKING:
@@ -294,7 +288,7 @@ class NemoBackend(NemoServices):
                     )
                 else:
                     state = customizer.get_status(job.id).state
-                    if state in CUSTOMIZATION_FAILED:
+                    if state in JOB_FAILED_STATES:
                         say(Progress(customizer.service, f"job {job.id}", state, message="starting a new job"))
                         job = None
                     else:
@@ -437,7 +431,7 @@ class NemoBackend(NemoServices):
         request_key = _digest({"config": config, "target": target}, 16)
         with self.evaluator() as evaluator:
             job = evaluator.find_job_by_id(existing_job_id) if existing_job_id else None
-            resumed = job is not None and job.state not in EVALUATION_FAILED
+            resumed = job is not None and job.state not in JOB_FAILED_STATES
             if not resumed:
                 job = evaluator.create_job(config, target, namespace=self.namespace, request_key=request_key)
             if on_job_id is not None:

@@ -25,19 +25,17 @@ from typing import Any, Literal
 from pydantic import Field
 
 from resources.nemo.transport import (
-    NemoJobFailed,
     ProgressCallback,
     Recovered,
     ServiceClient,
     Wire,
     first_text,
-    poll,
     says_exists,
     status_is,
+    wait_for_job,
 )
 
 ACTIVE_STATES = frozenset({"created", "pending", "running", "completed"})
-FAILED_STATES = frozenset({"failed", "error", "cancelled", "canceled"})
 
 
 # ------------------------------------------------------------------------------ requests
@@ -276,26 +274,12 @@ class CustomizerClient(ServiceClient):
                 parts.append(note.strip()[:120])
             return status.state, status.percentage_done, ", ".join(parts) or None
 
-        def done(status: CustomizationStatus) -> bool:
-            if status.state in FAILED_STATES:
-                detail = status.failure_detail()
-                raise NemoJobFailed(
-                    f"{self.service}: job {job_id} {status.state}: {detail}",
-                    service=self.service,
-                    job_id=job_id,
-                    status=status.state,
-                    detail=detail,
-                )
-            return status.state == "completed"
-
-        return poll(
+        return wait_for_job(
             lambda: self.get_status(job_id),
             service=self.service,
-            subject=f"job {job_id}",
+            job_id=job_id,
             observe=observe,
-            done=done,
             timeout_s=timeout_s,
             interval_s=interval_s,
             on_progress=on_progress,
-            timeout_hint=f"the job keeps running: resume it with existing_job_id={job_id!r}",
         )

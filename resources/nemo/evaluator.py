@@ -26,18 +26,17 @@ from typing import Any
 from pydantic import Field
 
 from resources.nemo.transport import (
-    NemoJobFailed,
+    JOB_FAILED_STATES,
     NemoSchemaError,
     ProgressCallback,
     Recovered,
     ServiceClient,
     Wire,
     first_text,
-    poll,
     status_is,
+    wait_for_job,
 )
 
-FAILED_STATES = frozenset({"failed", "error", "cancelled", "canceled"})
 TOOL_TASK = "custom-tool-calling"
 CHAT_TASK = "llm-as-judge"
 
@@ -197,6 +196,11 @@ class EvaluationJob(Wire):
     def state(self) -> str:
         return (self.status or "").strip().lower()
 
+    def failure_detail(self) -> str:
+        """The service's explanation of a failure: its error, else its message."""
+        details = self.status_details or StatusDetails()
+        return first_text([details.error, details.message]) or "no detail given"
+
 
 class EvaluationJobList(Wire):
     data: list[EvaluationJob] = Field(default_factory=list)
@@ -270,7 +274,9 @@ class EvaluatorClient(ServiceClient):
             )
             listing = self.parse(EvaluationJobList, payload, "GET /v1/evaluation/jobs")
             for job in listing.data:
-                if (job.custom_fields or {}).get("flywheel_request") == request_key and job.state not in FAILED_STATES:
+                if (job.custom_fields or {}).get(
+                    "flywheel_request"
+                ) == request_key and job.state not in JOB_FAILED_STATES:
                     return job
             if len(listing.data) < page_size:
                 return None
@@ -302,33 +308,21 @@ class EvaluatorClient(ServiceClient):
             details = job.status_details or StatusDetails()
             return job.state or "unknown", details.progress, details.message
 
-        def done(job: EvaluationJob) -> bool:
+        def check(job: EvaluationJob) -> None:
             if not job.status:
                 raise NemoSchemaError(
                     f"{self.service}: unexpected response to GET /v1/evaluation/jobs/{job_id}: "
                     "required field 'status' is missing",
                     service=self.service,
                 )
-            if job.state in FAILED_STATES:
-                details = job.status_details or StatusDetails()
-                detail = first_text([details.error, details.message]) or "no detail given"
-                raise NemoJobFailed(
-                    f"{self.service}: job {job_id} {job.state}: {detail}",
-                    service=self.service,
-                    job_id=job_id,
-                    status=job.state,
-                    detail=detail,
-                )
-            return job.state == "completed"
 
-        return poll(
+        return wait_for_job(
             lambda: self.get_job(job_id),
             service=self.service,
-            subject=f"job {job_id}",
+            job_id=job_id,
             observe=observe,
-            done=done,
             timeout_s=timeout_s,
             interval_s=interval_s,
             on_progress=on_progress,
-            timeout_hint=f"the job keeps running: resume it with existing_job_id={job_id!r}",
+            check=check,
         )

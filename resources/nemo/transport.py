@@ -33,7 +33,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -386,6 +386,63 @@ def poll(
                 service=service,
             )
         sleep(max(0.0, min(interval_s, deadline - now)))
+
+
+# where a Customizer or Evaluator job ends without a result
+JOB_FAILED_STATES = frozenset({"failed", "error", "cancelled", "canceled"})
+
+
+class Job(Protocol):
+    """A Customizer or Evaluator job's status as its service reports it."""
+
+    @property
+    def state(self) -> str: ...
+
+    def failure_detail(self) -> str: ...
+
+
+J = TypeVar("J", bound=Job)
+
+
+def wait_for_job(
+    fetch: Callable[[], J],
+    *,
+    service: str,
+    job_id: str,
+    observe: Callable[[J], tuple[str, float | None, str | None]],
+    timeout_s: float,
+    interval_s: float,
+    on_progress: ProgressCallback | None = None,
+    check: Callable[[J], None] = lambda job: None,
+) -> J:
+    """`poll` a job until it is completed: `NemoJobFailed` (with the service's detail) when
+    it ends in a JOB_FAILED_STATES state, `NemoTimeoutError` at the deadline (the job keeps
+    running and can be resumed). `check` may refuse a status before it is judged."""
+
+    def done(job: J) -> bool:
+        check(job)
+        if job.state in JOB_FAILED_STATES:
+            detail = job.failure_detail()
+            raise NemoJobFailed(
+                f"{service}: job {job_id} {job.state}: {detail}",
+                service=service,
+                job_id=job_id,
+                status=job.state,
+                detail=detail,
+            )
+        return job.state == "completed"
+
+    return poll(
+        fetch,
+        service=service,
+        subject=f"job {job_id}",
+        observe=observe,
+        done=done,
+        timeout_s=timeout_s,
+        interval_s=interval_s,
+        on_progress=on_progress,
+        timeout_hint=f"the job keeps running: resume it with existing_job_id={job_id!r}",
+    )
 
 
 def _transient(error: NemoHTTPError) -> bool:
