@@ -7,7 +7,7 @@ import polars as pl
 from pydantic import Field
 
 from flywheel_assets.core.curation import DEDUP_KEY_DESCRIPTION, CurationStats, curate, lookback_days
-from flywheel_assets.core.ingest import TRACE_SCHEMA
+from flywheel_assets.core.ingest import stored_traces
 from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD
 from flywheel_assets.metadata import column_hash, counts_table, table
 from partitions.slices import BY_WORKLOAD, trace_partitions, workload_partitions
@@ -63,9 +63,7 @@ def workload_dataset(
     # pinned: the lazy result is read again when the I/O manager stores it, and today's
     # raw_traces partition may be re-ingested meanwhile
     with stored_assets.pinned("raw_traces", [keys[day] for day in days]) as frames:
-        # diagonal: a day stored before raw_traces had the answer's columns (curation reads none)
-        traces = pl.concat(frames, how="diagonal_relaxed") if frames else pl.LazyFrame(schema=TRACE_SCHEMA)
-        dataset, stats = curate(traces, **config.curate_options())
+        dataset, stats = curate(stored_traces(frames), **config.curate_options())
         yield dg.Output(
             dataset,  # lazy: the I/O manager streams it to the store
             data_version=dataset_version(stats, config.redact_pii),

@@ -28,7 +28,7 @@ from flywheel_assets.core.canary import VersionTraffic, analyse_canary, pick_ver
 from flywheel_assets.core.candidates import load_models
 from flywheel_assets.core.curation import lookback_days
 from flywheel_assets.core.drift import measure_drift, recent_requests, split_requests
-from flywheel_assets.core.ingest import TRACE_SCHEMA, with_quality_columns
+from flywheel_assets.core.ingest import stored_traces
 from flywheel_assets.core.slo import (
     OBJECTIVES,
     Breach,
@@ -246,8 +246,7 @@ def _canary_traffic(
     models = load_models()
     costs = {name: c.cost for c in models.candidates for name in c.served_names}
     with stored_assets.pinned("raw_traces", [days[d] for d in metrics if d in days]) as frames:
-        # a day stored before the quality columns existed gets them from its raw text
-        requests = request_values(pl.concat(map(with_quality_columns, frames)), costs, models.production)
+        requests = request_values(stored_traces(frames, with_quality=True), costs, models.production)
     baseline, canary = (
         VersionTraffic.from_requests(name, requests.filter(pl.col("served_model") == name)) for name in versions
     )
@@ -330,10 +329,7 @@ def _measure_drift(instance: dg.DagsterInstance, stored_assets: StoredAssets, ke
     window = lookback_days(list(days), settings.drift.recent_days)
     reference, reference_version, reference_note = _reference(instance, stored_assets, key, production)
     with stored_assets.pinned("raw_traces", [days[d] for d in window]) as frames:
-        # diagonal: a day stored before raw_traces had the quality columns (drift reads none of them)
-        recent = recent_requests(
-            pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema=TRACE_SCHEMA)
-        )
+        recent = recent_requests(stored_traces(frames))
     result = measure_drift(recent, reference, settings.drift)
     if reference.is_empty():
         result.note = reference_note

@@ -25,6 +25,7 @@ import resources.traces as traces_module
 from flywheel_assets.core.ingest import (
     MANIFEST,
     QUALITY_COLUMNS,
+    TRACE_SCHEMA,
     UNATTRIBUTED,
     TimeBounds,
     land_file,
@@ -32,6 +33,7 @@ from flywheel_assets.core.ingest import (
     read_manifest,
     read_partition,
     read_unattributed,
+    stored_traces,
     validate_batch,
     with_quality_columns,
 )
@@ -646,6 +648,20 @@ def test_a_part_landed_before_the_quality_columns_gets_them_from_its_raw_text(tm
     # a stored raw_traces day of the old schema, read lazily (canary), is upgraded the same way
     stored = with_quality_columns(old.drop(QUALITY_COLUMNS).lazy()).collect()
     assert stored.equals(old)
+
+
+def test_stored_days_of_both_schemas_read_as_one_frame():
+    records = [case[0] for case in QUALITY_CASES]
+    new, _ = validate_batch(pairs(records[:5]), BOUNDS)
+    old, _ = validate_batch(pairs(records[5:]), BOUNDS)
+    days = [old.drop(QUALITY_COLUMNS).lazy(), new.lazy()]  # an old day first: its schema leads
+    # with_quality: the old day's columns computed from its raw text, as at landing
+    assert stored_traces(days, with_quality=True).collect().equals(pl.concat([old, new]))
+    # without: every row kept, the old day's answer columns null (for readers that use none)
+    plain = stored_traces(days).collect()
+    assert plain.select(*TRACE_SCHEMA).drop(QUALITY_COLUMNS).equals(pl.concat([old, new]).drop(QUALITY_COLUMNS))
+    assert plain.get_column("served_model").to_list() == [None] * old.height + new.get_column("served_model").to_list()
+    assert stored_traces([]).collect().schema == pl.Schema(TRACE_SCHEMA)
 
 
 # --------------------------------------------------------------------------- read_partition

@@ -54,7 +54,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,17 @@ def with_quality_columns(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | p
     )
     upgraded = pl.concat([frame.drop(QUALITY_COLUMNS, strict=False), quality], how="horizontal").select(*TRACE_SCHEMA)
     return upgraded.lazy() if lazy else upgraded
+
+
+def stored_traces(frames: Sequence[pl.LazyFrame], *, with_quality: bool = False) -> pl.LazyFrame:
+    """Stored days of `raw_traces` as one frame. A day stored before the answer's columns
+    (QUALITY_COLUMNS) existed lacks them: `with_quality` computes them from its raw text
+    (`with_quality_columns`); without it they stay null there, for readers that use none."""
+    if not frames:
+        return pl.LazyFrame(schema=TRACE_SCHEMA)
+    if with_quality:
+        return pl.concat([with_quality_columns(frame) for frame in frames])
+    return pl.concat(frames, how="diagonal_relaxed")
 
 
 def _workload_in_raw(raw: str) -> str | None:
