@@ -14,8 +14,7 @@ from flywheel_assets.core.near_duplicates import (
     near_duplicate_clusters,
     prompt_text,
     shingles,
-    user_key_text,
-    user_key_texts,
+    user_key_prompt,
 )
 
 WORDS = "order refund parcel address store hours coat size colour return label invoice".split()
@@ -39,7 +38,8 @@ def test_prompt_text_is_the_user_contents_as_the_dedup_key_has_them():
         {"role": "user", "content": [{"type": "text", "text": "sec"}, {"type": "text", "text": "ond"}]},
     ]
     assert prompt_text(messages) == "first\nsecond"
-    assert user_key_text(json.dumps(["first", "second"])) == prompt_text(messages)
+    keys = pl.DataFrame({"user_key": [json.dumps(["first", "second"])]})
+    assert keys.select(user_key_prompt()).item() == prompt_text(messages)
 
 
 def test_clusters_join_near_copies_under_their_earliest_record():
@@ -90,9 +90,10 @@ def test_leaked_pairs_are_confirmed_by_their_exact_similarity():
     assert leaked_pairs(held_out, [], 0.8) == [] and leaked_pairs([], train, 0.8) == []
 
 
-def test_dedup_keys_decode_in_one_pass_as_one_by_one():
+def test_dedup_keys_decode_to_their_user_contents_one_per_line():
     keys = [json.dumps(["first", "line\nbreak"]), json.dumps(['é "quoted" \\ back']), json.dumps([""])]
-    assert user_key_texts(pl.Series(keys)).to_list() == [user_key_text(k) for k in keys]
+    decoded = pl.DataFrame({"user_key": keys}).select(user_key_prompt()).to_series().to_list()
+    assert decoded == ["\n".join(json.loads(k)) for k in keys]
 
 
 def test_a_held_out_prompt_is_compared_with_every_prompt_of_a_large_bucket():

@@ -24,7 +24,7 @@ from typing import Literal
 import polars as pl
 import pydantic_core
 
-from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_clusters, user_key_texts
+from flywheel_assets.core.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_clusters, user_key_prompt
 
 DEDUP_KEY = ("user_key", "tool_names")
 # one landed row: its content hash and where it was read (file and line, or row)
@@ -236,7 +236,7 @@ def curate(
 def mark_near_duplicates(records: pl.DataFrame, threshold: float) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`records` (earliest first, with `record_id` and `user_key`) with their
     `near_duplicate_cluster`, and the clusters of two or more records, largest first."""
-    texts = user_key_texts(records.get_column("user_key")).to_list()
+    texts = records.select(user_key_prompt()).to_series().to_list()
     first = near_duplicate_clusters(texts, threshold)
     ids = records.get_column("record_id")
     marked = records.with_columns(near_duplicate_cluster=ids.gather(first))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from flywheel_assets.core.near_duplicates import user_key_prompt
 from flywheel_assets.core.slo import DriftThresholds
 
 # scipy is imported where it is used: importing it takes about half a second, and the
@@ -61,7 +62,7 @@ def recent_requests(traces: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     messages), `tools_called` and `tools_offered` (names)."""
     return _requests(
         traces.lazy(),
-        pl.col("user_key").str.json_decode(pl.List(pl.String)).list.join("\n"),
+        user_key_prompt(),
         pl.col("raw").str.json_path_match("$.response.choices[0].message.tool_calls"),
         pl.col("raw").str.json_path_match("$.request.tools"),
         "record_id",

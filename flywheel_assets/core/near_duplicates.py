@@ -17,7 +17,6 @@ queries a `MinHashLSH` index of the other side and confirms every candidate the 
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -54,14 +53,10 @@ def prompt_text(messages: Sequence[dict]) -> str:
     return "\n".join(parts)
 
 
-def user_key_text(user_key: str) -> str:
-    """`prompt_text` from a dedup key (the JSON list of user contents written at ingest)."""
-    return "\n".join(json.loads(user_key))
-
-
-def user_key_texts(user_keys: pl.Series) -> pl.Series:
-    """`user_key_text` of each dedup key, decoded by polars in one pass."""
-    return user_keys.str.json_decode(pl.List(pl.String)).list.join("\n")
+def user_key_prompt(column: str = "user_key") -> pl.Expr:
+    """`prompt_text` of each dedup key in `column` (the JSON list of user contents written
+    at ingest), decoded by polars in one pass."""
+    return pl.col(column).str.json_decode(pl.List(pl.String)).list.join("\n")
 
 
 def shingles(text: str) -> set[bytes]:
